@@ -1,0 +1,1 @@
+"""Text generation, log-prob scoring and embeddings behind one interface."""
