@@ -26,8 +26,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def llamacpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real OpenAI-compatible server (llama-cpp-python) on the embedded GGUF; yields its /v1 URL."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install -e '.[llamacpp]')")
+    if any(importlib.util.find_spec(name) is None for name in ("llama_cpp", "uvicorn", "fastapi")):
+        pytest.skip("llama-cpp-python[server] is not installed (pip install -e '.[llamacpp]')")
     from personalm.models.embedded import gguf_path
 
     try:

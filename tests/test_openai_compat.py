@@ -76,10 +76,16 @@ class ScriptedServer:
 
 
 def chat_reply(text: str, finish_reason: str = "stop") -> Reply:
-    return 200, {}, {
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-    }
+    return (
+        200,
+        {},
+        {
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            ],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        },
+    )
 
 
 def closed_port() -> int:
@@ -179,8 +185,11 @@ def test_sampling_params_map_to_request_and_stop_is_applied_client_side() -> Non
 
 
 def test_concurrency_is_bounded_order_kept_and_progress_reported() -> None:
+    four_at_once = threading.Barrier(4, timeout=5)  # breaks, failing the test, unless 4 run together
+
     def respond(index: int, path: str, body: dict[str, Any]) -> Reply:
-        time.sleep(0.1 if index % 2 else 0.02)  # finish out of order
+        four_at_once.wait()
+        time.sleep(0.05 * (index % 3))  # finish out of order
         return 200, {}, {"choices": [{"text": body["prompt"].upper(), "finish_reason": "stop"}]}
 
     prompts = [f"prompt {i}" for i in range(8)]

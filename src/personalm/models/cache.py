@@ -41,9 +41,7 @@ class GenerationCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, model_id TEXT, record TEXT)"
-        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, model_id TEXT, record TEXT)")
         self._db.commit()
 
     @staticmethod

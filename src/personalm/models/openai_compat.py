@@ -33,10 +33,12 @@ from personalm.models.base import (
 
 T = TypeVar("T")
 
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
+RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+"""Request timeout, rate limit and server errors; any other 4xx is the request's fault."""
 MAX_SERVER_STOPS = 4
 """OpenAI rejects more than 4 stop strings; the rest are applied client-side only."""
 MAX_DELAY_S = 60.0
+"""The longest single wait between attempts, a server's Retry-After included."""
 MAX_MESSAGE_CHARS = 200
 
 
@@ -187,7 +189,7 @@ class OpenAICompatModel(TextModel):
         return texts
 
     async def _score_all(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[TokenScores]:
-        return await _gather_or_cancel([self._score_one(c, k) for c, k in zip(contexts, continuations)])
+        return await _gather_or_cancel([self._score_one(c, k) for c, k in zip(contexts, continuations, strict=True)])
 
     async def _score_one(self, context: str, continuation: str) -> TokenScores:
         """Echo context+continuation with prompt log-probabilities and keep the continuation's tokens.

@@ -1,0 +1,31 @@
+"""What this machine can do: the fp32 matmul peak every benchmark reports its fraction of."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import torch
+
+
+def fp32_matmul_peak_gflops(size: int = 1536, repeats: int = 12) -> float:
+    """Best-of-3 GFLOP/s of a square fp32 matmul with all threads (the practical compute ceiling)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * repeats / best / 1e9
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,1 @@
+"""The `personalm` command line: one sub-command per stage, each also callable from Python."""

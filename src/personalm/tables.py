@@ -1,0 +1,124 @@
+"""Datasets as files: read rows from JSONL / Parquet / text with precise errors, write atomically.
+
+Every stage exchanges data this way so any step can be re-run, inspected with pandas or duckdb, or
+swapped for another tool. A write goes to a temporary file renamed into place at the end, so a
+crash never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from personalm.errors import PersonalmError
+
+READ_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "text", ".md": "text"}
+WRITE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+Row = dict[str, Any]
+
+
+def input_format(path: str | Path, declared: str | None = None) -> str:
+    if declared:
+        return declared
+    if str(path) == "-":
+        return "text"
+    fmt = READ_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise PersonalmError(f"unsupported input type; expected one of {', '.join(READ_FORMATS)}", source=str(path))
+    return fmt
+
+
+def read_rows(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, Row]]:
+    """Yield (line number or row number, row). Text files give {"text": line} per non-empty line."""
+    fmt = input_format(path, fmt)
+    source = "<stdin>" if str(path) == "-" else str(path)
+    if str(path) != "-" and not Path(path).is_file():
+        raise PersonalmError("no such file", source=source)
+    if fmt == "parquet":
+        yield from _read_parquet(Path(path))
+        return
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if fmt == "text":
+                yield number, {"text": line.rstrip("\n")}
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PersonalmError(
+                    f"invalid JSON ({err.msg} at column {err.colno})", source=source, line=number
+                ) from None
+            if not isinstance(row, dict):
+                raise PersonalmError("expected a JSON object per line", source=source, line=number)
+            yield number, row
+
+
+@contextmanager
+def _open_text(path: str | Path):
+    if str(path) == "-":
+        yield sys.stdin
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            yield handle
+    except UnicodeDecodeError as err:
+        raise PersonalmError(f"not UTF-8 text ({err.reason})", source=str(path)) from None
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise PersonalmError(f"not a readable Parquet file ({err})", source=str(path)) from None
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def require(row: Row, column: str, kind: type | tuple[type, ...], source: str, line: int) -> Any:
+    """The value of a required column, or one clear error naming file, row and expectation."""
+    value = row.get(column)
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        got = "missing" if column not in row else f"got {type(value).__name__}"
+        raise PersonalmError(f"expected column '{column}' to hold a {names} ({got})", source=source, line=line)
+    return value
+
+
+def output_format(path: str | Path) -> str:
+    fmt = WRITE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise PersonalmError(f"unsupported output type; expected one of {', '.join(WRITE_FORMATS)}", source=str(path))
+    return fmt
+
+
+def write_rows(path: str | Path, rows: Iterable[Row]) -> int:
+    """Write rows atomically as JSONL or Parquet (by extension); returns the number written."""
+    path = Path(path)
+    fmt = output_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if fmt == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return len(rows)
