@@ -70,3 +70,19 @@ def llamacpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The real embedded default (SmolLM2-135M-Instruct), loaded once for the whole session."""
+    from personalm.models.embedded import ensure_converted
+    from personalm.models.local import LocalModel
+
+    return LocalModel(ensure_converted(), name="smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from personalm.models.embedder import Embedder
+
+    return Embedder()

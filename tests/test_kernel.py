@@ -1,0 +1,34 @@
+"""The Llama kernel must compute what the Hugging Face forward computes."""
+
+import torch
+
+from personalm.models.llama_kernel import LlamaKernel, supports
+
+
+def _hf_next_logits(model, ids):
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0, -1]
+
+
+def test_prefill_and_decode_match_hf_forward(embedded_model):
+    hf = embedded_model.model
+    assert supports(hf)
+    kernel = LlamaKernel(hf, slots=4, max_len=64)
+    seqs = [[1, 9690, 198, 2683, 359, 253], [1, 4093, 198], [28120, 905, 30, 11, 42]]
+    logits = kernel.prefill(0, seqs)
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row], _hf_next_logits(hf, seq), atol=2e-3, rtol=1e-4)
+    # Move the last sequence into slot 0 (as when a row finishes) and keep decoding there.
+    kernel.move_slot(2, 0, len(seqs[2]))
+    seqs = [seqs[2], seqs[1]]
+    nxt = [int(logits[2].argmax()), int(logits[1].argmax())]
+    step = kernel.decode(torch.tensor(nxt), torch.tensor([len(s) for s in seqs]))
+    for row, (seq, token) in enumerate(zip(seqs, nxt, strict=True)):
+        torch.testing.assert_close(step[row], _hf_next_logits(hf, seq + [token]), atol=2e-3, rtol=1e-4)
+
+
+def test_unsupported_architecture_is_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tiny = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50))
+    assert not supports(tiny)
