@@ -2,6 +2,7 @@
 
 from personalm.errors import PersonalmError
 from personalm.models.base import Generation, SamplingParams, TextModel, TokenScores
+from personalm.models.registry import load_model
 
 __version__ = "0.1.0"
 
@@ -12,4 +13,5 @@ __all__ = [
     "TextModel",
     "TokenScores",
     "__version__",
+    "load_model",
 ]
