@@ -32,3 +32,15 @@ def test_unsupported_architecture_is_refused():
 
     tiny = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50))
     assert not supports(tiny)
+
+
+def test_prefill_after_a_shared_prefix_matches_full_prefill(embedded_model):
+    kernel = LlamaKernel(embedded_model.model, slots=3, max_len=64)
+    prefix = [1, 9690, 198, 2683, 359, 253, 5356]
+    tails = [[4093, 198, 6004], [28120, 905]]
+    kernel.prefill(0, [prefix])
+    saved = kernel.save_prefix(0, len(prefix))
+    kernel.load_prefix(saved, 1, 2)
+    logits = kernel.prefill(1, tails, offset=len(prefix))
+    for row, tail in enumerate(tails):
+        torch.testing.assert_close(logits[row], _hf_next_logits(embedded_model.model, prefix + tail), atol=2e-3, rtol=1e-4)

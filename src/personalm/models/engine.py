@@ -1,7 +1,8 @@
 """Continuous batching over the Llama kernel: keep every slot busy until the queue is empty.
 
 Prompts are queued longest first; finished rows leave at once and their slots are refilled with a
-batched prefill, so a long answer never holds a half-empty batch hostage.
+batched prefill, so a long answer never holds a half-empty batch hostage. The prefix all prompts
+share (system prompt, task template) is computed once and copied into each new slot.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from personalm.models.llama_kernel import LlamaKernel
 from personalm.models.sampling import choose_tokens
 
 PREFILL_TOKEN_BUDGET = 8192
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ContinuousBatcher:
         self.kernel = kernel
         self.eos_ids = eos_ids
         self.decode_text = decode_text
+        self.prefix: list | None = None
+        self.prefix_len = 0
 
     def run(
         self,
@@ -65,6 +69,7 @@ class ContinuousBatcher:
         queue = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids), reverse=True)
         queue.reverse()  # pop() from the end takes the longest prompt first
         results: list[DecodeResult | None] = [None] * len(requests)
+        self._cache_shared_prefix([r.prompt_ids for r in requests])
         active: list[_Row] = []
         slots = self.kernel.slots
         refill_at = max(1, slots // 4)
@@ -94,12 +99,26 @@ class ContinuousBatcher:
                 break
             queue.pop()
             batch.append(_Row(index, prompt, requests[index].generator))
-        logits = self.kernel.prefill(len(active), [row.prompt for row in batch])
+        if self.prefix is not None:
+            self.kernel.load_prefix(self.prefix, len(active), len(batch))
+        offset = self.prefix_len
+        logits = self.kernel.prefill(len(active), [row.prompt[offset:] for row in batch], offset)
         chosen = choose_tokens(logits, params, [row.generator for row in batch]).tolist()
         for row, token in zip(batch, chosen, strict=True):
             row.generated.append(token)
         active.extend(batch)
         self._retire(active, params, results, progress)
+
+    def _cache_shared_prefix(self, prompts: list[list[int]]) -> None:
+        """Prefill the longest common token prefix once (leaving every prompt one token of its own)."""
+        shared = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for prompt in prompts[1:]:
+            shared = next((i for i in range(shared) if prompt[i] != first[i]), shared)
+        self.prefix, self.prefix_len = None, 0
+        if shared >= MIN_SHARED_PREFIX and len(prompts) > 1:
+            self.kernel.prefill(0, [first[:shared]])
+            self.prefix, self.prefix_len = self.kernel.save_prefix(0, shared), shared
 
     def _finish_reason(self, row: _Row, params: SamplingParams) -> str | None:
         if row.generated[-1] in self.eos_ids:

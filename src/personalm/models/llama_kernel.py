@@ -99,29 +99,53 @@ class LlamaKernel:
         return h + F.linear(F.silu(gate) * up, layer.w_down)
 
     @torch.inference_mode()
-    def prefill(self, first_slot: int, sequences: list[list[int]]) -> Tensor:
-        """Run whole prompts into slots first_slot.. and return the next-token logits [n, V]."""
+    def prefill(self, first_slot: int, sequences: list[list[int]], offset: int = 0) -> Tensor:
+        """Run prompts into slots first_slot.. and return the next-token logits [n, V].
+
+        With offset > 0 the slots already hold `offset` tokens of cache (a shared prefix copied in
+        by `load_prefix`) and the sequences continue from there.
+        """
         n = len(sequences)
         length = max(len(s) for s in sequences)
+        end = offset + length
         ids = torch.zeros(n, length, dtype=torch.long)
         for i, seq in enumerate(sequences):
             ids[i, : len(seq)] = torch.tensor(seq)
-        cos, sin = self.cos[:length, None, :], self.sin[:length, None, :]
+        cos, sin = self.cos[offset:end, None, :], self.sin[offset:end, None, :]
+        # Right padding: causal attention keeps real positions blind to the pads after them.
+        causal = None
+        if offset:
+            causal = torch.arange(end)[None, :] <= torch.arange(offset, end)[:, None]
+        rows = slice(first_slot, first_slot + n)
         h = F.embedding(ids, self.embed)
         for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
             a = F.rms_norm(h, (self.hidden,), layer.ln_attn, self.eps)
             q, k, v = self._split_qkv(F.linear(a, layer.w_qkv))
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            kc[first_slot : first_slot + n, :, :length] = k
-            vc[first_slot : first_slot + n, :, :length] = v
-            # Right padding: causal attention keeps real positions blind to the pads after them.
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            kc[rows, :, offset:end] = k
+            vc[rows, :, offset:end] = v
+            if offset:
+                k, v = kc[rows, :, :end], vc[rows, :, :end]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, is_causal=causal is None, enable_gqa=True)
             h = h + F.linear(o.transpose(1, 2).flatten(2), layer.w_o)
             h = self._mlp(layer, h)
         last = torch.tensor([len(s) - 1 for s in sequences])
         h_last = F.rms_norm(h[torch.arange(n), last], (self.hidden,), self.norm, self.eps)
         return F.linear(h_last, self.lm_head)
+
+    def save_prefix(self, slot: int, length: int) -> list[tuple[Tensor, Tensor]]:
+        """A copy of one slot's first `length` cached tokens, to seed other slots with."""
+        return [
+            (kc[slot, :, :length].clone(), vc[slot, :, :length].clone())
+            for kc, vc in zip(self.k_cache, self.v_cache, strict=True)
+        ]
+
+    def load_prefix(self, prefix: list[tuple[Tensor, Tensor]], first_slot: int, count: int) -> None:
+        length = prefix[0][0].shape[1]
+        for (k, v), kc, vc in zip(prefix, self.k_cache, self.v_cache, strict=True):
+            kc[first_slot : first_slot + count, :, :length] = k
+            vc[first_slot : first_slot + count, :, :length] = v
 
     @torch.inference_mode()
     def decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
