@@ -82,6 +82,17 @@ def prompt_key(prompt: Prompt) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
+def occurrences(prompts: Sequence[Prompt]) -> list[tuple[str, int]]:
+    """(prompt key, how many identical prompts came before it): the identity of one sample."""
+    seen: dict[str, int] = {}
+    out = []
+    for prompt in prompts:
+        key = prompt_key(prompt)
+        seen[key] = seen.get(key, -1) + 1
+        out.append((key, seen[key]))
+    return out
+
+
 def stable_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 

@@ -20,6 +20,7 @@ from personalm.models.base import (
     SamplingParams,
     TextModel,
     TokenScores,
+    occurrences,
     prompt_key,
     stable_hash,
 )
@@ -89,12 +90,10 @@ class CachedModel(TextModel):
         progress: ProgressCallback | None = None,
     ) -> list[Generation]:
         params = params or SamplingParams()
-        seen: dict[str, int] = {}
-        slots = []
-        for prompt in prompts:
-            pk = prompt_key(prompt)
-            seen[pk] = seen.get(pk, -1) + 1
-            slots.append((prompt, seen[pk], self.cache.key(self.model_id, prompt, params, seen[pk])))
+        slots = [
+            (prompt, occurrence, self.cache.key(self.model_id, prompt, params, occurrence))
+            for prompt, (_, occurrence) in zip(prompts, occurrences(prompts), strict=True)
+        ]
         results = self.cache.get_many([key for _, _, key in slots])
         if progress and results:
             progress(sum(key in results for _, _, key in slots))

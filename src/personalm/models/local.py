@@ -19,7 +19,7 @@ from personalm.models.base import (
     TextModel,
     TokenScores,
     apply_stop,
-    prompt_key,
+    occurrences,
 )
 from personalm.models.engine import ContinuousBatcher, DecodeRequest, DecodeResult
 from personalm.models.hf import transformers_offline
@@ -135,16 +135,13 @@ class LocalModel(TextModel):
         return out
 
     def _requests(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[DecodeRequest]:
-        seen: dict[str, int] = {}
         requests = []
-        for prompt in prompts:
+        for prompt, (key, occurrence) in zip(prompts, occurrences(prompts), strict=True):
             ids = self.encode_prompt(prompt)
             if len(ids) >= self.context_length:
                 raise PersonalmError(
                     f"prompt of {len(ids)} tokens does not fit the context of {self.context_length} tokens"
                 )
-            key = prompt_key(prompt)
-            occurrence = seen[key] = seen.get(key, -1) + 1
             generator = None if params.greedy else row_generator(params.seed, key, occurrence)
             requests.append(DecodeRequest(ids, generator))
         return requests
