@@ -43,4 +43,6 @@ def test_prefill_after_a_shared_prefix_matches_full_prefill(embedded_model):
     kernel.load_prefix(saved, 1, 2)
     logits = kernel.prefill(1, tails, offset=len(prefix))
     for row, tail in enumerate(tails):
-        torch.testing.assert_close(logits[row], _hf_next_logits(embedded_model.model, prefix + tail), atol=2e-3, rtol=1e-4)
+        torch.testing.assert_close(
+            logits[row], _hf_next_logits(embedded_model.model, prefix + tail), atol=2e-3, rtol=1e-4
+        )

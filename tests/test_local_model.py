@@ -108,7 +108,9 @@ def test_lora_adapter_is_applied(embedded_model, tmp_path):
     from personalm.models.embedded import ensure_converted
 
     base = LocalModel(ensure_converted())
-    peft_model = get_peft_model(base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     adapted = LocalModel(ensure_converted(), adapter=tmp_path / "adapter")
     assert adapted.model_id != embedded_model.model_id
@@ -131,8 +133,15 @@ def test_other_architectures_use_transformers_generate(embedded_model, tmp_path)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = embedded_model.tokenizer
-    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=len(tok), n_positions=256,
-                        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    config = GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        vocab_size=len(tok),
+        n_positions=256,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2-tiny")
     tok.save_pretrained(tmp_path / "gpt2-tiny")
     tiny = LocalModel(tmp_path / "gpt2-tiny")

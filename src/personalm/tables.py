@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,34 +46,46 @@ def read_rows(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, R
     if fmt == "parquet":
         yield from _read_parquet(Path(path))
         return
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if fmt == "text":
-                yield number, {"text": line.rstrip("\n")}
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PersonalmError(
-                    f"invalid JSON ({err.msg} at column {err.colno})", source=source, line=number
-                ) from None
-            if not isinstance(row, dict):
-                raise PersonalmError("expected a JSON object per line", source=source, line=number)
-            yield number, row
+    for number, line in _text_lines(path, source):
+        if not line.strip():
+            continue
+        if fmt == "text":
+            yield number, {"text": line.rstrip("\n")}
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PersonalmError(
+                f"invalid JSON ({err.msg} at column {err.colno})", source=source, line=number
+            ) from None
+        if not isinstance(row, dict):
+            raise PersonalmError("expected a JSON object per line", source=source, line=number)
+        yield number, row
 
 
-@contextmanager
-def _open_text(path: str | Path):
+def _text_lines(path: str | Path, source: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file or stdin, decoded line by line so that a bad byte is
+    reported on its own line (stdin too: its text layer would let bad bytes in as surrogates)."""
     if str(path) == "-":
-        yield sys.stdin
+        handle = getattr(sys.stdin, "buffer", None)
+        if handle is None:  # a text-only stream (e.g. io.StringIO): already decoded
+            yield from enumerate(sys.stdin, start=1)
+            return
+        yield from _decode_lines(handle, source)
         return
-    try:
-        with open(path, encoding="utf-8") as handle:
-            yield handle
-    except UnicodeDecodeError as err:
-        raise PersonalmError(f"not UTF-8 text ({err.reason})", source=str(path)) from None
+    with open(path, "rb") as handle:
+        yield from _decode_lines(handle, source)
+
+
+def _decode_lines(handle: IO[bytes], source: str) -> Iterator[tuple[int, str]]:
+    for number, raw in enumerate(handle, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PersonalmError(
+                f"not UTF-8 text ({err.reason} at byte {err.start + 1} of the line)", source=source, line=number
+            ) from None
+        yield number, (line[:-2] + "\n" if line.endswith("\r\n") else line)
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:
@@ -108,11 +119,16 @@ def write_rows(path: str | Path, rows: Iterable[Row]) -> int:
     fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = list(rows)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: its private 0600 mode would end up on the dataset; 0666 here honours the umask.
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         if fmt == "parquet":
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            try:
+                table = pa.Table.from_pylist(rows)
+            except pa.ArrowException as err:
+                raise PersonalmError(f"cannot write these rows as Parquet ({err})", source=str(path)) from None
+            pq.write_table(table, tmp)
         else:
             with open(tmp, "w", encoding="utf-8") as handle:
                 for row in rows:

@@ -25,6 +25,11 @@ DEMO_PROMPTS = [
 
 def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo's output files.")) -> None:
     """Load the embedded model (twice, to show the cached load), generate, embed, print."""
+    from personalm.models.base import SamplingParams
+    from personalm.models.embedded import ensure_converted
+    from personalm.models.embedder import Embedder
+    from personalm.models.local import LocalModel
+
     console = Console()
     console.rule("[bold]1. the embedded model")
     start = time.perf_counter()

@@ -34,7 +34,7 @@ def read_prompts(
             prompt = text if raw else [{"role": "user", "content": text}]
         if system and not isinstance(prompt, str) and prompt[0]["role"] != "system":
             prompt = [{"role": "system", "content": system}, *prompt]
-        prompts.append((row.get("id", line), prompt))
+        prompts.append((str(row.get("id", line)), prompt))
     if not prompts:
         raise PersonalmError("no prompts found (empty input)", source=source)
     return prompts
