@@ -9,10 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from personalm.models.base import SamplingParams
-from personalm.models.embedded import ensure_converted
-from personalm.models.embedder import Embedder
-from personalm.models.local import LocalModel
 from personalm.tables import write_rows
 
 DEMO_PROMPTS = [
