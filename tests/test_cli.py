@@ -364,7 +364,7 @@ def test_generate_text_file_then_stdin_with_stop(tmp_path: Path) -> None:
     rows = jsonl((tmp_path / "out.jsonl").read_text(encoding="utf-8"))
     assert len(rows) == 3
     _check_rows(rows, 8)
-    assert [row["id"] for row in rows] == [1, 3, 4]  # line numbers; the blank line is skipped
+    assert [row["id"] for row in rows] == ["1", "3", "4"]  # line numbers as string ids; the blank line is skipped
     assert json.loads(rows[0]["prompt"]) == [{"role": "user", "content": "Name a primary color."}]
     assert any(row["completion_tokens"] > 0 for row in rows)
 
@@ -468,7 +468,7 @@ def test_embed_parquet_and_npy(tmp_path: Path) -> None:
     ok(run_cli("embed", "texts.txt", "-o", "e.parquet", cwd=tmp_path))
     rows = pq.read_table(tmp_path / "e.parquet").to_pylist()
     assert [row["text"] for row in rows] == texts
-    assert [row["id"] for row in rows] == [1, 2, 3]
+    assert [row["id"] for row in rows] == ["1", "2", "3"]
     table = np.array([row["embedding"] for row in rows], dtype=np.float32)
     assert table.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, atol=1e-4)
@@ -501,3 +501,10 @@ def test_bench_generate_json(tmp_path: Path) -> None:
     assert summary["versions"]["personalm"] and summary["versions"]["torch"]
     assert isinstance(summary["seed"], int)
     assert summary["prompts"] == 2 and summary["max_tokens"] == 4
+
+
+@pytest.mark.slow
+def test_mixed_user_and_line_ids_write_parquet(tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "Say hi."}\n{"prompt": "Say bye."}\n', encoding="utf-8")
+    ok(run_cli("generate", "p.jsonl", "-o", "out.parquet", "--max-tokens", "4", "--no-cache", cwd=tmp_path))
+    assert [row["id"] for row in pq.read_table(tmp_path / "out.parquet").to_pylist()] == ["a", "2"]

@@ -53,7 +53,7 @@ def embed(
         write_rows(
             out,
             [
-                {"id": row.get("id", line), "text": t, "embedding": v.tolist()}
+                {"id": str(row.get("id", line)), "text": t, "embedding": v.tolist()}
                 for (line, row), t, v in zip(rows, texts, vectors, strict=True)
             ],
         )
