@@ -3,9 +3,8 @@
 Why own this: Hugging Face's forward with a DynamicCache spends ~15% of a batched decode step
 concatenating the cache and runs Q/K/V and gate/up as separate small matmuls. Here the cache is
 preallocated, each active sequence owns one slot (rows 0..B-1 stay contiguous so attention reads
-views, not copies), and the projections are fused. `personalm bench generate` measures the gain.
-The weights are read from (not copied out of) a loaded `LlamaForCausalLM`, except the fused
-projections.
+views, not copies), Q/K/V and gate/up are fused, and every projection runs on weights prepacked for
+oneDNN (packed_linear.py). `personalm bench generate` measures the end-to-end gain.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from personalm.models.packed_linear import PackedLinear
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 
@@ -29,24 +30,45 @@ def supports(model: torch.nn.Module) -> bool:
 
 
 class _Layer:
-    def __init__(self, layer: torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module, rows_hint: int):
         attn, mlp = layer.self_attn, layer.mlp
         self.ln_attn = layer.input_layernorm.weight
         self.ln_mlp = layer.post_attention_layernorm.weight
-        self.w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).contiguous()
-        self.w_o = attn.o_proj.weight
-        self.w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous()
-        self.w_down = mlp.down_proj.weight
+        qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).contiguous()
+        self.qkv = PackedLinear(qkv, rows_hint)
+        self.o = PackedLinear(attn.o_proj.weight, rows_hint)
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous()
+        self.gate_up = PackedLinear(gate_up, rows_hint)
+        self.down = PackedLinear(mlp.down_proj.weight, rows_hint)
+
+
+PACK_ROWS_HINT = 32
+
+
+class LlamaWeights:
+    """The fused, prepacked weights of one model: built once, shared by every cache size."""
+
+    def __init__(self, model: torch.nn.Module):
+        if not supports(model):
+            raise ValueError(f"LlamaKernel does not support model_type={model.config.model_type!r}")
+        inner = model.model
+        self.config = model.config
+        self.dtype = model.dtype
+        self.rotary_emb = inner.rotary_emb
+        self.embed = inner.embed_tokens.weight
+        self.norm = inner.norm.weight
+        self.lm_head = PackedLinear(model.lm_head.weight, PACK_ROWS_HINT)
+        self.layers = [_Layer(layer, PACK_ROWS_HINT) for layer in inner.layers]
 
 
 class LlamaKernel:
     """Prefill and single-token decode for up to `slots` sequences of at most `max_len` tokens."""
 
-    def __init__(self, model: torch.nn.Module, slots: int, max_len: int):
-        if not supports(model):
-            raise ValueError(f"LlamaKernel does not support model_type={model.config.model_type!r}")
-        cfg = model.config
-        self.dtype = model.dtype
+    def __init__(self, model: torch.nn.Module | LlamaWeights, slots: int, max_len: int):
+        weights = model if isinstance(model, LlamaWeights) else LlamaWeights(model)
+        cfg = weights.config
+        self.weights = weights
+        self.dtype = weights.dtype
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -54,12 +76,8 @@ class LlamaKernel:
         self.hidden = cfg.hidden_size
         self.max_len = max_len
         self.slots = slots
-        inner = model.model
-        self.embed = inner.embed_tokens.weight
-        self.norm = inner.norm.weight
-        self.lm_head = model.lm_head.weight
-        self.layers = [_Layer(layer) for layer in inner.layers]
-        self.cos, self.sin = self._rope_tables(inner.rotary_emb, max_len)
+        self.embed, self.norm, self.lm_head, self.layers = weights.embed, weights.norm, weights.lm_head, weights.layers
+        self.cos, self.sin = self._rope_tables(weights.rotary_emb, max_len)
         shape = (slots, self.n_kv, max_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype) for _ in self.layers]
@@ -95,8 +113,8 @@ class LlamaKernel:
 
     def _mlp(self, layer: _Layer, h: Tensor) -> Tensor:
         a = F.rms_norm(h, (self.hidden,), layer.ln_mlp, self.eps)
-        gate, up = F.linear(a, layer.w_gate_up).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, layer.w_down)
+        gate, up = layer.gate_up(a).chunk(2, dim=-1)
+        return h + layer.down(F.silu(gate) * up)
 
     @torch.inference_mode()
     def prefill(self, first_slot: int, sequences: list[list[int]], offset: int = 0) -> Tensor:
@@ -120,7 +138,7 @@ class LlamaKernel:
         h = F.embedding(ids, self.embed)
         for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
             a = F.rms_norm(h, (self.hidden,), layer.ln_attn, self.eps)
-            q, k, v = self._split_qkv(F.linear(a, layer.w_qkv))
+            q, k, v = self._split_qkv(layer.qkv(a))
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             kc[rows, :, offset:end] = k
@@ -128,11 +146,11 @@ class LlamaKernel:
             if offset:
                 k, v = kc[rows, :, :end], vc[rows, :, :end]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, is_causal=causal is None, enable_gqa=True)
-            h = h + F.linear(o.transpose(1, 2).flatten(2), layer.w_o)
+            h = h + layer.o(o.transpose(1, 2).flatten(2))
             h = self._mlp(layer, h)
         last = torch.tensor([len(s) - 1 for s in sequences])
         h_last = F.rms_norm(h[torch.arange(n), last], (self.hidden,), self.norm, self.eps)
-        return F.linear(h_last, self.lm_head)
+        return self.lm_head(h_last)
 
     def save_prefix(self, slot: int, length: int) -> list[tuple[Tensor, Tensor]]:
         """A copy of one slot's first `length` cached tokens, to seed other slots with."""
@@ -161,7 +179,7 @@ class LlamaKernel:
         h = F.embedding(tokens, self.embed)
         for layer, kc, vc in zip(self.layers, self.k_cache, self.v_cache, strict=True):
             a = F.rms_norm(h, (self.hidden,), layer.ln_attn, self.eps)
-            q, k, v = self._split_qkv(F.linear(a, layer.w_qkv))
+            q, k, v = self._split_qkv(layer.qkv(a))
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             kc[rows, :, positions] = k
             vc[rows, :, positions] = v
@@ -169,9 +187,9 @@ class LlamaKernel:
             qg = q.view(b, self.n_kv, groups, self.head_dim)
             scores = torch.matmul(qg, kc[:b, :, :span].transpose(-1, -2)) * scale + mask
             o = torch.matmul(scores.softmax(dim=-1), vc[:b, :, :span])
-            h = h + F.linear(o.reshape(b, -1), layer.w_o)
+            h = h + layer.o(o.reshape(b, -1))
             h = self._mlp(layer, h)
-        return F.linear(F.rms_norm(h, (self.hidden,), self.norm, self.eps), self.lm_head)
+        return self.lm_head(F.rms_norm(h, (self.hidden,), self.norm, self.eps))
 
     def move_slot(self, source: int, target: int, length: int) -> None:
         """Copy one sequence's cache to another slot (keeps active slots contiguous)."""

@@ -23,7 +23,7 @@ from personalm.models.base import (
 )
 from personalm.models.engine import ContinuousBatcher, DecodeRequest, DecodeResult
 from personalm.models.hf import transformers_offline
-from personalm.models.llama_kernel import LlamaKernel, supports
+from personalm.models.llama_kernel import LlamaKernel, LlamaWeights, supports
 from personalm.models.sampling import row_generator
 
 DEFAULT_MAX_BATCH = 64
@@ -153,8 +153,9 @@ class LocalModel(TextModel):
         slots = max(1, min(self.max_batch, len(requests), KV_CACHE_BUDGET_BYTES // per_slot))
         kernel = self._kernel
         if kernel is None or kernel.slots < slots or kernel.max_len < max_len:
+            weights = kernel.weights if kernel is not None else LlamaWeights(self.model)
             self._kernel = None  # free the old cache before allocating the new one
-            kernel = self._kernel = LlamaKernel(self.model, slots, max_len)
+            kernel = self._kernel = LlamaKernel(weights, slots, max_len)
         decode_text = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         return ContinuousBatcher(kernel, self.eos_ids, decode_text).run(requests, params, progress)
 
