@@ -1,12 +1,16 @@
 """Continuous batching over the Llama kernel: keep every slot busy until the queue is empty.
 
-Prompts are queued longest first; finished rows leave at once and their slots are refilled with a
-batched prefill, so a long answer never holds a half-empty batch hostage. The prefix all prompts
-share (system prompt, task template) is computed once and copied into each new slot.
+One step-based engine serves both callers. `run` pushes a whole batch through it (prompts queued
+longest first, the prefix all prompts share computed once); the server (`serve/`) submits requests
+as they arrive, calls `step` in its engine thread and streams each step's tokens. Finished or
+cancelled rows leave at once and their slots are refilled with a batched prefill, so a long answer
+never holds a half-empty batch hostage. Each request carries its own sampling parameters.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,22 +25,10 @@ MIN_SHARED_PREFIX = 8
 
 
 @dataclass
-class _Row:
-    index: int
-    prompt: list[int]
-    generator: torch.Generator | None
-    generated: list[int] = field(default_factory=list)
-
-    @property
-    def position(self) -> int:
-        """Position of the newest token (the one fed to the next decode step)."""
-        return len(self.prompt) + len(self.generated) - 1
-
-
-@dataclass
 class DecodeRequest:
     prompt_ids: list[int]
     generator: torch.Generator | None
+    params: SamplingParams
 
 
 @dataclass
@@ -45,82 +37,157 @@ class DecodeResult:
     finish_reason: str
 
 
-class ContinuousBatcher:
-    """Runs many decode requests through one LlamaKernel with `slots` concurrent sequences."""
+@dataclass
+class _Row:
+    handle: int
+    request: DecodeRequest
+    generated: list[int] = field(default_factory=list)
 
-    def __init__(
-        self,
-        kernel: LlamaKernel,
-        eos_ids: set[int],
-        decode_text: Callable[[list[int]], str],
-    ):
+    @property
+    def prompt(self) -> list[int]:
+        return self.request.prompt_ids
+
+    @property
+    def position(self) -> int:
+        """Position of the newest token (the one fed to the next decode step)."""
+        return len(self.prompt) + len(self.generated) - 1
+
+
+@dataclass
+class StepEvent:
+    """A row that got a token this step; `finish_reason` is set when the row has left."""
+
+    handle: int
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+class ContinuousBatcher:
+    """Runs decode requests through one LlamaKernel with `kernel.slots` concurrent sequences."""
+
+    def __init__(self, kernel: LlamaKernel, eos_ids: set[int], decode_text: Callable[[list[int]], str]):
         self.kernel = kernel
         self.eos_ids = eos_ids
         self.decode_text = decode_text
         self.prefix: list | None = None
         self.prefix_len = 0
+        self.queue: deque[_Row] = deque()
+        self.active: list[_Row] = []
+        self._handles = itertools.count()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.active)
+
+    def submit(self, request: DecodeRequest) -> int:
+        """Queue a request; its handle names it in the events `step` returns."""
+        if len(request.prompt_ids) >= self.kernel.max_len:
+            raise ValueError(f"prompt of {len(request.prompt_ids)} tokens does not fit {self.kernel.max_len}")
+        row = _Row(next(self._handles), request)
+        self.queue.append(row)
+        return row.handle
+
+    def cancel(self, handles: set[int]) -> list[StepEvent]:
+        """Drop queued or running requests (e.g. abandoned by their client); frees their slots now."""
+        events = []
+        for row in [r for r in self.queue if r.handle in handles]:
+            self.queue.remove(row)
+            events.append(StepEvent(row.handle, list(row.generated), "cancelled"))
+        for slot in reversed(range(len(self.active))):
+            row = self.active[slot]
+            if row.handle in handles:
+                events.append(StepEvent(row.handle, list(row.generated), "cancelled"))
+                self._free(slot)
+        return events
+
+    def step(self) -> list[StepEvent]:
+        """Admit queued requests when enough slots are free, then decode one token for every row."""
+        events: list[StepEvent] = []
+        slots = self.kernel.slots
+        count = len(self.active)
+        if self.queue and (slots - count >= max(1, slots // 4) or not count):
+            self._admit(slots - count, events)
+        if count:
+            # Rows admitted just now sit after the decoding ones and got their token from prefill.
+            decoding = self.active[:count]
+            tokens = torch.tensor([row.generated[-1] for row in decoding])
+            positions = torch.tensor([row.position for row in decoding])
+            logits = self.kernel.decode(tokens, positions)
+            for row, token in zip(decoding, self._choose(logits, decoding), strict=True):
+                row.generated.append(token)
+            events.extend(StepEvent(row.handle, list(row.generated), None) for row in decoding)
+        self._retire(events)
+        return events
 
     def run(
         self,
         requests: Sequence[DecodeRequest],
-        params: SamplingParams,
         progress: ProgressCallback | None = None,
     ) -> list[DecodeResult]:
-        queue = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids), reverse=True)
-        queue.reverse()  # pop() from the end takes the longest prompt first
-        results: list[DecodeResult | None] = [None] * len(requests)
+        """Decode a whole batch; results in request order."""
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids), reverse=True)
         self._cache_shared_prefix([r.prompt_ids for r in requests])
-        active: list[_Row] = []
-        slots = self.kernel.slots
-        refill_at = max(1, slots // 4)
-        while queue or active:
-            free = slots - len(active)
-            if queue and (free >= refill_at or not active):
-                self._admit(queue, requests, active, free, params, results, progress)
-            if not active:
-                continue
-            tokens = torch.tensor([row.generated[-1] for row in active])
-            positions = torch.tensor([row.position for row in active])
-            logits = self.kernel.decode(tokens, positions)
-            chosen = choose_tokens(logits, params, [row.generator for row in active]).tolist()
-            for row, token in zip(active, chosen, strict=True):
-                row.generated.append(token)
-            self._retire(active, params, results, progress)
+        index_of = {self.submit(requests[i]): i for i in order}
+        results: list[DecodeResult | None] = [None] * len(requests)
+        try:
+            while self.busy:
+                for event in self.step():
+                    if event.finish_reason is not None:
+                        results[index_of[event.handle]] = DecodeResult(event.token_ids, event.finish_reason)
+                        if progress:
+                            progress(1)
+        finally:
+            self.prefix, self.prefix_len = None, 0
         return [r for r in results if r is not None]
 
-    def _admit(self, queue, requests, active, free, params, results, progress) -> None:
+    def _admit(self, free: int, events: list[StepEvent]) -> None:
         """Prefill up to `free` queued prompts into the slots after the active ones."""
         batch: list[_Row] = []
-        while queue and len(batch) < free:
-            index = queue[-1]
-            prompt = requests[index].prompt_ids
+        while self.queue and len(batch) < free:
+            prompt = self.queue[0].prompt
             longest = max([len(prompt)] + [len(r.prompt) for r in batch])
             if batch and longest * (len(batch) + 1) > PREFILL_TOKEN_BUDGET:
                 break
-            queue.pop()
-            batch.append(_Row(index, prompt, requests[index].generator))
+            batch.append(self.queue.popleft())
+        first = len(self.active)
         if self.prefix is not None:
-            self.kernel.load_prefix(self.prefix, len(active), len(batch))
+            self.kernel.load_prefix(self.prefix, first, len(batch))
         offset = self.prefix_len
-        logits = self.kernel.prefill(len(active), [row.prompt[offset:] for row in batch], offset)
-        chosen = choose_tokens(logits, params, [row.generator for row in batch]).tolist()
-        for row, token in zip(batch, chosen, strict=True):
+        logits = self.kernel.prefill(first, [row.prompt[offset:] for row in batch], offset)
+        for row, token in zip(batch, self._choose(logits, batch), strict=True):
             row.generated.append(token)
-        active.extend(batch)
-        self._retire(active, params, results, progress)
+        self.active.extend(batch)
+        events.extend(StepEvent(row.handle, list(row.generated), None) for row in batch)
+
+    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        """Next tokens, choosing together the rows that share sampling settings."""
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            p = row.request.params
+            groups.setdefault((p.temperature, p.top_p, p.top_k), []).append(i)
+        chosen = [0] * len(rows)
+        for members in groups.values():
+            params = rows[members[0]].request.params
+            picks = choose_tokens(logits[members], params, [rows[i].request.generator for i in members])
+            for i, token in zip(members, picks.tolist(), strict=True):
+                chosen[i] = token
+        return chosen
 
     def _cache_shared_prefix(self, prompts: list[list[int]]) -> None:
         """Prefill the longest common token prefix once (leaving every prompt one token of its own)."""
+        self.prefix, self.prefix_len = None, 0
+        if len(prompts) < 2 or self.active:
+            return
         shared = min(len(p) for p in prompts) - 1
         first = prompts[0]
         for prompt in prompts[1:]:
             shared = next((i for i in range(shared) if prompt[i] != first[i]), shared)
-        self.prefix, self.prefix_len = None, 0
-        if shared >= MIN_SHARED_PREFIX and len(prompts) > 1:
+        if shared >= MIN_SHARED_PREFIX:
             self.kernel.prefill(0, [first[:shared]])
             self.prefix, self.prefix_len = self.kernel.save_prefix(0, shared), shared
 
-    def _finish_reason(self, row: _Row, params: SamplingParams) -> str | None:
+    def _finish_reason(self, row: _Row) -> str | None:
+        params = row.request.params
         if row.generated[-1] in self.eos_ids:
             return "stop"
         if params.stop and apply_stop(self.decode_text(row.generated), params.stop)[1]:
@@ -129,20 +196,24 @@ class ContinuousBatcher:
             return "length"
         return None
 
-    def _retire(self, active, params, results, progress) -> None:
-        """Drop finished rows; move the last active row into each freed slot."""
+    def _retire(self, events: list[StepEvent]) -> None:
+        """Mark finished rows in this step's events and free their slots."""
+        by_handle = {e.handle: e for e in events}
         slot = 0
-        while slot < len(active):
-            row = active[slot]
-            reason = self._finish_reason(row, params)
+        while slot < len(self.active):
+            row = self.active[slot]
+            reason = self._finish_reason(row)
             if reason is None:
                 slot += 1
                 continue
             ids = row.generated[:-1] if row.generated[-1] in self.eos_ids else row.generated
-            results[row.index] = DecodeResult(ids, reason)
-            if progress:
-                progress(1)
-            last = active.pop()
-            if last is not row:
-                self.kernel.move_slot(len(active), slot, last.position + 1)
-                active[slot] = last
+            event = by_handle[row.handle]
+            event.token_ids, event.finish_reason = ids, reason
+            self._free(slot)
+
+    def _free(self, slot: int) -> None:
+        """Move the last active row into the freed slot so active rows stay contiguous."""
+        last = self.active.pop()
+        if slot < len(self.active):
+            self.kernel.move_slot(len(self.active), slot, last.position + 1)
+            self.active[slot] = last

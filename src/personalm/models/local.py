@@ -143,7 +143,7 @@ class LocalModel(TextModel):
                     f"prompt of {len(ids)} tokens does not fit the context of {self.context_length} tokens"
                 )
             generator = None if params.greedy else row_generator(params.seed, key, occurrence)
-            requests.append(DecodeRequest(ids, generator))
+            requests.append(DecodeRequest(ids, generator, params))
         return requests
 
     def _generate_kernel(self, requests, params, progress) -> list[DecodeResult]:
@@ -157,7 +157,7 @@ class LocalModel(TextModel):
             self._kernel = None  # free the old cache before allocating the new one
             kernel = self._kernel = LlamaKernel(weights, slots, max_len)
         decode_text = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        return ContinuousBatcher(kernel, self.eos_ids, decode_text).run(requests, params, progress)
+        return ContinuousBatcher(kernel, self.eos_ids, decode_text).run(requests, progress)
 
     @torch.inference_mode()
     def _generate_transformers(self, requests, params, progress) -> list[DecodeResult]:
