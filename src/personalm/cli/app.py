@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from personalm.cli import bench_cmd, demo_cmd, embed_cmd, generate_cmd, models_cmd
+from personalm.cli import bench_cmd, demo_cmd, embed_cmd, generate_cmd, models_cmd, serve_cmd
 from personalm.cli.progress import stderr
 from personalm.errors import PersonalmError
 
@@ -22,6 +22,7 @@ app.add_typer(bench_cmd.app, name="bench")
 app.command("generate")(generate_cmd.generate)
 app.command("embed")(embed_cmd.embed)
 app.command("demo")(demo_cmd.demo)
+app.command("serve")(serve_cmd.serve)
 
 EXIT_USER_ERROR = 2
 

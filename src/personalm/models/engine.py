@@ -65,8 +65,17 @@ class StepEvent:
 class ContinuousBatcher:
     """Runs decode requests through one LlamaKernel with `kernel.slots` concurrent sequences."""
 
-    def __init__(self, kernel: LlamaKernel, eos_ids: set[int], decode_text: Callable[[list[int]], str]):
+    def __init__(
+        self,
+        kernel: LlamaKernel,
+        eos_ids: set[int],
+        decode_text: Callable[[list[int]], str],
+        refill_at: int | None = None,
+    ):
+        """`refill_at`: free slots needed before queued prompts are prefilled. A batch run waits for a
+        quarter of the slots (fewer, larger prefills); a server admits at once (time to first token)."""
         self.kernel = kernel
+        self.refill_at = refill_at or max(1, kernel.slots // 4)
         self.eos_ids = eos_ids
         self.decode_text = decode_text
         self.prefix: list | None = None
@@ -105,7 +114,7 @@ class ContinuousBatcher:
         events: list[StepEvent] = []
         slots = self.kernel.slots
         count = len(self.active)
-        if self.queue and (slots - count >= max(1, slots // 4) or not count):
+        if self.queue and (slots - count >= self.refill_at or not count):
             self._admit(slots - count, events)
         if count:
             # Rows admitted just now sit after the decoding ones and got their token from prefill.

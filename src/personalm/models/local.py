@@ -72,6 +72,7 @@ class LocalModel(TextModel):
         self.model_id = f"local:{self.name}@{digest}"
         self.eos_ids = self._eos_ids()
         self._kernel: LlamaKernel | None = None
+        self._weights: LlamaWeights | None = None
 
     def _apply_adapter(self, adapter: Path) -> None:
         """Merge a PEFT LoRA adapter into the weights: inference then costs what the base costs."""
@@ -129,7 +130,7 @@ class LocalModel(TextModel):
             results = self._generate_transformers(requests, params, progress)
         out = []
         for request, result in zip(requests, results, strict=True):
-            text, hit = apply_stop(self.tokenizer.decode(result.token_ids, skip_special_tokens=True), params.stop)
+            text, hit = apply_stop(self.decode_ids(result.token_ids), params.stop)
             reason = "stop" if hit else result.finish_reason
             out.append(Generation(text, reason, len(request.prompt_ids), len(result.token_ids)))
         return out
@@ -146,18 +147,29 @@ class LocalModel(TextModel):
             requests.append(DecodeRequest(ids, generator, params))
         return requests
 
+    def kernel_weights(self) -> LlamaWeights:
+        """The fused, prepacked weights for the Llama kernel, built once per loaded model."""
+        if self._weights is None:
+            self._weights = LlamaWeights(self.model)
+        return self._weights
+
+    def slots_for(self, max_len: int, wanted: int) -> int:
+        """How many sequences of `max_len` tokens fit the KV cache budget (at most `wanted`)."""
+        per_slot = LlamaKernel.cache_bytes_per_slot(self.model, max_len)
+        return max(1, min(wanted, KV_CACHE_BUDGET_BYTES // per_slot))
+
+    def decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def _generate_kernel(self, requests, params, progress) -> list[DecodeResult]:
         longest = max(len(r.prompt_ids) for r in requests)
         max_len = min(longest + params.max_tokens, self.context_length)
-        per_slot = LlamaKernel.cache_bytes_per_slot(self.model, max_len)
-        slots = max(1, min(self.max_batch, len(requests), KV_CACHE_BUDGET_BYTES // per_slot))
+        slots = self.slots_for(max_len, min(self.max_batch, len(requests)))
         kernel = self._kernel
         if kernel is None or kernel.slots < slots or kernel.max_len < max_len:
-            weights = kernel.weights if kernel is not None else LlamaWeights(self.model)
             self._kernel = None  # free the old cache before allocating the new one
-            kernel = self._kernel = LlamaKernel(weights, slots, max_len)
-        decode_text = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        return ContinuousBatcher(kernel, self.eos_ids, decode_text).run(requests, progress)
+            kernel = self._kernel = LlamaKernel(self.kernel_weights(), slots, max_len)
+        return ContinuousBatcher(kernel, self.eos_ids, self.decode_ids).run(requests, progress)
 
     @torch.inference_mode()
     def _generate_transformers(self, requests, params, progress) -> list[DecodeResult]:

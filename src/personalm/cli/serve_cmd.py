@@ -1,0 +1,60 @@
+"""`personalm serve`: the OpenAI-compatible API and the web chat page."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import typer
+
+from personalm.errors import PersonalmError
+from personalm.paths import home
+
+
+def _adapters(specs: list[str]) -> dict[str, Path]:
+    adapters = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise PersonalmError(f"--adapter {spec}: expected NAME=DIR")
+        adapters[name] = Path(path)
+    return adapters
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    model: list[str] = typer.Option(None, "--model", "-m", help="Base model(s) to serve (default: the embedded one)."),
+    adapter: list[str] = typer.Option(
+        None, help="NAME=DIR of a PEFT adapter to serve as model NAME (adapters under PERSONALM_HOME/adapters too)."
+    ),
+    admin_key: str = typer.Option(
+        None, envvar="PERSONALM_ADMIN_KEY", help="Admin API key; without it the server is open (loopback only)."
+    ),
+    keys_db: Path = typer.Option(None, help="SQLite file of API keys (default: PERSONALM_HOME/serve/keys.db)."),
+    max_batch: int = typer.Option(32, min=1, help="Sequences decoded together per model."),
+    max_len: int = typer.Option(1024, min=16, help="Longest prompt + answer in tokens."),
+) -> None:
+    """Serve models, adapters, soups and avatars over an OpenAI-compatible API, with a chat page at /."""
+    if not admin_key and not _loopback(host):
+        raise PersonalmError(f"--host {host}: an open server (no --admin-key) may only listen on loopback")
+    import uvicorn
+
+    from personalm.serve.app import create_app
+    from personalm.serve.auth import KeyStore
+    from personalm.serve.catalog import Catalog
+
+    catalog = Catalog(model or None, _adapters(adapter or []), slots=max_batch, max_len=max_len)
+    keys = KeyStore(keys_db or home() / "serve" / "keys.db", admin_key or os.environ.get("PERSONALM_ADMIN_KEY"))
+    try:
+        uvicorn.run(create_app(catalog, keys), host=host, port=port, log_level="warning")
+    finally:
+        catalog.close()

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server, its web chat page, and API-key tenancy."""

@@ -1,0 +1,90 @@
+"""Everything the server can answer with, by model id: base models and saved LoRA adapters.
+
+Models load on first use (an adapter is merged into its own copy of the base) and each gets one
+engine thread, so requests to the same model batch together.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from personalm.errors import PersonalmError
+from personalm.models.llama_kernel import supports
+from personalm.models.local import LocalModel
+from personalm.models.registry import DEFAULT_MODEL, resolve_local
+from personalm.paths import home
+from personalm.serve.engine_thread import ServingEngine
+
+
+@dataclass
+class Entry:
+    id: str
+    kind: str
+    base: str
+    adapter: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+def saved_adapters() -> dict[str, Path]:
+    """Adapters saved under PERSONALM_HOME/adapters/NAME (PEFT format)."""
+    root = home() / "adapters"
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "adapter_config.json").is_file()}
+
+
+class Catalog:
+    def __init__(
+        self,
+        base_models: list[str] | None = None,
+        adapters: dict[str, Path] | None = None,
+        slots: int = 32,
+        max_len: int = 1024,
+    ):
+        self.slots, self.max_len = slots, max_len
+        self.entries: dict[str, Entry] = {}
+        for name in base_models or [DEFAULT_MODEL]:
+            if resolve_local(name) is None:
+                raise PersonalmError(f"unknown model '{name}' (expected a local model name or directory)")
+            self.entries[name] = Entry(name, "base", name)
+        for name, path in (saved_adapters() | (adapters or {})).items():
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise PersonalmError(f"{path}: not a PEFT adapter directory (no adapter_config.json)")
+            self.entries[name] = Entry(name, "adapter", next(iter(self.entries)), Path(path))
+        self._loaded: dict[str, tuple[LocalModel, ServingEngine | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str) -> Entry:
+        if model_id not in self.entries:
+            raise UnknownModel(model_id)
+        return self.entries[model_id]
+
+    def attach(self, model_id: str, model: LocalModel) -> None:
+        """Serve an already loaded model under a catalog id (no second copy in memory)."""
+        self.get(model_id)
+        with self._lock:
+            engine = ServingEngine(model, self.slots, self.max_len) if supports(model.model) else None
+            self._loaded[model_id] = (model, engine)
+
+    def load(self, model_id: str) -> tuple[LocalModel, ServingEngine | None]:
+        """The model and its engine (None for architectures the batching kernel does not support)."""
+        entry = self.get(model_id)
+        with self._lock:
+            if model_id not in self._loaded:
+                model = LocalModel(resolve_local(entry.base), adapter=entry.adapter, name=entry.id)
+                engine = ServingEngine(model, self.slots, self.max_len) if supports(model.model) else None
+                self._loaded[model_id] = (model, engine)
+            return self._loaded[model_id]
+
+    def close(self) -> None:
+        for _, engine in self._loaded.values():
+            if engine is not None:
+                engine.close()
+        self._loaded.clear()

@@ -1,0 +1,127 @@
+"""Dynamic batching for the server: one engine thread per local model steps a ContinuousBatcher.
+
+Requests that arrive while others decode join the next step (they share its forward passes);
+each step's tokens go back to the asyncio side through per-request queues. A request whose client
+went away is cancelled between two steps, so it stops consuming compute at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from personalm.models.base import SamplingParams
+from personalm.models.engine import ContinuousBatcher, DecodeRequest, StepEvent
+from personalm.models.llama_kernel import LlamaKernel
+from personalm.models.local import LocalModel
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One submitted request as the asyncio side sees it."""
+
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class EngineError(RuntimeError):
+    """The engine thread failed while running a request."""
+
+
+class ServingEngine:
+    """Owns a KV cache of `slots` sequences of `max_len` tokens next to the model's own one."""
+
+    def __init__(self, model: LocalModel, slots: int = 32, max_len: int = 1024):
+        self.model = model
+        self.max_len = min(max_len, model.context_length)
+        kernel = LlamaKernel(model.kernel_weights(), model.slots_for(self.max_len, slots), self.max_len)
+        self.batcher = ContinuousBatcher(kernel, model.eos_ids, model.decode_ids, refill_at=1)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._tickets: dict[int, Ticket] = {}
+        self._handles: dict[Ticket, int] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{model.name}", daemon=True)
+        self._thread.start()
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams, generator=None) -> AsyncIterator[StepEvent]:
+        """Yield this request's events (token ids so far, finish reason on the last one).
+
+        Closing the iterator early (client gone) cancels the request in the engine.
+        """
+        ticket = Ticket(asyncio.get_running_loop())
+        self._inbox.put(("submit", ticket, DecodeRequest(prompt_ids, generator, params)))
+        finished = False
+        try:
+            while True:
+                event = await ticket.events.get()
+                if isinstance(event, BaseException):
+                    finished = True
+                    raise EngineError(str(event)) from event
+                yield event
+                if event.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self._inbox.put(("cancel", ticket, None))
+
+    def close(self) -> None:
+        self._closed = True
+        self._inbox.put(("close", None, None))
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._closed:
+            block = not self.batcher.busy
+            try:
+                self._apply(self._inbox.get(block=block))
+                while True:
+                    self._apply(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            if self._closed or not self.batcher.busy:
+                continue
+            try:
+                events = self.batcher.step()
+            except Exception as err:  # noqa: BLE001 - every waiting client must hear about it
+                self._fail_all(err)
+                continue
+            for event in events:
+                self._deliver(event)
+
+    def _apply(self, command: tuple) -> None:
+        kind, ticket, request = command
+        if kind == "submit":
+            try:
+                handle = self.batcher.submit(request)
+            except ValueError as err:
+                ticket.loop.call_soon_threadsafe(ticket.events.put_nowait, err)
+                return
+            self._tickets[handle], self._handles[ticket] = ticket, handle
+        elif kind == "cancel" and ticket in self._handles:
+            for event in self.batcher.cancel({self._handles[ticket]}):
+                self._forget(event.handle)
+
+    def _deliver(self, event: StepEvent) -> None:
+        ticket = self._tickets.get(event.handle)
+        if ticket is None:
+            return
+        ticket.loop.call_soon_threadsafe(ticket.events.put_nowait, event)
+        if event.finish_reason is not None:
+            self._forget(event.handle)
+
+    def _forget(self, handle: int) -> None:
+        ticket = self._tickets.pop(handle, None)
+        if ticket is not None:
+            self._handles.pop(ticket, None)
+
+    def _fail_all(self, err: Exception) -> None:
+        """Drop every request (the batcher state is unknown after a failure) and tell the clients."""
+        self.batcher.cancel(set(self._tickets))
+        for ticket in list(self._tickets.values()):
+            ticket.loop.call_soon_threadsafe(ticket.events.put_nowait, err)
+        self._tickets.clear()
+        self._handles.clear()

@@ -1,0 +1,79 @@
+"""Request bodies of the OpenAI-compatible API, validated strictly (wrong types → 400, never 500)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_TOKENS_LIMIT = 1024
+MAX_TEXT_CHARS = 32_000
+MAX_ITEMS = 256
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+class SamplingFields(BaseModel):
+    """The sampling fields chat and text completions share (OpenAI defaults)."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > 4 or any(len(s) > 64 for s in stops):
+            raise ValueError("stop: at most 4 strings of at most 64 characters")
+        return stops
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_ITEMS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    preference_weights: dict[str, float] | None = None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] = Field(max_length=MAX_ITEMS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | list[str]) -> list[str]:
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts or any(len(p) > MAX_TEXT_CHARS for p in prompts):
+            raise ValueError(f"prompt: 1 to {MAX_ITEMS} strings of at most {MAX_TEXT_CHARS} characters")
+        return prompts
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str | list[str]) -> list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts or len(texts) > MAX_ITEMS or any(len(t) > MAX_TEXT_CHARS for t in texts):
+            raise ValueError(f"input: 1 to {MAX_ITEMS} strings of at most {MAX_TEXT_CHARS} characters")
+        return texts
+
+
+class KeyRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    scope: str = Field(pattern=r"^(user|avatar:[A-Za-z0-9_.-]{1,64})$")
