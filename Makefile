@@ -46,6 +46,7 @@ $(VENV)/.setup-test: $(VENV)/.setup
 	  CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" \
 	  $(BIN)/pip wheel -q --no-deps $(LLAMACPP) -w $(WHEELHOUSE); }
 	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e ".[test,llamacpp]"
+	scripts/ensure-chromium.sh
 	touch $@
 
 clean:

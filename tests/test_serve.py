@@ -52,10 +52,11 @@ def test_openai_client_lists_models_and_chats_like_the_library(client, embedded_
 def test_streaming_chunks_add_up_to_the_full_answer(client):
     kwargs = dict(model="smollm2-135m-instruct", messages=CHAT, max_tokens=20, temperature=0)
     full = client.chat.completions.create(**kwargs).choices[0].message.content
-    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full
-    assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full
+    assert chunks[-2].choices[0].finish_reason in {"stop", "length"}
+    assert chunks[-1].choices == [] and 0 < chunks[-1].usage.completion_tokens <= 20
 
 
 def test_stop_strings_never_leak_into_the_stream(client):

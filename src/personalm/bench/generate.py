@@ -8,7 +8,6 @@ otherwise run, on the same prompts and token budget in one process:
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import time
 from collections.abc import Callable
@@ -17,19 +16,12 @@ from typing import Any
 
 import torch
 
-from personalm.bench.hardware import fp32_matmul_peak_gflops, machine
+from personalm.bench.hardware import fp32_matmul_peak_gflops, machine, versions
 from personalm.bench.workloads import synthesis_prompts
 from personalm.models.base import SamplingParams
 from personalm.models.embedded import gguf_path
 from personalm.models.local import LocalModel
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _flops_per_token(model: torch.nn.Module) -> tuple[int, int]:
@@ -127,7 +119,7 @@ def run(
         "llamacpp_tok_s": None,
         "llamacpp_speedup": None,
         "seed": 0,
-        "versions": {p: _version(p) for p in ("personalm", "torch", "transformers", "llama_cpp_python")},
+        "versions": versions("personalm", "torch", "transformers", "llama_cpp_python"),
         "machine": machine(),
     }
     if llamacpp:

@@ -1,7 +1,9 @@
-"""What this machine can do: the fp32 matmul peak every benchmark reports its fraction of."""
+"""What this machine can do (the fp32 matmul peak every benchmark reports its fraction of) and
+which package versions ran: recorded in every results file."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import time
@@ -37,3 +39,14 @@ def machine() -> dict[str, object]:
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
     }
+
+
+def versions(*packages: str) -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on (None where absent)."""
+    found: dict[str, str | None] = {}
+    for package in packages:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found

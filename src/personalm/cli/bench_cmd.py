@@ -64,6 +64,46 @@ def generate_bench(
         f"ours {result['ours_gflops']} GFLOP/s = {result['peak_fraction']:.1%} of the {result['peak_gflops']} GFLOP/s "
         f"fp32 matmul peak measured now (compute bound ≈ {result['compute_bound_tok_s']} tok/s)"
     )
+    _finish(result, out, as_json)
+
+
+@app.command("serve")
+def serve_bench(
+    clients: int = typer.Option(32, min=1, help="Concurrent streaming clients."),
+    seconds: float = typer.Option(60.0, min=1, help="Length of the concurrent phase."),
+    sequential_seconds: float = typer.Option(30.0, min=1, help="Length of the one-at-a-time phase."),
+    max_tokens: int = typer.Option(64, min=1, help="Token budget per request."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local model to serve."),
+    data: Path = typer.Option(
+        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    out: Path = typer.Option(None, help="Also write the results JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Streaming clients on loopback against `personalm serve` vs the same requests one at a time."""
+    from personalm.bench import serve
+
+    result = serve.run(
+        clients, seconds, sequential_seconds, max_tokens, data or data_dir(), model,
+        log=lambda m: stderr.print(m, markup=False),
+    )  # fmt: skip
+    table = Table("phase", "requests", "tokens", "seconds", "tokens/s", "TTFT p50 ms", "TTFT p95 ms", "errors")
+    for name, phase in (("concurrent", result["concurrent"]), ("one at a time", result["sequential"])):
+        table.add_row(
+            name,
+            *(
+                str(phase[k])
+                for k in ("requests", "tokens", "seconds", "tok_s", "ttft_p50_ms", "ttft_p95_ms", "errors")
+            ),
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"throughput ratio {result['throughput_ratio']}x, errors {result['errors']}")
+    _finish(result, out, as_json)
+
+
+def _finish(result: dict, out: Path | None, as_json: bool) -> None:
+    """Write the results file when asked and end with the JSON line when asked."""
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

@@ -150,7 +150,8 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None) -> FastA
             return await _complete_unbatched(model, model_id, [p for _, p in prompts], runs[0][1], rid, chat)
         if body.stream:
             ids, params, generator = runs[0]
-            events = _sse(engine.stream(ids, params, generator), model, model_id, rid, params, chat)
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            events = _sse(engine.stream(ids, params, generator), model, model_id, rid, params, chat, usage, len(ids))
             return StreamingResponse(events, media_type="text/event-stream")
         tasks = [asyncio.ensure_future(_collect(engine, model, *run)) for run in runs]
         done = asyncio.ensure_future(asyncio.gather(*tasks))
@@ -227,8 +228,11 @@ async def _collect(engine, model, ids, params, generator) -> tuple[str, str, int
     raise EngineError("the engine ended the request without a result")
 
 
-async def _sse(events: AsyncIterator, model, model_id: str, rid: str, params, chat: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+async def _sse(
+    events: AsyncIterator, model, model_id: str, rid: str, params, chat: bool, usage: bool, prompt_tokens: int
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]` (after a usage chunk
+    when `stream_options.include_usage` asked for one)."""
     stream = TextStream(model.decode_ids, params.stop)
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -250,6 +254,9 @@ async def _sse(events: AsyncIterator, model, model_id: str, rid: str, params, ch
             text = stream.delta(event.token_ids, finished)
             if finished:
                 yield chunk(text, "length" if event.finish_reason == "length" else "stop")
+                if usage:
+                    tail = {"id": rid, "object": kind, "created": created, "model": model_id, "choices": []}
+                    yield f"data: {json.dumps(tail | _usage(prompt_tokens, len(event.token_ids)))}\n\n"
                 break
             if text:
                 yield chunk(text, None)

@@ -16,6 +16,10 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class SamplingFields(BaseModel):
     """The sampling fields chat and text completions share (OpenAI defaults)."""
 
@@ -28,6 +32,7 @@ class SamplingFields(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = Field(default=None, max_length=256)
 
