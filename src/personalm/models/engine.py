@@ -10,6 +10,7 @@ never holds a half-empty batch hostage. Each request carries its own sampling pa
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class _Row:
     handle: int
     request: DecodeRequest
     generated: list[int] = field(default_factory=list)
+    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def prompt(self) -> list[int]:
@@ -71,11 +73,15 @@ class ContinuousBatcher:
         eos_ids: set[int],
         decode_text: Callable[[list[int]], str],
         refill_at: int | None = None,
+        max_wait_s: float | None = None,
     ):
-        """`refill_at`: free slots needed before queued prompts are prefilled. A batch run waits for a
-        quarter of the slots (fewer, larger prefills); a server admits at once (time to first token)."""
+        """Queued prompts are prefilled together once `refill_at` slots are free (default: a quarter),
+        since one prefill of many prompts costs little more than one of a single prompt: every weight
+        is read from memory once either way. A server also sets `max_wait_s`, the longest a queued
+        request waits for company before it is admitted alone (time to first token)."""
         self.kernel = kernel
         self.refill_at = refill_at or max(1, kernel.slots // 4)
+        self.max_wait_s = max_wait_s
         self.eos_ids = eos_ids
         self.decode_text = decode_text
         self.prefix: list | None = None
@@ -114,7 +120,7 @@ class ContinuousBatcher:
         events: list[StepEvent] = []
         slots = self.kernel.slots
         count = len(self.active)
-        if self.queue and (slots - count >= self.refill_at or not count):
+        if self.queue and count < slots and (slots - count >= self.refill_at or not count or self._waited_enough()):
             self._admit(slots - count, events)
         if count:
             # Rows admitted just now sit after the decoding ones and got their token from prefill.
@@ -148,6 +154,9 @@ class ContinuousBatcher:
         finally:
             self.prefix, self.prefix_len = None, 0
         return [r for r in results if r is not None]
+
+    def _waited_enough(self) -> bool:
+        return self.max_wait_s is not None and time.monotonic() - self.queue[0].queued_at >= self.max_wait_s
 
     def _admit(self, free: int, events: list[StepEvent]) -> None:
         """Prefill up to `free` queued prompts into the slots after the active ones."""

@@ -27,6 +27,9 @@ class Ticket:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
 
 
+ADMIT_WAIT_S = 0.3
+
+
 class EngineError(RuntimeError):
     """The engine thread failed while running a request."""
 
@@ -38,7 +41,9 @@ class ServingEngine:
         self.model = model
         self.max_len = min(max_len, model.context_length)
         kernel = LlamaKernel(model.kernel_weights(), model.slots_for(self.max_len, slots), self.max_len)
-        self.batcher = ContinuousBatcher(kernel, model.eos_ids, model.decode_ids, refill_at=1)
+        self.batcher = ContinuousBatcher(
+            kernel, model.eos_ids, model.decode_ids, refill_at=max(1, kernel.slots // 8), max_wait_s=ADMIT_WAIT_S
+        )
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._tickets: dict[int, Ticket] = {}
         self._handles: dict[Ticket, int] = {}
