@@ -1,0 +1,150 @@
+"""Chat examples → token ids with labels on assistant tokens only, validated line by line.
+
+An example is a row with a `messages` list of {"role", "content"} (roles system/user/assistant).
+Each assistant turn is supervised: its tokens are what the chat template adds after the
+generation prompt of the turns before it (content, end-of-turn marker). Everything else gets label
+-100. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
+left with no assistant token is dropped and counted), "drop" skips them, "error" stops with the
+example's line.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from personalm.errors import PersonalmError
+from personalm.tables import input_format, read_rows, require
+
+IGNORE = -100
+ROLES = {"system", "user", "assistant"}
+OVERLONG_POLICIES = ("truncate", "drop", "error")
+
+
+@dataclass
+class Example:
+    line: int
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def supervised(self) -> int:
+        return sum(label != IGNORE for label in self.labels)
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    truncated: int = 0
+    dropped: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e.input_ids) for e in self.examples)
+
+
+def validate_messages(messages: object, source: str, line: int) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise PersonalmError("'messages' must be a non-empty list of {role, content}", source=source, line=line)
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise PersonalmError(f"messages[{i}] needs 'role' and 'content'", source=source, line=line)
+        if message["role"] not in ROLES:
+            raise PersonalmError(
+                f"messages[{i}].role is {message['role']!r}; expected system, user or assistant",
+                source=source,
+                line=line,
+            )
+        if not isinstance(message["content"], str):
+            raise PersonalmError(f"messages[{i}].content must be a string", source=source, line=line)
+        if message["role"] == "assistant" and not message["content"].strip():
+            raise PersonalmError(f"messages[{i}] is an empty assistant turn", source=source, line=line)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise PersonalmError("no assistant turn to learn from", source=source, line=line)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Ids of the whole rendered chat and labels that keep only the assistant turns' tokens."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], generation_prompt=True)
+        full = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if full[: len(prompt)] != prompt or prompt[: len(ids)] != ids:
+            raise PersonalmError("the chat template does not render turns as a growing prefix; cannot mask labels")
+        labels += [IGNORE] * (len(prompt) - len(ids)) + full[len(prompt) :]
+        ids = full
+    return ids, labels
+
+
+def _render(tokenizer, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def load_examples(
+    path: str | Path, tokenizer, max_len: int, overlong: str = "truncate", column: str = "messages"
+) -> Dataset:
+    if overlong not in OVERLONG_POLICIES:
+        raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
+    source = str(path)
+    dataset = Dataset([])
+    for line, row in read_rows(path, input_format(source, None)):
+        messages = validate_messages(require(row, column, list, source, line), source, line)
+        ids, labels = tokenize_chat(tokenizer, messages)
+        if len(ids) > max_len:
+            if overlong == "error":
+                raise PersonalmError(
+                    f"example has {len(ids)} tokens, over --max-len {max_len}", source=source, line=line
+                )
+            if overlong == "drop":
+                dataset.dropped += 1
+                continue
+            ids, labels = ids[:max_len], labels[:max_len]
+            dataset.truncated += 1
+        example = Example(line, ids, labels)
+        if example.supervised == 0:
+            dataset.dropped += 1
+            continue
+        dataset.examples.append(example)
+    if not dataset.examples:
+        raise PersonalmError("no usable training examples", source=source)
+    return dataset
+
+
+def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of similar length (little padding), in a seeded order that changes every epoch.
+
+    Examples are shuffled, cut into windows of 50 batches, sorted by length inside each window and
+    batched; the batches are then shuffled, so each batch is homogeneous but the order is random.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(examples[i].input_ids))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked out of attention and labels."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

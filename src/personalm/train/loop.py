@@ -1,0 +1,233 @@
+"""The LoRA SFT loop: a plain PyTorch loop over a PEFT model (nanoGPT-style, no Trainer).
+
+Checkpoints hold the adapter, optimizer, scheduler, RNG states and the data position, so a killed
+run started again with the same command continues exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personalm.bench.hardware import versions
+from personalm.errors import PersonalmError
+from personalm.models.hf import transformers_offline
+from personalm.models.registry import DEFAULT_MODEL, resolve_local
+from personalm.train.data import Dataset, bucketed_batches, collate, load_examples
+from personalm.train.frozen_base import freeze_base_layers
+from personalm.train.losses import get_loss, supervised_tokens
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; written next to the adapter as train_config.json."""
+
+    data: str
+    out: str
+    model: str = DEFAULT_MODEL
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: str = "all-linear"
+    lr: float = 2e-4
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_len: int = 512
+    overlong: str = "truncate"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_every: int = 50
+    seed: int = 0
+    quant: str = "fp32"
+    loss: str = "ce"
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    tokens: int
+    seconds: float
+    losses: list[float]
+    resumed_from: int | None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+ProgressFn = Callable[[int, int, float], None]
+"""Called after each optimizer step with (step, total steps, loss)."""
+
+
+def build_model(config: TrainConfig):
+    """Tokenizer and PEFT-wrapped model with the frozen base swapped for the fast/int8 layers."""
+    transformers = transformers_offline()
+    from peft import LoraConfig, get_peft_model
+
+    path = resolve_local(config.model)
+    if path is None:
+        raise PersonalmError(f"unknown model '{config.model}' (expected a local model name or directory)")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    targets: str | list[str] = config.targets if config.targets == "all-linear" else config.targets.split(",")
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise PersonalmError(f"LoRA targets {config.targets!r}: {err}") from None
+    freeze_base_layers(model, config.quant)
+    return tokenizer, model
+
+
+def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
+    """`max_steps`, when given, overrides `epochs` (as in transformers): the data cycles as needed."""
+    return config.max_steps or math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
+
+
+def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Train a LoRA adapter into `config.out` (resuming from its latest checkpoint if any)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import get_cosine_schedule_with_warmup
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    loss_fn = get_loss(config.loss)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    tokenizer, model = build_model(config)
+    dataset = load_examples(config.data, tokenizer, config.max_len, config.overlong)
+    if dataset.truncated or dataset.dropped:
+        log(f"{dataset.truncated} example(s) truncated to {config.max_len} tokens, {dataset.dropped} dropped")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches_per_epoch = math.ceil(len(dataset.examples) / config.batch_size)
+    steps = total_steps(config, batches_per_epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0, "losses": []}
+    resumed_from = _resume(out, model, optimizer, scheduler, state, set_peft_model_state_dict)
+    if resumed_from is not None:
+        log(f"resumed from step {resumed_from}")
+    model.train()
+    start = time.perf_counter() - state["seconds"]
+    while state["step"] < steps:
+        order = bucketed_batches(dataset.examples, config.batch_size, config.seed, state["epoch"])
+        if state["batch"] >= len(order):
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            continue
+        group = order[state["batch"] : state["batch"] + config.grad_accum]
+        loss = _optimizer_step(model, dataset, group, pad_id, loss_fn, optimizer, scheduler, params, config, state)
+        state["batch"] += len(group)
+        state["step"] += 1
+        state["losses"].append(loss)
+        state["seconds"] = time.perf_counter() - start
+        if progress:
+            progress(state["step"], steps, loss)
+        if state["step"] % config.save_every == 0 and state["step"] < steps:
+            _checkpoint(out, model, optimizer, scheduler, state, get_peft_model_state_dict)
+    model.save_pretrained(out)
+    _write_run_files(out, config, dataset, state, steps)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    return TrainResult(out, state["step"], state["tokens"], state["seconds"], state["losses"], resumed_from)
+
+
+def _optimizer_step(
+    model, dataset: Dataset, group, pad_id, loss_fn, optimizer, scheduler, params, config, state
+) -> float:
+    """One optimizer step over `grad_accum` micro-batches, averaging the loss over all their tokens."""
+    micro = [collate([dataset.examples[i] for i in batch], pad_id) for batch in group]
+    total = sum(supervised_tokens(b["labels"]) for b in micro)
+    loss_sum = 0.0
+    for batch in micro:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, _ = loss_fn(logits, batch["labels"], batch)
+        (loss / total).backward()
+        loss_sum += float(loss.detach())
+        state["tokens"] += int(batch["attention_mask"].sum())
+    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / total
+
+
+def _checkpoint(out: Path, model, optimizer, scheduler, state: dict, get_state) -> None:
+    """Write step-N atomically (temp dir, then rename) and keep only the newest few."""
+    root = out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['step']:07d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(
+        {
+            "adapter": get_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "state": state,
+        },
+        tmp / "state.pt",
+    )
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(out: Path, model, optimizer, scheduler, state: dict, set_state) -> int | None:
+    checkpoints = sorted((out / CHECKPOINTS).glob("step-*")) if (out / CHECKPOINTS).is_dir() else []
+    if not checkpoints:
+        return None
+    saved = torch.load(checkpoints[-1] / "state.pt", weights_only=False)
+    set_state(model, saved["adapter"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    random.setstate(saved["python_rng"])
+    state.update(saved["state"])
+    return int(state["step"])
+
+
+def _write_run_files(out: Path, config: TrainConfig, dataset: Dataset, state: dict, steps: int) -> None:
+    summary = {
+        "config": asdict(config),
+        "steps": steps,
+        "examples": len(dataset.examples),
+        "truncated": dataset.truncated,
+        "dropped": dataset.dropped,
+        "tokens_seen": state["tokens"],
+        "seconds": round(state["seconds"], 2),
+        "final_loss": state["losses"][-1] if state["losses"] else None,
+        "versions": versions("personalm", "torch", "transformers", "peft"),
+    }
+    (out / "train_config.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out / "train_log.jsonl", "w") as handle:
+        for step, loss in enumerate(state["losses"], start=1):
+            handle.write(json.dumps({"step": step, "loss": loss}) + "\n")
