@@ -26,16 +26,16 @@ TASKS = [
 
 
 def synthesis_prompts(count: int, data_dir: Path | None, seed: int = 0) -> list[list[dict[str, str]]]:
-    personas = _personas(data_dir)
+    pool = personas(data_dir)
     rng = random.Random(seed)
-    chosen = rng.sample(personas, count) if len(personas) >= count else [rng.choice(personas) for _ in range(count)]
+    chosen = rng.sample(pool, count) if len(pool) >= count else [rng.choice(pool) for _ in range(count)]
     return [
         [{"role": "user", "content": f"Persona: {persona}\n{TASKS[i % len(TASKS)]}"}]
         for i, persona in enumerate(chosen)
     ]
 
 
-def _personas(data_dir: Path | None) -> list[str]:
+def personas(data_dir: Path | None) -> list[str]:
     path = data_dir / "personahub" / "tool_personas.jsonl" if data_dir else None
     if path is None or not path.is_file():
         return FALLBACK_PERSONAS

@@ -109,3 +109,31 @@ def _finish(result: dict, out: Path | None, as_json: bool) -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(result))
+
+
+@app.command("train")
+def train_bench(
+    steps: int = typer.Option(6, min=2, help="Optimizer steps for each trainer."),
+    batch_size: int = typer.Option(8, min=1),
+    seq_len: int = typer.Option(256, min=16),
+    rank: int = typer.Option(16, min=1, help="LoRA rank (all linear layers)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
+    data: Path = typer.Option(
+        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    out: Path = typer.Option(None, help="Also write the results JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Our LoRA trainer vs TRL's SFTTrainer: tokens/s, ratio and fraction of the fp32 peak."""
+    from personalm.bench import train
+
+    result = train.run(
+        steps, batch_size, seq_len, rank, data or data_dir(), model, log=lambda m: stderr.print(m, markup=False)
+    )
+    table = Table("trainer", "tokens", "seconds", "tokens/s", "peak fraction", "ours is")
+    table.add_row("personalm train sft", str(result["ours_tokens"]), str(result["ours_s"]), str(result["ours_tok_s"]),
+                  f"{result['peak_fraction']:.1%}", "")  # fmt: skip
+    table.add_row("TRL SFTTrainer", str(result["trl_tokens"]), str(result["trl_s"]), str(result["trl_tok_s"]),
+                  f"{result['trl_peak_fraction']:.1%}", f"{result['speedup']}x")  # fmt: skip
+    Console().print(table)
+    _finish(result, out, as_json)

@@ -27,6 +27,7 @@ from personalm.train.frozen_base import freeze_base_layers
 from personalm.train.losses import get_loss, supervised_tokens
 
 CHECKPOINTS = "checkpoints"
+SNAPSHOTS = "snapshots"
 KEEP_CHECKPOINTS = 2
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     save_every: int = 50
+    snapshot_every: int | None = None  # also keep a PEFT adapter every N steps (learning curves)
     seed: int = 0
     quant: str = "fp32"
     loss: str = "ce"
@@ -149,6 +151,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
         state["seconds"] = time.perf_counter() - start
         if progress:
             progress(state["step"], steps, loss)
+        if config.snapshot_every and state["step"] % config.snapshot_every == 0:
+            model.save_pretrained(out / SNAPSHOTS / f"step-{state['step']:07d}")
         if state["step"] % config.save_every == 0 and state["step"] < steps:
             _checkpoint(out, model, optimizer, scheduler, state, get_peft_model_state_dict)
     model.save_pretrained(out)

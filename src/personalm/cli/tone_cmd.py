@@ -1,0 +1,152 @@
+"""`personalm tone build` and `personalm tone experiment`: tone adapters from simulated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from personalm.cli.progress import stderr
+from personalm.errors import PersonalmError
+from personalm.models.registry import DEFAULT_MODEL
+from personalm.paths import data_dir
+
+app = typer.Typer(help="Tone adapters: simulated data, training, and the prompting-vs-LoRA experiment.",
+                  no_args_is_help=True)  # fmt: skip
+
+SCORER_HELP = "Tone scorer: flesch (Reading Ease >= 60), embedding (classifier from --labelled) or llm-judge."
+
+
+def _log(message: str) -> None:
+    stderr.print(message, markup=False, highlight=False)
+
+
+def _scorer(name: str, embedder, labelled: Path | None, judge: str | None):
+    from personalm.eval.tone import make_scorer
+    from personalm.models.registry import load_model
+
+    judge_model = load_model(judge, cache=True) if judge else None
+    return make_scorer(name, embedder, str(labelled) if labelled else None, judge_model)
+
+
+@app.command("build")
+def build(
+    source: Path = typer.Argument(
+        ..., help="Facts: a folder of .txt/.md, one such file, or JSONL/Parquet with a text column."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for train.jsonl, test.jsonl, rejects.jsonl, stats.json, adapter/."
+    ),
+    examples: int = typer.Option(100, min=1, help="Training examples to keep."),
+    test: int = typer.Option(48, min=0, help="Held-out questions (from other documents)."),
+    teacher: str = typer.Option(DEFAULT_MODEL, help="Model that writes questions, references and tone rewrites."),
+    candidates: int = typer.Option(3, min=1, help="Tone rewrites sampled per answer; the scorer picks."),
+    temperature: float = typer.Option(0.8, min=0.0),
+    max_tokens: int = typer.Option(64, min=8, help="Longest question/answer in tokens."),
+    min_semsim: float = typer.Option(0.5, min=-1.0, max=1.0, help="A rewrite must stay this close to the reference."),
+    text_column: str = typer.Option("text", help="Text column of a JSONL/Parquet source."),
+    scorer: str = typer.Option("flesch", help=SCORER_HELP),
+    labelled: Path = typer.Option(None, help="JSONL/Parquet of {text, label} for --scorer embedding."),
+    judge: str = typer.Option(None, help="Model for --scorer llm-judge."),
+    train_adapter: bool = typer.Option(True, "--train/--no-train", help="Train the adapter on the kept examples."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Student base model for the adapter."),
+    epochs: int = typer.Option(2, min=1),
+    quant: str = typer.Option("fp32", help="Student base during training: fp32 or int8."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build a tone training set from a corpus of facts, then train the adapter (OUT/adapter)."""
+    from personalm.models.embedder import Embedder
+    from personalm.models.registry import load_model
+    from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, write_dataset
+
+    if quant not in {"fp32", "int8"}:
+        raise PersonalmError(f"--quant {quant}: expected fp32 or int8")
+    embedder = Embedder()
+    tone_scorer = _scorer(scorer, embedder, labelled, judge)
+    config = ToneBuildConfig(
+        source=str(source), out=str(out), examples=examples, test=test, candidates=candidates,
+        temperature=temperature, max_tokens=max_tokens, min_semsim=min_semsim, seed=seed,
+        text_column=text_column, scorer=scorer,
+    )  # fmt: skip
+    with load_model(teacher, cache=True) as teacher_model:
+        dataset = ToneBuilder(config, teacher_model, embedder, tone_scorer, _log).build()
+    write_dataset(dataset, out)
+    stderr.print(f"{len(dataset.train)} training examples, {len(dataset.test)} test questions, "
+                 f"{len(dataset.rejects)} rejects (see {out / 'rejects.jsonl'})", markup=False)  # fmt: skip
+    if not train_adapter:
+        return
+    if not dataset.train:
+        raise PersonalmError("no example passed the tone scorer; nothing to train (see rejects.jsonl)", source=str(out))
+    from personalm.train.loop import TrainConfig, train
+
+    result = train(
+        TrainConfig(
+            data=str(out / "train.jsonl"),
+            out=str(out / "adapter"),
+            model=model,
+            epochs=epochs,
+            max_len=384,
+            quant=quant,
+            seed=seed,
+            save_every=10,
+        ),  # fmt: skip
+        log=_log,
+    )
+    stderr.print(f"adapter saved to {result.out} ({result.steps} steps, {result.tokens_per_s:.0f} tokens/s); "
+                 f"try: personalm generate QUESTIONS --adapter {result.out}", markup=False)  # fmt: skip
+
+
+@app.command("experiment")
+def experiment(
+    source: Path = typer.Option(
+        None, help="Facts corpus (default: the speeches folder of PERSONALM_DATA or ../shared/data)."
+    ),
+    out: Path = typer.Option(Path("reports/tone"), "--out", "-o", help="Folder for results.json, PNGs, report.html."),
+    sizes: str = typer.Option("25,100,300", help="Training-set sizes for the LoRA conditions."),
+    curve_size: int = typer.Option(100, min=1, help="Size trained with both fp32 and int8 bases (learning curves)."),
+    test: int = typer.Option(48, min=1, help="Held-out questions."),
+    epochs: int = typer.Option(2, min=1),
+    lr: float = typer.Option(3e-4, min=0.0),
+    rank: int = typer.Option(16, min=1),
+    snapshot_every: int = typer.Option(10, min=1, help="Steps between evaluated snapshots on the learning curves."),
+    candidates: int = typer.Option(3, min=1),
+    scorer: str = typer.Option("flesch", help=SCORER_HELP),
+    labelled: Path = typer.Option(None, help="JSONL/Parquet of {text, label} for --scorer embedding."),
+    judge: str = typer.Option(None, help="Model for --scorer llm-judge."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Base vs tone system prompt vs LoRA on 25/100/300 examples, and fp32 vs int8 base."""
+    from personalm.models.embedder import Embedder
+    from personalm.tone.experiment import ToneExperimentConfig, run
+
+    try:
+        size_list = sorted({int(s) for s in sizes.split(",") if s.strip()})
+    except ValueError:
+        raise PersonalmError(f"--sizes {sizes!r}: expected comma-separated integers like 25,100,300") from None
+    if not size_list or min(size_list) < 1:
+        raise PersonalmError(f"--sizes {sizes!r}: expected positive sizes")
+    if curve_size not in size_list:
+        size_list = sorted({*size_list, curve_size})
+    corpus = source or data_dir() / "speeches"
+    if not corpus.exists():
+        raise PersonalmError("no such corpus (pass --source or set PERSONALM_DATA)", source=str(corpus))
+    embedder = Embedder()
+    config = ToneExperimentConfig(
+        source=str(corpus), out=str(out), sizes=size_list, curve_size=curve_size, test=test, epochs=epochs, lr=lr,
+        rank=rank, snapshot_every=snapshot_every, candidates=candidates, model=model, seed=seed,
+    )  # fmt: skip
+    results = run(config, embedder, _scorer(scorer, embedder, labelled, judge), _log)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("condition", "tone rate", "similarity to reference", "mean words")
+    for name in ["base", "prompted", *[f"lora{s}" for s in size_list]]:
+        table.add_row(name, f"{results[f'{name}_tone_rate']:.2f}", f"{results[f'{name}_semsim']:.3f}",
+                      f"{results[f'{name}_words']:.0f}")  # fmt: skip
+    Console(stderr=True).print(table)
+    stderr.print(f"results: {out / 'results.json'}  report: {out / 'report.html'}", markup=False)
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in results.items() if k != "curves"}))

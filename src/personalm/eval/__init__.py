@@ -1,0 +1,1 @@
+"""Metrics: tone scorers, semantic similarity, diversity."""

@@ -1,0 +1,147 @@
+"""Tone scorers: does a text meet the target tone? Pluggable, each with `score` and `accepts`.
+
+* FleschScorer: Flesch Reading Ease ≥ 60, the plain-language criterion of the tone study.
+* EmbeddingToneClassifier: MiniLM embeddings + logistic regression fit on labelled examples,
+  for tones no formula captures (warm, formal, a person's voice).
+* LLMJudge: asks a model whether the text has the tone and compares the log-probabilities of
+  "Yes" and "No"; worth it with bigger backends than the embedded one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import cache
+from typing import Protocol
+
+import numpy as np
+
+from personalm.models.base import TextModel
+
+
+class ToneScorer(Protocol):
+    name: str
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """One number per text; higher means closer to the target tone."""
+
+    def accepts(self, texts: Sequence[str]) -> np.ndarray:
+        """One bool per text: meets the target tone."""
+
+
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
+_SENTENCE = re.compile(r"[.!?]+(?=\s|$)")
+
+
+@cache
+def _hyphenator():
+    import pyphen
+
+    return pyphen.Pyphen(lang="en_US")
+
+
+def flesch_reading_ease(text: str) -> float:
+    """206.835 - 1.015 words/sentence - 84.6 syllables/word, syllables from pyphen's hyphenation
+    (textstat's own fallback; its current releases download NLTK's CMU dictionary at run time,
+    which an offline machine cannot do)."""
+    words = _WORD.findall(text)
+    if not words:
+        return float("-inf")
+    sentences = max(1, len(_SENTENCE.findall(text.strip())) or 1)
+    hyphenator = _hyphenator()
+    syllables = sum(len(hyphenator.positions(w.lower())) + 1 for w in words)
+    return 206.835 - 1.015 * len(words) / sentences - 84.6 * syllables / len(words)
+
+
+class FleschScorer:
+    name = "flesch"
+
+    def __init__(self, threshold: float = 60.0, min_words: int = 3):
+        self.threshold = threshold
+        self.min_words = min_words
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([flesch_reading_ease(t) for t in texts], dtype=float)
+
+    def accepts(self, texts: Sequence[str]) -> np.ndarray:
+        """Too-short texts are refused: a two-word answer is trivially 'easy' but says nothing."""
+        long_enough = np.array([len(t.split()) >= self.min_words for t in texts], dtype=bool)
+        return (self.score(texts) >= self.threshold) & long_enough
+
+
+class EmbeddingToneClassifier:
+    name = "embedding"
+
+    def __init__(self, embedder, threshold: float = 0.5):
+        from sklearn.linear_model import LogisticRegression
+
+        self.embedder = embedder
+        self.threshold = threshold
+        self.model = LogisticRegression(max_iter=1000)
+
+    def fit(self, texts: Sequence[str], labels: Sequence[int]) -> EmbeddingToneClassifier:
+        if len(set(labels)) != 2:
+            raise ValueError("the tone classifier needs examples of both classes (0 and 1)")
+        self.model.fit(self.embedder.embed(list(texts)), np.asarray(labels))
+        return self
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return self.model.predict_proba(self.embedder.embed(list(texts)))[:, 1]
+
+    def accepts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.score(texts) >= self.threshold
+
+
+class LLMJudge:
+    name = "llm-judge"
+
+    def __init__(self, model: TextModel, tone: str = "plain, simple language that a 12-year-old understands"):
+        self.model = model
+        self.tone = tone
+
+    def _question(self, text: str) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": "You judge writing style. Answer Yes or No."},
+            {
+                "role": "user",
+                "content": f"Is the following text written in {self.tone}?\n\n{text}\n\nAnswer Yes or No.",
+            },
+        ]
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """log P(Yes) - log P(No) for each text."""
+        contexts = [self._question(t) for t in texts]
+        yes = self.model.score(contexts, ["Yes"] * len(texts))
+        no = self.model.score(contexts, ["No"] * len(texts))
+        return np.array([y.total - n.total for y, n in zip(yes, no, strict=True)])
+
+    def accepts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.score(texts) > 0
+
+
+SCORERS = ("flesch", "embedding", "llm-judge")
+
+
+def make_scorer(name: str, embedder=None, labelled: str | None = None, judge: TextModel | None = None) -> ToneScorer:
+    """Build a scorer by name; `labelled` is a JSONL/Parquet of {text, label} for the classifier."""
+    from personalm.errors import PersonalmError
+    from personalm.tables import read_rows, require
+
+    if name == "flesch":
+        return FleschScorer()
+    if name == "embedding":
+        if not labelled:
+            raise PersonalmError("--scorer embedding needs --labelled FILE (rows with `text` and `label` 0/1)")
+        texts, labels = [], []
+        for line, row in read_rows(labelled):
+            texts.append(require(row, "text", str, labelled, line))
+            labels.append(int(require(row, "label", (int, bool), labelled, line)))
+        try:
+            return EmbeddingToneClassifier(embedder).fit(texts, labels)
+        except ValueError as err:
+            raise PersonalmError(str(err), source=labelled) from None
+    if name == "llm-judge":
+        if judge is None:
+            raise PersonalmError("--scorer llm-judge needs --judge MODEL")
+        return LLMJudge(judge)
+    raise PersonalmError(f"unknown tone scorer '{name}' (expected one of: {', '.join(SCORERS)})")

@@ -1,0 +1,190 @@
+"""The tone data pipeline: passages → questions → reference answers → tone candidates → kept
+examples, in rounds until enough training examples are accepted.
+
+All generation goes through the model interface (any backend). With the embedded model as its own
+teacher it samples several rewrites per answer and keeps the one the tone scorer accepts that stays
+closest in meaning to the reference. Every stage goes through the generation cache, so a killed
+build re-run with the same settings redoes no finished generation; every reject is kept with why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personalm.bench.hardware import versions
+from personalm.eval.tone import ToneScorer
+from personalm.models.base import SamplingParams, TextModel
+from personalm.report import write_json
+from personalm.tables import write_rows
+from personalm.tone import prompts
+from personalm.tone.corpus import Passage, load_passages
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ToneBuildConfig:
+    """Every knob of a build; stored in stats.json."""
+
+    source: str
+    out: str
+    examples: int = 100
+    test: int = 48
+    candidates: int = 3
+    temperature: float = 0.8
+    max_tokens: int = 64
+    passage_words: int = 50
+    per_doc: int = 2
+    test_fraction: float = 0.15
+    min_semsim: float = 0.5
+    round_size: int = 96
+    seed: int = 0
+    text_column: str = "text"
+    scorer: str = "flesch"
+
+
+@dataclass
+class ToneDataset:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class ToneBuilder:
+    """Runs the stages on a model, an embedder (for content similarity) and a tone scorer."""
+
+    def __init__(self, config: ToneBuildConfig, model: TextModel, embedder, scorer: ToneScorer, log: Log = print):
+        self.config = config
+        self.model = model
+        self.embedder = embedder
+        self.scorer = scorer
+        self.log = log
+        self.rejects: list[dict[str, Any]] = []
+
+    def _params(self, temperature: float = 0.0, salt: int = 0) -> SamplingParams:
+        return SamplingParams(max_tokens=self.config.max_tokens, temperature=temperature, seed=self.config.seed + salt)
+
+    def grounded_questions(self, batch: Sequence[Passage]) -> list[dict[str, Any]]:
+        """Question and reference answer for each passage; rejects are recorded."""
+        asked = self.model.generate([prompts.question_prompt(p.text) for p in batch], self._params())
+        items = []
+        for passage, gen in zip(batch, asked, strict=True):
+            question, why = prompts.parse_question(gen.text)
+            if question is None:
+                self._reject(passage, "question", why, gen.text)
+            else:
+                items.append(
+                    {"passage_id": passage.id, "doc": passage.doc, "facts": passage.text, "question": question}
+                )
+        answers = self.model.generate(
+            [prompts.reference_prompt(i["facts"], i["question"]) for i in items], self._params()
+        )
+        kept = []
+        for item, gen in zip(items, answers, strict=True):
+            reference, why = prompts.clean_answer(gen.text, gen.finish_reason == "length")
+            if reference is None:
+                self._reject(item, "reference", why, gen.text)
+            else:
+                kept.append(item | {"reference": reference})
+        return kept
+
+    def tone_examples(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Sample `candidates` rewrites per reference; keep the accepted one closest in meaning."""
+        k = self.config.candidates
+        chats = [prompts.tone_prompt(i["reference"]) for i in items for _ in range(k)]
+        gens = self.model.generate(chats, self._params(self.config.temperature, salt=1))
+        texts = [prompts.clean_answer(g.text, g.finish_reason == "length")[0] or "" for g in gens]
+        refs = self.embedder.embed([i["reference"] for i in items])
+        cands = self.embedder.embed(texts)
+        tone = self.scorer.score(texts)
+        accepted = self.scorer.accepts(texts)
+        out = []
+        for n, item in enumerate(items):
+            best, reasons = None, []
+            for j in range(n * k, (n + 1) * k):
+                semsim = float(cands[j] @ refs[n])
+                if not texts[j]:
+                    reasons.append("empty or cut off")
+                elif not accepted[j]:
+                    reasons.append(f"tone score {tone[j]:.1f} below the bar")
+                elif semsim < self.config.min_semsim:
+                    reasons.append(f"meaning drifted (similarity {semsim:.2f})")
+                elif best is None or semsim > best[1]:
+                    best = (j, semsim)
+            if best is None:
+                self._reject(item, "tone", "; ".join(reasons), texts[n * k])
+                continue
+            j, semsim = best
+            out.append(
+                item
+                | {
+                    "answer": texts[j],
+                    "tone_score": float(tone[j]),
+                    "semsim": round(semsim, 4),
+                    "messages": [
+                        {"role": "user", "content": prompts.user_turn(item["facts"], item["question"])},
+                        {"role": "assistant", "content": texts[j]},
+                    ],
+                }
+            )
+        return out
+
+    def _reject(self, item: Passage | dict[str, Any], stage: str, reason: str, text: str) -> None:
+        pid = item.id if isinstance(item, Passage) else item["passage_id"]
+        self.rejects.append({"passage_id": pid, "stage": stage, "reason": reason, "text": text})
+
+    def build(self) -> ToneDataset:
+        c = self.config
+        pool = load_passages(c.source, c.passage_words, c.per_doc, c.test_fraction, c.seed, c.text_column)
+        train_pool = [p for p in pool if p.split == "train"]
+        test_pool = [p for p in pool if p.split == "test"]
+        test = self._collect(test_pool, c.test, "test", lambda batch: self.grounded_questions(batch))
+        train = self._collect(
+            train_pool, c.examples, "train", lambda batch: self.tone_examples(self.grounded_questions(batch))
+        )
+        tried = len({r["passage_id"] for r in self.rejects}) + len(train) + len(test)
+        stats = {
+            "config": asdict(c),
+            "passages_available": {"train": len(train_pool), "test": len(test_pool)},
+            "passages_tried": tried,
+            "train_examples": len(train),
+            "test_questions": len(test),
+            "rejects_by_stage": {
+                s: sum(r["stage"] == s for r in self.rejects) for s in ("question", "reference", "tone")
+            },
+            "mean_tone_score": float(np.mean([e["tone_score"] for e in train])) if train else None,
+            "mean_semsim": float(np.mean([e["semsim"] for e in train])) if train else None,
+            "model": self.model.model_id,
+            "scorer": self.scorer.name,
+            "versions": versions("personalm", "torch", "transformers"),
+        }
+        return ToneDataset(train, test, self.rejects, stats)
+
+    def _collect(self, pool: list[Passage], wanted: int, name: str, stage) -> list[dict[str, Any]]:
+        """Process the pool in rounds until `wanted` items are kept (or the pool runs out)."""
+        kept: list[dict[str, Any]] = []
+        start = 0
+        while len(kept) < wanted and start < len(pool):
+            size = max(8, min(self.config.round_size, 2 * (wanted - len(kept))))
+            batch = pool[start : start + size]
+            start += len(batch)
+            kept += stage(batch)
+            self.log(f"{name}: {min(len(kept), wanted)}/{wanted} kept from {start} passages")
+        if len(kept) < wanted:
+            self.log(f"{name}: the corpus gave only {len(kept)} of {wanted}")
+        return kept[:wanted]
+
+
+def write_dataset(dataset: ToneDataset, out: Path) -> None:
+    """train.jsonl (chat examples + provenance), test.jsonl, rejects.jsonl, stats.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(out / "train.jsonl", dataset.train)
+    write_rows(out / "test.jsonl", dataset.test)
+    write_rows(out / "rejects.jsonl", dataset.rejects)
+    write_json(out / "stats.json", dataset.stats)
