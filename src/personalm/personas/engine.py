@@ -1,0 +1,49 @@
+"""Where data-parallel work runs: in this process (default) or on Ray Data (`--engine ray`).
+
+Both engines call the same per-batch functions, and every decision that depends on the whole
+dataset (which rows are duplicates, which persona comes from which) is taken afterwards from
+their outputs in input order, so the two engines give the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from personalm.errors import PersonalmError
+from personalm.personas import minhash_stage
+
+ENGINES = ("local", "ray")
+FEATURE_BATCH = 65_536
+
+
+class Engine:
+    """In-process execution."""
+
+    name = "local"
+
+    def minhash_features(self, texts: pa.Array | pa.ChunkedArray, num_perm: int) -> minhash_stage.Features:
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        parts = [
+            minhash_stage.features(texts.slice(start, FEATURE_BATCH), num_perm)
+            for start in range(0, max(len(texts), 1), FEATURE_BATCH)
+        ]
+        return minhash_stage.Features.concat(parts)
+
+    def embed(self, texts: Sequence[str], embedder: str | None) -> np.ndarray:
+        from personalm.models.embedder import Embedder
+
+        return Embedder(embedder).embed(list(texts))
+
+
+def get_engine(name: str) -> Engine:
+    if name == "local":
+        return Engine()
+    if name == "ray":
+        from personalm.personas.ray_engine import RayEngine
+
+        return RayEngine()
+    raise PersonalmError(f"unknown engine '{name}'; expected one of {', '.join(ENGINES)}")
