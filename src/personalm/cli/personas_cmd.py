@@ -53,3 +53,70 @@ def dedup(
         markup=False,
     )
     typer.echo(json.dumps(s))
+
+
+HUB_HELP = "The hub Parquet file (built with `personalm personas hub`)."
+FILTER_HELP = "Filter rows: COLUMN=VALUE (exact) or COLUMN~TEXT (substring, any case); repeatable, ANDed."
+
+
+def _emit(table, out: Path | None) -> None:
+    """Rows as JSONL on stdout (embeddings left out), or the whole table to a file."""
+    from personalm.personas.io import write_table
+
+    if out is not None:
+        write_table(out, table)
+        stderr.print(f"wrote {table.num_rows} personas to {out}", markup=False)
+        return
+    shown = table.drop_columns([c for c in ("embedding",) if c in table.column_names])
+    for row in shown.to_pylist():
+        typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+@app.command("hub")
+def hub_build(
+    inputs: list[Path] = typer.Argument(..., help="Persona files (.jsonl/.parquet): mined, expanded or deduplicated."),
+    out: Path = typer.Option(..., "--out", "-o", help="The hub Parquet file to write."),
+    embed: bool = typer.Option(True, "--embed/--no-embed", help="Store sentence embeddings (makes search instant)."),
+    embedder: str = typer.Option(None, help="A local sentence-transformers directory (default: all-MiniLM-L6-v2)."),
+) -> None:
+    """Merge persona files into one hub with lineage, duplicate counts (from dedup sidecars) and embeddings."""
+    from personalm.personas import hub
+
+    if out.suffix.lower() != ".parquet":
+        raise PersonalmError("a hub is a .parquet file", source=str(out))
+    table = hub.build(inputs, embedder, embed)
+    hub.save(out, table)
+    stderr.print(f"hub of {table.num_rows} personas -> {out}", markup=False)
+
+
+@app.command("search")
+def hub_search(
+    query: str = typer.Argument(..., help="What to look for, e.g. 'a nurse who works night shifts'."),
+    hub_path: Path = typer.Option(..., "--hub", help=HUB_HELP),
+    k: int = typer.Option(10, "-k", min=1, help="How many personas to return."),
+    where: list[str] = typer.Option([], "--where", help=FILTER_HELP),
+    embedder: str = typer.Option(None, help="The embedder the hub was built with (default: all-MiniLM-L6-v2)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the subset to .jsonl/.parquet instead of stdout."),
+) -> None:
+    """The k personas closest in meaning to QUERY (cosine), after the filters; with a `score` column."""
+    from personalm.personas import hub
+
+    if out is not None:
+        output_format(out)
+    _emit(hub.search(hub.load(hub_path), query, k, where, embedder), out)
+
+
+@app.command("sample")
+def hub_sample(
+    hub_path: Path = typer.Option(..., "--hub", help=HUB_HELP),
+    n: int = typer.Option(10, "-n", min=1, help="How many personas to draw (without replacement)."),
+    seed: int = typer.Option(0, help="Seed of the draw: the same seed gives the same personas."),
+    where: list[str] = typer.Option([], "--where", help=FILTER_HELP),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the sample to .jsonl/.parquet instead of stdout."),
+) -> None:
+    """A seeded random sample of the hub (after the filters)."""
+    from personalm.personas import hub
+
+    if out is not None:
+        output_format(out)
+    _emit(hub.sample(hub.load(hub_path), n, seed, where), out)
