@@ -33,8 +33,9 @@ def read_personas(path: str | Path, column: str = TEXT_COLUMN) -> pa.Table:
         rows.append(row | {"id": row_id})
     if not rows:
         raise PersonalmError("no personas found (empty input)", source=source)
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # rows may differ in keys
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
     except pa.ArrowException as err:
         raise PersonalmError(f"rows have inconsistent column types ({err})", source=source) from None
 
