@@ -120,3 +120,119 @@ def hub_sample(
     if out is not None:
         output_format(out)
     _emit(hub.sample(hub.load(hub_path), n, seed, where), out)
+
+
+def _mining_options(granularity: str, max_tokens: int, temperature: float, seed: int, batch: int):
+    from personalm.personas.mining import MiningOptions
+    from personalm.personas.prompts import GRANULARITIES
+
+    if granularity not in GRANULARITIES:
+        raise PersonalmError(f"--granularity {granularity}: expected one of {', '.join(GRANULARITIES)}")
+    return MiningOptions(granularity, max_tokens, temperature, seed, batch)
+
+
+def _write_mined(out: Path, rows: list[dict], rejects: list[dict]) -> Path:
+    from personalm.tables import write_rows
+
+    rejects_path = out.with_name(f"{out.stem}.rejected{out.suffix}")
+    write_rows(rejects_path, rejects)
+    write_rows(out, rows)
+    return rejects_path
+
+
+MODEL_HELP = "Model name, local directory or openai:MODEL@URL (generation at scale: an OpenAI-compatible server)."
+
+
+@app.command("extract")
+def extract(
+    corpus: Path = typer.Argument(
+        ..., help="A folder of .txt/.md files, or .jsonl/.parquet with a text column, or .txt (a text per line)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Personas (.jsonl/.parquet); rejects go to OUT's stem + '.rejected' + suffix."
+    ),
+    column: str = typer.Option("text", help="Column holding the text (JSONL/Parquet)."),
+    variant: list[str] = typer.Option(
+        ["read"], "--variant", help="read, write, like or dislike (repeatable: one persona each)."
+    ),
+    granularity: str = typer.Option("fine", help="coarse ('a computer scientist') or fine (role plus focus)."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    max_tokens: int = typer.Option(64, min=8),
+    temperature: float = typer.Option(0.7, min=0.0),
+    seed: int = typer.Option(0),
+    batch: int = typer.Option(64, min=1, help="Prompts per cached batch (a killed run redoes at most one)."),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Generation cache: re-running a killed command resumes it."
+    ),
+    api_key: str = typer.Option(None, envvar="OPENAI_API_KEY"),
+    concurrency: int = typer.Option(8, min=1, help="Concurrent requests to an openai: endpoint."),
+    engine: str = typer.Option("local", help=ENGINE_HELP),
+) -> None:
+    """Text-to-persona: who would read / write / like / dislike each text."""
+    from personalm.personas import mining
+    from personalm.personas.corpus import read_corpus
+    from personalm.personas.engine import get_engine
+    from personalm.personas.prompts import VARIANTS
+
+    output_format(out)
+    bad = [v for v in variant if v not in VARIANTS]
+    if bad:
+        raise PersonalmError(f"--variant {bad[0]}: expected one of {', '.join(VARIANTS)}")
+    options = _mining_options(granularity, max_tokens, temperature, seed, batch)
+    texts = read_corpus(corpus, column)
+    with get_engine(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
+        rows, rejects = mining.extract(texts, generate, model_id, list(dict.fromkeys(variant)), options)
+    rejects_path = _write_mined(out, rows, rejects)
+    stderr.print(
+        f"{len(rows)} personas from {len(texts)} texts -> {out}; {len(rejects)} rejected -> {rejects_path}",
+        markup=False,
+    )
+
+
+@app.command("expand")
+def expand(
+    input: Path = typer.Argument(..., help="Personas to grow from (.jsonl/.parquet with 'persona', optional 'id')."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Input personas plus every expansion, with lineage; rejects beside it."
+    ),
+    rounds: int = typer.Option(6, min=1, help="Rounds of persona-to-persona expansion (6 in the paper)."),
+    fanout: int = typer.Option(1, min=1, help="Related personas asked for per persona per round."),
+    relation: list[str] = typer.Option(
+        [], "--relation", help="Relations to ask for (repeatable; default: a built-in list)."
+    ),
+    granularity: str = typer.Option("fine", help="coarse or fine."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    max_tokens: int = typer.Option(64, min=8),
+    temperature: float = typer.Option(0.7, min=0.0),
+    seed: int = typer.Option(0),
+    batch: int = typer.Option(64, min=1, help="Prompts per cached batch (a killed run redoes at most one)."),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Generation cache: re-running a killed command resumes it."
+    ),
+    api_key: str = typer.Option(None, envvar="OPENAI_API_KEY"),
+    concurrency: int = typer.Option(8, min=1),
+    engine: str = typer.Option("local", help=ENGINE_HELP),
+) -> None:
+    """Persona-to-persona: who is close to each persona (colleague, family, caregiver, ...), N rounds."""
+    from personalm.personas import mining
+    from personalm.personas.engine import get_engine
+    from personalm.personas.io import read_personas
+    from personalm.personas.prompts import RELATIONS
+
+    output_format(out)
+    options = _mining_options(granularity, max_tokens, temperature, seed, batch)
+    seeds = []
+    for row in read_personas(input).to_pylist():
+        row.setdefault("origin", "import")
+        row["round"] = row.get("round") or 0
+        seeds.append(row)
+    with get_engine(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
+        grown, rejects = mining.expand(
+            seeds, generate, model_id, rounds, fanout, relation or RELATIONS, options,
+            on_round=lambda r, k: stderr.print(f"round {r}: {k} new personas", markup=False),
+        )  # fmt: skip
+    rejects_path = _write_mined(out, seeds + grown, rejects)
+    stderr.print(
+        f"{len(grown)} new personas over {rounds} rounds -> {out}; {len(rejects)} rejected -> {rejects_path}",
+        markup=False,
+    )

@@ -7,13 +7,15 @@ their outputs in input order, so the two engines give the same result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
 
 from personalm.errors import PersonalmError
 from personalm.personas import minhash_stage
+from personalm.personas.mining import Generate
 
 ENGINES = ("local", "ray")
 FEATURE_BATCH = 65_536
@@ -37,6 +39,16 @@ class Engine:
         from personalm.models.embedder import Embedder
 
         return Embedder(embedder).embed(list(texts))
+
+    @contextmanager
+    def generator(
+        self, model: str, cache: bool | str, api_key: str | None, concurrency: int
+    ) -> Iterator[tuple[Generate, str]]:
+        """(generate function, model id) for the mining stages; closed on exit."""
+        from personalm.models.registry import load_model
+
+        with load_model(model, cache=cache, api_key=api_key, max_concurrency=concurrency) as loaded:
+            yield (lambda batch, params: loaded.generate(batch, params)), loaded.model_id
 
 
 def get_engine(name: str) -> Engine:
