@@ -236,3 +236,22 @@ def expand(
         f"{len(grown)} new personas over {rounds} rounds -> {out}; {len(rejects)} rejected -> {rejects_path}",
         markup=False,
     )
+
+
+@app.command("diversity")
+def diversity_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Persona files to compare, e.g. before.jsonl after.jsonl."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder: results.json, diversity.png, index.html."),
+    label: list[str] = typer.Option([], "--label", help="A name per input (default: file stems)."),
+    embedder: str = typer.Option(None, help="A local sentence-transformers directory (default: all-MiniLM-L6-v2)."),
+    seed: int = typer.Option(0, help="Seed of the pair sample for the mean cosine."),
+) -> None:
+    """Mean pairwise cosine, distinct-n and Vendi score of each persona set, with a plot and an HTML page."""
+    from personalm.personas.report import diversity_report
+
+    if label and len(label) != len(inputs):
+        raise PersonalmError(f"got {len(label)} --label for {len(inputs)} inputs; give one per input or none")
+    result = diversity_report(inputs, out, label or None, embedder, seed)
+    for name, row in result["sets"].items():
+        typer.echo(json.dumps({"set": name} | {k: v for k, v in row.items() if k != "file"}))
+    stderr.print(f"report -> {out / 'index.html'}", markup=False)
