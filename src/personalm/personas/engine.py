@@ -7,7 +7,9 @@ their outputs in input order, so the two engines give the same result.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,6 +18,7 @@ import pyarrow as pa
 from personalm.errors import PersonalmError
 from personalm.personas import minhash_stage
 from personalm.personas.mining import Generate
+from personalm.personas.tokens import TokenSets
 
 ENGINES = ("local", "ray")
 FEATURE_BATCH = 65_536
@@ -27,13 +30,28 @@ class Engine:
     name = "local"
 
     def minhash_features(self, texts: pa.Array | pa.ChunkedArray, num_perm: int) -> minhash_stage.Features:
+        """Batches on a thread per core (Arrow kernels and numpy release the GIL)."""
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
-        parts = [
-            minhash_stage.features(texts.slice(start, FEATURE_BATCH), num_perm)
-            for start in range(0, max(len(texts), 1), FEATURE_BATCH)
-        ]
-        return minhash_stage.Features.concat(parts)
+        threads = os.cpu_count() or 1
+        n = len(texts)
+        size = max(1, min(FEATURE_BATCH, -(-n // threads)))
+        signatures = np.empty((n, num_perm), np.uint32)
+        starts = range(0, max(n, 1), size)
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(
+                pool.map(
+                    lambda start: minhash_stage.features(
+                        texts.slice(start, size), num_perm, out=signatures[start : start + size]
+                    ),
+                    starts,
+                )
+            )
+        return minhash_stage.Features(
+            signatures,
+            TokenSets.concat([p.tokens for p in parts]),
+            np.concatenate([p.set_keys for p in parts]),
+        )
 
     def embed(self, texts: Sequence[str], embedder: str | None) -> np.ndarray:
         from personalm.models.embedder import Embedder

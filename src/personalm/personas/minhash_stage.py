@@ -13,7 +13,9 @@ local path and Ray workers compute the very same signatures.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,7 @@ NUM_PERM = 128
 SEED = 1
 ROWS_PER_CHUNK = 1024
 MIN_BAND_RECALL = 0.999
+BUCKET_BITS = 20
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -58,17 +61,20 @@ class Features:
         )
 
 
-def features(texts: Sequence[str] | pa.Array, num_perm: int = NUM_PERM, seed: int = SEED) -> Features:
-    """Signatures, word sets and set keys of one batch of texts."""
+def features(
+    texts: Sequence[str] | pa.Array, num_perm: int = NUM_PERM, seed: int = SEED, out: np.ndarray | None = None
+) -> Features:
+    """Signatures, word sets and set keys of one batch of texts (signatures written into `out`
+    when given, so parallel batches fill one array without a copy)."""
     tokens = token_sets(texts)
     n = len(tokens)
     a, b = permutations(num_perm, seed)
-    signatures = np.full((n, num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    vocab = sorted_unique(tokens.hashes)
+    signatures = np.empty((n, num_perm), dtype=np.uint32) if out is None else out
+    signatures[tokens.sizes == 0] = np.iinfo(np.uint32).max
+    vocab, ids = tokens.vocab, tokens.ids
     with np.errstate(over="ignore"):
         table = ((vocab[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
-        mixed = (tokens.hashes ^ (tokens.hashes >> np.uint64(31))) * _MIX
-    ids = np.searchsorted(vocab, tokens.hashes)
+        mixed = ((vocab ^ (vocab >> np.uint64(31))) * _MIX)[ids]
     sizes = tokens.sizes
     set_keys = np.zeros(n, np.uint64)
     nonempty = np.flatnonzero(sizes > 0)
@@ -112,31 +118,23 @@ def band_shape(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
 
 
 def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i < j) that share at least one band, without duplicates."""
+    """All pairs (i < j) that share at least one band, without duplicates (bands run on a thread
+    per core: numpy releases the GIL)."""
     n = len(signatures)
+    # Read each band as 64-bit words when it spans whole words (half the passes), else as 32-bit.
+    words = signatures.view(np.uint64) if rows % 2 == 0 else signatures
+    per_band = rows // 2 if rows % 2 == 0 else rows
+    columns = np.ascontiguousarray(words.T)  # one contiguous row per word
     rng = np.random.default_rng(SEED + 1)
-    multipliers = rng.integers(1, 2**63, rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    found: list[np.ndarray] = []
-    for band in range(bands):
-        block = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        with np.errstate(over="ignore"):
-            keys = (block * multipliers[None, :]).sum(axis=1, dtype=np.uint64)
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        same = sorted_keys[1:] == sorted_keys[:-1]
-        if not same.any():
-            continue
-        in_group = np.zeros(n, bool)
-        in_group[1:] |= same
-        in_group[:-1] |= same
-        members = order[in_group]
-        member_keys = sorted_keys[in_group]
-        for gap in range(1, len(members)):
-            match = member_keys[gap:] == member_keys[:-gap]
-            if not match.any():
-                break
-            i, j = members[:-gap][match], members[gap:][match]
-            found.append(np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
+    multipliers = rng.integers(1, 2**63, per_band, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        found = [
+            p
+            for p in pool.map(
+                lambda band: _band_pairs(columns[band * per_band : (band + 1) * per_band], multipliers), range(bands)
+            )
+            if len(p)
+        ]
     if not found:
         empty = np.zeros(0, np.int64)
         return empty, empty
@@ -144,14 +142,41 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.n
     return pairs // n, pairs % n
 
 
+def _band_pairs(band: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
+    """Pairs sharing one band (its words as rows of `band`), encoded i * n + j. A 64-bit key per
+    row, then a counting pass over 2^BUCKET_BITS buckets keeps only rows whose bucket is shared
+    (few), and only those are sorted to find the truly equal keys."""
+    n = band.shape[1]
+    keys = np.zeros(n, np.uint64)
+    with np.errstate(over="ignore"):
+        for word, multiplier in zip(band, multipliers, strict=True):
+            keys += word * multiplier if word.dtype == np.uint64 else word.astype(np.uint64) * multiplier
+            keys ^= keys >> np.uint64(29)
+    buckets = (keys >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+    shared = np.flatnonzero(np.bincount(buckets, minlength=1 << BUCKET_BITS)[buckets] > 1)
+    order = shared[np.argsort(keys[shared], kind="stable")]
+    sorted_keys = keys[order]
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    in_group = np.zeros(len(order), bool)
+    in_group[1:] |= same
+    in_group[:-1] |= same
+    members, member_keys = order[in_group], sorted_keys[in_group]
+    found = []
+    for gap in range(1, len(members)):
+        match = member_keys[gap:] == member_keys[:-gap]
+        if not match.any():
+            break
+        i, j = members[:-gap][match], members[gap:][match]
+        found.append(np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
 def jaccard(tokens: TokenSets, left: np.ndarray, right: np.ndarray, chunk: int = 200_000) -> np.ndarray:
     """Exact Jaccard similarity of the word sets of each (left, right) pair."""
     if len(left) == 0:
         return np.zeros(0, np.float32)
-    vocab = sorted_unique(tokens.hashes)
     matrix = sparse.csr_matrix(
-        (np.ones(len(tokens.hashes), np.int32), np.searchsorted(vocab, tokens.hashes), tokens.offsets),
-        shape=(len(tokens), len(vocab)),
+        (np.ones(len(tokens.ids), np.int32), tokens.ids, tokens.offsets), shape=(len(tokens), len(tokens.vocab))
     )
     sizes = tokens.sizes
     out = np.empty(len(left), np.float32)

@@ -99,7 +99,9 @@ class RayEngine(Engine):
         offsets = np.asarray(tokens.offsets, np.int64) - (tokens.offsets[0].as_py() if len(tokens) else 0)
         return minhash_stage.Features(
             np.asarray(result.column("sig").combine_chunks().flatten(), np.uint32).reshape(-1, num_perm),
-            TokenSets(np.asarray(tokens.flatten(), np.uint64), offsets if len(tokens) else np.zeros(1, np.int64)),
+            TokenSets.from_hashes(
+                np.asarray(tokens.flatten(), np.uint64), offsets if len(tokens) else np.zeros(1, np.int64)
+            ),
             np.asarray(result.column("set_key"), np.uint64),
         )
 

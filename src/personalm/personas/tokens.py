@@ -22,10 +22,16 @@ PUNCTUATION = "".join(sorted(set(string.punctuation) | set("“”‘’«»„�
 
 @dataclass
 class TokenSets:
-    """Per-row sets of 64-bit token hashes in CSR form: row i owns hashes[offsets[i]:offsets[i+1]]."""
+    """Per-row word sets in CSR form: row i owns ids[offsets[i]:offsets[i+1]], indices into
+    `vocab`, the sorted distinct 64-bit token hashes (content hashes: batches agree on them)."""
 
-    hashes: np.ndarray  # uint64, unique within each row
+    ids: np.ndarray  # int64 into vocab, unique within each row
     offsets: np.ndarray  # int64, len n + 1
+    vocab: np.ndarray  # uint64, sorted, distinct
+
+    @property
+    def hashes(self) -> np.ndarray:
+        return self.vocab[self.ids]
 
     @property
     def sizes(self) -> np.ndarray:
@@ -34,17 +40,22 @@ class TokenSets:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def row(self, i: int) -> np.ndarray:
-        return self.hashes[self.offsets[i] : self.offsets[i + 1]]
+    @staticmethod
+    def from_hashes(hashes: np.ndarray, offsets: np.ndarray) -> TokenSets:
+        vocab = sorted_unique(hashes)
+        return TokenSets(np.searchsorted(vocab, hashes), offsets, vocab)
 
     @staticmethod
     def concat(parts: Sequence[TokenSets]) -> TokenSets:
+        """One TokenSets over all rows: the vocabularies merge and each part's ids are remapped."""
         if not parts:
-            return TokenSets(np.zeros(0, np.uint64), np.zeros(1, np.int64))
+            return TokenSets(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.uint64))
+        vocab = sorted_unique(np.concatenate([p.vocab for p in parts]))
+        ids = np.concatenate([np.searchsorted(vocab, p.vocab)[p.ids] for p in parts])
         sizes = np.concatenate([p.sizes for p in parts])
         offsets = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=offsets[1:])
-        return TokenSets(np.concatenate([p.hashes for p in parts]), offsets)
+        return TokenSets(ids, offsets, vocab)
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -70,9 +81,27 @@ def words(text: str) -> list[str]:
 
 
 def _words(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """(row of each word, trimmed lowercase words); punctuation-only words come out empty."""
-    split = pc.utf8_split_whitespace(pc.utf8_lower(array))
-    return pc.list_parent_indices(split).to_numpy(), pc.utf8_trim(pc.list_flatten(split), characters=PUNCTUATION)
+    """(row of each word, trimmed lowercase words); punctuation-only words come out empty.
+
+    ASCII rows go through Arrow's ASCII splitter (several times faster); the others, which may
+    hold Unicode spaces, through the Unicode one."""
+    lower = pc.utf8_lower(array)
+    is_ascii = pc.string_is_ascii(lower).to_numpy(zero_copy_only=False)
+    parts = []
+    for rows, split in ((is_ascii, pc.ascii_split_whitespace), (~is_ascii, pc.utf8_split_whitespace)):
+        if rows.all():
+            parts.append((None, split(lower)))
+        elif rows.any():
+            index = np.flatnonzero(rows)
+            parts.append((index, split(lower.take(pa.array(index)))))
+    row_of = [
+        pc.list_parent_indices(lists).to_numpy() if index is None else index[pc.list_parent_indices(lists).to_numpy()]
+        for index, lists in parts
+    ]
+    flat = (
+        pa.concat_arrays([pc.list_flatten(lists) for _, lists in parts]) if parts else pa.array([], pa.large_string())
+    )
+    return np.concatenate(row_of) if row_of else np.zeros(0, np.int64), pc.utf8_trim(flat, characters=PUNCTUATION)
 
 
 def token_sets(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> TokenSets:
@@ -82,12 +111,17 @@ def token_sets(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> TokenSets:
         array = array.combine_chunks()
     n = len(array)
     row_of, flat = _words(array)
-    nonempty = pc.not_equal(pc.utf8_length(flat), 0).to_numpy(zero_copy_only=False)
-    encoded = pc.dictionary_encode(flat.filter(pa.array(nonempty)))
-    vocab_size = max(len(encoded.dictionary), 1)
-    keys = row_of[nonempty].astype(np.int64) * vocab_size + encoded.indices.to_numpy().astype(np.int64)
-    keys = sorted_unique(keys)
+    encoded = pc.dictionary_encode(flat)
+    words = encoded.dictionary.to_pylist()
+    vocab_size = max(len(words), 1)
+    indices = encoded.indices.to_numpy().astype(np.int64)
+    keys = sorted_unique(row_of.astype(np.int64) * vocab_size + indices)
     rows, index = np.divmod(keys, vocab_size)
+    if "" in words:  # punctuation-only words trim to "": not a token
+        real = index != words.index("")
+        rows, index = rows[real], index[real]
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
-    return TokenSets(token_hash(encoded.dictionary.to_pylist())[index], offsets)
+    hashes = token_hash(words)
+    vocab = sorted_unique(hashes)
+    return TokenSets(np.searchsorted(vocab, hashes)[index], offsets, vocab)
