@@ -18,14 +18,15 @@ from personalm.personas.greedy import Decision
 
 DEFAULT_THRESHOLD = 0.9
 MIN_THRESHOLD = 0.5
-BLOCK = 1024
+BLOCK = 512
+NPROBE = 8
 EXACT_LIMIT = 50_000
 
 
 class KeptIndex:
     """Nearest kept row for a batch of queries: exact below `EXACT_LIMIT` rows, IVF above."""
 
-    def __init__(self, vectors: np.ndarray, nprobe: int = 8):
+    def __init__(self, vectors: np.ndarray, nprobe: int = NPROBE):
         import faiss
 
         n, dim = vectors.shape
@@ -33,18 +34,16 @@ class KeptIndex:
         self.ids: list[np.ndarray] = []
         if self.exact:
             self.index = faiss.IndexFlatIP(dim)
-        else:
-            # Many small cells probed a few at a time: the coarse step is one BLAS product per
-            # block, and each query scans only ~nprobe/nlist of the kept rows.
-            nlist = int(min(8192, max(64, 2 ** round(np.log2(4 * np.sqrt(n))))))
-            quantizer = faiss.IndexFlatIP(dim)
-            self.index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = vectors[np.linspace(0, n - 1, min(n, nlist * 32)).astype(np.int64)]
-            self.index.cp.seed = 1
-            self.index.cp.niter = 10
-            self.index.train(np.ascontiguousarray(sample))
-            self.index.nprobe = nprobe
-        self._quantizer = None if self.exact else quantizer  # the IVF index does not own it
+            return
+        # ~4 sqrt(n) cells whose centroids are evenly spaced rows (no k-means to pay for; cells
+        # stay about as balanced on embeddings): the coarse step is one BLAS product per block,
+        # and a query scans only nprobe small cells. Deterministic: no training randomness.
+        nlist = int(min(8192, max(64, 2 ** round(np.log2(4 * np.sqrt(n))))))
+        self._quantizer = faiss.IndexFlatIP(dim)  # kept alive here: the IVF index does not own it
+        self._quantizer.add(np.ascontiguousarray(vectors[np.linspace(0, n - 1, nlist).astype(np.int64)]))
+        self.index = faiss.IndexIVFFlat(self._quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        self.index.is_trained = True
+        self.index.nprobe = nprobe
 
     def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
         if len(rows):
