@@ -6,7 +6,17 @@ import sys
 
 import typer
 
-from personalm.cli import bench_cmd, demo_cmd, embed_cmd, generate_cmd, models_cmd, serve_cmd, tone_cmd, train_cmd
+from personalm.cli import (
+    bench_cmd,
+    demo_cmd,
+    embed_cmd,
+    generate_cmd,
+    models_cmd,
+    personas_cmd,
+    serve_cmd,
+    tone_cmd,
+    train_cmd,
+)
 from personalm.cli.progress import stderr
 from personalm.errors import PersonalmError
 
@@ -21,6 +31,7 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(tone_cmd.app, name="tone")
+app.add_typer(personas_cmd.app, name="personas")
 app.command("generate")(generate_cmd.generate)
 app.command("embed")(embed_cmd.embed)
 app.command("demo")(demo_cmd.demo)

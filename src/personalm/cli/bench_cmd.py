@@ -136,4 +136,34 @@ def train_bench(
     table.add_row("TRL SFTTrainer", str(result["trl_tokens"]), str(result["trl_s"]), str(result["trl_tok_s"]),
                   f"{result['trl_peak_fraction']:.1%}", f"{result['speedup']}x")  # fmt: skip
     Console().print(table)
+
+
+@app.command("dedup")
+def dedup_bench(
+    rows: int = typer.Option(
+        200_000, min=1000, help="Rows for the MinHash stage (grown from the 5,000 real personas)."
+    ),
+    vectors: int = typer.Option(1_000_000, min=1000, help="Vectors for the embedding stage."),
+    subset: int = typer.Option(
+        50_000, min=1000, help="Prefix of the vectors also deduplicated by exact blockwise search."
+    ),
+    seed: int = typer.Option(0, help="Seed of the generated rows, vectors and samples."),
+    data: Path = typer.Option(
+        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    report: Path = typer.Option(None, help="Write results.json, minhash.png, embedding.png, index.html here."),
+    out: Path = typer.Option(None, help="Also write the results JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Our MinHash stage vs datasketch's MinHash + LSH loop; our embedding stage on 1M vectors vs exact search."""
+    from personalm.bench import dedup, dedup_report
+
+    result = dedup.run(data or data_dir(), rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False))
+    table = Table("measure", "personalm", "peer", "ratio")
+    for row in dedup_report.headline(result):
+        table.add_row(*row)
+    Console().print(table)
+    if report:
+        dedup_report.write(result, report)
+        stderr.print(f"report -> {report / 'index.html'}", markup=False)
     _finish(result, out, as_json)

@@ -64,3 +64,50 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
         ],
     )
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
+    tone_step(console, out)
+
+
+DEMO_FACTS = {
+    "bread.txt": "Bread dough rises because yeast eats sugar and releases carbon dioxide gas. The gas is trapped by "
+    "gluten, a stretchy network of proteins that forms when wheat flour is mixed with water and kneaded. A warm "
+    "kitchen speeds the rise, while a cold fridge slows it down and lets flavour develop overnight.",
+    "tides.txt": "Tides are caused mostly by the pull of the Moon on the oceans. Most coasts see two high tides and "
+    "two low tides every day, about twelve hours and twenty-five minutes apart. The biggest tides, called spring "
+    "tides, happen when the Sun and the Moon line up at new moon and full moon.",
+    "bees.txt": "A honey bee colony can hold tens of thousands of workers but only one queen. Worker bees tell each "
+    "other where flowers are with a waggle dance, whose angle points the way relative to the Sun. Honey is nectar "
+    "that the bees dry by fanning their wings until most of the water is gone.",
+    "volcano.txt": "A volcano forms where melted rock called magma rises through the crust. When the magma reaches "
+    "the surface it is called lava. Some volcanoes erupt gently with runny lava, while others explode because "
+    "their thick magma traps gas until the pressure bursts out.",
+}
+
+
+def tone_step(console: Console, out: Path) -> None:
+    """A tone adapter from simulated data, at toy size: the same pipeline `tone experiment` runs."""
+    from personalm.eval.tone import FleschScorer
+    from personalm.models.embedder import Embedder
+    from personalm.models.registry import load_model
+    from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, write_dataset
+    from personalm.train.loop import TrainConfig, train
+
+    console.rule("[bold]4. a tone adapter from simulated data (toy size)")
+    facts = out / "facts"
+    facts.mkdir(parents=True, exist_ok=True)
+    for name, text in DEMO_FACTS.items():
+        (facts / name).write_text(text + "\n")
+    config = ToneBuildConfig(source=str(facts), out=str(out / "tone"), examples=4, test=0, per_doc=1,
+                             passage_words=30, test_fraction=0.0)  # fmt: skip
+    with load_model(cache=True) as teacher:
+        dataset = ToneBuilder(config, teacher, Embedder(), FleschScorer(), lambda m: console.print(m)).build()
+    write_dataset(dataset, out / "tone")
+    for example in dataset.train[:2]:
+        console.print(f"[cyan]Q:[/] {example['question']}\n[dim]reference:[/] {example['reference']}\n"
+                      f"[green]tone rewrite[/] (Flesch {example['tone_score']:.0f}): {example['answer']}")  # fmt: skip
+    if not dataset.train:
+        console.print("no rewrite passed the tone scorer at this toy size; see tone/rejects.jsonl")
+        return
+    result = train(TrainConfig(data=str(out / "tone" / "train.jsonl"), out=str(out / "tone" / "adapter"), epochs=2,
+                               batch_size=4, max_len=256, save_every=100), log=console.print)  # fmt: skip
+    console.print(f"adapter: {result.out} ({result.steps} steps, {result.tokens_per_s:.0f} tokens/s, "
+                  f"loss {result.losses[0]:.2f} → {result.losses[-1]:.2f})")  # fmt: skip

@@ -1,0 +1,1 @@
+"""Persona Hub: mine personas from text, expand them through relations, deduplicate, query."""

@@ -1,0 +1,106 @@
+"""Stage 2: cosine similarity of sentence embeddings, decided row by row against the kept rows.
+
+Rows are processed in input order in blocks. Each block asks an index of the rows kept so far
+for its nearest kept row, then settles the block internally with an exact block x block product,
+and its kept rows join the index. A row is dropped when its best kept match reaches the threshold
+(any threshold from 0.5 up). Small inputs use exact search; large ones an IVF index from
+faiss (inner product on unit vectors = cosine), trained on an evenly spaced sample of the rows,
+so the work grows about linearly instead of quadratically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from personalm.personas.greedy import Decision
+
+DEFAULT_THRESHOLD = 0.9
+MIN_THRESHOLD = 0.5
+BLOCK = 512
+NPROBE = 8
+EXACT_LIMIT = 50_000
+
+
+class KeptIndex:
+    """Nearest kept row for a batch of queries: exact below `EXACT_LIMIT` rows, IVF above."""
+
+    def __init__(self, vectors: np.ndarray, nprobe: int = NPROBE):
+        import faiss
+
+        n, dim = vectors.shape
+        self.exact = n <= EXACT_LIMIT
+        self.ids: list[np.ndarray] = []
+        if self.exact:
+            self.index = faiss.IndexFlatIP(dim)
+            return
+        # ~4 sqrt(n) cells whose centroids are evenly spaced rows (no k-means to pay for; cells
+        # stay about as balanced on embeddings): the coarse step is one BLAS product per block,
+        # and a query scans only nprobe small cells. Deterministic: no training randomness.
+        nlist = int(min(8192, max(64, 2 ** round(np.log2(4 * np.sqrt(n))))))
+        self._quantizer = faiss.IndexFlatIP(dim)  # kept alive here: the IVF index does not own it
+        self._quantizer.add(np.ascontiguousarray(vectors[np.linspace(0, n - 1, nlist).astype(np.int64)]))
+        self.index = faiss.IndexIVFFlat(self._quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        self.index.is_trained = True
+        self.index.nprobe = nprobe
+
+    def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        if len(rows):
+            self.index.add(np.ascontiguousarray(vectors))
+            self.ids.append(rows)
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of the nearest kept vector or -1, its cosine) per query."""
+        if self.index.ntotal == 0:
+            return np.full(len(queries), -1, np.int64), np.full(len(queries), -np.inf, np.float32)
+        sims, positions = self.index.search(np.ascontiguousarray(queries), 1)
+        rows = np.concatenate(self.ids)
+        found = positions[:, 0] >= 0
+        return np.where(found, rows[np.maximum(positions[:, 0], 0)], -1), np.where(found, sims[:, 0], -np.inf)
+
+
+def dedup(
+    vectors: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    progress: Callable[[int], None] | None = None,
+    block: int = BLOCK,
+) -> Decision:
+    """Stage 2 decision over unit-norm float32 vectors in input order (see personas.greedy)."""
+    if not MIN_THRESHOLD <= threshold <= 1.0:
+        raise ValueError(f"embedding threshold must be in [{MIN_THRESHOLD}, 1], got {threshold}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    decision = Decision.all_kept(n)
+    if n == 0:
+        return decision
+    index = KeptIndex(vectors)
+    upper = np.triu_indices(block)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        queries = vectors[start:stop]
+        best_row, best_sim = index.nearest(queries)
+        inside = queries @ queries.T
+        if stop - start == block:
+            inside[upper] = -np.inf
+        else:
+            inside[np.triu_indices(stop - start)] = -np.inf
+        keep = np.ones(stop - start, bool)
+        candidates = np.flatnonzero((best_sim >= threshold) | (inside.max(axis=1) >= threshold))
+        for r in candidates.tolist():
+            earlier = np.flatnonzero(keep[:r])
+            row, sim = int(best_row[r]), float(best_sim[r])
+            if len(earlier):
+                k = int(np.argmax(inside[r, earlier]))
+                if inside[r, earlier[k]] > sim or (inside[r, earlier[k]] == sim and start + earlier[k] < row):
+                    row, sim = start + int(earlier[k]), float(inside[r, earlier[k]])
+            if sim >= threshold:
+                keep[r] = False
+                decision.keep[start + r] = False
+                decision.duplicate_of[start + r] = row
+                decision.similarity[start + r] = sim
+        kept_rows = start + np.flatnonzero(keep)
+        index.add(vectors[kept_rows], kept_rows)
+        if progress:
+            progress(stop - start)
+    return decision
