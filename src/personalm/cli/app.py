@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from personalm.cli import bench_cmd, demo_cmd, embed_cmd, generate_cmd, models_cmd, serve_cmd, train_cmd
+from personalm.cli import bench_cmd, demo_cmd, embed_cmd, generate_cmd, models_cmd, perce_cmd, serve_cmd, train_cmd
 from personalm.cli.progress import stderr
 from personalm.errors import PersonalmError
 
@@ -24,6 +24,8 @@ app.command("generate")(generate_cmd.generate)
 app.command("embed")(embed_cmd.embed)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
+app.add_typer(perce_cmd.app, name="perce")
+app.command("explain")(perce_cmd.explain)
 
 EXIT_USER_ERROR = 2
 
