@@ -91,9 +91,9 @@ def experiment(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model for both arms."),
     seeds: int = typer.Option(3, min=1, help="Seeds per arm (each seed: its own data order and LoRA init)."),
     train_conversations: int = typer.Option(64, min=1, help="Persona-chat conversations to train on."),
-    test_turns: int = typer.Option(48, min=1, help="Held-out turns to generate and score."),
+    test_turns: int = typer.Option(64, min=1, help="Held-out turns to generate and score."),
     prefeval_items: int = typer.Option(60, min=0, help="PrefEval multiple-choice items (0 skips the transfer check)."),
-    pir_examples: int = typer.Option(48, min=1, help="Held-out turns for PIR precision@k."),
+    pir_examples: int = typer.Option(48, min=1, help="Held-out replies that use a persona word, for PIR precision@k."),
     k: int = typer.Option(3, min=1, help="k of PIR precision@k."),
     steps: int = typer.Option(12, min=1, help="Optimizer steps per run (same for CE and PerCE)."),
     batch_size: int = typer.Option(4, min=1),
@@ -107,7 +107,10 @@ def experiment(
     split_seed: int = typer.Option(0, help="Seed of the train/test split by conversation."),
 ) -> None:
     """CE vs PerCE on persona-chat: same model, adapter config, data, steps and seeds; held-out eval."""
+    from rich.table import Table
+
     from personalm.perce.experiment import ExperimentConfig, run
+    from personalm.perce.report import headline_rows
 
     config = ExperimentConfig(
         out=str(out), data=str(data or data_dir()), model=model, seeds=seeds,
@@ -116,4 +119,12 @@ def experiment(
         max_len=max_len, max_tokens=max_tokens, clip_min=clip_min, clip_max=clip_max, split_seed=split_seed,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False))
-    Console().print(results["table"])
+    table = Table("metric", "base model", f"CE ({seeds} seeds)", "PerCE", "PerCE − CE", title="held-out persona-chat")
+    for row in headline_rows(results):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"PIR precision@{k}: {results['pir_precision_at_k']:.3f} (top-PIR tokens) vs "
+        f"{results['random_precision_at_k']:.3f} (random tokens); report in {out}"
+    )

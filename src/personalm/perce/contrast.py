@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from personalm.train.data import IGNORE, pad, tokenize_contrast
+from personalm.train.data import IGNORE, last_reply_only, pad, tokenize_contrast
 
 DEFAULT_TOKEN_BUDGET = 8192
 
@@ -80,9 +80,14 @@ class PerContrast:
         """From a `personalm.models.local.LocalModel` (base model, or base + merged adapter)."""
         return cls(local.model, local.tokenizer, token_budget)
 
-    def influence(self, examples: Sequence[tuple[str, list[dict[str, str]]]]) -> list[TokenInfluence]:
-        """PIR for each (persona, messages) example, in input order."""
+    def influence(
+        self, examples: Sequence[tuple[str, list[dict[str, str]]]], last_only: bool = False
+    ) -> list[TokenInfluence]:
+        """PIR for each (persona, messages) example, in input order: of every assistant turn, or of
+        the last one only (earlier turns are then context)."""
         encoded = [tokenize_contrast(self.tokenizer, messages, persona) for persona, messages in examples]
+        if last_only:
+            encoded = [(a, last_reply_only(b), c, last_reply_only(d)) for a, b, c, d in encoded]
         out: list[TokenInfluence | None] = [None] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         chunk: list[int] = []

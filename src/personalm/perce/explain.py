@@ -60,13 +60,33 @@ def top_tokens(influence: TokenInfluence, special: set[str], k: int = 5) -> list
     return sorted(scored, key=lambda item: -item[1])[:k]
 
 
-def html_report(items: Sequence[Explained], special: set[str], title: str = "PerContrast: persona influence") -> str:
-    """A standalone page: each example's persona, context and reply as a PIR heatmap (hover: values)."""
+STYLE = """.reply{font-family:ui-monospace,monospace;font-size:1.1rem;margin:.6rem 0;padding:.5rem;border:1px solid #ccc}
+.reply span,.legend span{padding:1px 0;border-radius:2px} .legend span{padding:2px 8px}
+.persona{color:#444;white-space:pre-wrap} .turn{color:#666} .top{color:#444;font-size:.9rem}"""
+
+
+def legend() -> str:
+    spans = "".join(
+        f'<span style="background:rgb{colour(v)}">{v:+g}</span>' for v in (-SCALE, -SCALE / 2, 0, SCALE / 2, SCALE)
+    )
+    return (
+        "<p>PIR = log p(token | persona, context) − log p(token | context). Red tokens became more likely "
+        "because of the persona; blue less likely. Hover a token for its values.</p>"
+        f'<p class="legend">scale (nats): {spans}</p>'
+    )
+
+
+def heatmap_sections(items: Sequence[Explained], special: set[str]) -> str:
+    """One <section> per example: persona, context turns, the reply as a PIR heatmap."""
     blocks = []
     for number, item in enumerate(items, start=1):
         spans = []
         for token, pir, lw, lo in zip(
-            item.influence.tokens, item.influence.pir, item.influence.logp_with, item.influence.logp_without, strict=True
+            item.influence.tokens,
+            item.influence.pir,
+            item.influence.logp_with,
+            item.influence.logp_without,
+            strict=True,
         ):
             r, g, b = colour(pir)
             tip = f"PIR {pir:+.2f} | log p with persona {lw:.2f} | without {lo:.2f}"
@@ -82,17 +102,13 @@ def html_report(items: Sequence[Explained], special: set[str], title: str = "Per
             f"<div class='persona'><b>persona:</b> {html.escape(item.persona)}</div>{context}"
             f"<div class='reply'>{''.join(spans)}</div><div class='top'>highest PIR: {top}</div></section>"
         )
-    legend = "".join(
-        f'<span style="background:rgb{colour(v)}">{v:+g}</span>' for v in (-SCALE, -SCALE / 2, 0, SCALE / 2, SCALE)
-    )
+    return "".join(blocks)
+
+
+def html_report(items: Sequence[Explained], special: set[str], title: str = "PerContrast: persona influence") -> str:
+    """A standalone page of heatmaps."""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;line-height:1.6}}
-.reply{{font-family:ui-monospace,monospace;font-size:1.1rem;margin:.6rem 0;padding:.5rem;border:1px solid #ccc}}
-.reply span,.legend span{{padding:1px 0;border-radius:2px}} .legend span{{padding:2px 8px}}
-.persona{{color:#444;white-space:pre-wrap}} .turn{{color:#666}} .top{{color:#444;font-size:.9rem}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p>PIR = log p(token | persona, context) − log p(token | context). Red tokens became more likely because
-of the persona; blue less likely. Hover a token for its values.</p>
-<p class="legend">scale (nats): {legend}</p>
-{"".join(blocks)}</body></html>
+{STYLE}</style></head>
+<body><h1>{html.escape(title)}</h1>{legend()}{heatmap_sections(items, special)}</body></html>
 """

@@ -106,6 +106,17 @@ def tokenize_contrast(
     return ids, labels, bare_ids, bare_labels
 
 
+def last_reply_only(labels: list[int]) -> list[int]:
+    """Labels with every assistant turn but the last one masked (score one reply in its context)."""
+    end = len(labels)
+    while end and labels[end - 1] == IGNORE:
+        end -= 1
+    start = end
+    while start and labels[start - 1] != IGNORE:
+        start -= 1
+    return [IGNORE] * start + labels[start:]
+
+
 def cut_to_supervised(ids: list[int], labels: list[int], count: int) -> tuple[list[int], list[int]]:
     """The shortest prefix that still holds `count` supervised tokens (aligns a truncated pair)."""
     seen = 0
