@@ -212,7 +212,8 @@ def _pir_check(path: Path, base: Path, rows: list[dict], config: ExperimentConfi
     model = LocalModel(base)
     examples = [(r["persona"], [*r["context"], {"role": "assistant", "content": r["reply"]}]) for r in rows]
     influences = PerContrast.from_local(model).influence(examples, last_only=True)
-    scores = [metrics.precision_at_k(i, r["persona"], config.k) for i, r in zip(influences, rows, strict=True)]
+    special = frozenset(model.tokenizer.all_special_tokens)
+    scores = [metrics.precision_at_k(i, r["persona"], config.k, special) for i, r in zip(influences, rows, strict=True)]
     kept = [s for s in scores if s is not None]
     result = {
         "k": config.k,
@@ -221,7 +222,7 @@ def _pir_check(path: Path, base: Path, rows: list[dict], config: ExperimentConfi
         "pir_precision_at_k": statistics.fmean(s[0] for s in kept) if kept else float("nan"),
         "random_precision_at_k": statistics.fmean(s[1] for s in kept) if kept else float("nan"),
         "influences": [i.to_dict() for i in influences],
-        "special": sorted(set(model.tokenizer.all_special_tokens) | {"\n"}),
+        "special": sorted(special | {"\n"}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result) + "\n")

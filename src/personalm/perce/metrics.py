@@ -66,9 +66,12 @@ def persona_recall(prediction: str, reference: str, persona: str) -> float | Non
     return len(shared & content_words(prediction)) / len(shared)
 
 
-def persona_token_flags(influence: TokenInfluence, persona: str) -> tuple[list[bool], list[bool]]:
-    """(candidate, persona) flags per reply token. Candidates hold a letter or digit; a token is a
-    persona token when it overlaps a word of the reply that is a content word of the persona."""
+def persona_token_flags(
+    influence: TokenInfluence, persona: str, special: frozenset[str] = frozenset()
+) -> tuple[list[bool], list[bool]]:
+    """(candidate, persona) flags per reply token. Candidates hold a letter or digit and are not
+    special tokens; a token is a persona token when it overlaps a word of the reply that is a
+    content word of the persona."""
     stems = content_words(persona)
     text = "".join(influence.tokens)
     starts, position = [], 0
@@ -79,15 +82,17 @@ def persona_token_flags(influence: TokenInfluence, persona: str) -> tuple[list[b
     for match in WORD.finditer(text):
         if content_stem(match.group()) in stems:
             marked[match.start() : match.end()] = [True] * (match.end() - match.start())
-    candidate = [any(c.isalnum() for c in token) for token in influence.tokens]
+    candidate = [token not in special and any(c.isalnum() for c in token) for token in influence.tokens]
     persona_flags = [any(marked[s : s + len(t)]) for s, t in zip(starts, influence.tokens, strict=True)]
     return candidate, persona_flags
 
 
-def precision_at_k(influence: TokenInfluence, persona: str, k: int) -> tuple[float, float] | None:
+def precision_at_k(
+    influence: TokenInfluence, persona: str, k: int, special: frozenset[str] = frozenset()
+) -> tuple[float, float] | None:
     """(precision@k of the top-PIR tokens, expected precision@k of k random tokens) against the
     tokens that appear in the persona; None when the reply has no persona token or under k tokens."""
-    candidate, flags = persona_token_flags(influence, persona)
+    candidate, flags = persona_token_flags(influence, persona, special)
     pool = [(pir, flag) for pir, flag, ok in zip(influence.pir, flags, candidate, strict=True) if ok]
     if len(pool) < k or not any(flag for _, flag in pool):
         return None
