@@ -180,3 +180,22 @@ def test_train_perce_logs_the_weight_distribution_and_rejects_bad_input(tmp_path
     ):
         bad = subprocess.run(_sft(*args), capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-1000:]
+
+
+@pytest.mark.slow
+def test_bench_perce_reports_the_step_time_ratio():
+    from personalm.paths import data_dir
+
+    if not (data_dir() / "persona_chat" / "valid.csv").is_file():
+        pytest.skip("persona-chat data not found (set PERSONALM_DATA)")
+    command = [sys.executable, "-c", "from personalm.cli.app import main; main()", "bench", "perce"]
+    run = subprocess.run(
+        [*command, "--batch-size", "1", "--repeats", "1", "--max-len", "64", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["step_time_ratio"] == pytest.approx(result["perce_step_s"] / result["ce_step_s"], rel=0.01)
+    assert result["batch_size"] == 1 and result["ce_step_s"] > 0
