@@ -48,7 +48,7 @@ class PerCELoss:
 
     needs_contrast = True
 
-    def __init__(self, clip_min: float = 0.8, clip_max: float = 5.0, **_: Any):
+    def __init__(self, clip_min: float = 0.8, clip_max: float = 5.0):
         if not clip_min <= clip_max:
             raise PersonalmError(f"--clip-min {clip_min} must not exceed --clip-max {clip_max}")
         self.clip_min, self.clip_max = clip_min, clip_max
