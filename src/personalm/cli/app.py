@@ -12,6 +12,7 @@ from personalm.cli import (
     embed_cmd,
     generate_cmd,
     models_cmd,
+    perce_cmd,
     personas_cmd,
     serve_cmd,
     tone_cmd,
@@ -36,6 +37,8 @@ app.command("generate")(generate_cmd.generate)
 app.command("embed")(embed_cmd.embed)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
+app.add_typer(perce_cmd.app, name="perce")
+app.command("explain")(perce_cmd.explain)
 
 EXIT_USER_ERROR = 2
 

@@ -102,6 +102,33 @@ def serve_bench(
     _finish(result, out, as_json)
 
 
+@app.command("perce")
+def perce_bench(
+    batch_size: int = typer.Option(8, min=1, help="Persona-chat windows in the batch."),
+    max_len: int = typer.Option(256, min=32, help="Longest example in tokens."),
+    repeats: int = typer.Option(5, min=1, help="Timed steps per loss (after one warm-up step each)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
+    data: Path = typer.Option(None, help="Data folder with persona_chat/valid.csv (default: PERSONALM_DATA)."),
+    out: Path = typer.Option(None, help="Also write the results JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Trainer step time of PerCE vs plain CE on the same batch (PerCE adds one no-grad forward)."""
+    from personalm.bench import perce
+
+    result = perce.run(
+        data or data_dir(), model, batch_size, max_len, repeats, log=lambda m: stderr.print(m, markup=False)
+    )
+    table = Table("loss", "step s (median)", "tokens/s")
+    table.add_row("CE", str(result["ce_step_s"]), str(result["ce_tok_s"]))
+    table.add_row("PerCE", str(result["perce_step_s"]), str(result["perce_tok_s"]))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"step time ratio PerCE / CE: {result['step_time_ratio']}x ({result['tokens_per_batch']} tokens per batch)"
+    )
+    _finish(result, out, as_json)
+
+
 def _finish(result: dict, out: Path | None, as_json: bool) -> None:
     """Write the results file when asked and end with the JSON line when asked."""
     if out:

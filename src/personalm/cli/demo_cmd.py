@@ -65,6 +65,7 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
     )
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
     tone_step(console, out)
+    _explain_step(console, model, out)
 
 
 DEMO_FACTS = {
@@ -111,3 +112,29 @@ def tone_step(console: Console, out: Path) -> None:
                                batch_size=4, max_len=256, save_every=100), log=console.print)  # fmt: skip
     console.print(f"adapter: {result.out} ({result.steps} steps, {result.tokens_per_s:.0f} tokens/s, "
                   f"loss {result.losses[0]:.2f} → {result.losses[-1]:.2f})")  # fmt: skip
+
+
+def _explain_step(console: Console, model, out: Path) -> None:
+    """PerContrast on a held-out persona-chat reply: which tokens the persona made likely."""
+    from personalm.paths import data_dir
+    from personalm.perce.contrast import PerContrast
+    from personalm.perce.explain import Explained, html_report, terminal_text, top_tokens
+    from personalm.perce.metrics import persona_recall
+    from personalm.perce.persona_chat import load_conversations, reply_rows, split
+
+    console.rule("[bold]4. which reply tokens depend on the persona (PerContrast)")
+    path = data_dir() / "persona_chat" / "valid.csv"
+    if not path.is_file():
+        console.print(f"[yellow]skipped: no persona-chat data at {path} (set PERSONALM_DATA)[/]")
+        return
+    rows = reply_rows(split(load_conversations(path), 0.2, seed=0)[1], window=6)
+    row = next(r for r in rows if persona_recall(r["reply"], r["reply"], r["persona"]))
+    chat = [*row["context"][-2:], {"role": "assistant", "content": row["reply"]}]
+    influence = PerContrast.from_local(model).influence([(row["persona"], chat)], last_only=True)[0]
+    special = set(model.tokenizer.all_special_tokens) | {"\n"}
+    console.print(f"[cyan]persona:[/] {row['persona']}")
+    console.print(f"[cyan]{chat[-2]['role']}:[/] {chat[-2]['content']}")
+    console.print(terminal_text(influence, special))
+    console.print("highest PIR: " + ", ".join(f"{t} {p:+.2f}" for t, p in top_tokens(influence, special)))
+    (out / "explain.html").write_text(html_report([Explained(row["persona"], chat, influence)], special))
+    console.print(f"heatmap: {out / 'explain.html'}")

@@ -15,7 +15,9 @@ app = typer.Typer(help="Fine-tune adapters.", no_args_is_help=True)
 
 @app.command("sft")
 def sft(
-    data: Path = typer.Argument(..., help="JSONL or Parquet with a `messages` column (system/user/assistant turns)."),
+    data: Path = typer.Argument(
+        ..., help="JSONL or Parquet with a `messages` column (system/user/assistant turns), optional `persona`."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Adapter directory (PEFT format); checkpoints go inside."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model (local name or HF directory)."),
     rank: int = typer.Option(16, min=1, help="LoRA rank."),
@@ -32,20 +34,27 @@ def sft(
     save_every: int = typer.Option(50, min=1, help="Checkpoint every N steps (a killed run resumes from it)."),
     seed: int = typer.Option(0),
     quant: str = typer.Option("fp32", help="Base weights: fp32, or int8 (4x smaller, int8 forward GEMM)."),
-    loss: str = typer.Option("ce", help="Token loss (ce; perce once PerCE weights are given)."),
+    loss: str = typer.Option(
+        "ce", help="Token loss: ce, or perce (PIR-weighted CE; every example needs a 'persona' field)."
+    ),
+    clip_min: float = typer.Option(0.8, help="PerCE: lower bound m of the token weights clip(PIR, m, M)."),
+    clip_max: float = typer.Option(5.0, help="PerCE: upper bound M of the token weights."),
     overwrite: bool = typer.Option(False, help="Train again over a finished adapter in OUT."),
 ) -> None:
     """Train a LoRA adapter; re-run the same command after a kill to resume."""
     from personalm.train.loop import TrainConfig, train
+    from personalm.train.losses import get_loss
 
     if quant not in {"fp32", "int8"}:
         raise PersonalmError(f"--quant {quant}: expected fp32 or int8")
+    get_loss(loss, clip_min=clip_min, clip_max=clip_max)
     if (out / "adapter_config.json").is_file() and not overwrite:
         raise PersonalmError(f"{out}: already holds a finished adapter (pass --overwrite to train again)")
     config = TrainConfig(
         data=str(data), out=str(out), model=model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, lr=lr,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_len=max_len,
-        overlong=overlong, save_every=save_every, seed=seed, quant=quant, loss=loss,
+        overlong=overlong, save_every=save_every, seed=seed, quant=quant, loss=loss, clip_min=clip_min,
+        clip_max=clip_max,
     )  # fmt: skip
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -1,6 +1,10 @@
 """Chat examples → token ids with labels on assistant tokens only, validated line by line.
 
-An example is a row with a `messages` list of {"role", "content"} (roles system/user/assistant).
+An example is a row with a `messages` list of {"role", "content"} (roles system/user/assistant) and,
+optionally, a `persona` string: the profile of the person the replies are personal to. The persona
+goes into the system message (after the row's own system text, if any, under "Your persona:"); for
+PerCE the same chat is also tokenized without it (the system message keeps only the row's own
+text, possibly empty), so the two renderings differ in the persona text alone.
 Each assistant turn is supervised: its tokens are what the chat template adds after the
 generation prompt of the turns before it (content, end-of-turn marker). Everything else gets label
 -100. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
@@ -22,13 +26,18 @@ from personalm.tables import input_format, read_rows, require
 IGNORE = -100
 ROLES = {"system", "user", "assistant"}
 OVERLONG_POLICIES = ("truncate", "drop", "error")
+PERSONA_HEADER = "Your persona:"
 
 
 @dataclass
 class Example:
+    """Token ids and labels; `contrast_*` is the same chat without the persona (PerCE only)."""
+
     line: int
     input_ids: list[int]
     labels: list[int]
+    contrast_ids: list[int] | None = None
+    contrast_labels: list[int] | None = None
 
     @property
     def supervised(self) -> int:
@@ -67,6 +76,57 @@ def validate_messages(messages: object, source: str, line: int) -> list[dict[str
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def with_persona(messages: list[dict[str, str]], persona: str) -> list[dict[str, str]]:
+    """The chat with the persona appended to its system message (one is added when absent)."""
+    base, rest = split_system(messages)
+    block = f"{PERSONA_HEADER}\n{persona.strip()}"
+    return [{"role": "system", "content": f"{base}\n\n{block}" if base else block}, *rest]
+
+
+def without_persona(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The chat with only its own system text (kept even when empty, so the templates agree)."""
+    base, rest = split_system(messages)
+    return [{"role": "system", "content": base}, *rest]
+
+
+def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
+    if messages and messages[0]["role"] == "system":
+        return messages[0]["content"], list(messages[1:])
+    return "", list(messages)
+
+
+def tokenize_contrast(
+    tokenizer, messages: list[dict[str, str]], persona: str
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(ids, labels) with the persona and (ids, labels) without; the supervised tokens agree."""
+    ids, labels = tokenize_chat(tokenizer, with_persona(messages, persona))
+    bare_ids, bare_labels = tokenize_chat(tokenizer, without_persona(messages))
+    if [t for t in labels if t != IGNORE] != [t for t in bare_labels if t != IGNORE]:
+        raise PersonalmError("the chat template renders the replies differently without the persona")
+    return ids, labels, bare_ids, bare_labels
+
+
+def last_reply_only(labels: list[int]) -> list[int]:
+    """Labels with every assistant turn but the last one masked (score one reply in its context)."""
+    end = len(labels)
+    while end and labels[end - 1] == IGNORE:
+        end -= 1
+    start = end
+    while start and labels[start - 1] != IGNORE:
+        start -= 1
+    return [IGNORE] * start + labels[start:]
+
+
+def cut_to_supervised(ids: list[int], labels: list[int], count: int) -> tuple[list[int], list[int]]:
+    """The shortest prefix that still holds `count` supervised tokens (aligns a truncated pair)."""
+    seen = 0
+    for position, label in enumerate(labels):
+        seen += label != IGNORE
+        if seen == count:
+            return ids[: position + 1], labels[: position + 1]
+    return ids, labels
+
+
 def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """Ids of the whole rendered chat and labels that keep only the assistant turns' tokens."""
     ids: list[int] = []
@@ -89,15 +149,32 @@ def _render(tokenizer, messages: list[dict[str, str]], generation_prompt: bool) 
 
 
 def load_examples(
-    path: str | Path, tokenizer, max_len: int, overlong: str = "truncate", column: str = "messages"
+    path: str | Path,
+    tokenizer,
+    max_len: int,
+    overlong: str = "truncate",
+    column: str = "messages",
+    contrast: bool = False,
 ) -> Dataset:
+    """Tokenized examples; `contrast` (PerCE) requires a persona per row and adds the bare chat."""
     if overlong not in OVERLONG_POLICIES:
         raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
     source = str(path)
     dataset = Dataset([])
     for line, row in read_rows(path, input_format(source, None)):
         messages = validate_messages(require(row, column, list, source, line), source, line)
-        ids, labels = tokenize_chat(tokenizer, messages)
+        persona = row.get("persona")
+        if persona is not None and (not isinstance(persona, str) or not persona.strip()):
+            raise PersonalmError("'persona' must be a non-empty string", source=source, line=line)
+        if contrast and persona is None:
+            raise PersonalmError(
+                "no 'persona' field (PerCE contrasts each reply with and without it)", source=source, line=line
+            )
+        bare_ids = bare_labels = None
+        if contrast:
+            ids, labels, bare_ids, bare_labels = tokenize_contrast(tokenizer, messages, persona)
+        else:
+            ids, labels = tokenize_chat(tokenizer, with_persona(messages, persona) if persona else messages)
         if len(ids) > max_len:
             if overlong == "error":
                 raise PersonalmError(
@@ -109,6 +186,8 @@ def load_examples(
             ids, labels = ids[:max_len], labels[:max_len]
             dataset.truncated += 1
         example = Example(line, ids, labels)
+        if bare_ids is not None:
+            example.contrast_ids, example.contrast_labels = cut_to_supervised(bare_ids, bare_labels, example.supervised)
         if example.supervised == 0:
             dataset.dropped += 1
             continue
@@ -137,14 +216,23 @@ def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch:
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; padding is masked out of attention and labels."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
+    """Right-padded tensors; padding is masked out of attention and labels. Examples that carry
+    the chat without the persona add `contrast_input_ids/labels/attention_mask`."""
+    batch = pad([(e.input_ids, e.labels) for e in examples], pad_id)
+    if all(e.contrast_ids is not None for e in examples):
+        bare = pad([(e.contrast_ids, e.contrast_labels) for e in examples], pad_id)
+        batch |= {f"contrast_{name}": tensor for name, tensor in bare.items()}
+    return batch
+
+
+def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (row_ids, row_labels) in enumerate(rows):
+        n = len(row_ids)
+        ids[row, :n] = torch.tensor(row_ids)
+        labels[row, :n] = torch.tensor(row_labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}

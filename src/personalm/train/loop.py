@@ -24,7 +24,7 @@ from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.train.data import Dataset, bucketed_batches, collate, load_examples
 from personalm.train.frozen_base import freeze_base_layers
-from personalm.train.losses import get_loss, supervised_tokens
+from personalm.train.losses import get_loss, needs_contrast, supervised_tokens
 
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     quant: str = "fp32"
     loss: str = "ce"
+    clip_min: float = 0.8  # PerCE weight bounds (--loss perce)
+    clip_max: float = 5.0
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -118,11 +120,11 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
-    loss_fn = get_loss(config.loss)
+    loss_fn = get_loss(config.loss, clip_min=config.clip_min, clip_max=config.clip_max)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     tokenizer, model = build_model(config)
-    dataset = load_examples(config.data, tokenizer, config.max_len, config.overlong)
+    dataset = load_examples(config.data, tokenizer, config.max_len, config.overlong, contrast=needs_contrast(loss_fn))
     if dataset.truncated or dataset.dropped:
         log(f"{dataset.truncated} example(s) truncated to {config.max_len} tokens, {dataset.dropped} dropped")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -132,7 +134,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
 
-    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0, "losses": []}
+    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0, "losses": [], "stats": []}
     resumed_from = _resume(out, model, optimizer, scheduler, state, set_peft_model_state_dict)
     if resumed_from is not None:
         log(f"resumed from step {resumed_from}")
@@ -148,6 +150,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
         state["batch"] += len(group)
         state["step"] += 1
         state["losses"].append(loss)
+        state["stats"].append(loss_fn.step_stats() if hasattr(loss_fn, "step_stats") else {})
         state["seconds"] = time.perf_counter() - start
         if progress:
             progress(state["step"], steps, loss)
@@ -168,7 +171,10 @@ def _optimizer_step(
     micro = [collate([dataset.examples[i] for i in batch], pad_id) for batch in group]
     total = sum(supervised_tokens(b["labels"]) for b in micro)
     loss_sum = 0.0
+    prepare = getattr(loss_fn, "prepare", None)
     for batch in micro:
+        if prepare:
+            prepare(model, batch)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, _ = loss_fn(logits, batch["labels"], batch)
         (loss / total).backward()
@@ -233,5 +239,7 @@ def _write_run_files(out: Path, config: TrainConfig, dataset: Dataset, state: di
     }
     (out / "train_config.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(out / "train_log.jsonl", "w") as handle:
-        for step, loss in enumerate(state["losses"], start=1):
-            handle.write(json.dumps({"step": step, "loss": loss}) + "\n")
+        stats = state.get("stats", [])
+        stats = [{}] * (len(state["losses"]) - len(stats)) + stats
+        for step, (loss, extra) in enumerate(zip(state["losses"], stats, strict=True), start=1):
+            handle.write(json.dumps({"step": step, "loss": loss} | extra) + "\n")

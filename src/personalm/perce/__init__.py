@@ -1,0 +1,1 @@
+"""Token-level personalization: PerContrast (which tokens depend on the persona) and PerCE."""

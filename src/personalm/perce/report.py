@@ -1,0 +1,162 @@
+"""The PerCE experiment's report: results.json, PNG plots and one HTML page."""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from pathlib import Path
+
+from personalm.perce.contrast import TokenInfluence
+from personalm.perce.experiment import ARMS, LABELS, METRICS
+from personalm.perce.explain import STYLE, Explained, heatmap_sections, legend
+
+HEATMAPS = 4
+SAMPLES = 8
+COLOURS = {"base": "#999999", "ce": "#4C72B0", "perce": "#DD8452"}
+
+
+def headline_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
+    """(metric, base, CE mean ± sd, PerCE mean ± sd, PerCE − CE) for the metrics that ran."""
+    rows = []
+    for metric in METRICS:
+        if f"ce_{metric}" not in results:
+            continue
+        cells = [f"{results[f'{arm}_{metric}']:.4f} ± {results[f'{arm}_{metric}_std']:.4f}" for arm in ARMS]
+        delta = f"{results[f'perce_minus_ce_{metric}']:+.4f}"
+        rows.append((LABELS[metric], f"{results[f'base_{metric}']:.4f}", *cells, delta))
+    return rows
+
+
+def markdown_table(results: dict) -> str:
+    seeds = results["config"]["seeds"]
+    lines = [
+        f"| metric | base model | CE (mean ± sd, {seeds} seeds) | PerCE (mean ± sd) | PerCE − CE |",
+        "|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in headline_rows(results)]
+    lines.append(
+        f"| PIR precision@{results['pir_k']} (base model) | | random tokens {results['random_precision_at_k']:.4f} "
+        f"| top-PIR tokens {results['pir_precision_at_k']:.4f} | |"
+    )
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict, runs: dict, test: list[dict], pir_rows: list[dict], pir: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _plot_metrics(out / "metrics.png", results)
+    _plot_training(out / "training.png", runs, results["config"]["seeds"])
+    _plot_pir(out / "pir_precision.png", results)
+    (out / "report.html").write_text(_html(results, runs, test, pir_rows, pir))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_metrics(path: Path, results: dict) -> None:
+    plt = _plt()
+    shown = [m for m in METRICS if f"ce_{m}" in results]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4))
+    for ax, metric in zip(axes if len(shown) > 1 else [axes], shown, strict=True):
+        ax.bar(0, results[f"base_{metric}"], color=COLOURS["base"])
+        for x, arm in enumerate(ARMS, start=1):
+            ax.bar(x, results[f"{arm}_{metric}"], yerr=results[f"{arm}_{metric}_std"], color=COLOURS[arm], capsize=4)
+            values = results[f"{arm}_{metric}_per_seed"]
+            ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+        ax.set_xticks([0, 1, 2], ["base", "CE", "PerCE"])
+        ax.set_title(LABELS[metric], fontsize=10)
+    fig.suptitle("Held-out persona-chat replies and PrefEval transfer (bars: mean ± sd over seeds; dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _mean_curve(runs: dict, arm: str, seeds: int, key: str) -> list[float]:
+    logs = [runs[f"{arm}-seed{s}"]["train_log"] for s in range(seeds)]
+    return [statistics.fmean(log[i][key] for log in logs) for i in range(min(len(log) for log in logs))]
+
+
+def _plot_training(path: Path, runs: dict, seeds: int) -> None:
+    """Plain CE of the training tokens per step for both arms; PerCE's weight mean and clip fractions."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    left.plot(_mean_curve(runs, "ce", seeds, "loss"), label="CE run", color=COLOURS["ce"])
+    left.plot(_mean_curve(runs, "perce", seeds, "ce"), label="PerCE run (its plain CE)", color=COLOURS["perce"])
+    left.set_xlabel("step")
+    left.set_ylabel("token cross-entropy (mean over seeds)")
+    left.legend()
+    right.plot(_mean_curve(runs, "perce", seeds, "weight_mean"), label="mean weight", color=COLOURS["perce"])
+    right.plot(_mean_curve(runs, "perce", seeds, "frac_clip_min"), label="fraction at m", color="#55A868")
+    right.plot(_mean_curve(runs, "perce", seeds, "frac_clip_max"), label="fraction at M", color="#C44E52")
+    right.set_xlabel("step")
+    right.set_title("PerCE token weights clip(PIR, m, M)", fontsize=10)
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_pir(path: Path, results: dict) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    ax.bar([0, 1], [results["random_precision_at_k"], results["pir_precision_at_k"]], color=["#999999", "#C44E52"])
+    ax.set_xticks([0, 1], ["random tokens", "top-PIR tokens"])
+    ax.set_ylabel(f"precision@{results['pir_k']} vs persona words")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _html(results: dict, runs: dict, test: list[dict], pir_rows: list[dict], pir: dict) -> str:
+    table = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in headline_rows(results)
+    )
+    seeds = results["config"]["seeds"]
+    examples = [
+        Explained(
+            row["persona"],
+            [*row["context"][-2:], {"role": "assistant", "content": row["reply"]}],
+            TokenInfluence(**{k: v for k, v in item.items() if k != "pir"}),
+        )
+        for row, item in zip(pir_rows[:HEATMAPS], pir["influences"], strict=False)
+    ]
+    samples = "".join(
+        f"<tr><td class='persona'>{html.escape(row['persona'])}</td><td>{html.escape(row['context'][-1]['content'])}</td>"
+        f"<td>{html.escape(row['reply'])}</td><td>{html.escape(runs['ce-seed0']['outputs'][i])}</td>"
+        f"<td>{html.escape(runs['perce-seed0']['outputs'][i])}</td></tr>"
+        for i, row in enumerate(test[:SAMPLES])
+    )
+    delta_note = ", ".join(
+        f"{LABELS[m]}: PerCE better in {results[f'perce_wins_{m}']}/{seeds} seeds"
+        for m in METRICS
+        if f"perce_wins_{m}" in results
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>PerCE vs CE</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;line-height:1.5}}
+img{{max-width:100%}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
+{STYLE}</style></head><body>
+<h1>PerCE vs CE on persona-chat</h1>
+<p>Same base model, LoRA config, training windows, steps and seeds for both arms; greedy replies to
+{results["data"]["test_replies"]} held-out turns from {results["data"]["test_conversations"]} held-out conversations.
+Paired by seed: {delta_note}. Run took {results["seconds"]} s.</p>
+<table><tr><th>metric</th><th>base model</th><th>CE (mean ± sd)</th><th>PerCE (mean ± sd)</th><th>PerCE − CE</th></tr>
+{table}</table>
+<p>PIR precision@{results["pir_k"]} of the base model's top-PIR reply tokens against the persona's words:
+<b>{results["pir_precision_at_k"]:.3f}</b> vs <b>{results["random_precision_at_k"]:.3f}</b> for random tokens
+({results["pir_examples_with_persona_tokens"]} replies that contain persona words).</p>
+<img src="metrics.png" alt="metrics"><br><img src="training.png" alt="training"><img src="pir_precision.png" alt="pir">
+<h2>Sample replies (seed 0)</h2>
+<table><tr><th>persona</th><th>last turn</th><th>reference</th><th>CE</th><th>PerCE</th></tr>{samples}</table>
+<h2>Which reference tokens depend on the persona (base model PIR)</h2>{legend()}
+{heatmap_sections(examples, set(pir["special"]))}
+<h2>Settings</h2><pre>{html.escape(json.dumps(results["config"], indent=1))}</pre>
+<pre>{html.escape(json.dumps(results["versions"], indent=1))}</pre></body></html>
+"""
