@@ -16,7 +16,7 @@ def data_dir() -> Path:
     env = os.environ.get("PERSONALM_DATA")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def installed_package_dir(module: str, distribution: str) -> Path:
