@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from personalm.cli import bench_cmd, demo_cmd, embed_cmd, generate_cmd, models_cmd, serve_cmd, train_cmd
+from personalm.cli import avatar_cmd, bench_cmd, demo_cmd, embed_cmd, generate_cmd, models_cmd, serve_cmd, train_cmd
 from personalm.cli.progress import stderr
 from personalm.errors import PersonalmError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(train_cmd.app, name="train")
+app.add_typer(avatar_cmd.app, name="avatar")
 app.command("generate")(generate_cmd.generate)
 app.command("embed")(embed_cmd.embed)
 app.command("demo")(demo_cmd.demo)

@@ -1,0 +1,156 @@
+"""`personalm avatar ...`: build an avatar of one person from their own words, search its
+memory, chat with it, and measure how much it sounds like them."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from personalm.cli.progress import progress_bar, stderr
+
+app = typer.Typer(help="Avatars of real people: memory of their own words, retrieval, chat.", no_args_is_help=True)
+
+STORE_HELP = "Memory store: a SQLite file or postgresql://... (default PERSONALM_AVATAR_STORE or PERSONALM_HOME/avatars/memory.db)."
+
+
+def _memory(store: str | None):
+    from personalm.avatars.api import AvatarMemory
+
+    return AvatarMemory(store or os.environ.get("PERSONALM_AVATAR_STORE"))
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    name: str = typer.Argument(..., help="Avatar name (letters, digits, _ . -)."),
+    sources: list[Path] = typer.Argument(
+        ..., help="Files or folders: .txt/.md, .jsonl/.csv chat logs, WhatsApp exports."
+    ),
+    speaker: list[str] = typer.Option(
+        [], "--speaker", "-s", help="The person's name in chat logs (repeatable; default: the avatar name)."
+    ),
+    chunk_chars: int = typer.Option(300, help="Longest memory chunk in characters (sentences are kept whole)."),
+    overlap: float = typer.Option(0.25, help="Fraction of a chunk repeated at the start of the next."),
+    store: str = typer.Option(None, help=STORE_HELP),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="Refresh the persona profile when memory grew."),
+    model: str = typer.Option(None, "--model", "-m", help="Model writing the profile (default: the embedded one)."),
+) -> None:
+    """Add a person's texts and chats to their avatar's memory (re-running adds nothing twice)."""
+    from personalm.avatars.chunking import Chunking
+    from personalm.avatars.sources import discover
+    from personalm.avatars.store import check_avatar
+
+    check_avatar(name)
+    memory = _memory(store)
+    chunking = Chunking(chunk_chars, overlap)
+    files = discover(sources)
+    with progress_bar(f"ingesting into {name}", len(files)) as advance:
+        report = memory.ingest(name, sources, speaker, chunking, advance)
+    stderr.print(
+        f"{name}: {report.files} files ({report.skipped_files} already ingested), {report.added} new memories, "
+        f"{report.duplicates} duplicates skipped; {memory.count(name)} memories in all",
+        markup=False,
+    )
+    if profile and report.added:
+        _refresh_profile(memory, name, model, force=False)
+
+
+@app.command("list")
+def list_cmd(
+    name: str = typer.Argument(None, help="An avatar: list its memories. None: list the avatars."),
+    kind: str = typer.Option(None, help="utterance or fact."),
+    limit: int = typer.Option(20, min=1),
+    offset: int = typer.Option(0, min=0),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """The avatars in the store, or one avatar's memories."""
+    memory = _memory(store)
+    if name is None:
+        rows = [{"avatar": n, "memories": memory.count(n), "facts": memory.count(n, "fact")} for n in memory.names()]
+        _print_rows(rows, as_json)
+        return
+    rows = [
+        {"id": m.id, "kind": m.kind, "date": _when(m.ts), "text": m.text}
+        for m in memory.list(name, kind, limit, offset)
+    ]
+    _print_rows(rows, as_json)
+
+
+@app.command("search")
+def search_cmd(
+    name: str = typer.Argument(...),
+    query: str = typer.Argument(...),
+    k: int = typer.Option(5, "-k", min=1),
+    kind: str = typer.Option(None, help="utterance or fact (default both)."),
+    recency: float = typer.Option(0.0, min=0.0, help="Weight of a newest-first list in the fusion (0: off)."),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Hybrid keyword + dense search in one avatar's memory."""
+    from personalm.avatars.store import KINDS
+
+    hits = _memory(store).search(name, query, k, [kind] if kind else KINDS, recency)
+    rows = [
+        {"id": h.memory.id, "kind": h.memory.kind, "score": round(h.score, 4), "similarity": round(h.similarity, 3),
+         "date": _when(h.memory.ts), "text": h.memory.text}
+        for h in hits
+    ]  # fmt: skip
+    _print_rows(rows, as_json)
+
+
+@app.command("forget")
+def forget_cmd(
+    name: str = typer.Argument(...),
+    ids: list[int] = typer.Argument(None, help="Memory ids to delete (see `avatar list NAME`)."),
+    everything: bool = typer.Option(False, "--all", help="Delete the whole avatar."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Delete memories of one avatar, or the avatar itself."""
+    from personalm.errors import PersonalmError
+
+    memory = _memory(store)
+    if everything:
+        stderr.print(f"{name}: deleted with {memory.delete_avatar(name)} memories", markup=False)
+    elif ids:
+        stderr.print(f"{name}: {memory.delete(name, ids)} memories deleted", markup=False)
+    else:
+        raise PersonalmError("give memory ids to delete, or --all")
+
+
+def _refresh_profile(memory, name: str, model: str | None, force: bool) -> None:
+    """Hook for the profile stage (text-to-persona); defined with the profile module."""
+    from personalm.avatars.profile import refresh_profile
+    from personalm.models import load_model
+
+    if not force:
+        from personalm.avatars.profile import profile_is_stale
+
+        if not profile_is_stale(memory, name):
+            return
+    with load_model(model) if model else load_model() as lm:
+        profile = refresh_profile(memory, name, lm)
+    stderr.print(f"{name}: profile updated from {profile.memory_count} memories", markup=False)
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    if not rows:
+        stderr.print("nothing found", markup=False)
+        return
+    table = Table(*rows[0].keys(), show_lines=False)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
