@@ -25,14 +25,14 @@ class WordHashEmbedder:
     """Bag of hashed words, L2-normalized: texts sharing words are close. Deterministic and
     instant, for tests of the logic around embeddings (the real MiniLM is tested elsewhere)."""
 
-    name = "word-hash-64"
-    dimension = DIM
+    name = "word-hash-512"
+    dimension = 512
 
     def embed(self, texts: Sequence[str], progress=None) -> np.ndarray:
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in re.findall(r"\w+", text.lower()):
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % DIM] += 1.0
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimension] += 1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         if progress:
             progress(len(texts))
