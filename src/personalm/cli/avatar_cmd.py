@@ -127,16 +127,36 @@ def forget_cmd(
         raise PersonalmError("give memory ids to delete, or --all")
 
 
+@app.command("profile")
+def profile_cmd(
+    name: str = typer.Argument(...),
+    refresh: bool = typer.Option(False, "--refresh", help="Rewrite it now (otherwise only when memory grew)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model writing the profile (default: the embedded one)."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Show the avatar's persona profile, written from the person's own words and facts."""
+    from personalm.errors import PersonalmError
+
+    memory = _memory(store)
+    if memory.count(name) == 0:
+        raise PersonalmError(f"avatar '{name}' has no memories; run `personalm avatar ingest {name} FILES` first")
+    _refresh_profile(memory, name, model, force=refresh)
+    profile = memory.store.get_profile(name)
+    typer.echo(profile.text)
+    stderr.print(
+        f"written from {profile.memory_count} memories by {profile.extra.get('model')}"
+        + ("" if profile.extra.get("from_model", True) else " (model reply unusable: keyword profile)"),
+        markup=False,
+    )
+
+
 def _refresh_profile(memory, name: str, model: str | None, force: bool) -> None:
-    """Hook for the profile stage (text-to-persona); defined with the profile module."""
-    from personalm.avatars.profile import refresh_profile
+    """Rewrite the profile with text-to-persona when forced or when memory grew enough."""
+    from personalm.avatars.profile import profile_is_stale, refresh_profile
     from personalm.models import load_model
 
-    if not force:
-        from personalm.avatars.profile import profile_is_stale
-
-        if not profile_is_stale(memory, name):
-            return
+    if not force and not profile_is_stale(memory, name):
+        return
     with load_model(model) if model else load_model() as lm:
         profile = refresh_profile(memory, name, lm)
     stderr.print(f"{name}: profile updated from {profile.memory_count} memories", markup=False)
