@@ -70,3 +70,8 @@ def test_refresh_profile_uses_samples_and_facts_and_goes_stale(memory, tmp_path)
 def test_profile_prompt_without_facts():
     prompt = profile_prompt("Ada", ["One.", "Two."], [])
     assert '- "One."' in prompt and "known" not in prompt
+
+
+def test_clean_profile_drops_repeats_and_caps_length():
+    reply = "Ada is kind. She bakes. Ada is kind. She sails. She sings. She reads. She writes. She"
+    assert clean_profile(reply, "Ada") == "Ada is kind. She bakes. She sails. She sings. She reads."

@@ -8,12 +8,14 @@ import re
 from collections import Counter
 
 from personalm.avatars.api import AvatarMemory
+from personalm.avatars.chunking import sentences
 from personalm.avatars.stopwords import STOPWORDS
 from personalm.avatars.store import Profile
 from personalm.models.base import SamplingParams, TextModel
 
 SAMPLES = 12
 MAX_FACTS = 12
+MAX_SENTENCES = 5
 GROWTH = 0.1  # rewrite once memory grew by a tenth (or facts changed)
 
 PROMPT = """Who is likely to have said or written the following passages? They all come from one person, {who}.
@@ -54,6 +56,7 @@ def clean_profile(text: str, who: str) -> str | None:
     text = re.sub(r"^(sure|here is|here's)[^:\n]*:\s*", "", text, flags=re.IGNORECASE).strip()
     cut = max(text.rfind("."), text.rfind("!"), text.rfind("?"))
     text = text[: cut + 1] if cut > 0 else text
+    text = " ".join(list(dict.fromkeys(sentences(text)))[:MAX_SENTENCES])  # small models repeat themselves
     if len(text) < 40 or text.startswith(("-", "*", "1.")) or "as an ai" in text.lower():
         return None
     return text

@@ -150,15 +150,18 @@ def profile_cmd(
     )
 
 
-def _refresh_profile(memory, name: str, model: str | None, force: bool) -> None:
+def _refresh_profile(memory, name: str, model: str | None, force: bool, loaded=None) -> None:
     """Rewrite the profile with text-to-persona when forced or when memory grew enough."""
     from personalm.avatars.profile import profile_is_stale, refresh_profile
     from personalm.models import load_model
 
     if not force and not profile_is_stale(memory, name):
         return
-    with load_model(model) if model else load_model() as lm:
-        profile = refresh_profile(memory, name, lm)
+    if loaded is not None:
+        profile = refresh_profile(memory, name, loaded)
+    else:
+        with load_model(model) if model else load_model() as lm:
+            profile = refresh_profile(memory, name, lm)
     stderr.print(f"{name}: profile updated from {profile.memory_count} memories", markup=False)
 
 
@@ -174,3 +177,61 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     Console().print(table)
+
+
+@app.command("chat")
+def chat_cmd(
+    name: str = typer.Argument(...),
+    message: list[str] = typer.Option(
+        [], "--message", "-M", help="Send these messages in order and exit (default: read lines from stdin)."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help="Model answering (default: the embedded one)."),
+    adapter: Path = typer.Option(None, help="A personal LoRA adapter (trained with `personalm train sft`)."),
+    learn: bool = typer.Option(True, "--learn/--no-learn", help="Extract facts from your messages into memory."),
+    extractor: str = typer.Option("model", help="Fact extractor: model (grounded, rules as fallback) or rules."),
+    show_memory: bool = typer.Option(False, "--show-memory", help="Print the retrieved memories and updates."),
+    temperature: float = typer.Option(0.7, min=0.0),
+    max_tokens: int = typer.Option(128, min=1),
+    seed: int = typer.Option(0),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Talk with the avatar; you are taken to be the person, so facts you state are remembered."""
+    import sys
+
+    from personalm.avatars.chat import AvatarChat
+    from personalm.avatars.facts import ModelFactExtractor, RuleFactExtractor
+    from personalm.errors import PersonalmError
+    from personalm.models import SamplingParams, load_model
+
+    if extractor not in {"model", "rules"}:
+        raise PersonalmError(f"--extractor {extractor}: expected model or rules")
+    memory = _memory(store)
+    if memory.count(name) == 0:
+        raise PersonalmError(f"avatar '{name}' has no memories; run `personalm avatar ingest {name} FILES` first")
+    lm = load_model(model, adapter=adapter) if model else load_model(adapter=adapter)
+    facts = None
+    if learn:
+        facts = ModelFactExtractor(lm) if extractor == "model" else RuleFactExtractor()
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, seed=seed)
+    chat = AvatarChat(memory, name, lm, facts, params)
+    interactive = not message and sys.stdin.isatty()
+    lines = message or (line.rstrip("\n") for line in sys.stdin)
+    if interactive:
+        stderr.print(f"chatting with {chat.who} (empty line or Ctrl-D ends)", markup=False)
+    for line in lines:
+        if not line.strip():
+            if interactive:
+                break
+            continue
+        turn = chat.send(line)
+        if show_memory:
+            for hit in turn.recall.facts + turn.recall.exemplars:
+                stderr.print(f"  [{hit.memory.kind} {hit.similarity:.2f}] {hit.memory.text}", markup=False)
+        typer.echo(f"{chat.who}: {turn.reply}")
+        for update in turn.updates:
+            if show_memory or update.op != "NONE":
+                target = f" (was: {update.target_text})" if update.target_text and update.op != "NONE" else ""
+                stderr.print(f"  memory {update.op}: {update.fact}{target}", markup=False)
+    if learn:
+        _refresh_profile(memory, name, None, force=False, loaded=lm)
+    lm.close()
