@@ -7,7 +7,7 @@ import pytest
 from test_avatar_profile import ScriptedModel
 
 from personalm.avatars.api import AvatarMemory
-from personalm.avatars.chat import DONT_KNOW, AvatarChat, system_prompt
+from personalm.avatars.chat import DONT_KNOW, AvatarChat, exemplar_turns, system_prompt
 from personalm.avatars.facts import RuleFactExtractor, parse_fact_lines
 from personalm.avatars.memory_update import decide, slot
 from personalm.avatars.retrieval import Hit, Recall
@@ -92,6 +92,16 @@ def test_system_prompt_keeps_exemplars_apart_from_facts():
     text = system_prompt("Ada", "Ada is kind.", recall)
     assert text.index("About you: Ada is kind.") < text.index("Facts about you") < text.index("Things you have said")
     assert '- "Well, my friends."' in text
+
+
+def test_chat_exemplars_with_context_become_dialogue_turns():
+    replied = Hit(Memory(2, "utterance", "Green tea, always.", context="What do you drink?"), 0, 0.6)
+    recall = Recall([replied, Hit(Memory(1, "utterance", "Well, my friends."), 0, 0.5)], [])
+    assert exemplar_turns(recall) == [
+        {"role": "user", "content": "What do you drink?"},
+        {"role": "assistant", "content": "Green tea, always."},
+    ]
+    assert "Green tea, always." not in system_prompt("Ada", None, recall)
 
 
 @pytest.mark.slow

@@ -33,19 +33,31 @@ class ChatTurn:
 
 
 def system_prompt(who: str, profile: str | None, recall: Recall) -> str:
-    """The persona instructions: who you are, what you know, how you speak."""
+    """The persona instructions: who you are, what you know, how you speak. Exemplars that
+    answered someone (chat utterances with context) go in as dialogue turns instead."""
     parts = [f"You are {who}. Answer in the first person as {who}, in {who}'s own voice and style."]
     if profile:
         parts.append(f"About you: {profile}")
     if recall.facts:
         parts.append("Facts about you:\n" + "\n".join(f"- {h.memory.text}" for h in recall.facts))
-    if recall.exemplars:
-        parts.append(
-            "Things you have said (match this way of speaking):\n"
-            + "\n".join(f'- "{h.memory.text}"' for h in recall.exemplars)
-        )
+    quotes = [h.memory.text for h in recall.exemplars if not h.memory.context]
+    if quotes:
+        parts.append("Things you have said (match this way of speaking):\n" + "\n".join(f'- "{q}"' for q in quotes))
     parts.append("Use only these facts and your own words. If they do not answer the question, say you don't know.")
     return "\n\n".join(parts)
+
+
+def exemplar_turns(recall: Recall) -> list[Message]:
+    """Style exemplars as few-shot dialogue (as ChatHaruhi does with a character's lines): what
+    was said to the person, then their verbatim reply."""
+    turns: list[Message] = []
+    for hit in recall.exemplars:
+        if hit.memory.context:
+            turns += [
+                {"role": "user", "content": hit.memory.context},
+                {"role": "assistant", "content": hit.memory.text},
+            ]
+    return turns
 
 
 def is_question(text: str) -> bool:
@@ -77,7 +89,8 @@ class AvatarChat:
         profile = self.memory.store.get_profile(self.avatar)
         system = system_prompt(self.who, profile.text if profile else None, recall)
         recent = self.history[-HISTORY_TURNS:]
-        return [{"role": "system", "content": system}, *recent, {"role": "user", "content": user}]
+        shots = exemplar_turns(recall)
+        return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
 
     def send(self, user: str) -> ChatTurn:
         recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts)

@@ -235,3 +235,45 @@ def chat_cmd(
     if learn:
         _refresh_profile(memory, name, None, force=False, loaded=lm)
     lm.close()
+
+
+@app.command("experiment")
+def experiment_cmd(
+    out: Path = typer.Option(
+        Path("reports/avatar"), "--out", "-o", help="Folder for results.json, avatar.png, report.html."
+    ),
+    data: Path = typer.Option(
+        None, help="Data folder with speeches/, prefeval/, persona_chat/ (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help="Model for every condition (default: the embedded one)."),
+    persons: int = typer.Option(0, min=0, help="Use the first N persons (0: all with three or more speeches)."),
+    memory_fraction: float = typer.Option(
+        0.75, min=0.1, max=0.95, help="Share of each person's speeches (earliest) in memory."
+    ),
+    memory_chunks: int = typer.Option(300, min=10, help="Memory chunks per person (spread over the memory period)."),
+    prompts: int = typer.Option(4, min=1, help="Held-out prompts per person."),
+    max_tokens: int = typer.Option(64, min=8),
+    prefeval_items: int = typer.Option(100, min=1, help="PrefEval questions (sampled over all topics)."),
+    distractors: int = typer.Option(50, min=10, help="Distractor memories stored with each preference."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
+    from personalm.avatars.experiment import ExperimentConfig, headline_rows, run
+    from personalm.paths import data_dir
+
+    config = ExperimentConfig(
+        data=data or data_dir(), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
+        memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
+        prefeval_items=prefeval_items, distractors=distractors, seed=seed,
+    )  # fmt: skip
+    results = run(config, log=lambda m: stderr.print(m, markup=False))
+    table = Table("answers by", "attribution accuracy", "similarity to real passage")
+    for row in headline_rows(results):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"chance {results['chance_attribution']:.3f}; RAG 8-gram copy rate {results['rag_copy_rate']:.3f}\n"
+        f"PrefEval accuracy with memory {results['prefeval_acc_memory']:.3f}, without {results['prefeval_acc_nomemory']:.3f}"
+        f" (chance 0.25); retrieval recall@5 {results['retrieval_recall_at_5']:.3f}\nreport: {out / 'report.html'}"
+    )
