@@ -85,5 +85,6 @@ fi
 as_owner "$BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -tAc \
   "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 \
   || as_owner "$BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE $DB" >&2
-as_owner "$BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$DB" -c "CREATE EXTENSION IF NOT EXISTS vector" >&2
+PGOPTIONS="--client-min-messages=warning" as_owner "$BIN/psql" -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$DB" \
+  -c "CREATE EXTENSION IF NOT EXISTS vector" >&2
 echo "postgresql://postgres@127.0.0.1:$PORT/$DB"

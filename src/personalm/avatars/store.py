@@ -91,6 +91,9 @@ class MemoryStore(Protocol):
 
     def has_source(self, avatar: str, key: str) -> bool: ...
 
+    def sources(self, avatar: str) -> list[SourceRecord]:
+        """The source files ingested for this avatar, oldest first."""
+
     def keyword_search(self, avatar: str, query: str, k: int, kinds: Sequence[str] = KINDS) -> list[tuple[int, float]]:
         """(id, score) best first by full-text relevance (higher is better)."""
 
