@@ -115,3 +115,23 @@ def test_smoke_real_model_chat_and_fact_extraction(memory, embedded_model, tmp_p
     second = chat.send("Where did you move last spring?")
     assert first.reply and first.supported and second.reply
     assert any("London" in m.text for m in memory.list("ada", kind="fact"))
+
+
+def test_demo_step_builds_an_avatar_and_chats(tmp_path):
+    from avatar_support import WordHashEmbedder
+    from rich.console import Console
+
+    from personalm.avatars import demo
+
+    console = Console(record=True, width=200)
+    replies = [
+        "Mara Keel is a patient sailor and gardener who speaks plainly.",  # profile
+        "Bees are patient too.",  # first answer
+        "- I started keeping bees.",  # facts of the first message
+        "Tomatoes, by the wall.",  # second answer
+        "- none",  # facts of the second message
+    ]
+    demo.run(console, ScriptedModel(*replies), tmp_path, WordHashEmbedder())
+    text = console.export_text()
+    assert "ingested 3 files: 3 new memories" in text and "profile: Mara Keel is a patient sailor" in text
+    assert "memory ADD: I started keeping bees." in text and "Mara Keel: Tomatoes, by the wall." in text

@@ -64,3 +64,8 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
         ],
     )
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
+
+    console.rule("[bold]4. an avatar: memory of one person's words, retrieval, chat")
+    from personalm.avatars import demo as avatar_demo
+
+    avatar_demo.run(console, model, out)
