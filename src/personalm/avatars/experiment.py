@@ -386,6 +386,16 @@ def prefeval(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
 # ---------------------------------------------------------------- run + report
 
 
+def work_dir(config: ExperimentConfig) -> Path:
+    """Caches of one configuration (memories, profiles, generations) under OUT/.cache, so a
+    re-run resumes and a changed configuration never mixes with an old one's memories."""
+    settings = {k: str(v) for k, v in asdict(config).items() if k != "out"}
+    work = config.out / ".cache" / memory_key("config", json.dumps(settings, sort_keys=True))[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    (config.out / ".cache" / ".gitignore").write_text("*\n")
+    return work
+
+
 def run(
     config: ExperimentConfig,
     log: Log = lambda m: None,
@@ -401,10 +411,11 @@ def run(
         raise PersonalmError(f"--distractors {config.distractors}: use at least 10")
     config.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    work = work_dir(config)
     if model is None:
-        model = load_model(config.model or "smollm2-135m-instruct", cache=config.out / "generations.db")
+        model = load_model(config.model or "smollm2-135m-instruct", cache=work / "generations.db")
     if memory is None:
-        memory = AvatarMemory(SQLiteStore(config.out / "memory.db", 384))
+        memory = AvatarMemory(SQLiteStore(work / "memory.db", 384))
     try:
         like = likeness(config, model, memory, log)
         pref = prefeval(config, model, memory, log)
