@@ -201,3 +201,35 @@ def test_sigkill_during_ingest_leaves_a_consistent_store(tmp_path):
     store = SQLiteStore(db, 384)
     assert len(store.sources("ada")) == 40 and store.integrity() == []
     assert store.count("ada") == sum(s.memories for s in store.sources("ada"))
+
+
+def cli(*args: str) -> int:
+    """Run the CLI in-process; returns its exit code."""
+    try:
+        main(list(args))
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
+def test_cli_list_and_forget(tmp_path, capsys):
+    class Embedder384(WordHashEmbedder):
+        dimension = 384
+
+    store = tmp_path / "m.db"
+    memory = AvatarMemory(SQLiteStore(store, 384), Embedder384())
+    (tmp_path / "a.txt").write_text("First words. " + "Second words here, and more of them to fill a chunk. " * 8)
+    memory.ingest("ada", [tmp_path / "a.txt"])
+    memory.remember("ada", "I prefer green tea.")
+    memory.close()
+    cli("avatar", "list", "--store", str(store), "--json")
+    assert json.loads(capsys.readouterr().out) == {"avatar": "ada", "memories": 3, "facts": 1}
+    cli("avatar", "list", "ada", "--kind", "fact", "--store", str(store), "--json")
+    fact = json.loads(capsys.readouterr().out)
+    assert fact["text"] == "I prefer green tea." and fact["kind"] == "fact"
+    cli("avatar", "forget", "ada", str(fact["id"]), "--store", str(store))
+    assert "1 memories deleted" in capsys.readouterr().err
+    assert cli("avatar", "forget", "ada", "--store", str(store)) == 2 and "give memory ids" in capsys.readouterr().err
+    cli("avatar", "forget", "ada", "--all", "--store", str(store))
+    cli("avatar", "list", "--store", str(store), "--json")
+    assert capsys.readouterr().out == ""
