@@ -233,3 +233,23 @@ def test_cli_list_and_forget(tmp_path, capsys):
     cli("avatar", "forget", "ada", "--all", "--store", str(store))
     cli("avatar", "list", "--store", str(store), "--json")
     assert capsys.readouterr().out == ""
+
+
+def test_sft_data_export(memory, tmp_path):
+    from personalm.avatars.adapter_data import training_examples
+
+    (tmp_path / "talk.jsonl").write_text(
+        '{"speaker": "Bob", "text": "Tea or coffee?"}\n{"speaker": "Ada", "text": "Tea, always."}\n'
+    )
+    (tmp_path / "essay.txt").write_text("Engines weave patterns. They compute what we cannot. Single.")
+    memory.ingest("ada", [tmp_path / "talk.jsonl", tmp_path / "essay.txt"])
+    rows = list(training_examples(memory, "ada"))
+    pairs = [(r["messages"][1]["content"], r["messages"][2]["content"]) for r in rows]
+    assert ("Tea or coffee?", "Tea, always.") in pairs
+    assert any(
+        user.endswith('"Engines weave patterns."') and reply == "They compute what we cannot. Single."
+        for user, reply in pairs
+    )
+    assert (
+        all(r["messages"][0]["role"] == "system" for r in rows) and len(list(training_examples(memory, "ada", 1))) == 1
+    )

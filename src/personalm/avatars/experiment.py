@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personalm.avatars.adapter_data import continue_message
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import system_prompt
 from personalm.avatars.chunking import Chunking, chunk_text, sentences
@@ -112,10 +113,6 @@ def held_out_prompts(person: str, files: list[Path], n: int, rng: random.Random)
             if len(parts) >= 2 and 40 <= len(parts[0]) <= 200 and len(" ".join(parts[1:])) >= 120:
                 candidates.append(Prompt(person, parts[0], " ".join(parts[1:]), path.name[:10]))
     return rng.sample(candidates, min(n, len(candidates)))
-
-
-def continue_message(cue: str) -> str:
-    return f'Continue this passage from one of your speeches, in your own words and style:\n"{cue}"'
 
 
 def passage_turns(recall: Recall) -> tuple[list[dict], Recall]:

@@ -277,3 +277,26 @@ def experiment_cmd(
         f"PrefEval accuracy with memory {results['prefeval_acc_memory']:.3f}, without {results['prefeval_acc_nomemory']:.3f}"
         f" (chance 0.25); retrieval recall@5 {results['retrieval_recall_at_5']:.3f}\nreport: {out / 'report.html'}"
     )
+
+
+@app.command("sft-data")
+def sft_data_cmd(
+    name: str = typer.Argument(...),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl or .parquet with a `messages` column."),
+    limit: int = typer.Option(0, min=0, help="At most this many examples (0: all)."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Export the person's utterances as chat examples for `personalm train sft` (a personal adapter)."""
+    from personalm.avatars.adapter_data import training_examples
+    from personalm.errors import PersonalmError
+    from personalm.tables import write_rows
+
+    rows = list(training_examples(_memory(store), name, limit))
+    if not rows:
+        raise PersonalmError(f"avatar '{name}' has no utterances to train on")
+    write_rows(out, rows)
+    stderr.print(
+        f"wrote {len(rows)} examples to {out}; next: personalm train sft {out} -o runs/{name}-adapter, "
+        f"then personalm avatar chat {name} --adapter runs/{name}-adapter",
+        markup=False,
+    )
