@@ -67,9 +67,16 @@ BIN="$(find_bindir)"
 # The server runs as $OWNER, who may not reach a checkout under root's home: use a readable copy.
 if ! as_owner test -x "$BIN/postgres"; then
   COPY="${PERSONALM_PG_BINCOPY:-/opt/personalm-pg}"
-  log "copying $(dirname "$BIN") to $COPY (not readable by $OWNER where it is)"
-  rm -rf "$COPY" && mkdir -p "$COPY" && cp -a "$(dirname "$BIN")/." "$COPY/" && chmod -R a+rX "$COPY"
-  BIN="$COPY/bin"
+  # Three levels up from bin/ is the install root (pgserver's binaries find their libraries there).
+  ROOT="$(cd "$BIN/../../.." && pwd)"
+  REL="${BIN#"$ROOT"/}"
+  log "copying the server under $ROOT to $COPY (not readable by $OWNER where it is)"
+  rm -rf "$COPY" && mkdir -p "$COPY"
+  for part in "${REL%%/*}" "${REL%%/*}.libs"; do
+    [ -e "$ROOT/$part" ] && cp -a "$ROOT/$part" "$COPY/"
+  done
+  chmod -R a+rX "$COPY"
+  BIN="$COPY/$REL"
 fi
 if [ "${1:-}" = "--stop" ]; then
   as_owner "$BIN/pg_ctl" -D "$DATA" -m fast stop >&2 || true
