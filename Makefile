@@ -14,8 +14,9 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 demo: $(VENV)/.setup
 	$(BIN)/personalm demo
 
+# The avatar store's PostgreSQL + pgvector backend is tested on a real server started here.
 test: $(VENV)/.setup-test
-	$(BIN)/python -m pytest -q
+	PERSONALM_PG_DSN="$${PERSONALM_PG_DSN:-$$(scripts/start-postgres.sh)}" $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.setup-test
 	$(BIN)/personalm bench generate

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from personalm.cli import (
+    avatar_cmd,
     bench_cmd,
     demo_cmd,
     embed_cmd,
@@ -33,6 +34,7 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(tone_cmd.app, name="tone")
 app.add_typer(personas_cmd.app, name="personas")
+app.add_typer(avatar_cmd.app, name="avatar")
 app.command("generate")(generate_cmd.generate)
 app.command("embed")(embed_cmd.embed)
 app.command("demo")(demo_cmd.demo)

@@ -66,6 +66,7 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
     tone_step(console, out)
     _explain_step(console, model, out)
+    _avatar_step(console, model, out)
 
 
 DEMO_FACTS = {
@@ -122,7 +123,7 @@ def _explain_step(console: Console, model, out: Path) -> None:
     from personalm.perce.metrics import persona_recall
     from personalm.perce.persona_chat import load_conversations, reply_rows, split
 
-    console.rule("[bold]4. which reply tokens depend on the persona (PerContrast)")
+    console.rule("[bold]5. which reply tokens depend on the persona (PerContrast)")
     path = data_dir() / "persona_chat" / "valid.csv"
     if not path.is_file():
         console.print(f"[yellow]skipped: no persona-chat data at {path} (set PERSONALM_DATA)[/]")
@@ -138,3 +139,10 @@ def _explain_step(console: Console, model, out: Path) -> None:
     console.print("highest PIR: " + ", ".join(f"{t} {p:+.2f}" for t, p in top_tokens(influence, special)))
     (out / "explain.html").write_text(html_report([Explained(row["persona"], chat, influence)], special))
     console.print(f"heatmap: {out / 'explain.html'}")
+
+
+def _avatar_step(console: Console, model, out: Path) -> None:
+    from personalm.avatars import demo as avatar_demo
+
+    console.rule("[bold]6. an avatar: memory of one person's words, retrieval, chat")
+    avatar_demo.run(console, model, out)

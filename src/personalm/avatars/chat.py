@@ -1,0 +1,108 @@
+"""Answering as the person: profile + retrieved facts + style exemplars + recent turns, with an
+honest "I don't know" when memory does not cover a question, and memory updates after each
+exchange (the one chatting is taken to be the person, telling their avatar about themselves)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from personalm.avatars.api import AvatarMemory
+from personalm.avatars.facts import FactExtractor
+from personalm.avatars.memory_update import Update, apply_facts
+from personalm.avatars.profile import display_name
+from personalm.avatars.retrieval import Recall
+from personalm.models.base import Message, SamplingParams, TextModel
+
+DONT_KNOW = "I don't know. Nothing I remember covers that."
+MIN_SUPPORT = 0.25  # cosine (MiniLM) below which retrieved memories are unrelated to the question
+HISTORY_TURNS = 6
+QUESTION = re.compile(
+    r"\?\s*$|^(?:who|what|when|where|why|how|which|do|does|did|is|are|was|were|can|could|would|will|have|has)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class ChatTurn:
+    reply: str
+    recall: Recall
+    supported: bool
+    updates: list[Update] = field(default_factory=list)
+
+
+def system_prompt(who: str, profile: str | None, recall: Recall) -> str:
+    """The persona instructions: who you are, what you know, how you speak. Exemplars that
+    answered someone (chat utterances with context) go in as dialogue turns instead."""
+    parts = [f"You are {who}. Answer in the first person as {who}, in {who}'s own voice and style."]
+    if profile:
+        parts.append(f"About you: {profile}")
+    if recall.facts:
+        parts.append("Facts about you:\n" + "\n".join(f"- {h.memory.text}" for h in recall.facts))
+    quotes = [h.memory.text for h in recall.exemplars if not h.memory.context]
+    if quotes:
+        parts.append("Things you have said (match this way of speaking):\n" + "\n".join(f'- "{q}"' for q in quotes))
+    parts.append("Use only these facts and your own words. If they do not answer the question, say you don't know.")
+    return "\n\n".join(parts)
+
+
+def exemplar_turns(recall: Recall) -> list[Message]:
+    """Style exemplars as few-shot dialogue (as ChatHaruhi does with a character's lines): what
+    was said to the person, then their verbatim reply."""
+    turns: list[Message] = []
+    for hit in recall.exemplars:
+        if hit.memory.context:
+            turns += [
+                {"role": "user", "content": hit.memory.context},
+                {"role": "assistant", "content": hit.memory.text},
+            ]
+    return turns
+
+
+def is_question(text: str) -> bool:
+    return bool(QUESTION.search(text.strip()))
+
+
+class AvatarChat:
+    """One conversation with an avatar; `send` answers and then updates memory."""
+
+    def __init__(
+        self,
+        memory: AvatarMemory,
+        avatar: str,
+        model: TextModel,
+        extractor: FactExtractor | None = None,
+        params: SamplingParams | None = None,
+        exemplars: int = 3,
+        facts: int = 5,
+        min_support: float = MIN_SUPPORT,
+    ):
+        self.memory, self.avatar, self.model = memory, avatar, model
+        self.extractor = extractor
+        self.params = params or SamplingParams(max_tokens=128, temperature=0.7, top_p=0.9, stop=("\n\n\n",))
+        self.exemplars, self.facts, self.min_support = exemplars, facts, min_support
+        self.history: list[Message] = []
+        self.who = display_name(avatar)
+
+    def compose(self, user: str, recall: Recall) -> list[Message]:
+        profile = self.memory.store.get_profile(self.avatar)
+        system = system_prompt(self.who, profile.text if profile else None, recall)
+        recent = self.history[-HISTORY_TURNS:]
+        shots = exemplar_turns(recall)
+        return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
+
+    def send(self, user: str) -> ChatTurn:
+        recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts)
+        supported = recall.support >= self.min_support or not is_question(user)
+        if supported:
+            seed = self.params.seed + len(self.history)
+            params = SamplingParams(**{**self.params.to_dict(), "seed": seed})
+            reply = self.model.generate([self.compose(user, recall)], params)[0].text.strip() or DONT_KNOW
+        else:
+            reply = DONT_KNOW
+        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        updates = []
+        if self.extractor is not None:
+            updates = apply_facts(self.memory, self.avatar, self.extractor.extract(user), ts=time.time())
+        return ChatTurn(reply, recall, supported, updates)

@@ -1,0 +1,525 @@
+"""`personalm avatar experiment`: does retrieval make an avatar sound like *this* person, and
+does memory make it respect what the person said they prefer?
+
+(a) Likeness on the speeches: per person, memory = speeches before a date cutoff (the first
+    `memory_fraction` of them by date); prompts = opening sentences of passages from the later,
+    held-out speeches. Three answers per prompt from the same model: avatar with retrieval
+    (profile + verbatim exemplars), no retrieval (name only), profile only. A stylometric
+    classifier (character n-gram TF-IDF + logistic regression) trained on the memory-period text
+    of all persons attributes every answer to a person; we report attribution accuracy and MiniLM
+    similarity to the real continuation, plus how much of the RAG answers is copied from the
+    retrieved exemplars (8-gram overlap), so a copying avatar cannot pass unnoticed.
+(b) Preference memory on PrefEval: each stated preference is stored among distractor memories
+    (persona sentences of other people and preferences from other topics); the later question
+    retrieves the top 5; the four options, shuffled, are scored by mean token log-likelihood with
+    the retrieved memories in context and without any.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from personalm.avatars.adapter_data import continue_message
+from personalm.avatars.api import AvatarMemory
+from personalm.avatars.chat import system_prompt
+from personalm.avatars.chunking import Chunking, chunk_text, sentences
+from personalm.avatars.ingest import memory_key
+from personalm.avatars.profile import clean_profile, display_name, keyword_profile, profile_prompt
+from personalm.avatars.retrieval import Recall, hybrid_search
+from personalm.avatars.sources import DATE_PREFIX, read_source
+from personalm.avatars.sqlite_store import SQLiteStore
+from personalm.avatars.store import NewMemory, Profile, SourceRecord
+from personalm.errors import PersonalmError
+from personalm.models.base import SamplingParams, TextModel
+
+CONDITIONS = ("rag", "norag", "profile")
+LABELS = {"rag": "avatar with retrieval", "norag": "same model, no retrieval", "profile": "profile only"}
+
+
+@dataclass
+class ExperimentConfig:
+    data: Path
+    out: Path
+    model: str | None = None
+    persons: int = 0  # 0: every person with at least 3 speeches
+    memory_fraction: float = 0.75
+    memory_chunks: int = 300
+    classifier_chunks: int = 400
+    prompts_per_person: int = 4
+    exemplars: int = 3
+    max_tokens: int = 64
+    temperature: float = 0.5
+    prefeval_items: int = 100
+    distractors: int = 50
+    seed: int = 0
+
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- likeness on speeches
+
+
+@dataclass
+class Prompt:
+    person: str
+    cue: str
+    reference: str
+    date: str
+
+
+def speech_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.txt") if DATE_PREFIX.match(p.name))
+
+
+def split_person(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Memory = the first `fraction` of the speeches by date (at least one held out)."""
+    cut = min(len(files) - 1, max(1, math.ceil(len(files) * fraction)))
+    return files[:cut], files[cut:]
+
+
+def spread(items: list, n: int) -> list:
+    """n items spread evenly over the list (all of them when it is shorter)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def person_chunks(files: list[Path], chunking: Chunking) -> list[tuple[str, float | None]]:
+    out = []
+    for path in files:
+        source = read_source(path, set())
+        out.extend((chunk, turn.ts) for turn in source.turns if turn.own for chunk in chunk_text(turn.text, chunking))
+    return out
+
+
+def held_out_prompts(person: str, files: list[Path], n: int, rng: random.Random) -> list[Prompt]:
+    """Passages of the held-out speeches: the first sentence is the cue, the rest the reference."""
+    candidates = []
+    for path in files:
+        for chunk, _ in person_chunks([path], Chunking(400, 0.0)):
+            parts = sentences(chunk)
+            if len(parts) >= 2 and 40 <= len(parts[0]) <= 200 and len(" ".join(parts[1:])) >= 120:
+                candidates.append(Prompt(person, parts[0], " ".join(parts[1:]), path.name[:10]))
+    return rng.sample(candidates, min(n, len(candidates)))
+
+
+def passage_turns(recall: Recall) -> tuple[list[dict], Recall]:
+    """Retrieved passages as worked examples of the task (cue → the person's own continuation),
+    and the one-sentence ones left to quote in the system prompt."""
+    turns, quotes = [], []
+    for hit in recall.exemplars:
+        parts = sentences(hit.memory.text)
+        if len(parts) < 2:
+            quotes.append(hit)
+            continue
+        turns += [
+            {"role": "user", "content": continue_message(parts[0])},
+            {"role": "assistant", "content": " ".join(parts[1:])},
+        ]
+    return turns, Recall(exemplars=quotes)
+
+
+def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def copy_rate(output: str, sources: list[str]) -> float:
+    """Fraction of the output's word 8-grams found verbatim in the sources."""
+    grams = ngrams(output)
+    if not grams:
+        return 0.0
+    pool = set().union(*(ngrams(s) for s in sources)) if sources else set()
+    return len(grams & pool) / len(grams)
+
+
+def train_attributor(texts: list[str], labels: list[str], seed: int):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    classifier = make_pipeline(
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2, max_features=300_000),
+        LogisticRegression(max_iter=2000, C=10.0, random_state=seed),
+    )
+    return classifier.fit(texts, labels)
+
+
+def build_memories(memory: AvatarMemory, persons: dict[str, list[Path]], config: ExperimentConfig, log: Log) -> None:
+    """Each person's memory-period chunks (evenly spread, capped) into their avatar; a person
+    already stored with the same settings is skipped, so a re-run resumes."""
+    for person, files in persons.items():
+        key = memory_key("experiment", f"{person}:{[p.name for p in files]}:{config.memory_chunks}")
+        if memory.store.has_source(person, key):
+            continue
+        chunks = spread(person_chunks(files, Chunking()), config.memory_chunks)
+        log(f"memory: embedding {len(chunks)} chunks of {person}")
+        vectors = memory.embed([c for c, _ in chunks])
+        memories = [
+            NewMemory("utterance", c, memory_key("utterance", c), v, source=key, ts=ts)
+            for (c, ts), v in zip(chunks, vectors, strict=True)
+        ]
+        memory.store.add(person, memories, SourceRecord(key, str(files[0].parent), len(memories)))
+
+
+def write_profiles(memory: AvatarMemory, persons: list[str], model: TextModel, seed: int) -> dict[str, str]:
+    """Text-to-persona profiles of all persons in one batch (stored with each avatar)."""
+    from personalm.avatars.profile import sample_utterances
+
+    profiles = {}
+    todo = [p for p in persons if memory.store.get_profile(p) is None]
+    samples = {p: sample_utterances(memory, p) for p in todo}
+    replies = model.generate(
+        [[{"role": "user", "content": profile_prompt(display_name(p), samples[p], [])}] for p in todo],
+        SamplingParams(max_tokens=160, seed=seed),
+    )
+    for person, reply in zip(todo, replies, strict=True):
+        text = clean_profile(reply.text, display_name(person))
+        profile = Profile(
+            text or keyword_profile(display_name(person), samples[person], []),
+            memory.count(person),
+            extra={"model": model.model_id, "facts": 0, "from_model": text is not None},
+        )
+        memory.store.set_profile(person, profile)
+    for person in persons:
+        profiles[person] = memory.store.get_profile(person).text
+    return profiles
+
+
+def answer_prompt(condition: str, prompt: Prompt, profile: str, recall: Recall) -> list[dict]:
+    """The chat each condition sends: the avatar (profile + retrieved passages as few-shot turns),
+    the bare model told whom to be, or the profile alone."""
+    who = display_name(prompt.person)
+    ask = {"role": "user", "content": continue_message(prompt.cue)}
+    if condition == "rag":
+        turns, quotes = passage_turns(recall)
+        return [{"role": "system", "content": system_prompt(who, profile, quotes)}, *turns, ask]
+    return [
+        {"role": "system", "content": system_prompt(who, profile if condition == "profile" else None, Recall())},
+        ask,
+    ]
+
+
+def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log) -> dict:
+    rng = random.Random(config.seed)
+    root = config.data / "speeches"
+    if not root.is_dir():
+        raise PersonalmError("speeches folder not found (set --data or PERSONALM_DATA)", source=str(root))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and len(speech_files(p)) >= 3)
+    if config.persons:
+        folders = folders[: config.persons]
+    if len(folders) < 2:
+        raise PersonalmError("need at least two persons with three or more speeches each", source=str(root))
+    split = {f.name: split_person(speech_files(f), config.memory_fraction) for f in folders}
+    build_memories(memory, {p: mem for p, (mem, _) in split.items()}, config, log)
+
+    log("likeness: training the stylometric attributor on memory-period text")
+    texts, labels = [], []
+    for person, (mem_files, _) in split.items():
+        chunks = spread([c for c, _ in person_chunks(mem_files, Chunking())], config.classifier_chunks)
+        texts += chunks
+        labels += [person] * len(chunks)
+    attributor = train_attributor(texts, labels, config.seed)
+
+    prompts = [
+        p for person, (_, held) in split.items() for p in held_out_prompts(person, held, config.prompts_per_person, rng)
+    ]
+    log(f"likeness: {len(prompts)} held-out prompts from {len(split)} persons; writing profiles")
+    profiles = write_profiles(memory, list(split), model, config.seed)
+    recalls = []
+    for prompt in prompts:
+        vector = memory.embed([prompt.cue])[0]
+        hits = hybrid_search(memory.store, prompt.person, prompt.cue, vector, config.exemplars, ("utterance",))
+        recalls.append(Recall(exemplars=hits))
+    params = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=0.9, seed=config.seed)
+    outputs: dict[str, list[str]] = {}
+    for condition in CONDITIONS:
+        log(f"likeness: generating {len(prompts)} answers ({LABELS[condition]})")
+        batch = [answer_prompt(condition, p, profiles[p.person], r) for p, r in zip(prompts, recalls, strict=True)]
+        # An answer that repeats the cue would be credited with the real person's words: cut it.
+        outputs[condition] = [
+            g.text.replace(p.cue, " ").strip() for g, p in zip(model.generate(batch, params), prompts, strict=True)
+        ]
+
+    truth = [p.person for p in prompts]
+    references = [p.reference for p in prompts]
+    ref_vectors = memory.embed(references)
+    result: dict = {"persons": len(split), "prompts": len(prompts), "per_person": {}}
+    real_pred = attributor.predict(references)
+    result["attribution_acc_real"] = float(np.mean(real_pred == np.array(truth)))
+    for condition in CONDITIONS:
+        texts_out = [o or "." for o in outputs[condition]]
+        predicted = attributor.predict(texts_out)
+        correct = predicted == np.array(truth)
+        similarity = np.sum(memory.embed(texts_out) * ref_vectors, axis=1)
+        result[f"attribution_acc_{condition}"] = float(correct.mean())
+        result[f"similarity_{condition}"] = float(similarity.mean())
+        for person in split:
+            mask = np.array(truth) == person
+            if mask.any():
+                row = result["per_person"].setdefault(person, {"prompts": int(mask.sum())})
+                row[f"acc_{condition}"] = float(correct[mask].mean())
+                row[f"sim_{condition}"] = float(similarity[mask].mean())
+    result["rag_copy_rate"] = float(
+        np.mean(
+            [copy_rate(o, [h.memory.text for h in r.exemplars]) for o, r in zip(outputs["rag"], recalls, strict=True)]
+        )
+    )
+    result["examples"] = [
+        {"person": p.person, "date": p.date, "cue": p.cue, "reference": p.reference[:300],
+         **{c: outputs[c][i] for c in CONDITIONS}}
+        for i, p in enumerate(prompts[:: max(1, len(prompts) // 6)][:6])
+    ]  # fmt: skip
+    result["split"] = {
+        p: {"memory_speeches": len(m), "held_out_speeches": len(h), "cutoff": h[0].name[:10]}
+        for p, (m, h) in split.items()
+    }
+    return result
+
+
+# ---------------------------------------------------------------- preference memory (PrefEval)
+
+
+def load_prefeval(data: Path) -> list[dict]:
+    folder = data / "prefeval" / "mcq_options"
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise PersonalmError("no PrefEval files (prefeval/mcq_options/*.json)", source=str(folder))
+    items = []
+    for path in files:
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PersonalmError(f"not readable JSON ({err})", source=str(path)) from None
+        for row in rows:
+            options = row.get("classification_task_options") or []
+            if isinstance(row.get("preference"), str) and isinstance(row.get("question"), str) and len(options) == 4:
+                items.append({"topic": path.stem, **row})
+    return items
+
+
+def persona_sentences(data: Path, limit: int, rng: random.Random) -> list[str]:
+    path = data / "persona_chat" / "valid.csv"
+    if not path.is_file():
+        raise PersonalmError("persona_chat/valid.csv not found (distractor memories)", source=str(path))
+    with open(path, encoding="utf-8", newline="") as handle:
+        lines = {
+            line.strip()
+            for row in csv.DictReader(handle)
+            for column in ("user 1 personas", "user 2 personas")
+            for line in (row.get(column) or "").splitlines()
+            if len(line.strip()) > 10
+        }
+    return rng.sample(sorted(lines), min(limit, len(lines)))
+
+
+def memory_context(facts: list[str]) -> str:
+    return "What you remember about the user:\n" + "\n".join(f"- {f}" for f in facts)
+
+
+def prefeval(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log) -> dict:
+    rng = random.Random(config.seed + 1)
+    items = load_prefeval(config.data)
+    chosen = rng.sample(items, min(config.prefeval_items, len(items)))
+    personas = persona_sentences(config.data, 400, rng)
+    pool = list(dict.fromkeys(personas + [i["preference"] for i in items]))
+    log(f"prefeval: embedding {len(pool)} memories (preferences and distractors)")
+    vectors = dict(zip(pool, memory.embed(pool), strict=True))
+    store = memory.store
+    hits_at_5, contexts_mem, contexts_none, options, answers = [], [], [], [], []
+    for index, item in enumerate(chosen):
+        avatar = f"prefeval-{index:04d}"
+        others = [i["preference"] for i in items if i["topic"] != item["topic"]]
+        hard = rng.sample(others, min(10, len(others)))
+        texts = [item["preference"], *rng.sample(personas, config.distractors - len(hard)), *hard]
+        store.add(avatar, [NewMemory("fact", t, memory_key("fact", t), vectors[t]) for t in texts])
+        question_vector = memory.embed([item["question"]])[0]
+        top = hybrid_search(store, avatar, item["question"], question_vector, 5, ("fact",))
+        facts = [h.memory.text for h in top]
+        hits_at_5.append(item["preference"] in facts)
+        shuffled = list(range(4))
+        rng.shuffle(shuffled)
+        opts = [item["classification_task_options"][i] for i in shuffled]
+        options.append(opts)
+        answers.append(shuffled.index(0))
+        contexts_mem.append(
+            [{"role": "system", "content": memory_context(facts)}, {"role": "user", "content": item["question"]}]
+        )
+        contexts_none.append([{"role": "user", "content": item["question"]}])
+    log(f"prefeval: scoring 4 options x {len(chosen)} questions, with and without memory")
+    result = {
+        "items": len(chosen),
+        "distractors": config.distractors,
+        "retrieval_recall_at_5": float(np.mean(hits_at_5)),
+    }
+    totals, means = {}, {}
+    for name, contexts in (("memory", contexts_mem), ("nomemory", contexts_none)):
+        flat_ctx = [c for c, opts in zip(contexts, options, strict=True) for _ in opts]
+        flat_opt = [" " + o for opts in options for o in opts]
+        scored = model.score(flat_ctx, flat_opt)
+        totals[name] = np.array([s.total for s in scored]).reshape(len(chosen), 4)
+        means[name] = np.array([s.mean for s in scored]).reshape(len(chosen), 4)
+        result[f"prefeval_acc_{name}"] = float(np.mean(means[name].argmax(axis=1) == np.array(answers)))
+    gain = totals["memory"] - totals["nomemory"]
+    result["prefeval_acc_memory_pmi"] = float(np.mean(gain.argmax(axis=1) == np.array(answers)))
+    np.savez(config.out / "prefeval_scores.npz", answers=np.array(answers), **{f"total_{k}": v for k, v in totals.items()},
+             **{f"mean_{k}": v for k, v in means.items()})  # fmt: skip
+    result["by_topic"] = sorted({i["topic"] for i in chosen})
+    return result
+
+
+# ---------------------------------------------------------------- run + report
+
+
+def work_dir(config: ExperimentConfig) -> Path:
+    """Caches of one configuration (memories, profiles, generations) under OUT/.cache, so a
+    re-run resumes and a changed configuration never mixes with an old one's memories."""
+    settings = {k: str(v) for k, v in asdict(config).items() if k != "out"}
+    work = config.out / ".cache" / memory_key("config", json.dumps(settings, sort_keys=True))[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    (config.out / ".cache" / ".gitignore").write_text("*\n")
+    return work
+
+
+def run(
+    config: ExperimentConfig,
+    log: Log = lambda m: None,
+    model: TextModel | None = None,
+    memory: AvatarMemory | None = None,
+) -> dict:
+    """Both experiments; writes results.json, avatar.png and report.html into config.out.
+    Generations are cached there, so a killed run resumes (a given model/memory is used as is)."""
+    from personalm.bench.hardware import machine, versions
+    from personalm.models import load_model
+
+    if config.distractors < 10:
+        raise PersonalmError(f"--distractors {config.distractors}: use at least 10")
+    config.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    work = work_dir(config)
+    if model is None:
+        model = load_model(config.model or "smollm2-135m-instruct", cache=work / "generations.db")
+    if memory is None:
+        memory = AvatarMemory(SQLiteStore(work / "memory.db", 384))
+    try:
+        like = likeness(config, model, memory, log)
+        pref = prefeval(config, model, memory, log)
+    finally:
+        memory.close()
+        model.close()
+    results = {
+        "attribution_acc_rag": like["attribution_acc_rag"],
+        "attribution_acc_norag": like["attribution_acc_norag"],
+        "attribution_acc_profile": like["attribution_acc_profile"],
+        "attribution_acc_real": like["attribution_acc_real"],
+        "similarity_rag": like["similarity_rag"],
+        "similarity_norag": like["similarity_norag"],
+        "similarity_profile": like["similarity_profile"],
+        "rag_copy_rate": like["rag_copy_rate"],
+        "prefeval_acc_memory": pref["prefeval_acc_memory"],
+        "prefeval_acc_nomemory": pref["prefeval_acc_nomemory"],
+        "retrieval_recall_at_5": pref["retrieval_recall_at_5"],
+        "chance_attribution": 1.0 / like["persons"],
+        "chance_prefeval": 0.25,
+        "likeness": like,
+        "prefeval": pref,
+        "model": model.model_id,
+        "embedder": memory.embedder.name,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "seed": config.seed,
+        "versions": versions("personalm", "torch", "transformers", "sentence-transformers", "scikit-learn", "numpy"),
+        "machine": machine(),
+        "seconds": round(time.time() - started, 1),
+    }
+    (config.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    plot(results, config.out / "avatar.png")
+    (config.out / "report.html").write_text(report_html(results))
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    names = [LABELS[c] for c in CONDITIONS]
+    colors = ["#2b6cb0", "#a0aec0", "#68a063"]
+    acc = [results[f"attribution_acc_{c}"] for c in CONDITIONS]
+    axes[0].bar(names, acc, color=colors)
+    axes[0].axhline(results["chance_attribution"], ls="--", c="k", lw=1, label="chance")
+    axes[0].axhline(results["attribution_acc_real"], ls=":", c="r", lw=1, label="real held-out text")
+    axes[0].set_title("attributed to the right person")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(names, [results[f"similarity_{c}"] for c in CONDITIONS], color=colors)
+    axes[1].set_title("MiniLM similarity to the real passage")
+    axes[2].bar(["with memory", "without"], [results["prefeval_acc_memory"], results["prefeval_acc_nomemory"]],
+                color=[colors[0], colors[1]])  # fmt: skip
+    axes[2].axhline(0.25, ls="--", c="k", lw=1)
+    axes[2].set_title(f"PrefEval accuracy (recall@5 {results['retrieval_recall_at_5']:.2f})")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def headline_rows(results: dict) -> list[tuple[str, str, str]]:
+    rows = [
+        (LABELS[c], f"{results[f'attribution_acc_{c}']:.3f}", f"{results[f'similarity_{c}']:.3f}") for c in CONDITIONS
+    ]
+    return rows + [("real held-out passages", f"{results['attribution_acc_real']:.3f}", "1.000")]
+
+
+def report_html(results: dict) -> str:
+    esc = html.escape
+    like, pref = results["likeness"], results["prefeval"]
+    head = "".join(f"<tr><td>{esc(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in headline_rows(results))
+    per_person = "".join(
+        f"<tr><td>{esc(p)}</td><td>{r['prompts']}</td>"
+        + "".join(f"<td>{r[f'acc_{c}']:.2f}</td>" for c in CONDITIONS)
+        + "</tr>"
+        for p, r in like["per_person"].items()
+    )
+    examples = "".join(
+        f"<h3>{esc(display_name(e['person']))} ({e['date']})</h3><p><b>cue:</b> {esc(e['cue'])}</p>"
+        f"<p><b>real:</b> {esc(e['reference'])}</p>"
+        + "".join(f"<p><b>{esc(LABELS[c])}:</b> {esc(e[c])}</p>" for c in CONDITIONS)
+        for e in like["examples"]
+    )
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Avatar experiment</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}th{{background:#f3f3f3}}
+img{{max-width:100%}}</style></head><body>
+<h1>Personal avatars: likeness and preference memory</h1>
+<p>Model {esc(results["model"])}, embedder {esc(results["embedder"])}, seed {results["seed"]},
+{like["persons"]} persons, {like["prompts"]} held-out prompts, {pref["items"]} PrefEval questions,
+{results["seconds"]} s.</p>
+<img src="avatar.png" alt="attribution accuracy, similarity and PrefEval accuracy">
+<h2>Likeness (chance {results["chance_attribution"]:.3f})</h2>
+<table><tr><th>answers by</th><th>attribution accuracy</th><th>similarity to real passage</th></tr>{head}</table>
+<p>Share of the RAG answers' word 8-grams copied from the retrieved exemplars: {results["rag_copy_rate"]:.3f}.</p>
+<h2>Preference memory (PrefEval, chance 0.25)</h2>
+<table><tr><th>with memory</th><th>without memory</th><th>retrieval recall@5</th></tr>
+<tr><td>{results["prefeval_acc_memory"]:.3f}</td><td>{results["prefeval_acc_nomemory"]:.3f}</td>
+<td>{results["retrieval_recall_at_5"]:.3f}</td></tr></table>
+<h2>Per person (attribution accuracy)</h2>
+<table><tr><th>person</th><th>prompts</th>{"".join(f"<th>{esc(LABELS[c])}</th>" for c in CONDITIONS)}</tr>{per_person}</table>
+<h2>Examples</h2>{examples}
+<h2>Versions</h2><pre>{esc(json.dumps(results["versions"], indent=1))}</pre>
+</body></html>
+"""

@@ -1,0 +1,79 @@
+"""Hybrid retrieval: keyword (FTS) and dense lists fused by reciprocal rank, optionally with a
+recency list; style exemplars (the person's verbatim words) come back apart from facts.
+
+Reciprocal-rank fusion (score = Σ w / (60 + rank)) needs no score calibration between BM25 and
+cosine, which is why it is the usual choice for hybrid search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from personalm.avatars.store import KINDS, Memory, MemoryStore
+
+RRF_K = 60
+
+
+@dataclass
+class Hit:
+    """A retrieved memory, its fused score and its cosine similarity to the query."""
+
+    memory: Memory
+    score: float
+    similarity: float
+
+
+@dataclass
+class Recall:
+    """What the answer composer gets: exemplars of how the person speaks, facts about them."""
+
+    exemplars: list[Hit] = field(default_factory=list)
+    facts: list[Hit] = field(default_factory=list)
+
+    @property
+    def support(self) -> float:
+        """Best similarity of any retrieved memory: low means memory does not cover the query."""
+        return max((h.similarity for h in self.exemplars + self.facts), default=0.0)
+
+
+def rrf(ranked_lists: Sequence[tuple[Sequence[int], float]], rrf_k: int = RRF_K) -> dict[int, float]:
+    """Fuse ranked id lists given as (ids best first, weight)."""
+    scores: dict[int, float] = {}
+    for ids, weight in ranked_lists:
+        for rank, memory_id in enumerate(ids, start=1):
+            scores[memory_id] = scores.get(memory_id, 0.0) + weight / (rrf_k + rank)
+    return scores
+
+
+def hybrid_search(
+    store: MemoryStore,
+    avatar: str,
+    query: str,
+    vector: np.ndarray,
+    k: int = 5,
+    kinds: Sequence[str] = KINDS,
+    candidates: int = 50,
+    recency: float = 0.0,
+) -> list[Hit]:
+    """Top k of the fused keyword + dense lists (each `candidates` long). recency > 0 adds a
+    third list, the candidates newest first, with that weight (memories without a time last)."""
+    keyword = [i for i, _ in store.keyword_search(avatar, query, candidates, kinds)]
+    dense_hits = store.vector_search(avatar, vector, candidates, kinds)
+    dense = [i for i, _ in dense_hits]
+    lists: list[tuple[Sequence[int], float]] = [(keyword, 1.0), (dense, 1.0)]
+    if recency > 0:
+        pool = list(dict.fromkeys(keyword + dense))
+        times = {m.id: m.ts for m in store.get(avatar, pool)}
+        newest = sorted(pool, key=lambda i: (times.get(i) is None, -(times.get(i) or 0.0)))
+        lists.append((newest, recency))
+    fused = rrf(lists)
+    top = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+    similarity = dict(dense_hits)
+    missing = [i for i in top if i not in similarity]
+    if missing:
+        query_vector = np.asarray(vector, dtype=np.float32)
+        similarity.update(zip(missing, (store.embeddings(avatar, missing) @ query_vector).tolist(), strict=True))
+    return [Hit(m, fused[m.id], float(similarity[m.id])) for m in store.get(avatar, top)]

@@ -1,0 +1,302 @@
+"""`personalm avatar ...`: build an avatar of one person from their own words, search its
+memory, chat with it, and measure how much it sounds like them."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from personalm.cli.progress import progress_bar, stderr
+
+app = typer.Typer(help="Avatars of real people: memory of their own words, retrieval, chat.", no_args_is_help=True)
+
+STORE_HELP = "Memory store: a SQLite file or postgresql://... (default PERSONALM_AVATAR_STORE or PERSONALM_HOME/avatars/memory.db)."
+
+
+def _memory(store: str | None):
+    from personalm.avatars.api import AvatarMemory
+
+    return AvatarMemory(store or os.environ.get("PERSONALM_AVATAR_STORE"))
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    name: str = typer.Argument(..., help="Avatar name (letters, digits, _ . -)."),
+    sources: list[Path] = typer.Argument(
+        ..., help="Files or folders: .txt/.md, .jsonl/.csv chat logs, WhatsApp exports."
+    ),
+    speaker: list[str] = typer.Option(
+        [], "--speaker", "-s", help="The person's name in chat logs (repeatable; default: the avatar name)."
+    ),
+    chunk_chars: int = typer.Option(300, help="Longest memory chunk in characters (sentences are kept whole)."),
+    overlap: float = typer.Option(0.25, help="Fraction of a chunk repeated at the start of the next."),
+    store: str = typer.Option(None, help=STORE_HELP),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="Refresh the persona profile when memory grew."),
+    model: str = typer.Option(None, "--model", "-m", help="Model writing the profile (default: the embedded one)."),
+) -> None:
+    """Add a person's texts and chats to their avatar's memory (re-running adds nothing twice)."""
+    from personalm.avatars.chunking import Chunking
+    from personalm.avatars.sources import discover
+    from personalm.avatars.store import check_avatar
+
+    check_avatar(name)
+    memory = _memory(store)
+    chunking = Chunking(chunk_chars, overlap)
+    files = discover(sources)
+    with progress_bar(f"ingesting into {name}", len(files)) as advance:
+        report = memory.ingest(name, sources, speaker, chunking, advance)
+    stderr.print(
+        f"{name}: {report.files} files ({report.skipped_files} already ingested), {report.added} new memories, "
+        f"{report.duplicates} duplicates skipped; {memory.count(name)} memories in all",
+        markup=False,
+    )
+    if profile and report.added:
+        _refresh_profile(memory, name, model, force=False)
+
+
+@app.command("list")
+def list_cmd(
+    name: str = typer.Argument(None, help="An avatar: list its memories. None: list the avatars."),
+    kind: str = typer.Option(None, help="utterance or fact."),
+    limit: int = typer.Option(20, min=1),
+    offset: int = typer.Option(0, min=0),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """The avatars in the store, or one avatar's memories."""
+    memory = _memory(store)
+    if name is None:
+        rows = [{"avatar": n, "memories": memory.count(n), "facts": memory.count(n, "fact")} for n in memory.names()]
+        _print_rows(rows, as_json)
+        return
+    rows = [
+        {"id": m.id, "kind": m.kind, "date": _when(m.ts), "text": m.text}
+        for m in memory.list(name, kind, limit, offset)
+    ]
+    _print_rows(rows, as_json)
+
+
+@app.command("search")
+def search_cmd(
+    name: str = typer.Argument(...),
+    query: str = typer.Argument(...),
+    k: int = typer.Option(5, "-k", min=1),
+    kind: str = typer.Option(None, help="utterance or fact (default both)."),
+    recency: float = typer.Option(0.0, min=0.0, help="Weight of a newest-first list in the fusion (0: off)."),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Hybrid keyword + dense search in one avatar's memory."""
+    from personalm.avatars.store import KINDS
+
+    hits = _memory(store).search(name, query, k, [kind] if kind else KINDS, recency)
+    rows = [
+        {"id": h.memory.id, "kind": h.memory.kind, "score": round(h.score, 4), "similarity": round(h.similarity, 3),
+         "date": _when(h.memory.ts), "text": h.memory.text}
+        for h in hits
+    ]  # fmt: skip
+    _print_rows(rows, as_json)
+
+
+@app.command("forget")
+def forget_cmd(
+    name: str = typer.Argument(...),
+    ids: list[int] = typer.Argument(None, help="Memory ids to delete (see `avatar list NAME`)."),
+    everything: bool = typer.Option(False, "--all", help="Delete the whole avatar."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Delete memories of one avatar, or the avatar itself."""
+    from personalm.errors import PersonalmError
+
+    memory = _memory(store)
+    if everything:
+        stderr.print(f"{name}: deleted with {memory.delete_avatar(name)} memories", markup=False)
+    elif ids:
+        stderr.print(f"{name}: {memory.delete(name, ids)} memories deleted", markup=False)
+    else:
+        raise PersonalmError("give memory ids to delete, or --all")
+
+
+@app.command("profile")
+def profile_cmd(
+    name: str = typer.Argument(...),
+    refresh: bool = typer.Option(False, "--refresh", help="Rewrite it now (otherwise only when memory grew)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model writing the profile (default: the embedded one)."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Show the avatar's persona profile, written from the person's own words and facts."""
+    from personalm.errors import PersonalmError
+
+    memory = _memory(store)
+    if memory.count(name) == 0:
+        raise PersonalmError(f"avatar '{name}' has no memories; run `personalm avatar ingest {name} FILES` first")
+    _refresh_profile(memory, name, model, force=refresh)
+    profile = memory.store.get_profile(name)
+    typer.echo(profile.text)
+    stderr.print(
+        f"written from {profile.memory_count} memories by {profile.extra.get('model')}"
+        + ("" if profile.extra.get("from_model", True) else " (model reply unusable: keyword profile)"),
+        markup=False,
+    )
+
+
+def _refresh_profile(memory, name: str, model: str | None, force: bool, loaded=None) -> None:
+    """Rewrite the profile with text-to-persona when forced or when memory grew enough."""
+    from personalm.avatars.profile import profile_is_stale, refresh_profile
+    from personalm.models import load_model
+
+    if not force and not profile_is_stale(memory, name):
+        return
+    if loaded is not None:
+        profile = refresh_profile(memory, name, loaded)
+    else:
+        with load_model(model) if model else load_model() as lm:
+            profile = refresh_profile(memory, name, lm)
+    stderr.print(f"{name}: profile updated from {profile.memory_count} memories", markup=False)
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    if not rows:
+        stderr.print("nothing found", markup=False)
+        return
+    table = Table(*rows[0].keys(), show_lines=False)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
+
+
+@app.command("chat")
+def chat_cmd(
+    name: str = typer.Argument(...),
+    message: list[str] = typer.Option(
+        [], "--message", "-M", help="Send these messages in order and exit (default: read lines from stdin)."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help="Model answering (default: the embedded one)."),
+    adapter: Path = typer.Option(None, help="A personal LoRA adapter (trained with `personalm train sft`)."),
+    learn: bool = typer.Option(True, "--learn/--no-learn", help="Extract facts from your messages into memory."),
+    extractor: str = typer.Option("model", help="Fact extractor: model (grounded, rules as fallback) or rules."),
+    show_memory: bool = typer.Option(False, "--show-memory", help="Print the retrieved memories and updates."),
+    temperature: float = typer.Option(0.7, min=0.0),
+    max_tokens: int = typer.Option(128, min=1),
+    seed: int = typer.Option(0),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Talk with the avatar; you are taken to be the person, so facts you state are remembered."""
+    import sys
+
+    from personalm.avatars.chat import AvatarChat
+    from personalm.avatars.facts import ModelFactExtractor, RuleFactExtractor
+    from personalm.errors import PersonalmError
+    from personalm.models import SamplingParams, load_model
+
+    if extractor not in {"model", "rules"}:
+        raise PersonalmError(f"--extractor {extractor}: expected model or rules")
+    memory = _memory(store)
+    if memory.count(name) == 0:
+        raise PersonalmError(f"avatar '{name}' has no memories; run `personalm avatar ingest {name} FILES` first")
+    lm = load_model(model, adapter=adapter) if model else load_model(adapter=adapter)
+    facts = None
+    if learn:
+        facts = ModelFactExtractor(lm) if extractor == "model" else RuleFactExtractor()
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, seed=seed)
+    chat = AvatarChat(memory, name, lm, facts, params)
+    interactive = not message and sys.stdin.isatty()
+    lines = message or (line.rstrip("\n") for line in sys.stdin)
+    if interactive:
+        stderr.print(f"chatting with {chat.who} (empty line or Ctrl-D ends)", markup=False)
+    for line in lines:
+        if not line.strip():
+            if interactive:
+                break
+            continue
+        turn = chat.send(line)
+        if show_memory:
+            for hit in turn.recall.facts + turn.recall.exemplars:
+                stderr.print(f"  [{hit.memory.kind} {hit.similarity:.2f}] {hit.memory.text}", markup=False)
+        typer.echo(f"{chat.who}: {turn.reply}")
+        for update in turn.updates:
+            if show_memory or update.op != "NONE":
+                target = f" (was: {update.target_text})" if update.target_text and update.op != "NONE" else ""
+                stderr.print(f"  memory {update.op}: {update.fact}{target}", markup=False)
+    if learn:
+        _refresh_profile(memory, name, None, force=False, loaded=lm)
+    lm.close()
+
+
+@app.command("experiment")
+def experiment_cmd(
+    out: Path = typer.Option(
+        Path("reports/avatar"), "--out", "-o", help="Folder for results.json, avatar.png, report.html."
+    ),
+    data: Path = typer.Option(
+        None, help="Data folder with speeches/, prefeval/, persona_chat/ (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help="Model for every condition (default: the embedded one)."),
+    persons: int = typer.Option(0, min=0, help="Use the first N persons (0: all with three or more speeches)."),
+    memory_fraction: float = typer.Option(
+        0.75, min=0.1, max=0.95, help="Share of each person's speeches (earliest) in memory."
+    ),
+    memory_chunks: int = typer.Option(300, min=10, help="Memory chunks per person (spread over the memory period)."),
+    prompts: int = typer.Option(4, min=1, help="Held-out prompts per person."),
+    max_tokens: int = typer.Option(64, min=8),
+    prefeval_items: int = typer.Option(100, min=1, help="PrefEval questions (sampled over all topics)."),
+    distractors: int = typer.Option(50, min=10, help="Distractor memories stored with each preference."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
+    from personalm.avatars.experiment import ExperimentConfig, headline_rows, run
+    from personalm.paths import data_dir
+
+    config = ExperimentConfig(
+        data=data or data_dir(), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
+        memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
+        prefeval_items=prefeval_items, distractors=distractors, seed=seed,
+    )  # fmt: skip
+    results = run(config, log=lambda m: stderr.print(m, markup=False))
+    table = Table("answers by", "attribution accuracy", "similarity to real passage")
+    for row in headline_rows(results):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"chance {results['chance_attribution']:.3f}; RAG 8-gram copy rate {results['rag_copy_rate']:.3f}\n"
+        f"PrefEval accuracy with memory {results['prefeval_acc_memory']:.3f}, without {results['prefeval_acc_nomemory']:.3f}"
+        f" (chance 0.25); retrieval recall@5 {results['retrieval_recall_at_5']:.3f}\nreport: {out / 'report.html'}"
+    )
+
+
+@app.command("sft-data")
+def sft_data_cmd(
+    name: str = typer.Argument(...),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl or .parquet with a `messages` column."),
+    limit: int = typer.Option(0, min=0, help="At most this many examples (0: all)."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Export the person's utterances as chat examples for `personalm train sft` (a personal adapter)."""
+    from personalm.avatars.adapter_data import training_examples
+    from personalm.errors import PersonalmError
+    from personalm.tables import write_rows
+
+    rows = list(training_examples(_memory(store), name, limit))
+    if not rows:
+        raise PersonalmError(f"avatar '{name}' has no utterances to train on")
+    write_rows(out, rows)
+    stderr.print(
+        f"wrote {len(rows)} examples to {out}; next: personalm train sft {out} -o runs/{name}-adapter, "
+        f"then personalm avatar chat {name} --adapter runs/{name}-adapter",
+        markup=False,
+    )
