@@ -42,19 +42,27 @@ def serve(
     keys_db: Path = typer.Option(None, help="SQLite file of API keys (default: PERSONALM_HOME/serve/keys.db)."),
     max_batch: int = typer.Option(32, min=1, help="Sequences decoded together per model."),
     max_len: int = typer.Option(1024, min=16, help="Longest prompt + answer in tokens."),
+    avatar_store: str = typer.Option(
+        None,
+        envvar="PERSONALM_AVATAR_STORE",
+        help="Avatar memory: a SQLite file or postgresql://... (default PERSONALM_HOME/avatars/memory.db).",
+    ),
 ) -> None:
     """Serve models, adapters, soups and avatars over an OpenAI-compatible API, with a chat page at /."""
     if not admin_key and not _loopback(host):
         raise PersonalmError(f"--host {host}: an open server (no --admin-key) may only listen on loopback")
     import uvicorn
 
+    from personalm.avatars.api import AvatarMemory
     from personalm.serve.app import create_app
     from personalm.serve.auth import KeyStore
     from personalm.serve.catalog import Catalog
 
     catalog = Catalog(model or None, _adapters(adapter or []), slots=max_batch, max_len=max_len)
     keys = KeyStore(keys_db or home() / "serve" / "keys.db", admin_key or os.environ.get("PERSONALM_ADMIN_KEY"))
+    memory = AvatarMemory(avatar_store)
     try:
-        uvicorn.run(create_app(catalog, keys), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(catalog, keys, memory=memory), host=host, port=port, log_level="warning")
     finally:
         catalog.close()
+        memory.close()

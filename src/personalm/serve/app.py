@@ -30,6 +30,7 @@ from personalm.serve.schemas import ChatRequest, CompletionRequest, EmbeddingReq
 from personalm.serve.text_stream import TextStream
 
 DEFAULT_MAX_TOKENS = 256
+AVATAR_PREFIX = "avatar:"
 DISCONNECT_POLL_S = 0.25
 
 
@@ -52,8 +53,9 @@ def _validation_message(err: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None) -> FastAPI:
-    """Build the app around a model catalog and a key store (both owned by the caller)."""
+def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=None) -> FastAPI:
+    """Build the app around a model catalog, a key store and (optionally) avatar memory, all
+    owned by the caller. With memory, every avatar is the model `avatar:NAME`."""
     app = FastAPI(title="personalm", version="0.1.0", description="OpenAI-compatible API of personalm")
     app.add_middleware(BodySizeLimit)
     state: dict[str, Any] = {}
@@ -101,22 +103,53 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None) -> FastA
     @app.get("/v1/models")
     async def models(who: Principal = Depends(principal)) -> dict[str, Any]:
         visible = [e for e in catalog.entries.values() if who.may_use_model()]
-        return {
-            "object": "list",
-            "data": [
-                {"id": e.id, "object": "model", "created": 0, "owned_by": "personalm", "kind": e.kind} | e.meta
-                for e in visible
-            ],
-        }
+        data = [{"id": e.id, "object": "model", "created": 0, "owned_by": "personalm", "kind": e.kind} | e.meta
+                for e in visible]  # fmt: skip
+        if memory is not None:
+            names = await asyncio.to_thread(memory.names)
+            data += [{"id": f"{AVATAR_PREFIX}{n}", "object": "model", "created": 0, "owned_by": "personalm",
+                      "kind": "avatar", "avatar": n} for n in names if who.may_use_avatar(n)]  # fmt: skip
+        return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request, who: Principal = Depends(principal)):
+        messages = [m.model_dump() for m in body.messages]
+        limit = body.max_completion_tokens or body.max_tokens
+        if body.model.startswith(AVATAR_PREFIX):
+            return await _avatar_chat(request, body, messages, limit, who)
         entry = entry_for(body.model, who)
         model, _ = await asyncio.to_thread(catalog.load, entry.id)
-        messages = [m.model_dump() for m in body.messages]
         ids = model.encode_prompt(messages)
-        limit = body.max_completion_tokens or body.max_tokens
         return await _complete(request, entry.id, [(ids, messages)], body, limit, chat=True)
+
+    async def _avatar_chat(request: Request, body: ChatRequest, messages, limit, who: Principal):
+        """Retrieval in the store (scoped to this avatar), then the base model answers in their voice."""
+        from personalm.avatars.chat import DONT_KNOW, AvatarChat, is_question
+        from personalm.serve.avatar_routes import hit_json
+
+        name = body.model[len(AVATAR_PREFIX) :]
+        if memory is None or name not in await asyncio.to_thread(memory.names):
+            raise ApiError(404, f"model '{body.model}' does not exist; GET /v1/models lists them", "model_not_found")
+        if not who.may_use_avatar(name):
+            raise ApiError(403, f"this key may not use model '{body.model}'", "permission_denied")
+        if messages[-1]["role"] != "user":
+            raise ApiError(400, "messages: an avatar answers the last message, which must be the user's")
+        base = next(e.id for e in catalog.entries.values() if e.kind == "base")
+        model, _ = await asyncio.to_thread(catalog.load, base)
+        talk = AvatarChat(memory, name, model)
+        talk.history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
+        question = messages[-1]["content"]
+        recall = await asyncio.to_thread(memory.recall, name, question, talk.exemplars, talk.facts)
+        retrieved = [hit_json(h) | {"role": "exemplar"} for h in recall.exemplars]
+        retrieved += [hit_json(h) | {"role": "fact"} for h in recall.facts]
+        supported = recall.support >= talk.min_support or not is_question(question)
+        extra = {"retrieved": retrieved, "supported": supported}
+        if not supported:
+            return _fixed_reply(DONT_KNOW, body, extra)
+        composed = talk.compose(question, recall)
+        ids = model.encode_prompt(composed)
+        return await _complete(request, base, [(ids, composed)], body, limit, chat=True, shown_id=body.model,
+                               extra=extra)  # fmt: skip
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal)):
@@ -127,8 +160,12 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None) -> FastA
         prompts = [(model.encode_prompt(p), p) for p in body.prompt]
         return await _complete(request, entry.id, prompts, body, body.max_tokens, chat=False)
 
-    async def _complete(request: Request, model_id: str, prompts, body, limit: int | None, chat: bool):
+    async def _complete(request: Request, model_id: str, prompts, body, limit: int | None, chat: bool,
+                        shown_id: str | None = None, extra: dict[str, Any] | None = None):  # fmt: skip
+        """Generate for prompts on `model_id`; responses name `shown_id` (an avatar answers through
+        its base model) and carry `extra` fields (an avatar's retrieved memories)."""
         model, engine = catalog.load(model_id)
+        shown, extra = shown_id or model_id, extra or {}
         budget = engine.max_len if engine else model.context_length
         for ids, _ in prompts:
             if len(ids) >= budget:
@@ -147,11 +184,13 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None) -> FastA
             runs.append((ids, params, generator))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if engine is None:
-            return await _complete_unbatched(model, model_id, [p for _, p in prompts], runs[0][1], rid, chat)
+            return await _complete_unbatched(model, shown, [p for _, p in prompts], runs[0][1], rid, chat) | extra
         if body.stream:
             ids, params, generator = runs[0]
             usage = body.stream_options is not None and body.stream_options.include_usage
-            events = _sse(engine.stream(ids, params, generator), model, model_id, rid, params, chat, usage, len(ids))
+            events = _sse(
+                engine.stream(ids, params, generator), model, shown, rid, params, chat, usage, len(ids), extra
+            )
             return StreamingResponse(events, media_type="text/event-stream")
         tasks = [asyncio.ensure_future(_collect(engine, model, *run)) for run in runs]
         done = asyncio.ensure_future(asyncio.gather(*tasks))
@@ -167,7 +206,9 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None) -> FastA
         choices = [_choice(i, text, reason, chat) for i, (text, reason, _) in enumerate(results)]
         usage = _usage(sum(len(r[0]) for r in runs), sum(r[2] for r in results))
         kind = "chat.completion" if chat else "text_completion"
-        return {"id": rid, "object": kind, "created": int(time.time()), "model": model_id, "choices": choices} | usage
+        return (
+            {"id": rid, "object": kind, "created": int(time.time()), "model": shown, "choices": choices} | usage | extra
+        )
 
     async def _complete_unbatched(model, model_id, prompts, params, rid, chat):
         """Architectures without the batching kernel: transformers' generate in a worker thread."""
@@ -214,8 +255,30 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None) -> FastA
             raise ApiError(404, f"no key named '{name}'", "not_found")
         return {"deleted": name}
 
-    app.state.catalog, app.state.keys = catalog, keys
+    if memory is not None:
+        from personalm.serve.avatar_routes import avatar_router
+
+        app.include_router(avatar_router(memory, principal, ApiError))
+    app.state.catalog, app.state.keys, app.state.memory = catalog, keys, memory
     return app
+
+
+def _fixed_reply(text: str, body: ChatRequest, extra: dict[str, Any]):
+    """A reply decided without the model (an avatar's "I don't know"), streamed or not."""
+    rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+    if not body.stream:
+        return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
+                "choices": [_choice(0, text, "stop", True)]} | _usage(0, 0) | extra  # fmt: skip
+
+    async def events() -> AsyncIterator[str]:
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
+        deltas = [({"role": "assistant", "content": ""}, None), ({"content": text}, None), ({}, "stop")]
+        for n, (delta, reason) in enumerate(deltas):
+            chunk = head | {"choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+            yield f"data: {json.dumps(chunk | extra if n == 0 else chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 async def _collect(engine, model, ids, params, generator) -> tuple[str, str, int]:
@@ -229,7 +292,15 @@ async def _collect(engine, model, ids, params, generator) -> tuple[str, str, int
 
 
 async def _sse(
-    events: AsyncIterator, model, model_id: str, rid: str, params, chat: bool, usage: bool, prompt_tokens: int
+    events: AsyncIterator,
+    model,
+    model_id: str,
+    rid: str,
+    params,
+    chat: bool,
+    usage: bool,
+    prompt_tokens: int,
+    extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]` (after a usage chunk
     when `stream_options.include_usage` asked for one)."""
@@ -244,9 +315,9 @@ async def _sse(
         else:
             choice = {"index": 0, "text": text, "finish_reason": reason}
         body = {"id": rid, "object": kind, "created": created, "model": model_id, "choices": [choice]}
-        return f"data: {json.dumps(body)}\n\n"
+        return f"data: {json.dumps(body | (extra or {}) if first else body)}\n\n"
 
-    if chat:
+    if chat or extra:
         yield chunk("", None, first=True)
     try:
         async for event in events:
