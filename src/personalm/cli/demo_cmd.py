@@ -64,3 +64,8 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
         ],
     )
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
+
+    console.rule("[bold]4. Persona Hub: texts -> personas -> one expansion round -> dedup -> diversity")
+    from personalm.personas import demo as personas_demo
+
+    personas_demo.run(model, out, console)
