@@ -64,7 +64,8 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
         ],
     )
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
-    tone_step(console, out)
+    _personas_step(console, model, out)
+    _tone_step(console, out)
     _explain_step(console, model, out)
     _avatar_step(console, model, out)
 
@@ -85,7 +86,7 @@ DEMO_FACTS = {
 }
 
 
-def tone_step(console: Console, out: Path) -> None:
+def _tone_step(console: Console, out: Path) -> None:
     """A tone adapter from simulated data, at toy size: the same pipeline `tone experiment` runs."""
     from personalm.eval.tone import FleschScorer
     from personalm.models.embedder import Embedder
@@ -93,7 +94,7 @@ def tone_step(console: Console, out: Path) -> None:
     from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, write_dataset
     from personalm.train.loop import TrainConfig, train
 
-    console.rule("[bold]4. a tone adapter from simulated data (toy size)")
+    console.rule("[bold]5. a tone adapter from simulated data (toy size)")
     facts = out / "facts"
     facts.mkdir(parents=True, exist_ok=True)
     for name, text in DEMO_FACTS.items():
@@ -123,7 +124,7 @@ def _explain_step(console: Console, model, out: Path) -> None:
     from personalm.perce.metrics import persona_recall
     from personalm.perce.persona_chat import load_conversations, reply_rows, split
 
-    console.rule("[bold]5. which reply tokens depend on the persona (PerContrast)")
+    console.rule("[bold]6. which reply tokens depend on the persona (PerContrast)")
     path = data_dir() / "persona_chat" / "valid.csv"
     if not path.is_file():
         console.print(f"[yellow]skipped: no persona-chat data at {path} (set PERSONALM_DATA)[/]")
@@ -144,5 +145,12 @@ def _explain_step(console: Console, model, out: Path) -> None:
 def _avatar_step(console: Console, model, out: Path) -> None:
     from personalm.avatars import demo as avatar_demo
 
-    console.rule("[bold]6. an avatar: memory of one person's words, retrieval, chat")
+    console.rule("[bold]7. an avatar: memory of one person's words, retrieval, chat")
     avatar_demo.run(console, model, out)
+
+
+def _personas_step(console: Console, model, out: Path) -> None:
+    from personalm.personas import demo as personas_demo
+
+    console.rule("[bold]4. Persona Hub: texts -> personas -> one expansion round -> dedup -> diversity")
+    personas_demo.run(model, out, console)
