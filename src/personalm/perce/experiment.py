@@ -12,6 +12,7 @@ PNG plots and an HTML page.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import random
@@ -120,7 +121,9 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
         for seed in range(config.seeds):
             name = f"{arm}-seed{seed}"
             adapter, train_log, seconds = _train(work / "runs" / name, train_path, arm, seed, config, log)
+            gc.collect()
             runs[name] = evaluate(name, adapter) | {"train_log": train_log, "train_seconds": seconds}
+            gc.collect()  # each run's model and KV cache (about 1 GiB) must go before the next one loads
     pir = _pir_check(work / "eval" / "pir.json", base_path, pir_rows, config, log)
 
     results = aggregate(runs, pir, config)
