@@ -339,11 +339,11 @@ def prefeval(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
     vectors = dict(zip(pool, memory.embed(pool), strict=True))
     store = memory.store
     hits_at_5, contexts_mem, contexts_none, options, answers = [], [], [], [], []
-    for index, item in enumerate(chosen):
-        avatar = f"prefeval-{index:04d}"
+    for item in chosen:
         others = [i["preference"] for i in items if i["topic"] != item["topic"]]
         hard = rng.sample(others, min(10, len(others)))
         texts = [item["preference"], *rng.sample(personas, config.distractors - len(hard)), *hard]
+        avatar = "prefeval-" + memory_key("prefeval", "\n".join(texts))[:24]  # one avatar per exact memory set
         store.add(avatar, [NewMemory("fact", t, memory_key("fact", t), vectors[t]) for t in texts])
         question_vector = memory.embed([item["question"]])[0]
         top = hybrid_search(store, avatar, item["question"], question_vector, 5, ("fact",))
@@ -384,10 +384,11 @@ def prefeval(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
 
 
 def work_dir(config: ExperimentConfig) -> Path:
-    """Caches of one configuration (memories, profiles, generations) under OUT/.cache, so a
-    re-run resumes and a changed configuration never mixes with an old one's memories."""
-    settings = {k: str(v) for k, v in asdict(config).items() if k != "out"}
-    work = config.out / ".cache" / memory_key("config", json.dumps(settings, sort_keys=True))[:16]
+    """Caches under OUT/.cache so a re-run resumes: generations (keyed by model, prompt and
+    sampling) are shared; the memory store is one per setting that decides what memories and
+    profiles hold, so a changed setting never mixes with an old one's memories."""
+    settings = [str(config.data), config.model, config.persons, config.memory_fraction, config.memory_chunks]
+    work = config.out / ".cache" / memory_key("memory", json.dumps(settings))[:16]
     work.mkdir(parents=True, exist_ok=True)
     (config.out / ".cache" / ".gitignore").write_text("*\n")
     return work
@@ -410,7 +411,7 @@ def run(
     started = time.time()
     work = work_dir(config)
     if model is None:
-        model = load_model(config.model or "smollm2-135m-instruct", cache=work / "generations.db")
+        model = load_model(config.model or "smollm2-135m-instruct", cache=config.out / ".cache" / "generations.db")
     if memory is None:
         memory = AvatarMemory(SQLiteStore(work / "memory.db", 384))
     try:
