@@ -60,13 +60,16 @@ def first_json_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
 
     Also accepts an object serialized as a JSON string (as in the released Persona Hub tool file).
     """
+    if text.strip().startswith('"'):
+        try:
+            inner = json.loads(text.strip())
+        except json.JSONDecodeError:
+            inner = None
+        if isinstance(inner, str):
+            return first_json_object(inner)
     start = text.find("{")
     if start < 0:
-        try:
-            inner = json.loads(text)
-        except (json.JSONDecodeError, ValueError):
-            return None, "no_json"
-        return first_json_object(inner) if isinstance(inner, str) and "{" in inner else (None, "no_json")
+        return None, "no_json"
     depth, in_string, escape = 0, False, False
     for i in range(start, len(text)):
         ch = text[i]

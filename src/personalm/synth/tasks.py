@@ -59,10 +59,9 @@ TEMPLATES = {
     "tool": (
         "Develop a tool (a high-level interface, no code){% if persona %} that the following persona may need"
         "{% endif %}." + _PERSONA_LINE + _CONSTRAINTS + "\n\nAnswer with one JSON object with exactly these keys: "
-        '"name", "description", "function_name", "input_args", "return", "depend". Example:\n'
-        '{"name": "Tide Table Lookup", "description": "Returns high and low tide times for a harbour on a date.", '
-        '"function_name": "get_tide_times", "input_args": "harbour_name, date", '
-        '"return": "list of (time, height, high_or_low)", "depend": "NOAA tides API"}'
+        '"name", "description", "function_name", "input_args", "return", "depend". Fill in your own values:\n'
+        '{"name": "...", "description": "...", "function_name": "snake_case_name", "input_args": "...", '
+        '"return": "...", "depend": "..."}'
     ),
     "dialogue": (
         "You are {{ persona }}. You are talking with {{ partner }}."
