@@ -259,3 +259,71 @@ def test_cli_errors(tmp_path, capsys):
     assert "needs --demos" in _cli_error(capsys, "-p", str(personas), "-t", "math", "--mode", "few-shot", "-o", out)
     assert "needs --personas" in _cli_error(capsys, "-t", "math")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_killed_run_resumes_without_lost_or_doubled_rows(tmp_path):
+    from personalm.models.cache import CachedModel, GenerationCache
+
+    personas = [{"id": f"p{i}", "persona": f"Persona number {i}."} for i in range(5)]
+    inner = ScriptModel(lambda prompt, i: f"A problem about {prompt[-1]['content'][-20:]} with 3 apples.")
+    task, options = tasks.get_task("math"), run.SynthOptions(temperature=0.8)
+    expected = run.synthesize(personas, task, inner, options)
+
+    class DiesAfterTwoChunks(ScriptModel):
+        def generate(self, prompts, params=None, progress=None):
+            if len(self.calls) == 2:
+                raise Interrupt
+            return super().generate(prompts, params, progress)
+
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    dying = DiesAfterTwoChunks(inner.answer)
+    with pytest.raises(Interrupt):
+        run.synthesize(personas, task, CachedModel(dying, cache, chunk_size=2), options)
+    assert len(cache) == 4
+    fresh = ScriptModel(inner.answer)
+    rows = run.synthesize(personas, task, CachedModel(fresh, cache, chunk_size=2), options)
+    assert [len(batch) for batch, _ in fresh.calls] == [1]  # only the unfinished persona is generated
+    assert [r["id"] for r in rows] == [r["id"] for r in expected]
+    assert [r["output"] for r in rows] == [r["output"] for r in expected]
+
+
+def test_similarity_by_bin_and_diversity_report(tmp_path):
+    import numpy as np
+
+    from personalm.synth import diversity
+
+    personas = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    outputs = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    bins = diversity.similarity_by_bin(personas, outputs)
+    assert bins == [
+        {"persona_cosine": "0.0-0.1", "pairs": 2, "mean_persona_cosine": 0.0, "mean_output_cosine": 0.4},
+        {"persona_cosine": "0.9-1.0", "pairs": 1, "mean_persona_cosine": 1.0, "mean_output_cosine": 0.6},
+    ]
+    model = ScriptModel(
+        lambda p, i: (
+            "Same plain output every time, word for word."
+            if "Persona" not in p[0]["content"]
+            else p[0]["content"][-60:]
+        )
+    )
+    persona_rows = [
+        {"id": str(i), "persona": f"Persona {i} works as a {job}."}
+        for i, job in enumerate(["baker", "pilot", "nurse", "poet"])
+    ]
+    with_rows, plain_rows = diversity.run_arms(persona_rows, tasks.get_task("instruction"), model, run.SynthOptions())
+    assert len(with_rows) == len(plain_rows) == 4 and plain_rows[0]["persona"] is None
+
+    def embed(texts):
+        vectors = np.array([[len(set(t)), len(t) % 7 + 1, t.count("a") + 1] for t in texts], dtype=float)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    result = diversity.analyse(with_rows, plain_rows, embed)
+    assert result["arms"]["plain"]["mean_pairwise_cosine"] == pytest.approx(1.0, abs=1e-3)
+    assert result["personas_more_diverse"]
+    page = diversity.write_report(tmp_path, result, {"task": "instruction"})
+    assert page.is_file() and (tmp_path / "similarity.png").is_file() and (tmp_path / "arms.png").is_file()
+    assert json.loads((tmp_path / "results.json").read_text())["arms"]["plain"]["rows"] == 4

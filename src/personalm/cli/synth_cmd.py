@@ -113,3 +113,63 @@ def synth(
         markup=False,
     )
     typer.echo(json.dumps(result))
+
+
+@app.command("diversity")
+def diversity(
+    personas: Path = typer.Option(
+        None, "--personas", "-p", help="Personas (default: personahub/tool_personas.jsonl in the data folder)."
+    ),
+    task: str = typer.Option("math", "--task", "-t", help="The task both arms run (zero-shot)."),
+    n: int = typer.Option(200, "-n", min=3, help="Outputs per arm (the first N personas)."),
+    out: Path = typer.Option(Path("reports/synthesis"), "--out", "-o", help="Report folder."),
+    world: str = typer.Option(None, help="npc: the game world's description (text or a file)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
+    max_tokens: int = typer.Option(64, min=8),
+    temperature: float = typer.Option(0.8, min=0.01, help="Must be > 0: the plain arm is N samples of one prompt."),
+    seed: int = typer.Option(0),
+    batch: int = typer.Option(64, min=1, help="Prompts per cached chunk (a killed run redoes at most one)."),
+    cache: bool = typer.Option(True, "--cache/--no-cache"),
+    embedder: str = typer.Option(None, help="A local sentence-transformers directory (default: all-MiniLM-L6-v2)."),
+) -> None:
+    """With vs without personas: mean pairwise cosine, distinct-n, Vendi; output vs persona similarity."""
+    from personalm.models.embedder import Embedder
+    from personalm.models.registry import load_model
+    from personalm.paths import data_dir
+    from personalm.personas.io import read_personas
+    from personalm.synth import diversity as div
+    from personalm.synth import run
+
+    spec = _load_task(task, world, "logical", None)
+    if task in {"dialogue", "custom"}:
+        raise PersonalmError(f"diversity runs single-output tasks; '{task}' is not one")
+    source = personas or data_dir() / "personahub" / "tool_personas.jsonl"
+    rows_in = read_personas(source).to_pylist()[:n]
+    options = run.SynthOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    with load_model(model, cache=cache) as loaded:
+        if hasattr(loaded, "chunk_size"):
+            loaded.chunk_size = batch
+        with progress_bar(f"diversity {task}", 2 * len(rows_in)) as advance:
+            with_rows, plain_rows = div.run_arms(rows_in, spec, loaded, options, advance)
+        model_id = loaded.model_id
+    encoder = Embedder(embedder)
+    result = div.analyse(with_rows, plain_rows, encoder.embed, seed)
+    result["examples"] = [{"persona": r["persona"], "output": r["output"]} for r in with_rows[:5]]
+    result["plain_examples"] = [r["output"] for r in plain_rows[:5]]
+    settings = {
+        "task": task,
+        "n_per_arm": len(rows_in),
+        "personas": str(source),
+        "model_id": model_id,
+        "sampling": options.params().to_dict(),
+        "seed": seed,
+        "embedder": str(encoder.path),
+    }
+    page = div.write_report(out, result, settings)
+    arms = result["arms"]
+    stderr.print(
+        f"mean pairwise cosine: with personas {arms['personas']['mean_pairwise_cosine']}, "
+        f"without {arms['plain']['mean_pairwise_cosine']}; report -> {page}",
+        markup=False,
+    )
+    typer.echo(json.dumps({"arms": arms, "similarity_by_bin": result["similarity_by_bin"]}))
