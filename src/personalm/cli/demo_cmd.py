@@ -67,6 +67,7 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
     tone_step(console, out)
     _explain_step(console, model, out)
     _avatar_step(console, model, out)
+    _synth_step(console, model, out)
 
 
 DEMO_FACTS = {
@@ -146,3 +147,29 @@ def _avatar_step(console: Console, model, out: Path) -> None:
 
     console.rule("[bold]6. an avatar: memory of one person's words, retrieval, chat")
     avatar_demo.run(console, model, out)
+
+
+DEMO_PERSONAS = [
+    "A beekeeper in Vermont who sells honey at farmers' markets.",
+    "A night-shift nurse studying for a pharmacology exam.",
+    "A retired sailor who restores wooden boats.",
+]
+
+
+def _synth_step(console: Console, model, out: Path) -> None:
+    """Persona-driven synthesis: a math problem and a tool spec per persona, checked and flagged."""
+    from rich.markup import escape
+
+    from personalm.synth.run import SynthOptions, summary, synthesize
+    from personalm.synth.tasks import get_task
+
+    console.rule("[bold]persona-driven synthesis (math, tool)")
+    personas = [{"id": f"demo{i}", "persona": p} for i, p in enumerate(DEMO_PERSONAS)]
+    rows = []
+    for task in ("math", "tool"):
+        rows += synthesize(personas, get_task(task), model, SynthOptions(max_tokens=96, temperature=0.7))
+    for row in rows:
+        flags = ", ".join(row["flags"]) or "valid"
+        console.print(f"[cyan]{row['task']}[/] for {escape(row['persona'])}\n[green]{escape(row['output'][:300])}[/] [dim]({flags})[/]")
+    write_rows(out / "synth.jsonl", rows)
+    console.print(f"{summary(rows)} -> {out / 'synth.jsonl'}")
