@@ -32,13 +32,19 @@ def test_every_task_and_mode_runs_on_the_embedded_model(embedded_model):
             assert all(isinstance(r["flags"], list) and r["finish_reason"] in {"stop", "length"} for r in rows)
 
 
+def _ok(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 0
+
+
 @pytest.mark.slow
 def test_cli_math_with_verification(tmp_path, capsys):
     personas = tmp_path / "p.jsonl"
     personas.write_text("".join(json.dumps(p) + "\n" for p in PERSONAS))
     out = tmp_path / "math.jsonl"
     args = ["synth", "-p", str(personas), "-t", "math", "-o", str(out), "--max-tokens", "24", "--k", "3"]
-    main(args)
+    _ok(args)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["rows"] == len(rows) == 2 and "math_kept" in summary
@@ -46,5 +52,5 @@ def test_cli_math_with_verification(tmp_path, capsys):
         v = row["verification"]
         assert v["k"] == 3 and v["seeds"] == [1, 2, 3] and v["kept"] == (v["agreement"] >= 2)
         assert len(v["answers"]) == (3 if row["valid"] else 0)
-    main(args)  # a re-run is served from the cache and writes the same rows
+    _ok(args)  # a re-run is served from the cache and writes the same rows
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
