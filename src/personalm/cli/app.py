@@ -16,6 +16,7 @@ from personalm.cli import (
     perce_cmd,
     personas_cmd,
     serve_cmd,
+    synth_cmd,
     tone_cmd,
     train_cmd,
 )
@@ -35,6 +36,7 @@ app.add_typer(train_cmd.app, name="train")
 app.add_typer(tone_cmd.app, name="tone")
 app.add_typer(personas_cmd.app, name="personas")
 app.add_typer(avatar_cmd.app, name="avatar")
+app.add_typer(synth_cmd.app, name="synth")
 app.command("generate")(generate_cmd.generate)
 app.command("embed")(embed_cmd.embed)
 app.command("demo")(demo_cmd.demo)

@@ -194,3 +194,41 @@ def dedup_bench(
         dedup_report.write(result, report)
         stderr.print(f"report -> {report / 'index.html'}", markup=False)
     _finish(result, out, as_json)
+
+
+@app.command("synth")
+def synth_bench(
+    personas: int = typer.Option(64, min=2, help="Personas synthesized by the batched / concurrent runner."),
+    sequential: int = typer.Option(8, min=1, help="Personas run one request at a time (tokens/s is compared)."),
+    concurrency: int = typer.Option(16, min=1, help="Requests in flight for the HTTP runner."),
+    max_tokens: int = typer.Option(64, min=1, help="Token budget per output, the same for every contender."),
+    task: str = typer.Option("math", help="The synthesis task."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local model (also served over HTTP on loopback)."),
+    http: bool = typer.Option(True, "--http/--no-http", help="Also run (b): HTTP concurrent vs sequential."),
+    data: Path = typer.Option(
+        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    out: Path = typer.Option(None, help="Also write the results JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Our batched synthesis vs one persona one request at a time (local and over HTTP), tokens/s and ratios."""
+    from personalm.bench import synth
+
+    result = synth.run(
+        personas, sequential, concurrency, max_tokens, task, data or data_dir(), model, http,
+        log=lambda m: stderr.print(m, markup=False),
+    )  # fmt: skip
+    table = Table("runner", "rows", "tokens", "seconds", "tokens/s", "ours is")
+    local = result["local"]
+    table.add_row("synthesize (one batched call)", *_cells(local["ours"]), "")
+    table.add_row("one persona, one request at a time", *_cells(local["one_at_a_time"]), f"{result['local_speedup']}x")
+    if "http" in result:
+        h = result["http"]
+        table.add_row(f"HTTP, {h['concurrency']} in flight", *_cells(h["concurrent"]), "")
+        table.add_row("HTTP, sequential", *_cells(h["sequential"]), f"{result['http_speedup']}x")
+    Console().print(table)
+    _finish(result, out, as_json)
+
+
+def _cells(side: dict) -> list[str]:
+    return [str(side["rows"]), str(side["tokens"]), str(side["seconds"]), str(side["tok_s"])]

@@ -65,6 +65,7 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
     )
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
     _personas_step(console, model, out)
+    _synth_step(console, model, out)
     _tone_step(console, out)
     _explain_step(console, model, out)
     _avatar_step(console, model, out)
@@ -94,7 +95,7 @@ def _tone_step(console: Console, out: Path) -> None:
     from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, write_dataset
     from personalm.train.loop import TrainConfig, train
 
-    console.rule("[bold]5. a tone adapter from simulated data (toy size)")
+    console.rule("[bold]6. a tone adapter from simulated data (toy size)")
     facts = out / "facts"
     facts.mkdir(parents=True, exist_ok=True)
     for name, text in DEMO_FACTS.items():
@@ -124,7 +125,7 @@ def _explain_step(console: Console, model, out: Path) -> None:
     from personalm.perce.metrics import persona_recall
     from personalm.perce.persona_chat import load_conversations, reply_rows, split
 
-    console.rule("[bold]6. which reply tokens depend on the persona (PerContrast)")
+    console.rule("[bold]7. which reply tokens depend on the persona (PerContrast)")
     path = data_dir() / "persona_chat" / "valid.csv"
     if not path.is_file():
         console.print(f"[yellow]skipped: no persona-chat data at {path} (set PERSONALM_DATA)[/]")
@@ -145,7 +146,7 @@ def _explain_step(console: Console, model, out: Path) -> None:
 def _avatar_step(console: Console, model, out: Path) -> None:
     from personalm.avatars import demo as avatar_demo
 
-    console.rule("[bold]7. an avatar: memory of one person's words, retrieval, chat")
+    console.rule("[bold]8. an avatar: memory of one person's words, retrieval, chat")
     avatar_demo.run(console, model, out)
 
 
@@ -154,3 +155,31 @@ def _personas_step(console: Console, model, out: Path) -> None:
 
     console.rule("[bold]4. Persona Hub: texts -> personas -> one expansion round -> dedup -> diversity")
     personas_demo.run(model, out, console)
+
+
+DEMO_PERSONAS = [
+    "A beekeeper in Vermont who sells honey at farmers' markets.",
+    "A night-shift nurse studying for a pharmacology exam.",
+    "A retired sailor who restores wooden boats.",
+]
+
+
+def _synth_step(console: Console, model, out: Path) -> None:
+    """Persona-driven synthesis: a math problem and a tool spec per persona, checked and flagged."""
+    from rich.markup import escape
+
+    from personalm.synth.run import SynthOptions, summary, synthesize
+    from personalm.synth.tasks import get_task
+
+    console.rule("[bold]5. persona-driven synthesis (math, tool)")
+    personas = [{"id": f"demo{i}", "persona": p} for i, p in enumerate(DEMO_PERSONAS)]
+    rows = []
+    for task in ("math", "tool"):
+        rows += synthesize(personas, get_task(task), model, SynthOptions(max_tokens=96, temperature=0.7))
+    for row in rows:
+        flags = ", ".join(row["flags"]) or "valid"
+        console.print(
+            f"[cyan]{row['task']}[/] for {escape(row['persona'])}\n[green]{escape(row['output'][:300])}[/] [dim]({flags})[/]"
+        )
+    write_rows(out / "synth.jsonl", rows)
+    console.print(f"{summary(rows)} -> {out / 'synth.jsonl'}")

@@ -1,0 +1,56 @@
+"""Every synthesis task in every prompting mode on the real embedded model (tiny budgets), and the
+CLI end to end with math verification. The model is small: these check plumbing, not quality."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from personalm.cli.app import main
+from personalm.synth import modes, run, tasks
+from personalm.synth.modes import Demo
+
+PERSONAS = [
+    {"id": "bee", "persona": "A beekeeper in Vermont who sells honey at farmers' markets."},
+    {"id": "nurse", "persona": "A night-shift nurse studying for a pharmacology exam."},
+]
+DEMOS = [Demo("A bakery sells 120 rolls a day at $0.75 each. How much does it earn in a week?")]
+
+
+@pytest.mark.slow
+def test_every_task_and_mode_runs_on_the_embedded_model(embedded_model):
+    demos = modes.with_personas(DEMOS, embedded_model)
+    assert demos[0].persona and demos[0].inferred
+    for name in tasks.TASKS:
+        task = tasks.get_task(name, world="A desert trading city", template="A short note for {{ persona }}.")
+        for mode in modes.MODES:
+            options = run.SynthOptions(mode, ("short",), max_tokens=12, turns=2, turn_tokens=8)
+            rows = run.synthesize(PERSONAS, task, embedded_model, options, demos)
+            assert [r["persona_id"] for r in rows] == ["bee", "nurse"], (name, mode)
+            assert all(r["model_id"] == embedded_model.model_id and r["mode"] == mode for r in rows)
+            assert all(isinstance(r["flags"], list) and r["finish_reason"] in {"stop", "length"} for r in rows)
+
+
+def _ok(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 0
+
+
+@pytest.mark.slow
+def test_cli_math_with_verification(tmp_path, capsys):
+    personas = tmp_path / "p.jsonl"
+    personas.write_text("".join(json.dumps(p) + "\n" for p in PERSONAS))
+    out = tmp_path / "math.jsonl"
+    args = ["synth", "-p", str(personas), "-t", "math", "-o", str(out), "--max-tokens", "24", "--k", "3"]
+    _ok(args)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["rows"] == len(rows) == 2 and "math_kept" in summary
+    for row in rows:
+        v = row["verification"]
+        assert v["k"] == 3 and v["seeds"] == [1, 2, 3] and v["kept"] == (v["agreement"] >= 2)
+        assert len(v["answers"]) == (3 if row["valid"] else 0)
+    _ok(args)  # a re-run is served from the cache and writes the same rows
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
