@@ -140,3 +140,48 @@ def test_bad_weights_are_one_clear_error(text, message):
 
 def test_weights_parse():
     assert parse_weights("a.x=0.5, b.y=-1", ["a.x", "b.y"]) == {"a.x": 0.5, "b.y": -1.0}
+
+
+def test_soup_applied_restores_the_base_bit_for_bit(soup):
+    from personalm.soups.merge import soup_applied
+
+    base, _, adapters = soup
+
+    class Holder:
+        model = copy.deepcopy(base)
+        model_id = "tiny"
+        changed = 0
+
+        def weights_changed(self):
+            self.changed += 1
+
+    holder = Holder()
+    before = {n: p.detach().clone() for n, p in holder.model.named_parameters()}
+    with soup_applied(holder, exact_deltas(adapters, {"style.friendly": 1.0}), "x") as model:
+        assert model.model_id == "tiny+soup:x"
+        assert any(not torch.equal(p, before[n]) for n, p in model.model.named_parameters())
+    assert holder.model_id == "tiny"
+    assert holder.changed == 2
+    for name, param in holder.model.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
+def test_peft_combination_types_run_through_peft(soup, tmp_path, monkeypatch):
+    """cat through PEFT equals the exact soup; linear (A and B averaged separately) does not."""
+    from peft import PeftModel
+
+    import personalm.models.registry as registry
+
+    base, paths, adapters = soup
+    base_dir = tmp_path / "base"
+    base.save_pretrained(base_dir)
+    monkeypatch.setattr(registry, "resolve_local", lambda name: base_dir)
+    weights = {"expertise.elementary": 0.5, "informativeness.concise": 0.5}
+    exact = copy.deepcopy(base)
+    apply_deltas(exact, exact_deltas(adapters, weights))
+    for method, equal in (("cat", True), ("linear", False)):
+        out = merge_to_dir(adapters, weights, tmp_path / method, method=method)
+        merged = PeftModel.from_pretrained(copy.deepcopy(base), str(out)).merge_and_unload()
+        w_got = merged.model.layers[0].self_attn.q_proj.weight
+        w_exact = exact.model.layers[0].self_attn.q_proj.weight
+        assert torch.allclose(w_got, w_exact, atol=1e-5) is equal, method

@@ -119,3 +119,32 @@ def merge_cmd(
     adapters = load_adapters({n: specs[n] for n in parsed})
     path = merge_to_dir(adapters, parsed, out, method=method, density=density, base=base)
     print(json.dumps({"out": str(path), "method": method, "weights": parsed}))
+
+
+@app.command("experiment")
+def experiment_cmd(
+    adapters: Path = typer.Option(..., help="Folder written by `soups train` (one adapter per pole + pmorl)."),
+    out: Path = typer.Option(Path("reports/soups"), "--out", "-o", help="results.json, PNG plots, report.html."),
+    prompts: Path = typer.Option(None, help="Prompts file; default: built-in set (its held-out tail is used)."),
+    held_out: int = typer.Option(8, min=1, help="Same as `soups collect --held-out`."),
+    limit: int = typer.Option(None, min=1, help="Evaluate only this many held-out prompts."),
+    max_tokens: int = typer.Option(64, min=8),
+    weighting: str = typer.Option("mean", help="Soup weights per combination: mean (1/n each) or sum (1 each)."),
+    pareto: str = typer.Option("expertise.elementary,informativeness.informative", help="Two poles to interpolate."),
+    pareto_steps: int = typer.Option(5, min=2),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
+    judge: str = typer.Option(None, help="Model for the LLM judge; default: programmatic CPU judges."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Win rates of the soup vs the prompted base and vs P-MORL for all combinations; Pareto front."""
+    from personalm.models.registry import load_model
+    from personalm.soups.experiment import ExperimentConfig, run
+    from personalm.soups.judges import make_judge
+
+    config = ExperimentConfig(adapters=str(adapters), out=str(out), model=model, prompts=str(prompts) if prompts else None,
+                              held_out=held_out, limit=limit, max_tokens=max_tokens, weighting=weighting, pareto=pareto,
+                              pareto_steps=pareto_steps, judge=judge, seed=seed)  # fmt: skip
+    results = run(config, make_judge(load_model(judge, cache=True) if judge else None), _log)
+    keys = ("soup_vs_prompted_winrate", "soup_vs_pmorl_winrate", "combinations_won_vs_prompted", "merge_seconds_mean")
+    print(json.dumps({k: results[k] for k in keys}))
+    _log(f"report: {out / 'report.html'}")

@@ -17,7 +17,8 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -369,8 +370,30 @@ def load_soup(
         deltas = exact_deltas(loaded, weights)
         model = LocalModel(path)
         apply_deltas(model.model, deltas)
+        model.weights_changed()
     else:
         model = LocalModel(path, adapter=cached_merge(loaded, weights, method=method, density=density, base=base))
     model.model_id = f"{model.model_id}+soup:{key}"
     return model
 
+
+
+@contextmanager
+def soup_applied(model, deltas: Mapping[str, torch.Tensor], tag: str) -> Iterator:
+    """Temporarily turn a loaded LocalModel into a soup (one base load for many weightings).
+
+    The touched weights are restored bit for bit afterwards, and the model id names the soup while
+    it lasts so no cache mixes the two."""
+    originals = {m: model.model.get_submodule(m).weight.detach().clone() for m in deltas}
+    base_id = model.model_id
+    apply_deltas(model.model, deltas)
+    model.weights_changed()
+    model.model_id = f"{base_id}+soup:{tag}"
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, weight in originals.items():
+                model.model.get_submodule(m).weight.copy_(weight)
+        model.weights_changed()
+        model.model_id = base_id
