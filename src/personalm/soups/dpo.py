@@ -80,7 +80,9 @@ def train_adapter(pairs_file: str | Path, out: str | Path, settings: DPOSettings
         beta=settings.beta,
         max_length=settings.max_length,
         seed=settings.seed,
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,  # TRL's default; bf16 has no fast path on CPUs without AVX-512 BF16
+        gradient_checkpointing=False,  # a 135M model fits; recomputing activations only costs time
         report_to=[],
         save_strategy="no",
         logging_steps=1,
