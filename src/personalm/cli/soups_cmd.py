@@ -89,13 +89,15 @@ def train_cmd(
     max_steps: int = typer.Option(-1, help="Stop after this many steps (overrides epochs when > 0)."),
     batch_size: int = typer.Option(4, min=1),
     max_length: int = typer.Option(192, min=16),
+    threads: int = typer.Option(None, min=1, help="Torch CPU threads (1 is faster on a busy machine)."),
     seed: int = typer.Option(0),
 ) -> None:
     """DPO-train one LoRA adapter per preference pole and the Prompted-MORL adapter (TRL)."""
     from personalm.soups.dpo import DPOSettings, train_all
 
     settings = DPOSettings(model=model, rank=rank, alpha=2 * rank, lr=lr, beta=beta, epochs=epochs,
-                           max_steps=max_steps, batch_size=batch_size, max_length=max_length, seed=seed)  # fmt: skip
+                           max_steps=max_steps, batch_size=batch_size, max_length=max_length, seed=seed,
+                           threads=threads)  # fmt: skip
     chosen = [s.strip() for s in only.split(",") if s.strip()] if only else None
     results = train_all(data, out, settings, chosen, _log)
     print(json.dumps({k: {"steps": v["steps"], "seconds": v["seconds"], "final_loss": v["final_loss"]} for k, v in results.items()}))
@@ -134,6 +136,7 @@ def experiment_cmd(
     pareto_steps: int = typer.Option(5, min=2),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
     judge: str = typer.Option(None, help="Model for the LLM judge; default: programmatic CPU judges."),
+    threads: int = typer.Option(None, min=1, help="Torch CPU threads (1 is faster on a busy machine)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Win rates of the soup vs the prompted base and vs P-MORL for all combinations; Pareto front."""
@@ -143,7 +146,7 @@ def experiment_cmd(
 
     config = ExperimentConfig(adapters=str(adapters), out=str(out), model=model, prompts=str(prompts) if prompts else None,
                               held_out=held_out, limit=limit, max_tokens=max_tokens, weighting=weighting, pareto=pareto,
-                              pareto_steps=pareto_steps, judge=judge, seed=seed)  # fmt: skip
+                              pareto_steps=pareto_steps, judge=judge, threads=threads, seed=seed)  # fmt: skip
     results = run(config, make_judge(load_model(judge, cache=True) if judge else None), _log)
     keys = ("soup_vs_prompted_winrate", "soup_vs_pmorl_winrate", "combinations_won_vs_prompted", "merge_seconds_mean")
     print(json.dumps({k: results[k] for k in keys}))

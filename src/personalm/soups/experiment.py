@@ -47,6 +47,7 @@ class ExperimentConfig:
     pareto: str = "expertise.elementary,informativeness.informative"
     pareto_steps: int = 5
     judge: str | None = None
+    threads: int | None = None
     seed: int = 0
 
 
@@ -67,6 +68,10 @@ def load_pole_adapters(root: Path, prefs: Preferences) -> tuple[dict[str, Adapte
 
 
 def run(config: ExperimentConfig, judge: PairJudge, log: Callable[[str], None] = print) -> dict:
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     prefs = Preferences.default()
     _, questions = split_prompts(load_prompts(config.prompts), config.held_out)
     questions = questions[: config.limit] if config.limit else questions
