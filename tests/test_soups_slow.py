@@ -25,7 +25,7 @@ def test_tiny_soup_end_to_end(tmp_path):
                         CollectConfig(samples=3, max_pairs=3, max_tokens=24), log=lambda _: None)  # fmt: skip
     assert sum(sizes.values()) > 0
     poles = [k for k, n in sizes.items() if n and k != "pmorl"][:2]
-    settings = DPOSettings(max_steps=1, batch_size=2, max_length=96, rank=4, alpha=8, lr=1e-3)
+    settings = DPOSettings(max_steps=1, batch_size=2, max_length=96, rank=4, alpha=8, lr=1e-3, threads=1)
     for key in poles:
         summary = train_adapter(tmp_path / "data" / "dpo" / f"{key}.jsonl", tmp_path / key, settings, log=lambda _: None)
         assert summary["steps"] == 1
