@@ -37,3 +37,18 @@ def test_tiny_soup_end_to_end(tmp_path):
         text = soup.generate(["Why is the sky blue?"], SamplingParams(max_tokens=8))[0].text
         assert "+soup:" in soup.model_id
     assert isinstance(text, str)
+
+
+def test_soup_applied_changes_generation_and_restores_it():
+    from personalm.soups.merge import soup_applied
+
+    params = SamplingParams(max_tokens=6)
+    with load_model() as model:
+        before = model.generate(["Name a colour."], params)[0].text
+        weight = model.model.get_submodule("model.layers.0.mlp.down_proj").weight
+        delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 0.5
+        with soup_applied(model, {"model.layers.0.mlp.down_proj": delta}, "noise"):
+            during = model.generate(["Name a colour."], params)[0].text
+        after = model.generate(["Name a colour."], params)[0].text
+    assert during != before
+    assert after == before

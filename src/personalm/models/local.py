@@ -154,7 +154,9 @@ class LocalModel(TextModel):
         return self._weights
 
     def weights_changed(self) -> None:
-        """Forget the packed kernel weights after the HF weights were edited in place (soups)."""
+        """Forget the packed kernel weights (and the kernel holding them) after the HF weights were
+        edited in place (soups)."""
+        self._kernel = None
         self._weights = None
 
     def slots_for(self, max_len: int, wanted: int) -> int:
