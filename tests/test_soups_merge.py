@@ -185,3 +185,15 @@ def test_peft_combination_types_run_through_peft(soup, tmp_path, monkeypatch):
         w_got = merged.model.layers[0].self_attn.q_proj.weight
         w_exact = exact.model.layers[0].self_attn.q_proj.weight
         assert torch.allclose(w_got, w_exact, atol=1e-5) is equal, method
+
+
+def test_fused_stacked_factors_equal_the_dense_soup(soup):
+    from personalm.soups.merge import apply_factors
+
+    base, _, adapters = soup
+    weights = {"expertise.elementary": 0.4, "style.friendly": -0.7, "informativeness.concise": 0.2}
+    dense, fused = copy.deepcopy(base), copy.deepcopy(base)
+    apply_deltas(dense, exact_deltas(adapters, weights))
+    apply_factors(fused, exact_factors(adapters, weights))
+    for (name, a), (_, b) in zip(dense.named_parameters(), fused.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -1,6 +1,6 @@
 """`personalm bench merge`: time to turn a new preference combination into a loaded soup.
 
-Ours: Σ w_k·s_k·B_k·A_k computed from the adapter files and added to an already-loaded base.
+Ours: Σ w_k·s_k·B_k·A_k from the adapter files, added to an already-loaded base as one fused\nmultiply-add per module over the stacked factors.
 Peer: PEFT on the same base and adapters — load each adapter, add_weighted_adapter(cat) (the exact
 PEFT combination), merge_and_unload. Both are compared with the training time of one P-MORL run,
 which is what a new combination would cost without soups.
@@ -22,7 +22,7 @@ from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import resolve_local
 from personalm.soups.collect import PMORL
-from personalm.soups.merge import apply_deltas, exact_deltas, load_adapter
+from personalm.soups.merge import apply_factors, exact_factors, load_adapter
 
 
 def run(adapters_dir: Path, weights: dict[str, float], model: str, repeats: int, log: Callable[[str], None]) -> dict:
@@ -41,7 +41,7 @@ def run(adapters_dir: Path, weights: dict[str, float], model: str, repeats: int,
     for _ in range(repeats):
         start = time.perf_counter()
         adapters = {n: load_adapter(p, n) for n, p in paths.items()}
-        apply_deltas(base, exact_deltas(adapters, weights))
+        apply_factors(base, exact_factors(adapters, weights))
         ours.append(time.perf_counter() - start)
         base.load_state_dict(pristine)
 

@@ -26,7 +26,7 @@ from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
 from personalm.soups.collect import PMORL, chat
 from personalm.soups.judges import PairJudge, ProgrammaticJudge
-from personalm.soups.merge import Adapter, exact_deltas, load_adapter, soup_applied
+from personalm.soups.merge import Adapter, exact_factors, load_adapter, soup_applied
 from personalm.soups.preferences import Pole, Preferences, combination_name
 from personalm.soups.prompts import load_prompts, split_prompts
 from personalm.tables import write_rows
@@ -92,8 +92,8 @@ def run(config: ExperimentConfig, judge: PairJudge, log: Callable[[str], None] =
     for combo in combos:
         name = combination_name(combo)
         start = time.perf_counter()
-        deltas = exact_deltas(adapters, soup_weights(combo, config.weighting))
-        with soup_applied(base, deltas, name):
+        factors = exact_factors(adapters, soup_weights(combo, config.weighting))
+        with soup_applied(base, factors, name):
             merge_seconds.append(time.perf_counter() - start)
             log(f"soup {name}")
             soups[name] = [g.text.strip() for g in base.generate(chats[name], params)]
@@ -159,7 +159,7 @@ def _pareto(base, adapters, prefs: Preferences, questions, params, config: Exper
     points = []
     for lam in np.linspace(0.0, 1.0, config.pareto_steps):
         weights = {keys[0]: float(lam), keys[1]: float(1.0 - lam)}
-        with soup_applied(base, exact_deltas(adapters, weights), f"pareto-{lam:.2f}"):
+        with soup_applied(base, exact_factors(adapters, weights), f"pareto-{lam:.2f}"):
             log(f"pareto λ={lam:.2f}")
             texts = [g.text.strip() for g in base.generate(chats, params)]
         points.append({"lambda": float(lam), keys[0]: float(scorer.scores(poles[0], texts).mean()),

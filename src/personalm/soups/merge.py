@@ -194,17 +194,29 @@ def apply_deltas(model: torch.nn.Module, deltas: Mapping[str, torch.Tensor]) -> 
     """Add each module's update to the base weights in place (the model then runs at base cost)."""
     with torch.no_grad():
         for module, delta in deltas.items():
-            try:
-                layer = model.get_submodule(module)
-            except AttributeError:
-                raise PersonalmError(f"the base model has no module {module!r}: adapter trained on another model") from None
+            layer = _layer(model, module)
             if layer.weight.shape != delta.shape:
                 raise PersonalmError(f"module {module!r}: adapter delta {tuple(delta.shape)} != weight {tuple(layer.weight.shape)}")
             layer.weight += delta.to(layer.weight.dtype)
 
 
 def apply_factors(model: torch.nn.Module, factors: Mapping[str, LoraFactors]) -> None:
-    apply_deltas(model, {m: f.delta() for m, f in factors.items()})
+    """Add each module's scale·B·A in place with one fused multiply-add (no dense temporary):
+    with the stacked factors of `exact_factors` that is one matmul per module for the whole soup."""
+    with torch.no_grad():
+        for module, f in factors.items():
+            weight = _layer(model, module).weight
+            if f.fan_in_fan_out:
+                weight.addmm_(f.A.T.to(weight.dtype), f.B.T.to(weight.dtype), alpha=f.scale)
+            else:
+                weight.addmm_(f.B.to(weight.dtype), f.A.to(weight.dtype), alpha=f.scale)
+
+
+def _layer(model: torch.nn.Module, module: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(module)
+    except AttributeError:
+        raise PersonalmError(f"the base model has no module {module!r}: adapter trained on another model") from None
 
 
 def _adapter(adapters: Mapping[str, Adapter], name: str) -> Adapter:
@@ -367,9 +379,8 @@ def load_soup(
         raise PersonalmError(f"unknown base model '{base}'")
     key = cache_key(loaded, weights, method, density)
     if method == EXACT:
-        deltas = exact_deltas(loaded, weights)
         model = LocalModel(path)
-        apply_deltas(model.model, deltas)
+        apply_factors(model.model, exact_factors(loaded, weights))
         model.weights_changed()
     else:
         model = LocalModel(path, adapter=cached_merge(loaded, weights, method=method, density=density, base=base))
@@ -379,14 +390,17 @@ def load_soup(
 
 
 @contextmanager
-def soup_applied(model, deltas: Mapping[str, torch.Tensor], tag: str) -> Iterator:
+def soup_applied(model, update: Mapping[str, torch.Tensor] | Mapping[str, LoraFactors], tag: str) -> Iterator:
     """Temporarily turn a loaded LocalModel into a soup (one base load for many weightings).
 
     The touched weights are restored bit for bit afterwards, and the model id names the soup while
     it lasts so no cache mixes the two."""
-    originals = {m: model.model.get_submodule(m).weight.detach().clone() for m in deltas}
+    originals = {m: model.model.get_submodule(m).weight.detach().clone() for m in update}
     base_id = model.model_id
-    apply_deltas(model.model, deltas)
+    if all(isinstance(v, LoraFactors) for v in update.values()):
+        apply_factors(model.model, update)
+    else:
+        apply_deltas(model.model, update)
     model.weights_changed()
     model.model_id = f"{base_id}+soup:{tag}"
     try:
