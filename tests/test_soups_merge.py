@@ -25,8 +25,13 @@ def tiny_base() -> torch.nn.Module:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=32,
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -84,7 +89,10 @@ def test_soup_applied_to_base_matches_full_weight_model(soup):
     reference = {name: full_merge_delta(base, paths[name]) for name in weights}
     ids = torch.tensor([[1, 5, 9, 3]])
     manual = copy.deepcopy(base)
-    apply_deltas(manual, {m: reference["expertise.elementary"][m] + reference["style.friendly"][m] for m in reference["style.friendly"]})
+    apply_deltas(
+        manual,
+        {m: reference["expertise.elementary"][m] + reference["style.friendly"][m] for m in reference["style.friendly"]},
+    )
     torch.testing.assert_close(model(ids).logits, manual(ids).logits, rtol=1e-5, atol=1e-5)
 
 

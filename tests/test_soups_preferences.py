@@ -20,7 +20,9 @@ def test_defaults_are_the_papers_three_dimensions():
 
 def test_user_file_adds_a_dimension(tmp_path):
     path = tmp_path / "prefs.yaml"
-    path.write_text("dimensions:\n  - name: length\n    poles:\n      short: Answer in one sentence.\n      long: Answer at length.\n")
+    path.write_text(
+        "dimensions:\n  - name: length\n    poles:\n      short: Answer in one sentence.\n      long: Answer at length.\n"
+    )
     prefs = Preferences.load(path)
     assert prefs.names[-1] == "length"
     assert prefs.pole("length.short").prompt == "Answer in one sentence."

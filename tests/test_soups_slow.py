@@ -27,7 +27,9 @@ def test_tiny_soup_end_to_end(tmp_path):
     poles = [k for k, n in sizes.items() if n and k != "pmorl"][:2]
     settings = DPOSettings(max_steps=1, batch_size=2, max_length=96, rank=4, alpha=8, lr=1e-3, threads=1)
     for key in poles:
-        summary = train_adapter(tmp_path / "data" / "dpo" / f"{key}.jsonl", tmp_path / key, settings, log=lambda _: None)
+        summary = train_adapter(
+            tmp_path / "data" / "dpo" / f"{key}.jsonl", tmp_path / key, settings, log=lambda _: None
+        )
         assert summary["steps"] == 1
         assert json.loads((tmp_path / key / "dpo.json").read_text())["pairs"] == sizes[key]
     weights = {poles[0]: 0.5, poles[-1]: 0.5}

@@ -50,7 +50,9 @@ def run(adapters_dir: Path, weights: dict[str, float], model: str, repeats: int,
         peft_model = PeftModel.from_pretrained(base, str(paths[names[0]]), adapter_name="a0")
         for i, name in enumerate(names[1:], start=1):
             peft_model.load_adapter(str(paths[name]), adapter_name=f"a{i}")
-        peft_model.add_weighted_adapter([f"a{i}" for i in range(len(names))], list(weights.values()), "soup", combination_type="cat")
+        peft_model.add_weighted_adapter(
+            [f"a{i}" for i in range(len(names))], list(weights.values()), "soup", combination_type="cat"
+        )
         peft_model.set_adapter("soup")
         base = peft_model.merge_and_unload(adapter_names=["soup"])
         peer.append(time.perf_counter() - start)

@@ -145,12 +145,18 @@ def merge_bench(
     from personalm.soups.merge import parse_weights
 
     names = [d.name for d in adapters.iterdir() if (d / "adapter_config.json").is_file()] if adapters.is_dir() else []
-    result = merge.run(adapters, parse_weights(weights, names), model, repeats, log=lambda m: stderr.print(m, markup=False))
+    result = merge.run(
+        adapters, parse_weights(weights, names), model, repeats, log=lambda m: stderr.print(m, markup=False)
+    )
     table = Table("contender", "seconds", "ours is")
     table.add_row("personalm exact soup (Σ w·B·A into loaded base)", str(result["merge_seconds"]), "")
-    table.add_row("PEFT add_weighted_adapter(cat) + merge", str(result["peft_cat_merge_seconds"]), f"{result['speedup_vs_peft']}x")
+    table.add_row(
+        "PEFT add_weighted_adapter(cat) + merge", str(result["peft_cat_merge_seconds"]), f"{result['speedup_vs_peft']}x"
+    )
     if result["pmorl_train_seconds"] is not None:
-        table.add_row("train one P-MORL adapter (DPO)", str(result["pmorl_train_seconds"]), f"{result['pmorl_train_over_merge']}x")
+        table.add_row(
+            "train one P-MORL adapter (DPO)", str(result["pmorl_train_seconds"]), f"{result['pmorl_train_over_merge']}x"
+        )
     Console().print(table)
     _finish(result, out, as_json)
 

@@ -26,7 +26,9 @@ def _adapter_specs(specs: list[str]) -> dict[str, Path]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise PersonalmError(f"--adapter {spec!r}: expected NAME=DIR, e.g. expertise.elementary=adapters/expertise.elementary")
+            raise PersonalmError(
+                f"--adapter {spec!r}: expected NAME=DIR, e.g. expertise.elementary=adapters/expertise.elementary"
+            )
         out[name.strip()] = Path(path)
     return out
 
@@ -69,7 +71,9 @@ def collect_cmd(
     prefs = Preferences.load(preferences)
     train, _ = split_prompts(load_prompts(prompts), held_out)
     train = train[:limit] if limit else train
-    config = CollectConfig(samples=samples, max_pairs=max_pairs, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    config = CollectConfig(
+        samples=samples, max_pairs=max_pairs, max_tokens=max_tokens, temperature=temperature, seed=seed
+    )
     judge_model = load_model(judge, cache=True) if judge else None
     with load_model(model, cache=True) as policy, progress_bar("sampling", len(train) * samples) as advance:
         sizes = collect(policy, make_judge(judge_model), prefs, train, out, config, advance, _log)
@@ -100,7 +104,14 @@ def train_cmd(
                            threads=threads)  # fmt: skip
     chosen = [s.strip() for s in only.split(",") if s.strip()] if only else None
     results = train_all(data, out, settings, chosen, _log)
-    print(json.dumps({k: {"steps": v["steps"], "seconds": v["seconds"], "final_loss": v["final_loss"]} for k, v in results.items()}))
+    print(
+        json.dumps(
+            {
+                k: {"steps": v["steps"], "seconds": v["seconds"], "final_loss": v["final_loss"]}
+                for k, v in results.items()
+            }
+        )
+    )
 
 
 @app.command("merge")

@@ -64,7 +64,11 @@ def sample_candidates(
 
 
 def judge_pairs(
-    judge: PairJudge, prefs: Preferences, candidates: list[dict], config: CollectConfig, log: Callable[[str], None] = print
+    judge: PairJudge,
+    prefs: Preferences,
+    candidates: list[dict],
+    config: CollectConfig,
+    log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Label up to `max_pairs` pairs per prompt for every pole (the same pairs for all poles)."""
     rng = random.Random(config.seed)
@@ -79,10 +83,16 @@ def judge_pairs(
         pairs += [(rows[i], rows[j]) for i, j in combos[: config.max_pairs]]
     labels = []
     for pole in prefs.poles:
-        verdicts = judge.prefer(pole, [a["prompt"] for a, _ in pairs], [a["text"] for a, _ in pairs], [b["text"] for _, b in pairs])
+        verdicts = judge.prefer(
+            pole, [a["prompt"] for a, _ in pairs], [a["text"] for a, _ in pairs], [b["text"] for _, b in pairs]
+        )
         for (a, b), verdict in zip(pairs, verdicts, strict=True):
-            labels.append({"prompt_id": a["prompt_id"], "a": a["idx"], "b": b["idx"], "pole": pole.key, "label": float(verdict)})
-        log(f"{pole.key}: {int(np.sum(verdicts > 0.5))} first / {int(np.sum(verdicts < 0.5))} second / {int(np.sum(verdicts == 0.5))} ties")
+            labels.append(
+                {"prompt_id": a["prompt_id"], "a": a["idx"], "b": b["idx"], "pole": pole.key, "label": float(verdict)}
+            )
+        log(
+            f"{pole.key}: {int(np.sum(verdicts > 0.5))} first / {int(np.sum(verdicts < 0.5))} second / {int(np.sum(verdicts == 0.5))} ties"
+        )
     return labels
 
 
@@ -151,4 +161,3 @@ def collect(
     }
     (out / "collect.json").write_text(json.dumps(summary, indent=2) + "\n")
     return sizes
-

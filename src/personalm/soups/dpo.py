@@ -39,12 +39,16 @@ def load_pairs(path: Path) -> list[dict]:
     for line, row in read_rows(path):
         for column in ("prompt", "chosen", "rejected"):
             if not isinstance(row.get(column), list):
-                raise PersonalmError(f"expected column '{column}' to hold a list of messages", source=str(path), line=line)
+                raise PersonalmError(
+                    f"expected column '{column}' to hold a list of messages", source=str(path), line=line
+                )
         rows.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
     return rows
 
 
-def train_adapter(pairs_file: str | Path, out: str | Path, settings: DPOSettings, log: Callable[[str], None] = print) -> dict:
+def train_adapter(
+    pairs_file: str | Path, out: str | Path, settings: DPOSettings, log: Callable[[str], None] = print
+) -> dict:
     """Train one DPO LoRA adapter into `out`; returns {pairs, steps, seconds, final_loss}."""
     import torch
     from datasets import Dataset
@@ -59,7 +63,9 @@ def train_adapter(pairs_file: str | Path, out: str | Path, settings: DPOSettings
         return json.loads((out / "dpo.json").read_text())
     pairs = load_pairs(Path(pairs_file))
     if not pairs:
-        raise PersonalmError("no preference pairs to train on (the judge found every pair a tie)", source=str(pairs_file))
+        raise PersonalmError(
+            "no preference pairs to train on (the judge found every pair a tie)", source=str(pairs_file)
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
     path = resolve_local(settings.model)
@@ -89,8 +95,12 @@ def train_adapter(pairs_file: str | Path, out: str | Path, settings: DPOSettings
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, peft_config=lora)
+    lora = LoraConfig(
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, peft_config=lora
+    )
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start

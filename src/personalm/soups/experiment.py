@@ -152,7 +152,9 @@ def _pareto(base, adapters, prefs: Preferences, questions, params, config: Exper
     """Interpolate two pole adapters (λ, 1-λ) and score the answers on both poles' axes."""
     keys = [k.strip() for k in config.pareto.split(",")]
     if len(keys) != 2:
-        raise PersonalmError(f"--pareto {config.pareto!r}: expected two poles, e.g. expertise.elementary,style.friendly")
+        raise PersonalmError(
+            f"--pareto {config.pareto!r}: expected two poles, e.g. expertise.elementary,style.friendly"
+        )
     poles = [prefs.pole(k) for k in keys]
     scorer = ProgrammaticJudge()
     chats = [chat("", q) for q in questions]
@@ -200,13 +202,26 @@ def _write_report(out: Path, results: dict, prefs: Preferences) -> None:
         report.section("Headline (win = 1, tie = 0.5, judged one preference at a time)", report.table(headline)),
         report.section(
             "Per combination",
-            report.table(rows, ["combination", "vs_prompted", *[f"vs_prompted:{d}" for d in dims],
-                                "vs_pmorl", *[f"vs_pmorl:{d}" for d in dims]]),  # fmt: skip
+            report.table(
+                rows,
+                [
+                    "combination",
+                    "vs_prompted",
+                    *[f"vs_prompted:{d}" for d in dims],
+                    "vs_pmorl",
+                    *[f"vs_pmorl:{d}" for d in dims],
+                ],
+            ),  # fmt: skip
             report.image(out / "winrates.png", "Soup win rate per combination (0.5 = parity)"),
         ),
-        report.section("Pareto front over merge weights", report.table(results["pareto"]),
-                       report.image(out / "pareto.png", "Programmatic scores of interpolated soups")),  # fmt: skip
-        report.section("Adapters (DPO)", report.table([{"adapter": k} | (v or {}) for k, v in results["adapters"].items()])),
+        report.section(
+            "Pareto front over merge weights",
+            report.table(results["pareto"]),
+            report.image(out / "pareto.png", "Programmatic scores of interpolated soups"),
+        ),  # fmt: skip
+        report.section(
+            "Adapters (DPO)", report.table([{"adapter": k} | (v or {}) for k, v in results["adapters"].items()])
+        ),
     ]
     settings = {k: results[k] for k in ("config", "judge", "held_out_prompts", "machine", "versions")}
     report.write_page(out / "report.html", "Personalized Soups", parts, settings)

@@ -99,13 +99,17 @@ def load_adapter(path: str | Path, name: str | None = None) -> Adapter:
     for key, tensor in load_file(weights_file).items():
         match = _KEY.match(key)
         if match is None:
-            raise PersonalmError(f"tensor {key!r} is not a LoRA factor (modules_to_save is not supported)", source=str(path))
+            raise PersonalmError(
+                f"tensor {key!r} is not a LoRA factor (modules_to_save is not supported)", source=str(path)
+            )
         parts.setdefault(match["module"].removeprefix(_PEFT_PREFIX), {})[match["part"]] = tensor.float()
     modules = {}
     for module, ab in sorted(parts.items()):
         if set(ab) != {"A", "B"}:
             raise PersonalmError(f"module {module!r} lacks lora_A or lora_B", source=str(path))
-        modules[module] = LoraFactors(ab["A"], ab["B"], _scale(config, module, ab["A"].shape[0]), bool(config.get("fan_in_fan_out")))
+        modules[module] = LoraFactors(
+            ab["A"], ab["B"], _scale(config, module, ab["A"].shape[0]), bool(config.get("fan_in_fan_out"))
+        )
     return Adapter(name or path.name, path, config, modules)
 
 
@@ -196,7 +200,9 @@ def apply_deltas(model: torch.nn.Module, deltas: Mapping[str, torch.Tensor]) -> 
         for module, delta in deltas.items():
             layer = _layer(model, module)
             if layer.weight.shape != delta.shape:
-                raise PersonalmError(f"module {module!r}: adapter delta {tuple(delta.shape)} != weight {tuple(layer.weight.shape)}")
+                raise PersonalmError(
+                    f"module {module!r}: adapter delta {tuple(delta.shape)} != weight {tuple(layer.weight.shape)}"
+                )
             layer.weight += delta.to(layer.weight.dtype)
 
 
@@ -386,7 +392,6 @@ def load_soup(
         model = LocalModel(path, adapter=cached_merge(loaded, weights, method=method, density=density, base=base))
     model.model_id = f"{model.model_id}+soup:{key}"
     return model
-
 
 
 @contextmanager

@@ -137,7 +137,9 @@ def _dimension(name: object, poles: object, source: str) -> Dimension:
     out = []
     for pole, prompt in poles.items():
         if not isinstance(pole, str) or not _NAME.match(pole):
-            raise PersonalmError(f"pole name {pole!r} of '{name}' must be lower-case letters, digits, '_' or '-'", source=source)
+            raise PersonalmError(
+                f"pole name {pole!r} of '{name}' must be lower-case letters, digits, '_' or '-'", source=source
+            )
         if not isinstance(prompt, str) or not prompt.strip():
             raise PersonalmError(f"pole '{name}.{pole}' needs a non-empty preference prompt", source=source)
         out.append(Pole(name, pole, prompt.strip()))
