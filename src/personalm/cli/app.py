@@ -16,6 +16,7 @@ from personalm.cli import (
     perce_cmd,
     personas_cmd,
     serve_cmd,
+    soups_cmd,
     synth_cmd,
     tone_cmd,
     train_cmd,
@@ -43,6 +44,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(perce_cmd.app, name="perce")
 app.command("explain")(perce_cmd.explain)
+app.add_typer(soups_cmd.app, name="soups")
 
 EXIT_USER_ERROR = 2
 

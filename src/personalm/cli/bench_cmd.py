@@ -129,6 +129,38 @@ def perce_bench(
     _finish(result, out, as_json)
 
 
+@app.command("merge")
+def merge_bench(
+    adapters: Path = typer.Option(..., help="Folder written by `personalm soups train`."),
+    weights: str = typer.Option(
+        "expertise.elementary=0.333,informativeness.concise=0.333,style.friendly=0.333", help="The new combination."
+    ),
+    repeats: int = typer.Option(3, min=1, help="Timed merges per contender (median reported)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
+    out: Path = typer.Option(None, help="Also write the results JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Exact soup merge into a loaded base vs PEFT add_weighted_adapter(cat)+merge vs one P-MORL training run."""
+    from personalm.bench import merge
+    from personalm.soups.merge import parse_weights
+
+    names = [d.name for d in adapters.iterdir() if (d / "adapter_config.json").is_file()] if adapters.is_dir() else []
+    result = merge.run(
+        adapters, parse_weights(weights, names), model, repeats, log=lambda m: stderr.print(m, markup=False)
+    )
+    table = Table("contender", "seconds", "ours is")
+    table.add_row("personalm exact soup (Σ w·B·A into loaded base)", str(result["merge_seconds"]), "")
+    table.add_row(
+        "PEFT add_weighted_adapter(cat) + merge", str(result["peft_cat_merge_seconds"]), f"{result['speedup_vs_peft']}x"
+    )
+    if result["pmorl_train_seconds"] is not None:
+        table.add_row(
+            "train one P-MORL adapter (DPO)", str(result["pmorl_train_seconds"]), f"{result['pmorl_train_over_merge']}x"
+        )
+    Console().print(table)
+    _finish(result, out, as_json)
+
+
 def _finish(result: dict, out: Path | None, as_json: bool) -> None:
     """Write the results file when asked and end with the JSON line when asked."""
     if out:

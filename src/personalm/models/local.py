@@ -153,6 +153,12 @@ class LocalModel(TextModel):
             self._weights = LlamaWeights(self.model)
         return self._weights
 
+    def weights_changed(self) -> None:
+        """Forget the packed kernel weights (and the kernel holding them) after the HF weights were
+        edited in place (soups)."""
+        self._kernel = None
+        self._weights = None
+
     def slots_for(self, max_len: int, wanted: int) -> int:
         """How many sequences of `max_len` tokens fit the KV cache budget (at most `wanted`)."""
         per_slot = LlamaKernel.cache_bytes_per_slot(self.model, max_len)
