@@ -55,7 +55,16 @@ def run_arms(
     """(with-persona rows, no-persona rows), the same count each."""
     with_rows = synthesize(personas, task, model, options, progress=progress)
     plain = [{"id": f"plain-{i}", "persona": None} for i in range(len(personas))]
-    return with_rows, synthesize(plain, task, model, options, progress=progress)
+    # The plain arm is N samples of one prompt, told apart by occurrence; the cache would regenerate
+    # occurrences 0..k for every chunk, so this arm goes to the model as one chunk.
+    chunk = getattr(model, "chunk_size", None)
+    if chunk is not None:
+        model.chunk_size = max(chunk, len(plain))
+    try:
+        return with_rows, synthesize(plain, task, model, options, progress=progress)
+    finally:
+        if chunk is not None:
+            model.chunk_size = chunk
 
 
 def analyse(with_rows: Sequence[Row], plain_rows: Sequence[Row], embed, seed: int = 0) -> dict[str, Any]:
