@@ -146,7 +146,7 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=N
         extra = {"retrieved": retrieved, "supported": supported}
         if not supported:
             return _fixed_reply(DONT_KNOW, body, extra)
-        composed = talk.compose(question, recall)
+        composed = await asyncio.to_thread(talk.compose, question, recall)  # reads the profile from the store
         ids = model.encode_prompt(composed)
         return await _complete(request, base, [(ids, composed)], body, limit, chat=True, shown_id=body.model,
                                extra=extra)  # fmt: skip
