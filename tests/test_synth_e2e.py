@@ -54,3 +54,15 @@ def test_cli_math_with_verification(tmp_path, capsys):
         assert len(v["answers"]) == (3 if row["valid"] else 0)
     _ok(args)  # a re-run is served from the cache and writes the same rows
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+
+
+@pytest.mark.slow
+def test_bench_synth_local_compares_the_reference_pattern_and_our_engine(capsys):
+    _ok(["bench", "synth", "--personas", "2", "--sequential", "1", "--max-tokens", "4", "--no-http", "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    local = summary["local"]
+    assert local["ours"]["rows"] == 2
+    assert local["reference_hf_one_at_a_time"]["rows"] == local["own_engine_one_at_a_time"]["rows"] == 1
+    assert summary["local_speedup"] > 0 and summary["local_speedup_vs_own_sequential"] > 0
+    assert summary["http_speedup"] is None
+    assert summary["versions"]["transformers"] and isinstance(summary["seed"], int)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from personalm.bench.hardware import fp32_matmul_peak_gflops, machine, versions
+from personalm.bench.peers import hf_one_at_a_time
 from personalm.bench.workloads import synthesis_prompts
 from personalm.models.base import SamplingParams
 from personalm.models.embedded import gguf_path
@@ -31,27 +32,6 @@ def _flops_per_token(model: torch.nn.Module) -> tuple[int, int]:
         m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"
     )
     return 2 * body, 2 * head
-
-
-def _hf_one_at_a_time(model: LocalModel, prompts, max_tokens: int, log) -> tuple[list[str], int, float]:
-    texts, tokens = [], 0
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i, prompt in enumerate(prompts):
-            ids = torch.tensor([model.encode_prompt(prompt)])
-            out = model.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                eos_token_id=sorted(model.eos_ids),
-                pad_token_id=model.tokenizer.pad_token_id,
-            )
-            new = [t for t in out[0, ids.shape[1] :].tolist() if t not in model.eos_ids]
-            tokens += len(new)
-            texts.append(model.tokenizer.decode(new, skip_special_tokens=True))
-            log(f"  hf one-at-a-time {i + 1}/{len(prompts)}")
-    return texts, tokens, time.perf_counter() - start
 
 
 def _llamacpp_one_at_a_time(prompts, max_tokens: int, log) -> tuple[int, float]:
@@ -92,7 +72,7 @@ def run(
     prompt_tokens = sum(g.prompt_tokens for g in ours)
     log(f"ours: {ours_tokens} tokens in {ours_s:.1f}s")
 
-    hf_texts, hf_tokens, hf_s = _hf_one_at_a_time(model, prompts, max_tokens, log)
+    hf_texts, hf_tokens, hf_s = hf_one_at_a_time(model, prompts, params, log)
     agree = sum(a.text == b for a, b in zip(ours, hf_texts, strict=True))
 
     body, head = _flops_per_token(model.model)

@@ -1,7 +1,10 @@
 """`personalm bench synth`: our synthesis runners vs the Persona Hub reference pattern.
 
-(a) local: `synthesize` over N personas in one batched call vs one persona, one request at a time
-    (the reference scripts' loop), same model, same prompts, same token budget;
+(a) local: `synthesize` over N personas in one batched call vs the Persona Hub reference pattern,
+    one persona, one request at a time (the reference scripts' loop) through Hugging Face
+    `generate` on the same weights, same prompts, same sampling and token budget
+    (`local_speedup`); and, as a stricter check, vs our own engine called one persona at a time
+    (`local_speedup_vs_own_sequential`), which isolates what batching alone buys;
 (b) http: the same runner through an OpenAI-compatible endpoint (our server on loopback, a real
     HTTP server) with bounded concurrency vs sequential calls.
 Throughput is completion tokens per second; the one-at-a-time side runs a prefix of the personas
@@ -17,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from personalm.bench.hardware import machine, versions
+from personalm.bench.peers import hf_one_at_a_time
 from personalm.bench.workloads import personas as load_personas
+from personalm.errors import PersonalmError
 from personalm.models.base import TextModel
+from personalm.models.local import LocalModel
 from personalm.models.registry import DEFAULT_MODEL, load_model
+from personalm.synth.modes import chat
 from personalm.synth.run import Row, SynthOptions, synthesize
 from personalm.synth.tasks import Task, get_task
 
@@ -58,25 +65,38 @@ def run(
     rows = [{"id": str(i), "persona": p} for i, p in enumerate(load_personas(data_dir)[:personas])]
     options = SynthOptions(max_tokens=max_tokens, temperature=0.8, seed=seed)
     model = load_model(model_name)
+    if not isinstance(model, LocalModel):
+        raise PersonalmError(f"bench synth compares local runners; '{model_name}' is not a local model")
     synthesize(rows[:2], task, model, options)  # warm-up
     log(f"local: {len(rows)} personas in one batched call")
     ours = _side(*_timed(lambda: synthesize(rows, task, model, options)))
-    log(f"local: {sequential} personas one request at a time")
-    peer = _side(*_timed(lambda: _one_at_a_time(rows[:sequential], task, model, options)))
+    log(f"local: {sequential} personas through HF generate, one request at a time")
+    prompts = [chat(task, options.mode, r["persona"], (), options.constraints) for r in rows[:sequential]]
+    _, hf_tokens, hf_s = hf_one_at_a_time(model, prompts, options.params())
+    reference = _side(hf_tokens, hf_s, sequential)
+    log(f"local: {sequential} personas through our engine, one request at a time")
+    own = _side(*_timed(lambda: _one_at_a_time(rows[:sequential], task, model, options)))
     result: dict[str, Any] = {
         "benchmark": "synth",
         "task": task_name,
         "model": model.model_id,
         "max_tokens": max_tokens,
-        "local": {"ours": ours, "one_at_a_time": peer},
-        "local_speedup": _ratio(ours, peer),
+        "personas": personas,
+        "sequential": sequential,
+        "local": {"ours": ours, "reference_hf_one_at_a_time": reference, "own_engine_one_at_a_time": own},
+        "local_speedup": _ratio(ours, reference),
+        "local_speedup_vs_own_sequential": _ratio(ours, own),
         "http_speedup": None,
     }
     if http:
         result["http"] = _http(rows, task, options, model_name, model, concurrency, sequential, log)
         result["http_speedup"] = _ratio(result["http"]["concurrent"], result["http"]["sequential"])
     model.close()
-    return result | {"seed": seed, "versions": versions("personalm", "torch", "httpx"), "machine": machine()}
+    return result | {
+        "seed": seed,
+        "versions": versions("personalm", "torch", "transformers", "httpx"),
+        "machine": machine(),
+    }
 
 
 def _http(rows, task, options, model_name, model, concurrency, sequential, log) -> dict[str, Any]:

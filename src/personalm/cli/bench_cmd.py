@@ -253,7 +253,16 @@ def synth_bench(
     table = Table("runner", "rows", "tokens", "seconds", "tokens/s", "ours is")
     local = result["local"]
     table.add_row("synthesize (one batched call)", *_cells(local["ours"]), "")
-    table.add_row("one persona, one request at a time", *_cells(local["one_at_a_time"]), f"{result['local_speedup']}x")
+    table.add_row(
+        "reference: HF generate, one persona at a time",
+        *_cells(local["reference_hf_one_at_a_time"]),
+        f"{result['local_speedup']}x",
+    )
+    table.add_row(
+        "our engine, one persona at a time",
+        *_cells(local["own_engine_one_at_a_time"]),
+        f"{result['local_speedup_vs_own_sequential']}x",
+    )
     if "http" in result:
         h = result["http"]
         table.add_row(f"HTTP, {h['concurrency']} in flight", *_cells(h["concurrent"]), "")
