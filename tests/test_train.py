@@ -151,3 +151,16 @@ def test_cli_errors_and_a_trained_adapter_loads_for_generation(tmp_path):
     text = model.generate([[{"role": "user", "content": "What is rain?"}]], SamplingParams(max_tokens=8))[0].text
     assert text.strip()
     assert json.loads((out / "train_config.json").read_text())["config"]["quant"] == "int8"
+
+
+@pytest.mark.slow
+def test_bench_train_runs_both_trainers_on_the_same_batch(tmp_path: Path) -> None:
+    args = ["bench", "train", "--steps", "2", "--batch-size", "1", "--seq-len", "128", "--rank", "2", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", "from personalm.cli.app import main; main()", *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"ours_tok_s", "trl_tok_s", "speedup", "peak_fraction"} <= set(summary)
+    assert summary["ours_tok_s"] > 0 and summary["trl_tok_s"] > 0 and 0 < summary["peak_fraction"] < 1

@@ -27,6 +27,7 @@ from personalm.bench.workloads import personas as load_personas
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.train.data import tokenize_chat
 from personalm.train.loop import TrainConfig, build_model, train
+from personalm.train.trl_setup import cpu_args, load_fp32, lora_all_linear
 
 QUESTIONS = [
     "Describe your typical working day.",
@@ -80,28 +81,18 @@ def _flops_per_token(model_path: Path, config: TrainConfig) -> float:
 
 def _trl(rows: list[dict], model_path: Path, config: TrainConfig, out: Path) -> float:
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    tokenizer, model = load_fp32(model_path)
     args = SFTConfig(
-        output_dir=str(out),
         per_device_train_batch_size=config.batch_size,
         max_steps=config.max_steps,
         max_length=config.max_len,
         learning_rate=config.lr,
         seed=config.seed,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=1,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        dataloader_num_workers=0,
+        **cpu_args(out),
     )
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules="all-linear")
+    lora = lora_all_linear(config.rank, config.alpha, config.dropout)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora
     )

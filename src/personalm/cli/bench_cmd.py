@@ -174,7 +174,7 @@ def _finish(result: dict, out: Path | None, as_json: bool) -> None:
 def train_bench(
     steps: int = typer.Option(6, min=2, help="Optimizer steps for each trainer."),
     batch_size: int = typer.Option(8, min=1),
-    seq_len: int = typer.Option(256, min=16),
+    seq_len: int = typer.Option(256, min=128, help="Tokens per chat (a persona prompt plus its answer)."),
     rank: int = typer.Option(16, min=1, help="LoRA rank (all linear layers)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
     data: Path = typer.Option(

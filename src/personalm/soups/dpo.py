@@ -8,6 +8,7 @@ directory that already holds adapter_config.json is kept and skipped.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from personalm.bench.hardware import versions
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.tables import read_rows
+from personalm.train.trl_setup import cpu_args, load_fp32, lora_all_linear
 
 
 @dataclass
@@ -52,10 +54,7 @@ def train_adapter(
     """Train one DPO LoRA adapter into `out`; returns {pairs, steps, seconds, final_loss}."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
-
-    from personalm.models.hf import transformers_offline
 
     out = Path(out)
     if (out / "adapter_config.json").is_file() and (out / "dpo.json").is_file():
@@ -71,14 +70,9 @@ def train_adapter(
     path = resolve_local(settings.model)
     if path is None:
         raise PersonalmError(f"unknown model '{settings.model}'")
-    transformers = transformers_offline()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokenizer, model = load_fp32(path)
     work = out.with_name(f".work-{out.name}")
     args = DPOConfig(
-        output_dir=str(work),
         per_device_train_batch_size=settings.batch_size,
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
@@ -86,18 +80,10 @@ def train_adapter(
         beta=settings.beta,
         max_length=settings.max_length,
         seed=settings.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,  # TRL's default; bf16 has no fast path on CPUs without AVX-512 BF16
-        gradient_checkpointing=False,  # a 135M model fits; recomputing activations only costs time
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
         disable_tqdm=True,
-        dataloader_num_workers=0,
+        **cpu_args(work),
     )
-    lora = LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
+    lora = lora_all_linear(settings.rank, settings.alpha)
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, peft_config=lora
     )
@@ -119,8 +105,6 @@ def train_adapter(
         "versions": versions("personalm", "torch", "transformers", "peft", "trl"),
     }
     (out / "dpo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     return summary
 
