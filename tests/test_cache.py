@@ -56,6 +56,15 @@ def test_resume_after_partial_run_regenerates_only_missing_occurrences(tmp_path)
     assert inner.calls[-1] == ["x", "x", "z"]
 
 
+def test_chunks_keep_a_prompts_occurrences_together(tmp_path):
+    inner = CountingModel()
+    model = CachedModel(inner, GenerationCache(tmp_path / "c.sqlite"), chunk_size=2)
+    out = model.generate(["a", "b", "a", "a", "c"], SamplingParams(temperature=1.0))
+    assert [g.text for g in out] == ["a#0", "b#0", "a#1", "a#2", "c#0"]
+    assert inner.calls == [["a", "a", "a"], ["b", "c"]]
+    assert sum(len(call) for call in inner.calls) == 5
+
+
 def test_greedy_duplicates_are_generated_once(tmp_path):
     inner = CountingModel()
     model = CachedModel(inner, GenerationCache(tmp_path / "c.sqlite"))

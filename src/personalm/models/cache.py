@@ -98,11 +98,24 @@ class CachedModel(TextModel):
         if progress and results:
             progress(sum(key in results for _, _, key in slots))
         missing = [slot for slot in slots if slot[2] not in results]
-        for start in range(0, len(missing), self.chunk_size):
-            fresh = self._generate_missing(missing[start : start + self.chunk_size], params, progress)
+        for chunk in self._chunks(missing):
+            fresh = self._generate_missing(chunk, params, progress)
             self.cache.put_many(self.model_id, fresh)
             results.update(fresh)
         return [results[key] for _, _, key in slots]
+
+    def _chunks(self, missing: list[tuple[Prompt, int, str]]) -> list[list[tuple[Prompt, int, str]]]:
+        """About `chunk_size` slots each, never splitting one prompt's occurrences: occurrence k is
+        produced by sending the prompt k+1 times, so a split would generate the first ones twice."""
+        groups: dict[str, list[tuple[Prompt, int, str]]] = {}
+        for slot in missing:
+            groups.setdefault(prompt_key(slot[0]), []).append(slot)
+        chunks: list[list[tuple[Prompt, int, str]]] = [[]]
+        for group in groups.values():
+            if chunks[-1] and len(chunks[-1]) + len(group) > self.chunk_size:
+                chunks.append([])
+            chunks[-1].extend(group)
+        return [chunk for chunk in chunks if chunk]
 
     def _generate_missing(self, slots, params, progress) -> list[tuple[str, Generation]]:
         """Generate (prompt, occurrence) pairs the cache lacks, exactly as an uncached call would.
