@@ -67,13 +67,16 @@ def synth(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="math: solve each problem k times."),
     k: int = typer.Option(3, min=1, help="math: solutions per problem."),
     min_agree: int = typer.Option(2, min=1, help="math: a problem is kept when this many solutions agree."),
+    engine: str = typer.Option(
+        "local", help="local (this process) or ray (Ray Data actors; RAY_ADDRESS or a local Ray)."
+    ),
 ) -> None:
     """Synthesize one output per persona for a task; rows carry prompt, output, parsed fields and flags."""
     if ctx.invoked_subcommand is not None:
         return
-    from personalm.models.registry import load_model
     from personalm.personas.io import read_personas
     from personalm.synth import modes, run
+    from personalm.synth.engine import synthesis_model
     from personalm.synth.verify import VerifyOptions
     from personalm.synth.verify import verify as verify_rows
 
@@ -89,7 +92,7 @@ def synth(
     options = run.SynthOptions(mode, tuple(constraint), max_tokens, temperature, seed=seed, turns=turns)
     demo_rows = modes.read_demos(demos) if demos is not None else []
     rows_in = read_personas(personas).to_pylist()[:limit]
-    with load_model(model, cache=cache, api_key=api_key, max_concurrency=concurrency) as loaded:
+    with synthesis_model(engine, model, cache, api_key, concurrency) as loaded:
         if hasattr(loaded, "chunk_size"):
             loaded.chunk_size = batch
         if mode == "persona-few-shot":
