@@ -12,7 +12,7 @@ import pytest
 from personalm.cli.app import main
 from personalm.personas import embedding_stage, minhash_stage
 from personalm.personas.greedy import greedy_from_edges
-from personalm.personas.tokens import token_sets, words
+from personalm.personas.tokens import PUNCTUATION, token_sets, words
 
 
 def stage1(texts: list[str], threshold: float = 0.9):
@@ -177,3 +177,28 @@ def test_cli_dedup_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, name, co
     assert code == 2
     assert err.strip().count("\n") == 0 and expected in err
     assert out.read_text() == "old\n"
+
+
+def test_word_sets_match_python_sets_on_a_large_mixed_corpus():
+    # thousands of distinct words (the vocabulary table grows several times), Unicode rows next to
+    # ASCII ones (two tokenizers, one hash), punctuation to trim, repeated words, empty rows, and
+    # each row followed by a copy with its last word replaced (pairs that share most words)
+    rng = np.random.default_rng(3)
+    vocab = [f"w{i}" for i in range(6000)] + ["café", "naïve", "Ünïcode", "e-commerce", "O'Brien"]
+    texts = []
+    for i in range(3000):
+        picked = rng.choice(vocab, int(rng.integers(0, 25))).tolist()
+        decorated = [rng.choice(["", "(", "“"]) + w + rng.choice(["", ",", ".", "!”"]) for w in picked]
+        text = ("\t" if i % 7 == 0 else " ").join(w.upper() if i % 5 == 0 else w for w in decorated)
+        texts += [text, text.rsplit(" ", 1)[0] + " extra"]
+    sets = [{w.strip(PUNCTUATION) for w in t.lower().split()} - {""} for t in texts]
+    tokens = token_sets(texts)
+    assert tokens.sizes.tolist() == [len(s) for s in sets]
+    left = np.concatenate([rng.integers(0, len(texts), 2000), np.arange(0, len(texts), 2)])
+    right = np.concatenate([rng.integers(0, len(texts), 2000), np.arange(1, len(texts), 2)])
+
+    def python_jaccard(a: set[str], b: set[str]) -> float:
+        return len(a & b) / len(a | b) if a | b else 1.0
+
+    want = [python_jaccard(sets[i], sets[j]) for i, j in zip(left, right, strict=True)]
+    assert minhash_stage.jaccard(tokens, left, right).tolist() == pytest.approx(want)

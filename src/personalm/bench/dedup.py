@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from personalm.personas.tokens import PUNCTUATION
 
 THRESHOLD = 0.9
 SAMPLE = 2000
-REPEATS = 2
+REPEATS = 3
 
 
 def peer_minhash(texts: pa.Array, threshold: float, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,8 +244,11 @@ def run(
 ) -> dict[str, Any]:
     from personalm.bench.hardware import machine, versions
 
+    load = {"start": os.getloadavg()[0]}
     minhash = run_minhash(data_dir, rows, seed, log)
+    load["after_minhash"] = os.getloadavg()[0]
     embedding = run_embedding(data_dir, vectors, min(subset, vectors), seed, log)
+    load["end"] = os.getloadavg()[0]
     return {
         "benchmark": "dedup",
         "threshold": THRESHOLD,
@@ -262,5 +266,8 @@ def run(
         "embedding": embedding,
         "seed": seed,
         "machine": machine(),
-        "versions": versions("personalm", "numpy", "pyarrow", "datasketch", "faiss-cpu", "scipy"),
+        "load_average_1min": {k: round(v, 2) for k, v in load.items()},
+        "versions": versions(
+            "personalm", "numpy", "numba", "pyarrow", "datasketch", "faiss-cpu", "scipy", "threadpoolctl"
+        ),
     }

@@ -81,10 +81,26 @@ def _html(result: dict[str, Any]) -> str:
         "border-bottom:1px solid #ddd}</style><h1>Persona dedup benchmark</h1>"
         f"<p>Peer: {html.escape(result['peer'])}. Threshold {result['threshold']}, {result['num_perm']} permutations, "
         f"seed {result['seed']}, machine {html.escape(json.dumps(result['machine']))}.</p>"
+        f"{_load_note(result)}"
         f"<table><tr><th>measure</th><th>personalm</th><th>peer</th><th>ratio</th></tr>{rows}</table>"
         "<h2>MinHash stage</h2><img src='minhash.png' alt='MinHash speed, precision and recall'>"
         "<h2>Embedding stage</h2><img src='embedding.png' alt='embedding stage time and recall'>"
         "<p>Precision: share of reported (dropped, kept) pairs whose exact similarity reaches the threshold. "
         "Recall: share of true near-duplicate pairs (exact similarity at or above it, from a seeded sample of rows "
         "checked against all rows) of which at most one row survives. Full numbers in results.json.</p>"
+    )
+
+
+def _load_note(result: dict[str, Any]) -> str:
+    """Under what load the times were taken: on a shared machine they are pessimistic."""
+    load = result.get("load_average_1min")
+    if not load:
+        return ""
+    cores = result["machine"].get("cpu_count")
+    readings = " / ".join(f"{value} ({html.escape(when.replace('_', ' '))})" for when, value in load.items())
+    return (
+        f"<p>1-minute load average during the run: {readings}, on {cores} cores. The machine was shared "
+        "with other jobs (a long tone experiment, other engineers' tests), so the absolute times are "
+        "pessimistic; both sides of each comparison ran in the same process, one after the other, under "
+        "the same load.</p>"
     )

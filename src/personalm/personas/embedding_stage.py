@@ -26,7 +26,9 @@ EXACT_LIMIT = 50_000
 
 class KeptIndex:
     """Nearest kept row for a batch of queries: exact below `EXACT_LIMIT` rows; above it an IVF
-    index with 8-bit scalar-quantized vectors whose top `RERANK` hits are re-scored exactly."""
+    index with 8-bit scalar-quantized vectors whose top `RERANK` hits are re-scored exactly. The
+    IVF cells of a block are found once (one product with the centroids) and serve both its
+    search and, for the rows it keeps, their insertion."""
 
     def __init__(self, vectors: np.ndarray, nprobe: int = NPROBE):
         import faiss
@@ -34,7 +36,8 @@ class KeptIndex:
         n, dim = vectors.shape
         self.vectors = vectors
         self.exact = n <= EXACT_LIMIT
-        self.ids: list[np.ndarray] = []
+        self.rows = np.empty(n, np.int64)  # flat index position -> row (the IVF index stores rows as ids)
+        self.cells: np.ndarray | None = None  # IVF cells of the last searched block
         if self.exact:
             self.index = faiss.IndexFlatIP(dim)
             return
@@ -50,21 +53,36 @@ class KeptIndex:
         self.index.train(np.ascontiguousarray(vectors[np.linspace(0, n - 1, min(n, 65_536)).astype(np.int64)]))
         self.index.nprobe = nprobe
 
-    def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
-        if len(rows):
-            self.index.add(np.ascontiguousarray(vectors))
-            self.ids.append(rows)
+    def add(self, vectors: np.ndarray, rows: np.ndarray, positions: np.ndarray) -> None:
+        """Add the kept `rows` (`positions` within the block last passed to `nearest`)."""
+        if not len(rows):
+            return
+        import faiss
+
+        vectors = np.ascontiguousarray(vectors)
+        if self.exact:
+            self.rows[self.index.ntotal : self.index.ntotal + len(rows)] = rows
+            self.index.add(vectors)
+            return
+        ids = np.ascontiguousarray(rows, dtype=np.int64)
+        cells = np.ascontiguousarray(self.cells[positions, 0], dtype=np.int64)
+        self.index.add_core(len(rows), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(cells))
 
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of the most similar kept vector or -1, its exact cosine) per query."""
         m = len(queries)
+        queries = np.ascontiguousarray(queries)
+        if not self.exact:
+            centroid_sims, self.cells = self._quantizer.search(queries, self.index.nprobe)
         if self.index.ntotal == 0:
             return np.full(m, -1, np.int64), np.full(m, -np.inf, np.float32)
-        k = 1 if self.exact else RERANK
-        _, positions = self.index.search(np.ascontiguousarray(queries), k)
-        rows = np.concatenate(self.ids)
-        found = positions >= 0
-        candidates = np.where(found, rows[np.maximum(positions, 0)], 0)
+        if self.exact:
+            _, positions = self.index.search(queries, 1)
+            candidates = np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
+        else:
+            _, candidates = self.index.search_preassigned(queries, RERANK, self.cells, centroid_sims)
+        found = candidates >= 0
+        candidates = np.maximum(candidates, 0)
         sims = np.einsum("id,ikd->ik", queries, self.vectors[candidates])
         sims = np.where(found, sims, -np.inf)
         best = np.argmax(sims, axis=1)
@@ -87,13 +105,15 @@ def dedup(
     if n == 0:
         return decision
     import faiss
+    from threadpoolctl import threadpool_limits
 
-    # faiss on one thread: its OpenMP workers spin-wait, and on a shared 2-core machine that made
-    # adding a block of 512 rows 8x slower than doing it on one thread.
+    # faiss and BLAS on one thread: their workers spin-wait, and on a shared 2-core machine that
+    # made adding a block of 512 rows 8x slower, and the whole stage over 2x slower, than one thread.
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        _decide(vectors, threshold, block, decision, progress)
+        with threadpool_limits(1, user_api="blas"):
+            _decide(vectors, threshold, block, decision, progress)
     finally:
         faiss.omp_set_num_threads(threads)
     return decision
@@ -128,7 +148,7 @@ def _decide(
                 decision.keep[start + r] = False
                 decision.duplicate_of[start + r] = row
                 decision.similarity[start + r] = sim
-        kept_rows = start + np.flatnonzero(keep)
-        index.add(vectors[kept_rows], kept_rows)
+        kept = np.flatnonzero(keep)
+        index.add(vectors[start + kept], start + kept, kept)
         if progress:
             progress(stop - start)

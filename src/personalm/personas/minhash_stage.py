@@ -20,17 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from scipy import sparse
 
+from personalm.personas import kernels
 from personalm.personas.greedy import Decision, greedy_from_edges
-from personalm.personas.tokens import TokenSets, sorted_unique, token_sets
+from personalm.personas.tokens import TokenSets, token_sets
 
 NUM_PERM = 128
 SEED = 1
-ROWS_PER_CHUNK = 1024
 MIN_BAND_RECALL = 0.999
-BUCKET_BITS = 20
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 def permutations(num_perm: int = NUM_PERM, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -65,45 +62,25 @@ def features(
     texts: Sequence[str] | pa.Array, num_perm: int = NUM_PERM, seed: int = SEED, out: np.ndarray | None = None
 ) -> Features:
     """Signatures, word sets and set keys of one batch of texts (signatures written into `out`
-    when given, so parallel batches fill one array without a copy)."""
+    when given, so parallel batches fill one array without a copy). Each distinct word is hashed
+    by the permutations once (a vocabulary x num_perm table); each row takes the minimum over its
+    words' table rows."""
     tokens = token_sets(texts)
     n = len(tokens)
     a, b = permutations(num_perm, seed)
     signatures = np.empty((n, num_perm), dtype=np.uint32) if out is None else out
-    signatures[tokens.sizes == 0] = np.iinfo(np.uint32).max
-    vocab, ids = tokens.vocab, tokens.ids
+    sizes = tokens.sizes
+    signatures[sizes == 0] = np.iinfo(np.uint32).max
+    vocab = tokens.vocab
     with np.errstate(over="ignore"):
         table = ((vocab[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
-        mixed = ((vocab ^ (vocab >> np.uint64(31))) * _MIX)[ids]
-    sizes = tokens.sizes
-    set_keys = np.zeros(n, np.uint64)
-    nonempty = np.flatnonzero(sizes > 0)
-    if len(nonempty):
-        set_keys[nonempty] = np.add.reduceat(mixed, tokens.offsets[nonempty])
-    _signatures(table, ids, tokens.offsets, signatures)
+    set_keys = kernels.signatures(table, tokens.ids, tokens.offsets, vocab, signatures)
     if (sizes == 0).any():
         column = texts.to_pylist() if isinstance(texts, pa.Array | pa.ChunkedArray) else texts
         for i in np.flatnonzero(sizes == 0).tolist():
             digest = hashlib.blake2b((column[i] or "").strip().encode(), digest_size=8).digest()
             set_keys[i] = np.uint64(int.from_bytes(digest, "little") | 1)
     return Features(signatures, tokens, set_keys)
-
-
-def _signatures(table: np.ndarray, ids: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
-    """out[row] = min over the row's tokens of table[token]. Rows are walked in size order in
-    small cache-sized blocks, one token position at a time (a min over a padded gather)."""
-    sizes = np.diff(offsets)
-    order = np.argsort(sizes, kind="stable")
-    order = order[sizes[order] > 0]
-    for start in range(0, len(order), ROWS_PER_CHUNK):
-        rows = order[start : start + ROWS_PER_CHUNK]
-        row_sizes, row_offsets = sizes[rows], offsets[rows]
-        acc = table[ids[row_offsets]]
-        for position in range(1, int(row_sizes[-1])):
-            live = row_sizes > position
-            index = np.where(live, row_offsets + position, row_offsets)
-            np.minimum(acc, table[ids[index]], out=acc)
-        out[rows] = acc
 
 
 def band_shape(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
@@ -117,75 +94,28 @@ def band_shape(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
     return best
 
 
-def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i < j) that share at least one band, without duplicates (bands run on a thread
-    per core: numpy releases the GIL)."""
-    n = len(signatures)
-    # Read each band as 64-bit words when it spans whole words (half the passes), else as 32-bit.
-    words = signatures.view(np.uint64) if rows % 2 == 0 else signatures
-    per_band = rows // 2 if rows % 2 == 0 else rows
-    columns = np.ascontiguousarray(words.T)  # one contiguous row per word
-    rng = np.random.default_rng(SEED + 1)
-    multipliers = rng.integers(1, 2**63, per_band, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        found = [
-            p
-            for p in pool.map(
-                lambda band: _band_pairs(columns[band * per_band : (band + 1) * per_band], multipliers), range(bands)
-            )
-            if len(p)
-        ]
-    if not found:
-        empty = np.zeros(0, np.int64)
-        return empty, empty
-    pairs = sorted_unique(np.concatenate(found))
-    return pairs // n, pairs % n
-
-
-def _band_pairs(band: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
-    """Pairs sharing one band (its words as rows of `band`), encoded i * n + j. A 64-bit key per
-    row, then a counting pass over 2^BUCKET_BITS buckets keeps only rows whose bucket is shared
-    (few), and only those are sorted to find the truly equal keys."""
-    n = band.shape[1]
-    keys = np.zeros(n, np.uint64)
-    with np.errstate(over="ignore"):
-        for word, multiplier in zip(band, multipliers, strict=True):
-            keys += word * multiplier if word.dtype == np.uint64 else word.astype(np.uint64) * multiplier
-            keys ^= keys >> np.uint64(29)
-    buckets = (keys >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
-    shared = np.flatnonzero(np.bincount(buckets, minlength=1 << BUCKET_BITS)[buckets] > 1)
-    order = shared[np.argsort(keys[shared], kind="stable")]
-    sorted_keys = keys[order]
-    same = sorted_keys[1:] == sorted_keys[:-1]
-    in_group = np.zeros(len(order), bool)
-    in_group[1:] |= same
-    in_group[:-1] |= same
-    members, member_keys = order[in_group], sorted_keys[in_group]
-    found = []
-    for gap in range(1, len(members)):
-        match = member_keys[gap:] == member_keys[:-gap]
-        if not match.any():
-            break
-        i, j = members[:-gap][match], members[gap:][match]
-        found.append(np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
-    return np.concatenate(found) if found else np.zeros(0, np.int64)
-
-
-def jaccard(tokens: TokenSets, left: np.ndarray, right: np.ndarray, chunk: int = 200_000) -> np.ndarray:
-    """Exact Jaccard similarity of the word sets of each (left, right) pair."""
-    if len(left) == 0:
-        return np.zeros(0, np.float32)
-    matrix = sparse.csr_matrix(
-        (np.ones(len(tokens.ids), np.int32), tokens.ids, tokens.offsets), shape=(len(tokens), len(tokens.vocab))
+def candidate_pairs(
+    signatures: np.ndarray, bands: int, rows: int, subset: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) of rows (positions within `subset` when given) that share at least one
+    band, each once. Every band reports only the pairs no earlier band shares, so the bands run
+    on a thread per core (the kernels release the GIL) and need no merge."""
+    subset = np.arange(len(signatures)) if subset is None else subset
+    keys = kernels.band_keys(signatures, subset, bands, rows)
+    columns = np.ascontiguousarray(keys.T)
+    with ThreadPoolExecutor(min(bands, os.cpu_count() or 1)) as pool:
+        found = list(pool.map(lambda band: kernels.band_pairs(keys, columns[band], band), range(bands)))
+    return (
+        np.concatenate([left for left, _ in found]) if found else np.zeros(0, np.int64),
+        np.concatenate([right for _, right in found]) if found else np.zeros(0, np.int64),
     )
-    sizes = tokens.sizes
-    out = np.empty(len(left), np.float32)
-    for start in range(0, len(left), chunk):
-        i, j = left[start : start + chunk], right[start : start + chunk]
-        inter = np.asarray(matrix[i].multiply(matrix[j]).sum(axis=1)).ravel()
-        union = sizes[i] + sizes[j] - inter
-        out[start : start + chunk] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    return out
+
+
+def jaccard(tokens: TokenSets, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Exact Jaccard similarity of the word sets of each (left, right) pair."""
+    return kernels.jaccard(
+        tokens.ids, tokens.offsets, len(tokens.vocab), np.asarray(left, np.int64), np.asarray(right, np.int64)
+    )
 
 
 def dedup(feats: Features, threshold: float = 0.9) -> Decision:
@@ -201,7 +131,7 @@ def dedup(feats: Features, threshold: float = 0.9) -> Decision:
     reps = np.flatnonzero((representative == np.arange(n)) & (feats.tokens.sizes > 0))
 
     bands, rows = band_shape(threshold, feats.signatures.shape[1])
-    local_i, local_j = candidate_pairs(feats.signatures[reps], bands, rows)
+    local_i, local_j = candidate_pairs(feats.signatures, bands, rows, reps)
     left, right = reps[local_i], reps[local_j]
     sim = jaccard(feats.tokens, left, right)
     similar = sim >= threshold
