@@ -236,3 +236,35 @@ def test_the_openai_client_sees_bad_weights_as_a_bad_request(client):
         )
     with pytest.raises(BadRequestError, match="/v1/chat/completions"):
         client.completions.create(model="pmorl", prompt="Hi", max_tokens=4, extra_body={"preference_weights": W1})
+
+
+@pytest.mark.slow
+def test_fuzzed_preference_weights_never_cause_a_server_error(soup_server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    names = st.sampled_from([*POLES, "tone.grumpy", "", "expertise", "x" * 300])
+    values = st.one_of(
+        st.floats(),
+        st.integers(-(10**20), 10**20),
+        st.booleans(),
+        st.text(max_size=4),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+    )
+    weights = st.one_of(st.dictionaries(names, values, max_size=4), st.none(), st.integers(), st.text(max_size=4))
+    statuses: list[int] = []
+
+    @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(model=st.sampled_from(["soup", "pmorl"]), weights=weights, prompt=st.booleans(), stream=st.booleans())
+    def check(model, weights, prompt, stream) -> None:
+        body = {"model": model, "messages": CHAT, "max_tokens": 2, "stream": stream, "preference_weights": weights,
+                "preference_prompt": prompt}  # fmt: skip
+        response = httpx.post(f"{soup_server[0]}/v1/chat/completions", json=body,
+                              headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)  # fmt: skip
+        statuses.append(response.status_code)
+        assert response.status_code < 500, response.text
+        assert '"server_error"' not in response.text
+
+    check()
+    assert {200, 400} <= set(statuses), statuses
