@@ -252,7 +252,10 @@ def test_fuzzed_preference_weights_never_cause_a_server_error(soup_server):
         st.none(),
         st.lists(st.integers(), max_size=2),
     )
-    weights = st.one_of(st.dictionaries(names, values, max_size=4), st.none(), st.integers(), st.text(max_size=4))
+    valid = st.dictionaries(st.sampled_from(POLES), st.floats(-10, 10), min_size=1)
+    weights = st.one_of(
+        valid, st.dictionaries(names, values, max_size=4), st.none(), st.integers(), st.text(max_size=4)
+    )
     statuses: list[int] = []
 
     @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

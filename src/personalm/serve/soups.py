@@ -7,7 +7,8 @@ other model ids must not see it. That copy holds one weight vector at a time, so
 grouped by weights: those asking for the weights in place join the running batch of its engine;
 a request for other weights waits until every request admitted before it has finished, then the
 weights change (the base weights saved before the previous merge are copied back bit for bit, the
-new soup is added, and the engine is rebuilt on the new packed weights). Waiting requests are let
+new soup is added, and only the projections the two merges touched are re-packed for the kernel;
+its KV cache stays). Waiting requests are let
 in first come first served by weight vector, so a stream of requests for one weighting cannot
 starve another. The merged factors are cached per weight vector (least recently used evicted).
 """
@@ -114,6 +115,7 @@ class SoupModels:
         self._model: LocalModel | None = None
         self._engine: ServingEngine | None = None
         self._merged = ExitStack()
+        self._touched: set[str] = set()
         self._load_lock = threading.Lock()
         self._gate: WeightGate | None = None
 
@@ -224,12 +226,20 @@ class SoupModels:
             raise EngineError(f"merging the soup failed: {err}") from err
 
     def _apply(self, key: str, factors: dict[str, LoraFactors]) -> None:
+        """Swap the merged soup (the engine is idle: the gate let no request in)."""
         model = self.model()
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        touched = self._touched | set(factors)
+        self._touched = set()
         self._merged.close()  # the base weights back, bit for bit
         self._merged.enter_context(soup_applied(model, factors, key))
+        self._touched = set(factors)
+        if self._engine is not None:
+            try:
+                self._engine.weights_edited(touched)  # re-pack only what the merges touched
+                return
+            except ValueError:  # a module the kernel does not pack one by one: build a new engine
+                self._engine.close()
+                self._engine = None
         if supports(model.model):
             self._engine = ServingEngine(model, self.slots, self.max_len)
 
