@@ -5,6 +5,10 @@ weights are 400s, and requests with different weights never see each other's mer
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -57,6 +61,19 @@ def test_the_gate_never_mixes_weights_and_serves_them_in_arrival_order():
     assert overlaps == []
     # the two early "a" share one merge; the later "a" waits behind the first "b" (no starvation)
     assert switches == ["a", "b", "a", "b", "c"]
+
+
+@pytest.mark.parametrize(("make", "message"), [(None, "soups folder not found"), ("empty", "no pole adapters")])
+def test_serve_refuses_a_bad_soups_folder_in_one_line(tmp_path, make, message):
+    folder = tmp_path / "soups"
+    if make:
+        folder.mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [str(Path(sys.executable).parent / "personalm"), "serve", "--soups", str(folder), "--port", "9"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_a_cancelled_waiter_leaves_the_gate_usable():
