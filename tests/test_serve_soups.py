@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -288,3 +289,24 @@ def test_fuzzed_preference_weights_never_cause_a_server_error(soup_server):
 
     check()
     assert {200, 400} <= set(statuses), statuses
+
+
+@pytest.mark.slow
+def test_a_soup_request_abandoned_while_waiting_for_its_weights_never_runs(soup_server):
+    url, soups, _ = soup_server
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    holding = {"model": "soup", "prompt": "Once upon a time", "max_tokens": 150, "temperature": 0, "stream": True,
+               "preference_weights": W1}  # fmt: skip
+    waiting = {"model": "soup", "messages": CHAT, "max_tokens": 4, "preference_weights": W2}
+    w1_key, _ = soups.factors(W1)
+    with httpx.stream("POST", f"{url}/v1/completions", json=holding, headers=headers, timeout=300) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if '"text": "' in line and '"text": ""' not in line)
+        with pytest.raises(httpx.ReadTimeout):  # W2 must wait for the W1 stream: the client gives up
+            httpx.post(f"{url}/v1/chat/completions", json=waiting, headers=headers, timeout=1.0)
+        time.sleep(1.0)  # the server notices the closed connection within its poll interval
+        assert soups._gate._queue == []
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    time.sleep(0.5)
+    assert soups._gate.current == w1_key and soups._gate.inside == 0  # the W2 merge never happened

@@ -261,16 +261,19 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=N
                     yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
+
+        async def generate() -> list[tuple[str, str, int]]:
+            async with run.session() as engine:  # a soup request may wait here for its weights
+                return await asyncio.gather(*(_collect(engine, model, *r) for r in runs))
+
+        done = asyncio.ensure_future(generate())
+        while not done.done():
+            await asyncio.wait({done}, timeout=DISCONNECT_POLL_S)
+            if not done.done() and await request.is_disconnected():
+                done.cancel()  # waiting or generating, the request stops here
+                raise ApiError(499, "client closed the request", "client_closed")
         try:
-            async with run.session() as engine:
-                tasks = [asyncio.ensure_future(_collect(engine, model, *r)) for r in runs]
-                done = asyncio.ensure_future(asyncio.gather(*tasks))
-                while not done.done():
-                    await asyncio.wait({done}, timeout=DISCONNECT_POLL_S)
-                    if not done.done() and await request.is_disconnected():
-                        done.cancel()
-                        raise ApiError(499, "client closed the request", "client_closed")
-                results = done.result()
+            results = done.result()
         except EngineError as err:
             raise ApiError(500, f"generation failed: {err}", "engine_error") from err
         choices = [_choice(i, text, reason, chat) for i, (text, reason, _) in enumerate(results)]
