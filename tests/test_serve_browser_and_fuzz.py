@@ -125,7 +125,8 @@ def test_chat_page_soup_sliders_and_avatar_memories_in_chromium(page_server):
 
         page.select_option("#model", "avatar:alice")
         assert page.is_hidden("#weights-panel") and page.is_visible("#memory-panel")
-        ask(page, "What do you grow on your balcony?", 2)
+        assert page.locator(".turn").count() == 0  # another model: a new conversation
+        ask(page, "What do you grow on your balcony?", 1)
         memories = page.locator("#memories li").all_text_contents()
         page.screenshot(path=str(ARTIFACTS / "chat_page_avatar.png"), full_page=True)
     assert soup_answer is not None
