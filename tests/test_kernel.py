@@ -46,3 +46,30 @@ def test_prefill_after_a_shared_prefix_matches_full_prefill(embedded_model):
         torch.testing.assert_close(
             logits[row], _hf_next_logits(embedded_model.model, prefix + tail), atol=2e-3, rtol=1e-4
         )
+
+
+def test_refreshing_edited_projections_matches_a_kernel_built_afresh():
+    import pytest
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from personalm.models.llama_kernel import LlamaWeights
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    weights = LlamaWeights(model)
+    kernel = LlamaKernel(weights, slots=1, max_len=16)
+    seq = [[1, 5, 9, 3]]
+    before = kernel.prefill(0, seq).clone()
+    edited = ["model.layers.1.self_attn.v_proj", "model.layers.0.mlp.up_proj"]
+    with torch.no_grad():
+        for name in edited:
+            model.get_submodule(name).weight.add_(0.5)
+    torch.testing.assert_close(kernel.prefill(0, seq), before)  # the packed copy does not see edits ...
+    weights.refresh(model, edited)  # ... until refreshed
+    expected = LlamaKernel(model, slots=1, max_len=16).prefill(0, seq)
+    torch.testing.assert_close(kernel.prefill(0, seq), expected)
+    assert not torch.allclose(expected, before)
+    with pytest.raises(ValueError, match="not a projection"):
+        weights.refresh(model, ["lm_head"])

@@ -47,6 +47,12 @@ def serve(
         envvar="PERSONALM_AVATAR_STORE",
         help="Avatar memory: a SQLite file or postgresql://... (default PERSONALM_HOME/avatars/memory.db).",
     ),
+    soups: Path = typer.Option(
+        None,
+        help="Folder written by `personalm soups train` (an adapter per pole, optionally pmorl): "
+        "serves models `soup` and `pmorl`, which take `preference_weights`.",
+    ),
+    preferences: Path = typer.Option(None, help="YAML/JSON of extra preference dimensions (as for `soups train`)."),
 ) -> None:
     """Serve models, adapters, soups and avatars over an OpenAI-compatible API, with a chat page at /."""
     if not admin_key and not _loopback(host):
@@ -59,10 +65,21 @@ def serve(
     from personalm.serve.catalog import Catalog
 
     catalog = Catalog(model or None, _adapters(adapter or []), slots=max_batch, max_len=max_len)
+    soup_models = None
+    if soups is not None:
+        from personalm.serve.soups import SoupModels
+        from personalm.soups.preferences import Preferences
+
+        base = next(iter(catalog.entries))
+        soup_models = SoupModels(soups, base, Preferences.load(preferences), slots=max_batch, max_len=max_len)
+        soup_models.register(catalog)
     keys = KeyStore(keys_db or home() / "serve" / "keys.db", admin_key or os.environ.get("PERSONALM_ADMIN_KEY"))
     memory = AvatarMemory(avatar_store)
     try:
-        uvicorn.run(create_app(catalog, keys, memory=memory), host=host, port=port, log_level="warning")
+        app = create_app(catalog, keys, memory=memory, soups=soup_models)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         catalog.close()
+        if soup_models is not None:
+            soup_models.close()
         memory.close()

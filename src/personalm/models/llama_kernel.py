@@ -9,6 +9,9 @@ oneDNN (packed_linear.py). `personalm bench generate` measures the end-to-end ga
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,20 +32,33 @@ def supports(model: torch.nn.Module) -> bool:
     )
 
 
+_PARTS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
+          "up_proj": "gate_up", "down_proj": "down"}  # fmt: skip
+
+
 class _Layer:
     def __init__(self, layer: torch.nn.Module, rows_hint: int):
-        attn, mlp = layer.self_attn, layer.mlp
         self.ln_attn = layer.input_layernorm.weight
         self.ln_mlp = layer.post_attention_layernorm.weight
-        qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).contiguous()
-        self.qkv = PackedLinear(qkv, rows_hint)
-        self.o = PackedLinear(attn.o_proj.weight, rows_hint)
-        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous()
-        self.gate_up = PackedLinear(gate_up, rows_hint)
-        self.down = PackedLinear(mlp.down_proj.weight, rows_hint)
+        for part in ("qkv", "o", "gate_up", "down"):
+            self.pack(layer, part, rows_hint)
+
+    def pack(self, layer: torch.nn.Module, part: str, rows_hint: int) -> None:
+        """Fuse and prepack one projection from the layer's current weights."""
+        attn, mlp = layer.self_attn, layer.mlp
+        if part == "qkv":
+            weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).contiguous()
+        elif part == "gate_up":
+            weight = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous()
+        else:
+            weight = attn.o_proj.weight if part == "o" else mlp.down_proj.weight
+        setattr(self, part, PackedLinear(weight, rows_hint))
 
 
 PACK_ROWS_HINT = 32
+
+
+_LAYER_MODULE = re.compile(r"^model\.layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<proj>\w+)$")
 
 
 class LlamaWeights:
@@ -59,6 +75,19 @@ class LlamaWeights:
         self.norm = inner.norm.weight
         self.lm_head = PackedLinear(model.lm_head.weight, PACK_ROWS_HINT)
         self.layers = [_Layer(layer, PACK_ROWS_HINT) for layer in inner.layers]
+
+    def refresh(self, model: torch.nn.Module, modules: Iterable[str]) -> None:
+        """Re-fuse and re-pack only the projections of `modules` (names as in `named_modules`,
+        e.g. `model.layers.3.self_attn.q_proj`) after their weights were edited in place, as a soup
+        merge does. Kernels built on these weights see the change; none may be running meanwhile."""
+        stale: set[tuple[int, str]] = set()
+        for name in modules:
+            match = _LAYER_MODULE.match(name)
+            if match is None or match["proj"] not in _PARTS:
+                raise ValueError(f"module {name!r} is not a projection the kernel packs")
+            stale.add((int(match["layer"]), _PARTS[match["proj"]]))
+        for index, part in sorted(stale):
+            self.layers[index].pack(model.model.layers[index], part, PACK_ROWS_HINT)
 
 
 class LlamaKernel:

@@ -11,7 +11,9 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -20,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from personalm.errors import PersonalmError
 from personalm.models.base import SamplingParams, prompt_key
 from personalm.models.sampling import row_generator
 from personalm.serve.auth import KeyStore, Principal
@@ -32,6 +35,23 @@ from personalm.serve.text_stream import TextStream
 DEFAULT_MAX_TOKENS = 256
 AVATAR_PREFIX = "avatar:"
 DISCONNECT_POLL_S = 0.25
+PREFERENCE_KINDS = ("soup", "pmorl")
+
+
+@dataclass
+class Target:
+    """What answers a request: the model (to encode and decode), its token budget, whether the
+    batching engine runs it, and `session()`, held while generating, which yields that engine."""
+
+    model: Any
+    budget: int
+    batched: bool
+    session: Callable[[], AbstractAsyncContextManager]
+
+
+@asynccontextmanager
+async def _given(engine) -> AsyncIterator[Any]:
+    yield engine
 
 
 class ApiError(HTTPException):
@@ -53,9 +73,10 @@ def _validation_message(err: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=None) -> FastAPI:
-    """Build the app around a model catalog, a key store and (optionally) avatar memory, all
-    owned by the caller. With memory, every avatar is the model `avatar:NAME`."""
+def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=None, soups=None) -> FastAPI:
+    """Build the app around a model catalog, a key store and (optionally) avatar memory and soups,
+    all owned by the caller. With memory, every avatar is the model `avatar:NAME`; with soups
+    (a SoupModels, registered in the catalog), `soup` and `pmorl` take `preference_weights`."""
     app = FastAPI(title="personalm", version="0.1.0", description="OpenAI-compatible API of personalm")
     app.add_middleware(BodySizeLimit)
     state: dict[str, Any] = {}
@@ -111,16 +132,52 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=N
                       "kind": "avatar", "avatar": n} for n in names if who.may_use_avatar(n)]  # fmt: skip
         return {"object": "list", "data": data}
 
+    async def target(model_id: str) -> Target:
+        model, engine = await asyncio.to_thread(catalog.load, model_id)
+        budget = engine.max_len if engine else model.context_length
+        return Target(model, budget, engine is not None, lambda: _given(engine))
+
+    async def soup_target(weights: dict[str, float]) -> Target:
+        try:
+            model = await asyncio.to_thread(soups.model)
+        except PersonalmError as err:
+            raise ApiError(500, f"the soup cannot be served: {err}", "engine_error") from err
+        return Target(model, soups.budget, soups.batched, lambda: soups.session(weights))
+
+    def preference_weights(entry, body) -> dict[str, float] | None:
+        """The checked weights for `soup`/`pmorl`; other models refuse them rather than ignore them."""
+        if entry is None or entry.kind not in PREFERENCE_KINDS:
+            if body.preference_weights is not None:
+                raise ApiError(400, f"preference_weights: model '{body.model}' takes none (models soup and pmorl do)")
+            return None
+        try:
+            return soups.weights(entry.id, body.preference_weights)
+        except PersonalmError as err:
+            raise ApiError(400, f"preference_weights: {err}") from None
+
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request, who: Principal = Depends(principal)):
         messages = [m.model_dump() for m in body.messages]
         limit = body.max_completion_tokens or body.max_tokens
         if body.model.startswith(AVATAR_PREFIX):
+            preference_weights(None, body)
             return await _avatar_chat(request, body, messages, limit, who)
         entry = entry_for(body.model, who)
-        model, _ = await asyncio.to_thread(catalog.load, entry.id)
-        ids = model.encode_prompt(messages)
-        return await _complete(request, entry.id, [(ids, messages)], body, limit, chat=True)
+        weights = preference_weights(entry, body)
+        if weights is None:
+            run = await target(entry.id)
+            ids = run.model.encode_prompt(messages)
+            return await _complete(request, run, [(ids, messages)], body, limit, chat=True, shown_id=entry.id)
+        prompt = soups.prompt(weights)
+        if entry.kind == "pmorl" and not (prompt and body.preference_prompt):
+            raise ApiError(400, "model 'pmorl' learned the preferences from its system prompt: give a positive "
+                           "weight to at least one pole and keep preference_prompt on")  # fmt: skip
+        if body.preference_prompt:
+            messages = soups.with_system(messages, prompt)
+        run = await (soup_target(weights) if entry.kind == "soup" else target(entry.id))
+        ids = run.model.encode_prompt(messages)
+        return await _complete(request, run, [(ids, messages)], body, limit, chat=True, shown_id=entry.id,
+                               extra={"preference_weights": weights})  # fmt: skip
 
     async def _avatar_chat(request: Request, body: ChatRequest, messages, limit, who: Principal):
         """Retrieval in the store (scoped to this avatar), then the base model answers in their voice."""
@@ -134,9 +191,8 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=N
             raise ApiError(403, f"this key may not use model '{body.model}'", "permission_denied")
         if messages[-1]["role"] != "user":
             raise ApiError(400, "messages: an avatar answers the last message, which must be the user's")
-        base = next(e.id for e in catalog.entries.values() if e.kind == "base")
-        model, _ = await asyncio.to_thread(catalog.load, base)
-        talk = AvatarChat(memory, name, model)
+        base = await target(next(e.id for e in catalog.entries.values() if e.kind == "base"))
+        talk = AvatarChat(memory, name, base.model)
         talk.history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
         question = messages[-1]["content"]
         recall = await asyncio.to_thread(memory.recall, name, question, talk.exemplars, talk.facts)
@@ -147,26 +203,29 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=N
         if not supported:
             return _fixed_reply(DONT_KNOW, body, extra)
         composed = await asyncio.to_thread(talk.compose, question, recall)  # reads the profile from the store
-        ids = model.encode_prompt(composed)
+        ids = base.model.encode_prompt(composed)
         return await _complete(request, base, [(ids, composed)], body, limit, chat=True, shown_id=body.model,
                                extra=extra)  # fmt: skip
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal)):
         entry = entry_for(body.model, who)
-        model, _ = await asyncio.to_thread(catalog.load, entry.id)
+        if entry.kind == "pmorl":
+            raise ApiError(400, "model 'pmorl' learned the preferences from a system prompt: use /v1/chat/completions")
+        weights = preference_weights(entry, body)
         if body.stream and len(body.prompt) > 1:
             raise ApiError(400, "stream supports one prompt per request")
-        prompts = [(model.encode_prompt(p), p) for p in body.prompt]
-        return await _complete(request, entry.id, prompts, body, body.max_tokens, chat=False)
+        run = await (target(entry.id) if weights is None else soup_target(weights))
+        prompts = [(run.model.encode_prompt(p), p) for p in body.prompt]
+        extra = None if weights is None else {"preference_weights": weights}
+        return await _complete(request, run, prompts, body, body.max_tokens, chat=False, shown_id=entry.id,
+                               extra=extra)  # fmt: skip
 
-    async def _complete(request: Request, model_id: str, prompts, body, limit: int | None, chat: bool,
-                        shown_id: str | None = None, extra: dict[str, Any] | None = None):  # fmt: skip
-        """Generate for prompts on `model_id`; responses name `shown_id` (an avatar answers through
-        its base model) and carry `extra` fields (an avatar's retrieved memories)."""
-        model, engine = catalog.load(model_id)
-        shown, extra = shown_id or model_id, extra or {}
-        budget = engine.max_len if engine else model.context_length
+    async def _complete(request: Request, run: Target, prompts, body, limit: int | None, chat: bool, shown_id: str,
+                        extra: dict[str, Any] | None = None):  # fmt: skip
+        """Generate for prompts on `run`; responses name `shown_id` (an avatar answers through its base
+        model) and carry `extra` fields (an avatar's retrieved memories, a soup's weights)."""
+        model, budget, shown, extra = run.model, run.budget, shown_id, extra or {}
         for ids, _ in prompts:
             if len(ids) >= budget:
                 raise ApiError(400, f"prompt of {len(ids)} tokens does not fit the {budget}-token context")
@@ -183,21 +242,35 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=N
             generator = None if params.greedy else row_generator(params.seed, prompt_key(prompt), 0)
             runs.append((ids, params, generator))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        if engine is None:
-            return await _complete_unbatched(model, shown, [p for _, p in prompts], runs[0][1], rid, chat) | extra
+        if not run.batched:
+            async with run.session():
+                generations = await _complete_unbatched(model, shown, [p for _, p in prompts], runs[0][1], rid, chat)
+            return generations | extra
         if body.stream:
             ids, params, generator = runs[0]
             usage = body.stream_options is not None and body.stream_options.include_usage
-            events = _sse(
-                engine.stream(ids, params, generator), model, shown, rid, params, chat, usage, len(ids), extra
-            )
-            return StreamingResponse(events, media_type="text/event-stream")
-        tasks = [asyncio.ensure_future(_collect(engine, model, *run)) for run in runs]
-        done = asyncio.ensure_future(asyncio.gather(*tasks))
+
+            async def events() -> AsyncIterator[str]:
+                try:
+                    async with run.session() as engine:  # held to the end of the stream (a soup keeps its weights)
+                        stream = engine.stream(ids, params, generator)
+                        async for event in _sse(stream, model, shown, rid, params, chat, usage, len(ids), extra):
+                            yield event
+                except EngineError as err:
+                    yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'server_error'}})}\n\n"
+                    yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        async def generate() -> list[tuple[str, str, int]]:
+            async with run.session() as engine:  # a soup request may wait here for its weights
+                return await asyncio.gather(*(_collect(engine, model, *r) for r in runs))
+
+        done = asyncio.ensure_future(generate())
         while not done.done():
             await asyncio.wait({done}, timeout=DISCONNECT_POLL_S)
             if not done.done() and await request.is_disconnected():
-                done.cancel()
+                done.cancel()  # waiting or generating, the request stops here
                 raise ApiError(499, "client closed the request", "client_closed")
         try:
             results = done.result()
@@ -259,7 +332,7 @@ def create_app(catalog: Catalog, keys: KeyStore, embedder_factory=None, memory=N
         from personalm.serve.avatar_routes import avatar_router
 
         app.include_router(avatar_router(memory, principal, ApiError))
-    app.state.catalog, app.state.keys, app.state.memory = catalog, keys, memory
+    app.state.catalog, app.state.keys, app.state.memory, app.state.soups = catalog, keys, memory, soups
     return app
 
 

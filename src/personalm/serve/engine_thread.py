@@ -73,6 +73,11 @@ class ServingEngine:
             if not finished:
                 self._inbox.put(("cancel", ticket, None))
 
+    def weights_edited(self, modules) -> None:
+        """Re-pack the kernel's copy of the weights of `modules`, edited in place (a soup merge).
+        Only while no request is in flight: the caller guarantees the engine is idle."""
+        self.batcher.kernel.weights.refresh(self.model.model, modules)
+
     def close(self) -> None:
         self._closed = True
         self._inbox.put(("close", None, None))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 MAX_TOKENS_LIMIT = 1024
 MAX_TEXT_CHARS = 32_000
 MAX_ITEMS = 256
+MAX_POLES = 64
+MAX_WEIGHT = 10.0
+Weight = Annotated[float, Strict(), Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 
 
 class ChatMessage(BaseModel):
@@ -35,6 +38,12 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = Field(default=None, max_length=256)
+    preference_weights: dict[str, Weight] | None = Field(
+        default=None,
+        max_length=MAX_POLES,
+        description=f"Models `soup` and `pmorl` only: weight per preference pole (-{MAX_WEIGHT:g} to {MAX_WEIGHT:g}), "
+        'e.g. {"expertise.elementary": 0.5, "style.friendly": 0.5}.',
+    )
 
     @field_validator("stop")
     @classmethod
@@ -48,7 +57,10 @@ class SamplingFields(BaseModel):
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_ITEMS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    preference_weights: dict[str, float] | None = None
+    preference_prompt: bool = Field(
+        default=True,
+        description="Models `soup` and `pmorl`: state the preferences in the system message, as in training.",
+    )
 
 
 class CompletionRequest(SamplingFields):

@@ -140,12 +140,27 @@ def parse_weights(text: str, known: Sequence[str]) -> dict[str, float]:
         if not math.isfinite(weight):
             raise PersonalmError(f"weight {item!r} must be finite")
         if name not in known:
-            raise PersonalmError(f"weight {item!r}: unknown preference '{name}' (known: {', '.join(known)})")
+            raise PersonalmError(f"weight {item!r}: {_unknown(name, known)}")
         if name in weights:
             raise PersonalmError(f"weight for '{name}' given twice")
         weights[name] = weight
     check_weights(weights)
     return weights
+
+
+def check_named_weights(weights: Mapping[str, float], known: Sequence[str]) -> dict[str, float]:
+    """Weights that arrive as a mapping (a request's JSON), checked like `parse_weights` checks text."""
+    for name, weight in weights.items():
+        if not math.isfinite(weight):
+            raise PersonalmError(f"weight for '{name}' must be finite")
+        if name not in known:
+            raise PersonalmError(f"weight for '{name}': {_unknown(name, known)}")
+    check_weights(weights)
+    return {name: float(weight) for name, weight in weights.items()}
+
+
+def _unknown(name: str, known: Sequence[str]) -> str:
+    return f"unknown preference '{name}' (known: {', '.join(known)})"
 
 
 def check_weights(weights: Mapping[str, float]) -> None:
