@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
+from personalm.errors import PersonalmError
 from personalm.models.base import TokenScores
 from personalm.paths import data_dir
 from personalm.perce import metrics
 from personalm.perce.contrast import TokenInfluence
-from personalm.perce.experiment import ExperimentConfig, aggregate
+from personalm.perce.experiment import ExperimentConfig, aggregate, parse_sweep, sweep_name, sweep_table
 from personalm.perce.report import markdown_table, write_report
 
 PERSONA = "I love to bake cookies.\nI have two dogs."
@@ -123,13 +124,36 @@ def test_report_writes_json_plots_and_html(tmp_path):
         "versions": {},
     }
     row = {"persona": PERSONA, "context": [{"role": "user", "content": "hi <b>"}], "reply": "I bake cookies"}
-    write_report(tmp_path, results, _fake_runs(2), [row] * 3, [row], pir)
+    runs = _fake_runs(2)
+    runs[sweep_name(0.5, 10.0, 0)] = runs["perce-seed0"]
+    results["sweep"] = sweep_table(runs, ExperimentConfig(out="o", data="x", seeds=2, sweep=((0.5, 10.0),)))
+    write_report(tmp_path, results, runs, [row] * 3, [row], pir)
     assert json.loads((tmp_path / "results.json").read_text())["perce_rougeL"] == results["perce_rougeL"]
-    for name in ("metrics.png", "training.png", "pir_precision.png"):
+    for name in ("metrics.png", "training.png", "pir_precision.png", "clip_sweep.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "report.html").read_text()
     assert "hi &lt;b&gt;" in page and "PIR +3.00" in page and "PerCE better in 2/2 seeds" in page
+    assert "<td>PerCE m=0.5 M=10</td><td>0.1600</td>" in page
     assert "| ROUGE-L F1 | 0.1000 | 0.1500 ± 0.0000 | 0.1650 ± 0.0071 | +0.0150 |" in markdown_table(results)
+
+
+def test_sweep_bounds_parse_and_bad_ones_fail():
+    assert parse_sweep("0.5:10, 1:3,") == ((0.5, 10.0), (1.0, 3.0)) and parse_sweep("") == ()
+    for bad in ("0.5", "a:b", "1:2:3"):
+        with pytest.raises(PersonalmError, match="m:M pairs"):
+            parse_sweep(bad)
+
+
+def test_sweep_table_compares_clip_bounds_with_ce_on_the_sweep_seed(tmp_path):
+    config = ExperimentConfig(out=str(tmp_path), data="x", seeds=2, sweep=((0.5, 10.0), (0.8, 5.0)))
+    runs = _fake_runs(2)
+    runs[sweep_name(0.5, 10.0, 0)] = runs["perce-seed0"] | {"rougeL": 0.3}
+    table = sweep_table(runs, config)
+    assert [row["run"] for row in table] == ["ce-seed0", "perce-seed0", "perce-seed0-m0.5-M10"]
+    assert table[0]["weight_mean"] is None and table[1]["clip_max"] == 5.0 and table[2]["rougeL"] == 0.3
+    assert table[2]["weight_mean"] == 1.2
+    assert sweep_table(runs, ExperimentConfig(out="o", data="x", seeds=2, sweep_seed=2)) == []
+    assert ExperimentConfig(out="o", data="x", seeds=2, sweep=()).fingerprint() == config.fingerprint()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -149,6 +173,8 @@ def test_cli_errors_are_one_line(tmp_path):
         (("explain", str(nopersona)), "np.jsonl:1:"),
         (("explain", "--persona", "p", "--response", "r", "-m", "nope"), "unknown model 'nope'"),
         (("perce", "experiment", "--data", str(tmp_path), "-o", str(tmp_path / "r")), "valid.csv: no such file"),
+        (("perce", "experiment", "--sweep", "1:x", "-o", str(tmp_path / "r")), "--sweep: expected m:M pairs"),
+        (("perce", "experiment", "--sweep", "3:1", "-o", str(tmp_path / "r")), "m must not exceed M"),
     ):
         run = _cli(*args)
         assert run.returncode == 2, (args, run.stderr[-1500:])

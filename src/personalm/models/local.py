@@ -243,10 +243,11 @@ class LocalModel(TextModel):
             seq = ctx + cont
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        logprobs = F.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
         for row, ((ctx, cont), index) in enumerate(zip(pairs, indices, strict=True)):
-            positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
-            values = logprobs[row, positions, torch.tensor(cont, dtype=torch.long)].tolist()
+            # softmax over the continuation's rows only: a whole-batch log_softmax doubles peak memory
+            rows = F.log_softmax(logits[row, len(ctx) - 1 : len(ctx) + len(cont) - 1].float(), dim=-1)
+            values = rows[torch.arange(len(cont)), torch.tensor(cont, dtype=torch.long)].tolist()
             tokens = self.tokenizer.convert_ids_to_tokens(cont)
             scores[index] = TokenScores(
                 tokens=[self.tokenizer.convert_tokens_to_string([t]) for t in tokens], logprobs=values

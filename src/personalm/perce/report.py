@@ -48,6 +48,8 @@ def write_report(out: Path, results: dict, runs: dict, test: list[dict], pir_row
     _plot_metrics(out / "metrics.png", results)
     _plot_training(out / "training.png", runs, results["config"]["seeds"])
     _plot_pir(out / "pir_precision.png", results)
+    if results.get("sweep"):
+        _plot_sweep(out / "clip_sweep.png", results["sweep"])
     (out / "report.html").write_text(_html(results, runs, test, pir_rows, pir))
 
 
@@ -115,6 +117,43 @@ def _plot_pir(path: Path, results: dict) -> None:
     plt.close(fig)
 
 
+def sweep_label(row: dict) -> str:
+    return "CE" if row["arm"] == "ce" else f"PerCE m={row['clip_min']:g} M={row['clip_max']:g}"
+
+
+def _plot_sweep(path: Path, sweep: list[dict]) -> None:
+    """Held-out ROUGE-L and persona-term recall per clip setting on one seed, CE as the dashed line."""
+    plt = _plt()
+    perce = [row for row in sweep if row["arm"] == "perce"]
+    ce = next(row for row in sweep if row["arm"] == "ce")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("rougeL", "persona_recall"), strict=True):
+        ax.bar(range(len(perce)), [row[metric] for row in perce], color=COLOURS["perce"])
+        ax.axhline(ce[metric], color=COLOURS["ce"], linestyle="--", label="CE, same seed")
+        ax.set_xticks(range(len(perce)), [f"m={r['clip_min']:g}\nM={r['clip_max']:g}" for r in perce])
+        ax.set_title(LABELS[metric], fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"PerCE clip bounds (seed {ce['seed']}), held-out persona-chat")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sweep_html(sweep: list[dict]) -> str:
+    """The clip-bound sweep as a table and its plot (empty when no sweep ran)."""
+    if not sweep:
+        return ""
+    cells = []
+    for row in sweep:
+        weight = "" if row["weight_mean"] is None else f"{row['weight_mean']:.3f}"
+        values = [sweep_label(row), f"{row['rougeL']:.4f}", f"{row['persona_recall']:.4f}", f"{row['similarity']:.4f}"]
+        cells.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in [*values, weight]) + "</tr>")
+    return f"""<h2>Clip bounds (seed {sweep[0]["seed"]})</h2>
+<table><tr><th>run</th><th>ROUGE-L</th><th>persona-term recall</th><th>MiniLM cosine</th><th>mean weight</th></tr>
+{"".join(cells)}</table><img src="clip_sweep.png" alt="clip sweep">
+"""
+
+
 def _html(results: dict, runs: dict, test: list[dict], pir_rows: list[dict], pir: dict) -> str:
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in headline_rows(results)
@@ -153,6 +192,7 @@ Paired by seed: {delta_note}. Run took {results["seconds"]} s.</p>
 <b>{results["pir_precision_at_k"]:.3f}</b> vs <b>{results["random_precision_at_k"]:.3f}</b> for random tokens
 ({results["pir_examples_with_persona_tokens"]} replies that contain persona words).</p>
 <img src="metrics.png" alt="metrics"><br><img src="training.png" alt="training"><img src="pir_precision.png" alt="pir">
+{_sweep_html(results.get("sweep", []))}
 <h2>Sample replies (seed 0)</h2>
 <table><tr><th>persona</th><th>last turn</th><th>reference</th><th>CE</th><th>PerCE</th></tr>{samples}</table>
 <h2>Which reference tokens depend on the persona (base model PIR)</h2>{legend()}
