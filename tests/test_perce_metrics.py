@@ -110,6 +110,8 @@ def test_aggregate_reports_mean_spread_and_paired_deltas(tmp_path):
     assert results["perce_rougeL"] == pytest.approx(0.17) and results["perce_rougeL_std"] == pytest.approx(0.01)
     assert results["perce_minus_ce_rougeL"] == pytest.approx(0.02) and results["perce_wins_rougeL"] == 3
     assert results["ce_similarity_std"] == 0.0 and results["perce_wins_similarity"] == 0
+    assert results["perce_weights"] == {"weight_mean": 1.2, "frac_clip_min": 0.7, "frac_clip_max": 0.02}
+    assert results["final_train_ce"] == {"ce": 1.6, "perce": 1.6}
 
 
 def test_report_writes_json_plots_and_html(tmp_path):
@@ -134,6 +136,7 @@ def test_report_writes_json_plots_and_html(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "hi &lt;b&gt;" in page and "PIR +3.00" in page and "PerCE better in 2/2 seeds" in page
     assert "<td>PerCE m=0.5 M=10</td><td>0.1600</td>" in page
+    assert "70.0% of\nthe reply tokens at the lower bound" in page
     assert "| ROUGE-L F1 | 0.1000 | 0.1500 ± 0.0000 | 0.1650 ± 0.0071 | +0.0150 |" in markdown_table(results)
 
 

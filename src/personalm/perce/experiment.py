@@ -333,4 +333,13 @@ def aggregate(runs: dict[str, dict], pir: dict, config: ExperimentConfig) -> dic
     results["pir_k"] = pir["k"]
     results["pir_examples_with_persona_tokens"] = pir["examples_with_persona_tokens"]
     results["train_seconds"] = {name: run["train_seconds"] for name, run in runs.items() if "train_seconds" in run}
+    perce_logs = [runs[f"perce-seed{s}"]["train_log"] for s in range(config.seeds)]
+    results["perce_weights"] = {
+        key: round(statistics.fmean(step[key] for log in perce_logs for step in log), 4)
+        for key in ("weight_mean", "frac_clip_min", "frac_clip_max")
+    }  # over every step of every seed: how far PerCE's weighting is from plain CE's
+    results["final_train_ce"] = {
+        "ce": round(statistics.fmean(runs[f"ce-seed{s}"]["train_log"][-1]["loss"] for s in range(config.seeds)), 4),
+        "perce": round(statistics.fmean(log[-1]["ce"] for log in perce_logs), 4),
+    }
     return results

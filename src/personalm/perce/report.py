@@ -159,6 +159,7 @@ def _html(results: dict, runs: dict, test: list[dict], pir_rows: list[dict], pir
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in headline_rows(results)
     )
     seeds = results["config"]["seeds"]
+    weights, final = results["perce_weights"], results["final_train_ce"]
     examples = [
         Explained(
             row["persona"],
@@ -191,6 +192,9 @@ Paired by seed: {delta_note}. Run took {results["seconds"]} s.</p>
 <p>PIR precision@{results["pir_k"]} of the base model's top-PIR reply tokens against the persona's words:
 <b>{results["pir_precision_at_k"]:.3f}</b> vs <b>{results["random_precision_at_k"]:.3f}</b> for random tokens
 ({results["pir_examples_with_persona_tokens"]} replies that contain persona words).</p>
+<p>PerCE's token weights over all steps and seeds: mean {weights["weight_mean"]:.3f}; {weights["frac_clip_min"]:.1%} of
+the reply tokens at the lower bound m, {weights["frac_clip_max"]:.1%} at the upper bound M. Plain CE of the training
+tokens at the last step (mean over seeds): CE run {final["ce"]:.3f}, PerCE run {final["perce"]:.3f}.</p>
 <img src="metrics.png" alt="metrics"><br><img src="training.png" alt="training"><img src="pir_precision.png" alt="pir">
 {_sweep_html(results.get("sweep", []))}
 <h2>Sample replies (seed 0)</h2>
