@@ -148,14 +148,15 @@ def test_sweep_bounds_parse_and_bad_ones_fail():
 
 
 def test_sweep_table_compares_clip_bounds_with_ce_on_the_sweep_seed(tmp_path):
-    config = ExperimentConfig(out=str(tmp_path), data="x", seeds=2, sweep=((0.5, 10.0), (0.8, 5.0)))
+    config = ExperimentConfig(out=str(tmp_path), data="x", seeds=2, sweep=((0.5, 10.0), (0.8, 5.0)), sweep_seeds=2)
     runs = _fake_runs(2)
     runs[sweep_name(0.5, 10.0, 0)] = runs["perce-seed0"] | {"rougeL": 0.3}
+    runs[sweep_name(0.5, 10.0, 1)] = runs["perce-seed1"] | {"rougeL": 0.2}
     table = sweep_table(runs, config)
-    assert [row["run"] for row in table] == ["ce-seed0", "perce-seed0", "perce-seed0-m0.5-M10"]
-    assert table[0]["weight_mean"] is None and table[1]["clip_max"] == 5.0 and table[2]["rougeL"] == 0.3
-    assert table[2]["weight_mean"] == 1.2
-    assert sweep_table(runs, ExperimentConfig(out="o", data="x", seeds=2, sweep_seed=2)) == []
+    assert [(row["arm"], row["clip_min"]) for row in table] == [("ce", None), ("perce", 0.8), ("perce", 0.5)]
+    assert table[0]["weight_mean"] is None and table[1]["clip_max"] == 5.0 and table[2]["weight_mean"] == 1.2
+    assert table[2]["rougeL"] == 0.25 and table[2]["rougeL_per_seed"] == [0.3, 0.2] and table[1]["seeds"] == 2
+    assert sweep_table(runs, ExperimentConfig(out="o", data="x", seeds=2, sweep_seeds=0)) == []
     assert ExperimentConfig(out="o", data="x", seeds=2, sweep=()).fingerprint() == config.fingerprint()
 
 

@@ -69,13 +69,13 @@ class ExperimentConfig:
     clip_max: float = 5.0
     split_seed: int = 0
     test_fraction: float = 0.2
-    sweep: tuple[tuple[float, float], ...] = DEFAULT_SWEEP  # extra (m, M) for PerCE, on seed `sweep_seed`
-    sweep_seed: int = 0
+    sweep: tuple[tuple[float, float], ...] = DEFAULT_SWEEP  # extra (m, M) for PerCE
+    sweep_seeds: int = 1  # the sweep trains seeds 0 .. sweep_seeds-1 (at most `seeds`)
 
     def fingerprint(self) -> str:
         """Everything that changes a run's adapters or scores (not where the report goes, nor which
         sweep points run: each sweep point has its own run folder, named by its bounds)."""
-        settings = {k: v for k, v in asdict(self).items() if k not in ("out", "sweep", "sweep_seed")}
+        settings = {k: v for k, v in asdict(self).items() if k not in ("out", "sweep", "sweep_seeds")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -125,6 +125,8 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
     for clip_min, clip_max in config.sweep:
         if not clip_min <= clip_max:
             raise PersonalmError(f"sweep point m={clip_min:g}, M={clip_max:g}: m must not exceed M")
+    if config.sweep_seeds > config.seeds:
+        raise PersonalmError(f"--sweep-seeds {config.sweep_seeds} exceeds --seeds {config.seeds}")
 
     conversations = load_conversations(data / "persona_chat" / "valid.csv")
     train_convs, test_convs = split(conversations, config.test_fraction, config.split_seed)
@@ -170,10 +172,11 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
             runs[f"{arm}-seed{seed}"] = trained(f"{arm}-seed{seed}", arm, seed, default)
     pir = _pir_check(work / "eval" / "pir.json", base_path, pir_rows, config, log)
     release_memory()
-    for bounds in config.sweep:
-        if bounds != default:
-            name = sweep_name(*bounds, config.sweep_seed)
-            runs[name] = trained(name, "perce", config.sweep_seed, bounds, items=[])
+    for seed in range(config.sweep_seeds):
+        for bounds in config.sweep:
+            if bounds != default:
+                name = sweep_name(*bounds, seed)
+                runs[name] = trained(name, "perce", seed, bounds, items=[])
 
     results = aggregate(runs, pir, config)
     results["sweep"] = sweep_table(runs, config)
@@ -287,24 +290,29 @@ def _pir_check(path: Path, base: Path, rows: list[dict], config: ExperimentConfi
 
 
 def sweep_table(runs: dict[str, dict], config: ExperimentConfig) -> list[dict]:
-    """One row per clip setting on the sweep seed (the default bounds first, then the sweep), with
-    CE on the same seed as the reference; held-out metrics and the run's mean PerCE weight."""
-    seed = config.sweep_seed
-    if seed >= config.seeds:
-        return []
+    """One row per clip setting (CE first as the reference, then PerCE's default bounds, then the
+    sweep): held-out metrics as the mean over the sweep seeds plus per-seed values, and the mean
+    PerCE token weight over training."""
+    seeds = range(config.sweep_seeds)
     default = (config.clip_min, config.clip_max)
-    rows = [("ce", None, None, f"ce-seed{seed}"), ("perce", *default, f"perce-seed{seed}")]
-    rows += [("perce", m, big_m, sweep_name(m, big_m, seed)) for m, big_m in config.sweep if (m, big_m) != default]
+    rows = [("ce", None, None, lambda s: f"ce-seed{s}"), ("perce", *default, lambda s: f"perce-seed{s}")]
+    rows += [
+        ("perce", m, big_m, lambda s, m=m, big_m=big_m: sweep_name(m, big_m, s))
+        for m, big_m in config.sweep
+        if (m, big_m) != default
+    ]
     table = []
     for arm, clip_min, clip_max, name in rows:
-        run = runs[name]
-        weights = [step["weight_mean"] for step in run["train_log"] if "weight_mean" in step and arm == "perce"]
-        table.append(
-            {"run": name, "arm": arm, "seed": seed, "clip_min": clip_min, "clip_max": clip_max}
-            | {metric: round(run[metric], 4) for metric in ("rougeL", "persona_recall", "similarity")}
-            | {"weight_mean": round(statistics.fmean(weights), 4) if weights else None}
-        )
-    return table
+        chosen = [runs[name(s)] for s in seeds]
+        row = {"arm": arm, "clip_min": clip_min, "clip_max": clip_max, "seeds": len(chosen)}
+        for metric in ("rougeL", "persona_recall", "similarity"):
+            values = [run[metric] for run in chosen]
+            row[metric] = round(statistics.fmean(values), 4) if values else None
+            row[f"{metric}_per_seed"] = [round(v, 4) for v in values]
+        weights = [step["weight_mean"] for run in chosen for step in run["train_log"] if "weight_mean" in step]
+        row["weight_mean"] = round(statistics.fmean(weights), 4) if weights and arm == "perce" else None
+        table.append(row)
+    return table if config.sweep_seeds else []
 
 
 def _spread(values: list[float]) -> float:

@@ -129,11 +129,14 @@ def _plot_sweep(path: Path, sweep: list[dict]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric in zip(axes, ("rougeL", "persona_recall"), strict=True):
         ax.bar(range(len(perce)), [row[metric] for row in perce], color=COLOURS["perce"])
-        ax.axhline(ce[metric], color=COLOURS["ce"], linestyle="--", label="CE, same seed")
+        for x, row in enumerate(perce):
+            values = row[f"{metric}_per_seed"]
+            ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+        ax.axhline(ce[metric], color=COLOURS["ce"], linestyle="--", label="CE, same seeds")
         ax.set_xticks(range(len(perce)), [f"m={r['clip_min']:g}\nM={r['clip_max']:g}" for r in perce])
         ax.set_title(LABELS[metric], fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle(f"PerCE clip bounds (seed {ce['seed']}), held-out persona-chat")
+    fig.suptitle(f"PerCE clip bounds, held-out persona-chat (bars: mean of {ce['seeds']} seed(s); dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -148,7 +151,7 @@ def _sweep_html(sweep: list[dict]) -> str:
         weight = "" if row["weight_mean"] is None else f"{row['weight_mean']:.3f}"
         values = [sweep_label(row), f"{row['rougeL']:.4f}", f"{row['persona_recall']:.4f}", f"{row['similarity']:.4f}"]
         cells.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in [*values, weight]) + "</tr>")
-    return f"""<h2>Clip bounds (seed {sweep[0]["seed"]})</h2>
+    return f"""<h2>Clip bounds (mean of {sweep[0]["seeds"]} seed(s), the same seeds for every row)</h2>
 <table><tr><th>run</th><th>ROUGE-L</th><th>persona-term recall</th><th>MiniLM cosine</th><th>mean weight</th></tr>
 {"".join(cells)}</table><img src="clip_sweep.png" alt="clip sweep">
 """
