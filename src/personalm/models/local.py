@@ -156,6 +156,11 @@ class LocalModel(TextModel):
     def weights_changed(self) -> None:
         """Forget the packed kernel weights (and the kernel holding them) after the HF weights were
         edited in place (soups)."""
+        self.free_kernel()
+
+    def free_kernel(self) -> None:
+        """Drop the decode kernel's KV cache and packed weights (about 1.5 GiB for the embedded model
+        at full batch) when only scoring follows; the next `generate` rebuilds them."""
         self._kernel = None
         self._weights = None
 

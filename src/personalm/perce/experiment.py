@@ -236,6 +236,7 @@ def _evaluate(path: Path, base: Path, adapter, test, references, prefeval, embed
     prompts = [with_persona(row["context"], row["persona"]) for row in test]
     params = SamplingParams(max_tokens=config.max_tokens, stop=("\n",))
     outputs = [g.text.strip() for g in model.generate(prompts, params)]
+    model.free_kernel()  # PrefEval only scores: its peak must not stack on the KV cache
     vectors = embedder.embed(outputs)
     rouge = [metrics.rouge_l(o, r["reply"]) for o, r in zip(outputs, test, strict=True)]
     recall = [metrics.persona_recall(o, r["reply"], r["persona"]) for o, r in zip(outputs, test, strict=True)]
