@@ -121,7 +121,7 @@ def test_report_writes_json_plots_and_html(tmp_path):
            "influences": [influence], "special": ["<|im_end|>", "\n"]}  # fmt: skip
     results = aggregate(_fake_runs(2), pir, config) | {
         "config": {"seeds": 2},
-        "data": {"test_replies": 3, "test_conversations": 2},
+        "data": {"test_replies": 3, "test_conversations": 2, "test_replies_with_persona_terms": 2},
         "seconds": 1.0,
         "versions": {},
     }
@@ -137,6 +137,7 @@ def test_report_writes_json_plots_and_html(tmp_path):
     assert "hi &lt;b&gt;" in page and "PIR +3.00" in page and "PerCE better in 2/2 seeds" in page
     assert "<td>PerCE m=0.5 M=10</td><td>0.1600</td>" in page
     assert "70.0% of\nthe reply tokens at the lower bound" in page
+    assert "scored on the 2 of them" in page
     assert "| ROUGE-L F1 | 0.1000 | 0.1500 ± 0.0000 | 0.1650 ± 0.0071 | +0.0150 |" in markdown_table(results)
 
 

@@ -189,7 +189,9 @@ img{{max-width:100%}} table{{border-collapse:collapse}} td,th{{border:1px solid 
 <h1>PerCE vs CE on persona-chat</h1>
 <p>Same base model, LoRA config, training windows, steps and seeds for both arms; greedy replies to
 {results["data"]["test_replies"]} held-out turns from {results["data"]["test_conversations"]} held-out conversations.
-Paired by seed: {delta_note}. Run took {results["seconds"]} s.</p>
+Persona-term recall is scored on the {results["data"]["test_replies_with_persona_terms"]} of them whose reference shares a
+content word with the speaker's persona (the others have nothing to recall). Paired by seed: {delta_note}.
+Run took {results["seconds"]} s.</p>
 <table><tr><th>metric</th><th>base model</th><th>CE (mean ± sd)</th><th>PerCE (mean ± sd)</th><th>PerCE − CE</th></tr>
 {table}</table>
 <p>PIR precision@{results["pir_k"]} of the base model's top-PIR reply tokens against the persona's words:
