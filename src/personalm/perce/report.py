@@ -191,7 +191,8 @@ img{{max-width:100%}} table{{border-collapse:collapse}} td,th{{border:1px solid 
 {results["data"]["test_replies"]} held-out turns from {results["data"]["test_conversations"]} held-out conversations.
 Persona-term recall is scored on the {results["data"]["test_replies_with_persona_terms"]} of them whose reference shares a
 content word with the speaker's persona (the others have nothing to recall). Paired by seed: {delta_note}.
-Run took {results["seconds"]} s.</p>
+This invocation took {results["seconds"]} s (runs already in the cache are reused); training all
+{len(results["train_seconds"])} adapters took {sum(results["train_seconds"].values()):.0f} s.</p>
 <table><tr><th>metric</th><th>base model</th><th>CE (mean ± sd)</th><th>PerCE (mean ± sd)</th><th>PerCE − CE</th></tr>
 {table}</table>
 <p>PIR precision@{results["pir_k"]} of the base model's top-PIR reply tokens against the persona's words:
