@@ -204,3 +204,30 @@ def test_explain_prints_colours_json_and_writes_a_heatmap(tmp_path):
     as_json = json.loads(_cli(*args, "--json").stdout.splitlines()[0])
     assert len(as_json["tokens"]) == len(as_json["pir"]) > 3
     assert max(as_json["pir"]) == max(as_json["pir"][:4])
+
+
+@pytest.mark.slow
+def test_tiny_experiment_runs_the_sweep_and_reuses_its_cache(tmp_path, monkeypatch):
+    from personalm.perce import experiment
+
+    if not (data_dir() / "persona_chat" / "valid.csv").is_file():
+        pytest.skip("persona-chat data not found (set PERSONALM_DATA)")
+    monkeypatch.setattr(experiment, "home", lambda: tmp_path / "home")
+    config = ExperimentConfig(
+        out=str(tmp_path / "r"), data=str(data_dir()), seeds=1, train_conversations=4, test_turns=4,
+        prefeval_items=2, pir_examples=4, steps=1, batch_size=2, max_tokens=8, sweep=((1.0, 3.0),),
+    )  # fmt: skip
+    results = experiment.run(config, log=lambda message: None)
+    assert [row["clip_min"] for row in results["sweep"]] == [None, 0.8, 1.0]
+    assert results["sweep"][2]["weight_mean"] >= 1.0  # every weight is at least m
+    for key in (
+        "ce_rougeL",
+        "perce_persona_recall",
+        "perce_prefeval_acc",
+        "pir_precision_at_k",
+        "random_precision_at_k",
+    ):
+        assert key in results
+    assert (tmp_path / "r" / "clip_sweep.png").is_file() and (tmp_path / "r" / "report.html").is_file()
+    again = experiment.run(config, log=lambda message: None)
+    assert again["sweep"] == results["sweep"] and again["ce_rougeL"] == results["ce_rougeL"]
