@@ -87,6 +87,8 @@ def test_plain_prompt_and_score(embedded_model):
         logits = embedded_model.model(torch.tensor([ids + cont])).logits[0].log_softmax(-1)
     manual = [logits[len(ids) - 1 + i, t].item() for i, t in enumerate(cont)]
     assert scored.logprobs == pytest.approx(manual, abs=1e-3)
+    embedded_model.free_kernel()  # the KV cache and packed weights go; the next generate rebuilds them
+    assert embedded_model.generate(["The capital of France is"], SamplingParams(max_tokens=4))[0].text == out.text
 
 
 def test_score_is_batch_invariant(embedded_model):

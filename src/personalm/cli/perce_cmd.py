@@ -105,11 +105,13 @@ def experiment(
     clip_min: float = typer.Option(0.8, help="PerCE lower weight bound m."),
     clip_max: float = typer.Option(5.0, help="PerCE upper weight bound M."),
     split_seed: int = typer.Option(0, help="Seed of the train/test split by conversation."),
+    sweep: str = typer.Option("0.5:10,1:3,0.8:2", help="Extra PerCE clip bounds m:M, comma-separated ('' for none)."),
+    sweep_seeds: int = typer.Option(1, min=0, help="Seeds the clip-bound sweep trains (0, 1, ...)."),
 ) -> None:
     """CE vs PerCE on persona-chat: same model, adapter config, data, steps and seeds; held-out eval."""
     from rich.table import Table
 
-    from personalm.perce.experiment import ExperimentConfig, run
+    from personalm.perce.experiment import ExperimentConfig, parse_sweep, run
     from personalm.perce.report import headline_rows
 
     config = ExperimentConfig(
@@ -117,6 +119,7 @@ def experiment(
         train_conversations=train_conversations, test_turns=test_turns, prefeval_items=prefeval_items,
         pir_examples=pir_examples, k=k, steps=steps, batch_size=batch_size, lr=lr, rank=rank, window=window,
         max_len=max_len, max_tokens=max_tokens, clip_min=clip_min, clip_max=clip_max, split_seed=split_seed,
+        sweep=parse_sweep(sweep), sweep_seeds=sweep_seeds,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False))
     table = Table("metric", "base model", f"CE ({seeds} seeds)", "PerCE", "PerCE − CE", title="held-out persona-chat")

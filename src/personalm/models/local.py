@@ -156,6 +156,11 @@ class LocalModel(TextModel):
     def weights_changed(self) -> None:
         """Forget the packed kernel weights (and the kernel holding them) after the HF weights were
         edited in place (soups)."""
+        self.free_kernel()
+
+    def free_kernel(self) -> None:
+        """Drop the decode kernel's KV cache and packed weights (about 1.5 GiB for the embedded model
+        at full batch) when only scoring follows; the next `generate` rebuilds them."""
         self._kernel = None
         self._weights = None
 
@@ -243,10 +248,11 @@ class LocalModel(TextModel):
             seq = ctx + cont
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        logprobs = F.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
         for row, ((ctx, cont), index) in enumerate(zip(pairs, indices, strict=True)):
-            positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
-            values = logprobs[row, positions, torch.tensor(cont, dtype=torch.long)].tolist()
+            # softmax over the continuation's rows only: a whole-batch log_softmax doubles peak memory
+            rows = F.log_softmax(logits[row, len(ctx) - 1 : len(ctx) + len(cont) - 1].float(), dim=-1)
+            values = rows[torch.arange(len(cont)), torch.tensor(cont, dtype=torch.long)].tolist()
             tokens = self.tokenizer.convert_ids_to_tokens(cont)
             scores[index] = TokenScores(
                 tokens=[self.tokenizer.convert_tokens_to_string([t]) for t in tokens], logprobs=values

@@ -106,6 +106,7 @@ class PerContrast:
         bare = pad([(encoded[i][2], encoded[i][3]) for i in chunk], self.pad_id)
         logits = self.model(input_ids=with_batch["input_ids"], attention_mask=with_batch["attention_mask"]).logits
         logp_with = token_logprobs(logits, with_batch["labels"]).tolist()
+        del logits  # the full-vocabulary logits must not live on through the second pass
         contrast = {f"contrast_{name}": tensor for name, tensor in bare.items()}
         logp_without = bare_logprobs(self.model, contrast).tolist()
         start = 0

@@ -48,6 +48,8 @@ def write_report(out: Path, results: dict, runs: dict, test: list[dict], pir_row
     _plot_metrics(out / "metrics.png", results)
     _plot_training(out / "training.png", runs, results["config"]["seeds"])
     _plot_pir(out / "pir_precision.png", results)
+    if results.get("sweep"):
+        _plot_sweep(out / "clip_sweep.png", results["sweep"])
     (out / "report.html").write_text(_html(results, runs, test, pir_rows, pir))
 
 
@@ -115,11 +117,52 @@ def _plot_pir(path: Path, results: dict) -> None:
     plt.close(fig)
 
 
+def sweep_label(row: dict) -> str:
+    return "CE" if row["arm"] == "ce" else f"PerCE m={row['clip_min']:g} M={row['clip_max']:g}"
+
+
+def _plot_sweep(path: Path, sweep: list[dict]) -> None:
+    """Held-out ROUGE-L and persona-term recall per clip setting on one seed, CE as the dashed line."""
+    plt = _plt()
+    perce = [row for row in sweep if row["arm"] == "perce"]
+    ce = next(row for row in sweep if row["arm"] == "ce")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("rougeL", "persona_recall"), strict=True):
+        ax.bar(range(len(perce)), [row[metric] for row in perce], color=COLOURS["perce"])
+        for x, row in enumerate(perce):
+            values = row[f"{metric}_per_seed"]
+            ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+        ax.axhline(ce[metric], color=COLOURS["ce"], linestyle="--", label="CE, same seeds")
+        ax.set_xticks(range(len(perce)), [f"m={r['clip_min']:g}\nM={r['clip_max']:g}" for r in perce])
+        ax.set_title(LABELS[metric], fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"PerCE clip bounds, held-out persona-chat (bars: mean of {ce['seeds']} seed(s); dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sweep_html(sweep: list[dict]) -> str:
+    """The clip-bound sweep as a table and its plot (empty when no sweep ran)."""
+    if not sweep:
+        return ""
+    cells = []
+    for row in sweep:
+        weight = "" if row["weight_mean"] is None else f"{row['weight_mean']:.3f}"
+        values = [sweep_label(row), f"{row['rougeL']:.4f}", f"{row['persona_recall']:.4f}", f"{row['similarity']:.4f}"]
+        cells.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in [*values, weight]) + "</tr>")
+    return f"""<h2>Clip bounds (mean of {sweep[0]["seeds"]} seed(s), the same seeds for every row)</h2>
+<table><tr><th>run</th><th>ROUGE-L</th><th>persona-term recall</th><th>MiniLM cosine</th><th>mean weight</th></tr>
+{"".join(cells)}</table><img src="clip_sweep.png" alt="clip sweep">
+"""
+
+
 def _html(results: dict, runs: dict, test: list[dict], pir_rows: list[dict], pir: dict) -> str:
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in headline_rows(results)
     )
     seeds = results["config"]["seeds"]
+    weights, final = results["perce_weights"], results["final_train_ce"]
     examples = [
         Explained(
             row["persona"],
@@ -146,13 +189,20 @@ img{{max-width:100%}} table{{border-collapse:collapse}} td,th{{border:1px solid 
 <h1>PerCE vs CE on persona-chat</h1>
 <p>Same base model, LoRA config, training windows, steps and seeds for both arms; greedy replies to
 {results["data"]["test_replies"]} held-out turns from {results["data"]["test_conversations"]} held-out conversations.
-Paired by seed: {delta_note}. Run took {results["seconds"]} s.</p>
+Persona-term recall is scored on the {results["data"]["test_replies_with_persona_terms"]} of them whose reference shares a
+content word with the speaker's persona (the others have nothing to recall). Paired by seed: {delta_note}.
+This invocation took {results["seconds"]} s (runs already in the cache are reused); training all
+{len(results["train_seconds"])} adapters took {sum(results["train_seconds"].values()):.0f} s.</p>
 <table><tr><th>metric</th><th>base model</th><th>CE (mean ± sd)</th><th>PerCE (mean ± sd)</th><th>PerCE − CE</th></tr>
 {table}</table>
 <p>PIR precision@{results["pir_k"]} of the base model's top-PIR reply tokens against the persona's words:
 <b>{results["pir_precision_at_k"]:.3f}</b> vs <b>{results["random_precision_at_k"]:.3f}</b> for random tokens
 ({results["pir_examples_with_persona_tokens"]} replies that contain persona words).</p>
+<p>PerCE's token weights over all steps and seeds: mean {weights["weight_mean"]:.3f}; {weights["frac_clip_min"]:.1%} of
+the reply tokens at the lower bound m, {weights["frac_clip_max"]:.1%} at the upper bound M. Plain CE of the training
+tokens at the last step (mean over seeds): CE run {final["ce"]:.3f}, PerCE run {final["perce"]:.3f}.</p>
 <img src="metrics.png" alt="metrics"><br><img src="training.png" alt="training"><img src="pir_precision.png" alt="pir">
+{_sweep_html(results.get("sweep", []))}
 <h2>Sample replies (seed 0)</h2>
 <table><tr><th>persona</th><th>last turn</th><th>reference</th><th>CE</th><th>PerCE</th></tr>{samples}</table>
 <h2>Which reference tokens depend on the persona (base model PIR)</h2>{legend()}
