@@ -5,7 +5,7 @@ Why in memory: at 100k memories SQLite FTS5 spends 25-60 ms per OR-query computi
 matching row, and a numpy matrix-vector product over all vectors takes ~12 ms. Here BM25 is
 scored over the query terms' postings with numpy (exactly, k1 = 1.2, b = 0.75, FTS5's idf), and
 dense search is exact below `ANN_MIN_ROWS` rows and an inverted-file index (faiss IVF-Flat, ~√n
-lists, `ANN_PROBES` probed) above it. IVF rather than HNSW because it builds in a second or two
+lists, `ANN_PROBES` of them scanned) above it. IVF rather than HNSW because it builds in a second or two
 at 100k rows where an HNSW graph takes minutes on two busy cores, deletes in place, and at these
 sizes answers in well under a millisecond too.
 
@@ -27,7 +27,8 @@ from personalm.avatars.stopwords import STOPWORDS
 
 ANN_MIN_ROWS = 10_000
 """Below this many searchable rows exact search (~0.5 ms) is used instead of IVF."""
-ANN_PROBES = 16
+ANN_PROBES = 32
+"""Lists scanned per query: 1/8 of them at 100k rows (recall@10 0.93 there, 0.86 with 16)."""
 ANN_RETRAIN_GROWTH = 4
 """The IVF lists are retrained (the index rebuilt) once the avatar has grown this many times."""
 BM25_K1, BM25_B = 1.2, 0.75

@@ -3,9 +3,10 @@
 Both get the same memories (text + precomputed unit-norm embeddings, `retrieval_data`), added in
 batches of BATCH (one ingested file's worth). Ingest time runs until the store answers its first
 query, so it includes building the search index (ours: BM25 postings and IVF lists; Chroma: its
-HNSW graph). Then every query is asked, in the same order, of: our hybrid search (BM25 + dense,
+HNSW graph). Then every query is asked, interleaved query by query (both see the same machine
+load), of: our hybrid search (BM25 + dense,
 reciprocal-rank fusion, `candidates` from each list, top k, the memories read back: what the
-avatar chat calls), our dense search alone, and Chroma's dense query (`n_results=k`, which also
+avatar chat calls), our keyword and dense searches alone, and Chroma's dense query (`n_results=k`, which also
 returns the documents). Recall@k of both dense paths is measured against exact brute force
 over the same vectors.
 """
@@ -41,6 +42,7 @@ def run(
     k: int = 10,
     candidates: int = 50,
     seed: int = 0,
+    rounds: int = 2,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
@@ -49,8 +51,19 @@ def run(
     log(f"{memories} memories ({corpus.embedded} embedded for real, the rest tiled with noise), {queries} queries")
     exact = _exact_top(corpus.vectors, corpus.query_vectors, k)
     with tempfile.TemporaryDirectory(prefix="personalm-bench-retrieval-") as tmp:
-        ours = _ours(Path(tmp) / "memory.db", corpus, exact, k, candidates, log)
-        peer = _chroma(Path(tmp) / "chroma", corpus, exact, k, log)
+        store = SQLiteStore(Path(tmp) / "memory.db", dimension=corpus.vectors.shape[1])
+        try:
+            ids, ours = _ours_ingest(store, corpus, k, log)
+            collection, peer = _chroma_ingest(Path(tmp) / "chroma", corpus, k, log)
+            timings, found = _queries(store, collection, corpus, k, candidates, rounds)
+        finally:
+            store.close()
+    row_of = {memory_id: row for row, memory_id in enumerate(ids)}
+    ours[f"dense_recall_at_{k}"] = _recall([[row_of[i] for i in hits] for hits in found["dense"]], exact)
+    peer[f"chroma_recall_at_{k}"] = _recall([[int(i) for i in hits] for hits in found["chroma"]], exact)
+    for name, latencies in timings.items():
+        (peer if name == "chroma" else ours).update(_percentiles(name, latencies))
+    log(f"ours: hybrid p95 {ours['hybrid_p95_ms']} ms; Chroma dense p95 {peer['chroma_p95_ms']} ms")
     result: dict[str, Any] = {
         "memories": memories,
         "queries": queries,
@@ -60,6 +73,7 @@ def run(
         "tiled": memories - corpus.embedded,
         "noise_sigma": retrieval_data.NOISE_SIGMA if memories > corpus.embedded else 0.0,
         "seed": seed,
+        "rounds": rounds,
         **ours,
         **peer,
         "p95_ms": ours["hybrid_p95_ms"],
@@ -89,56 +103,32 @@ def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
 
 
-def _ours(
-    path: Path, corpus: retrieval_data.Corpus, exact: np.ndarray, k: int, candidates: int, log: Callable[[str], None]
-) -> dict[str, Any]:
-    store = SQLiteStore(path, dimension=corpus.vectors.shape[1])
-    try:
-        rows = [
-            NewMemory(kind, text, memory_key(kind, text), vector)
-            for kind, text, vector in zip(corpus.kinds, corpus.texts, corpus.vectors, strict=True)
-        ]
-        start = time.perf_counter()
-        ids: list[int] = []
-        for offset in range(0, len(rows), BATCH):
-            ids += store.add(AVATAR, rows[offset : offset + BATCH])
-        added = time.perf_counter() - start
-        store.vector_search(AVATAR, corpus.query_vectors[0], k)
-        ingest_s = time.perf_counter() - start
-        log(f"ours: {len(ids)} memories stored in {added:.1f} s, searchable after {ingest_s:.1f} s")
-        for i in range(WARMUP):
-            hybrid_search(store, AVATAR, corpus.queries[i], corpus.query_vectors[i], k, candidates=candidates)
-        hybrid = _timed(
-            lambda i: hybrid_search(
-                store, AVATAR, corpus.queries[i], corpus.query_vectors[i], k, candidates=candidates
-            ),
-            len(corpus.queries),
-        )
-        keyword = _timed(lambda i: store.keyword_search(AVATAR, corpus.queries[i], candidates), len(corpus.queries))
-        dense_hits: list[list[int]] = []
-        dense = _timed(
-            lambda i: dense_hits.append([h for h, _ in store.vector_search(AVATAR, corpus.query_vectors[i], k)]),
-            len(corpus.queries),
-        )
-        row_of = {memory_id: row for row, memory_id in enumerate(ids)}
-        found = [[row_of[h] for h in hits] for hits in dense_hits]
-        log(f"ours: hybrid p95 {np.percentile(hybrid, 95):.2f} ms, dense p95 {np.percentile(dense, 95):.2f} ms")
-        return {
-            "ingest_s": round(ingest_s, 2),
-            "ingest_store_s": round(added, 2),
-            "ingest_per_s": round(len(ids) / ingest_s, 1),
-            **_percentiles("hybrid", hybrid),
-            **_percentiles("keyword", keyword),
-            **_percentiles("dense", dense),
-            f"dense_recall_at_{k}": _recall(found, exact),
-        }
-    finally:
-        store.close()
+def _ours_ingest(
+    store: SQLiteStore, corpus: retrieval_data.Corpus, k: int, log: Callable[[str], None]
+) -> tuple[list[int], dict[str, Any]]:
+    """Add every memory in batches, then one query: the time until the store can answer."""
+    rows = [
+        NewMemory(kind, text, memory_key(kind, text), vector)
+        for kind, text, vector in zip(corpus.kinds, corpus.texts, corpus.vectors, strict=True)
+    ]
+    start = time.perf_counter()
+    ids: list[int] = []
+    for offset in range(0, len(rows), BATCH):
+        ids += store.add(AVATAR, rows[offset : offset + BATCH])
+    added = time.perf_counter() - start
+    store.vector_search(AVATAR, corpus.query_vectors[0], k)
+    ingest_s = time.perf_counter() - start
+    log(f"ours: {len(ids)} memories stored in {added:.1f} s, searchable after {ingest_s:.1f} s")
+    return ids, {
+        "ingest_s": round(ingest_s, 2),
+        "ingest_store_s": round(added, 2),
+        "ingest_per_s": round(len(ids) / ingest_s, 1),
+    }
 
 
-def _chroma(
-    path: Path, corpus: retrieval_data.Corpus, exact: np.ndarray, k: int, log: Callable[[str], None]
-) -> dict[str, Any]:
+def _chroma_ingest(
+    path: Path, corpus: retrieval_data.Corpus, k: int, log: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
     import chromadb
     from chromadb.config import Settings
 
@@ -156,32 +146,40 @@ def _chroma(
     collection.query(query_embeddings=corpus.query_vectors[:1], n_results=k)
     ingest_s = time.perf_counter() - start
     log(f"chroma: searchable after {ingest_s:.1f} s")
-    for i in range(WARMUP):
-        collection.query(query_embeddings=corpus.query_vectors[i : i + 1], n_results=k)
-    hits: list[list[int]] = []
-    latencies = _timed(
-        lambda i: hits.append(
-            [int(h) for h in collection.query(query_embeddings=corpus.query_vectors[i : i + 1], n_results=k)["ids"][0]]
-        ),
-        len(corpus.queries),
-    )
-    log(f"chroma: dense p95 {np.percentile(latencies, 95):.2f} ms")
-    return {
+    return collection, {
         "chroma_ingest_s": round(ingest_s, 2),
         "chroma_ingest_per_s": round(len(corpus.texts) / ingest_s, 1),
-        **_percentiles("chroma", latencies),
-        f"chroma_recall_at_{k}": _recall(hits, exact),
     }
 
 
-def _timed(call: Callable[[int], object], n: int) -> np.ndarray:
-    """Milliseconds of call(i) for each query i."""
-    out = np.empty(n)
-    for i in range(n):
-        start = time.perf_counter()
-        call(i)
-        out[i] = (time.perf_counter() - start) * 1e3
-    return out
+def _queries(
+    store: SQLiteStore, collection: Any, corpus: retrieval_data.Corpus, k: int, candidates: int, rounds: int
+) -> tuple[dict[str, np.ndarray], dict[str, list[list]]]:
+    """Milliseconds per query of each contender, interleaved query by query so that both stores
+    see the same load on a shared machine; `rounds` passes over the queries (after a warm-up)."""
+    calls: dict[str, Callable[[int], list]] = {
+        "hybrid": lambda i: hybrid_search(
+            store, AVATAR, corpus.queries[i], corpus.query_vectors[i], k, candidates=candidates
+        ),
+        "keyword": lambda i: store.keyword_search(AVATAR, corpus.queries[i], candidates),
+        "dense": lambda i: [h for h, _ in store.vector_search(AVATAR, corpus.query_vectors[i], k)],
+        "chroma": lambda i: collection.query(query_embeddings=corpus.query_vectors[i : i + 1], n_results=k)["ids"][0],
+    }
+    n = len(corpus.queries)
+    for i in range(min(WARMUP, n)):
+        for call in calls.values():
+            call(i)
+    timings = {name: np.empty(n * rounds) for name in calls}
+    found: dict[str, list[list]] = {name: [] for name in calls}
+    for round_ in range(rounds):
+        for i in range(n):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                hits = call(i)
+                timings[name][round_ * n + i] = (time.perf_counter() - start) * 1e3
+                if round_ == 0:
+                    found[name].append(hits)
+    return timings, found
 
 
 def _percentiles(name: str, latencies: np.ndarray) -> dict[str, float]:

@@ -276,6 +276,7 @@ def retrieval_bench(
     k: int = typer.Option(10, min=1, help="Results per query (both stores)."),
     candidates: int = typer.Option(50, min=1, help="Length of each of our keyword and dense lists before fusion."),
     seed: int = typer.Option(0, help="Seed of the shuffle and the tiles' noise."),
+    rounds: int = typer.Option(2, min=1, help="Timed passes over the queries (latency percentiles pool them)."),
     data: Path = typer.Option(
         None, help="Data folder with speeches/ and personahub/ (default: PERSONALM_DATA or ../shared/data)."
     ),
@@ -286,7 +287,7 @@ def retrieval_bench(
     from personalm.bench import retrieval
 
     result = retrieval.run(
-        data or data_dir(), memories, queries, embedded, k, candidates, seed,
+        data or data_dir(), memories, queries, embedded, k, candidates, seed, rounds,
         log=lambda m: stderr.print(m, markup=False),
     )  # fmt: skip
     table = Table("contender", "p50 ms", "p95 ms", f"recall@{k}", "ingest /s", "ours is (p95)")
