@@ -5,9 +5,9 @@ Why in memory: at 100k memories SQLite FTS5 spends 25-60 ms per OR-query computi
 matching row, and a numpy matrix-vector product over all vectors takes ~12 ms. Here BM25 is
 scored over the query terms' postings with numpy (exactly, k1 = 1.2, b = 0.75, FTS5's idf), and
 dense search is exact below `ANN_MIN_ROWS` rows and an inverted-file index (faiss IVF-Flat, ~√n
-lists, `ANN_PROBES` of them scanned) above it. IVF rather than HNSW because it builds in a second or two
-at 100k rows where an HNSW graph takes minutes on two busy cores, deletes in place, and at these
-sizes answers in well under a millisecond too.
+lists, `ANN_PROBES` of them scanned) above it. IVF rather than HNSW because it trains and fills
+in a few seconds at 100k rows where faiss's HNSW graph (M 32) took five minutes on the two busy
+cores here, deletes in place, and at these sizes answers in about a millisecond too.
 
 Rows are addressed by position; an updated row gets a new position and its old one is marked
 dead (and removed from the IVF lists), so nothing is rewritten in place. Dead positions are
@@ -89,9 +89,6 @@ class MemoryIndex:
     @property
     def dead_fraction(self) -> float:
         return 1.0 - self.live / self.size if self.size else 0.0
-
-    def ids(self) -> set[int]:
-        return set(self._position)
 
     def add(self, ids: Sequence[int], kinds: Sequence[int], texts: Sequence[str], vectors: np.ndarray) -> None:
         """Append rows; a row whose id is already indexed replaces it (an update)."""
