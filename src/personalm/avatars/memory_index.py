@@ -189,7 +189,6 @@ class MemoryIndex:
         wanted = [self._terms[t] for t in self.tokenizer.query(query) if t in self._terms]
         if not wanted or k <= 0 or not self.live:
             return []
-        allowed = self._allowed(kinds)
         positions, counts, which = [], [], []
         for start, block in self._blocks:
             indptr, indices, data = block.indptr, block.indices, block.data
@@ -202,26 +201,31 @@ class MemoryIndex:
         if not positions:
             return []
         position, count, slot = np.concatenate(positions), np.concatenate(counts), np.concatenate(which)
-        keep = self._alive[position]
-        position, count, slot = position[keep], count[keep].astype(np.float64), slot[keep]
+        if self.live < self.size:
+            keep = self._alive[position]
+            position, count, slot = position[keep], count[keep], slot[keep]
+        count = count.astype(np.float64)
         live = self.live
         df = np.bincount(slot, minlength=len(wanted))
         idf = np.maximum(np.log((live - df + 0.5) / (df + 0.5)), 1e-6)
         avgdl = max(self._total_length / live, 1.0)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * self._lengths[position] / avgdl)
         weight = idf[slot] * count * (BM25_K1 + 1) / (count + norm)
-        scores = np.bincount(position, weights=weight, minlength=self.size)
-        candidates = np.flatnonzero((scores > 0) & allowed)
+        scores = np.bincount(position, weights=weight)
+        candidates = np.flatnonzero(scores)
+        if len(kinds) == 1:
+            candidates = candidates[self._kinds[candidates] == kinds[0]]
         return self._top(candidates, scores[candidates], k)
 
     def vector_search(self, query: np.ndarray, k: int, kinds: Sequence[int]) -> list[tuple[int, float]]:
-        """Top k by cosine over the allowed rows: exact, or HNSW when enough rows are allowed."""
+        """Top k by cosine over the allowed rows: exact, or IVF when enough rows are allowed."""
         if k <= 0 or not self.live:
             return []
+        if self._ann is not None and len(kinds) > 1 and self.live >= ANN_MIN_ROWS:
+            return self._ann_search(query, k, None)
         allowed = self._allowed(kinds)
-        searchable = self.live if len(kinds) > 1 else int(np.count_nonzero(allowed))
-        if self._ann is not None and searchable >= ANN_MIN_ROWS:
-            return self._ann_search(query, k, None if len(kinds) > 1 else allowed)
+        if self._ann is not None and np.count_nonzero(allowed) >= ANN_MIN_ROWS:
+            return self._ann_search(query, k, allowed)
         if self.size <= ANN_MIN_ROWS:
             scores = _dot(self._vectors[: self.size], query)
             candidates = np.flatnonzero(allowed)
