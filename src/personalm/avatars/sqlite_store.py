@@ -1,6 +1,6 @@
 """The embedded memory store: one SQLite file in WAL mode, the source of truth, searched through
-an in-memory index per avatar (`memory_index.MemoryIndex`: BM25 postings and dense vectors, HNSW
-above 10k rows).
+an in-memory index per avatar (`memory_index.MemoryIndex`: BM25 postings and dense vectors, exact
+below 10k rows and faiss IVF above).
 
 The index only ever holds committed rows. Every change takes the next number of a store-wide
 sequence: changed rows carry it (`seq`), and the avatar records it as its `version` (and as
