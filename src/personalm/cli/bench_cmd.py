@@ -273,3 +273,42 @@ def synth_bench(
 
 def _cells(side: dict) -> list[str]:
     return [str(side["rows"]), str(side["tokens"]), str(side["seconds"]), str(side["tok_s"])]
+
+
+@app.command("retrieval")
+def retrieval_bench(
+    memories: int = typer.Option(100_000, min=100, help="Memories stored in each store."),
+    queries: int = typer.Option(200, min=10, help="Queries (held-out speech sentences), the same for both."),
+    embedded: int = typer.Option(
+        8192, min=10, help="Memories embedded for real with MiniLM (cached); the rest are noisy tiles of them."
+    ),
+    k: int = typer.Option(10, min=1, help="Results per query (both stores)."),
+    candidates: int = typer.Option(50, min=1, help="Length of each of our keyword and dense lists before fusion."),
+    seed: int = typer.Option(0, help="Seed of the shuffle and the tiles' noise."),
+    rounds: int = typer.Option(2, min=1, help="Timed passes over the queries (latency percentiles pool them)."),
+    data: Path = typer.Option(
+        None, help="Data folder with speeches/ and personahub/ (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    out: Path = typer.Option(None, help="Also write the results JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+) -> None:
+    """Our SQLite memory store (hybrid and dense) vs Chroma (dense), same embeddings and k: latency, ingest, recall."""
+    from personalm.bench import retrieval
+
+    result = retrieval.run(
+        data or data_dir(), memories, queries, embedded, k, candidates, seed, rounds,
+        log=lambda m: stderr.print(m, markup=False),
+    )  # fmt: skip
+    table = Table("contender", "p50 ms", "p95 ms", f"recall@{k}", "ingest /s", "ours is (p95)")
+    table.add_row("personalm hybrid (BM25 + dense, RRF)", str(result["hybrid_p50_ms"]), str(result["hybrid_p95_ms"]),
+                  "", str(result["ingest_per_s"]), f"{result['hybrid_speedup_p95']}x")  # fmt: skip
+    table.add_row("personalm dense", str(result["dense_p50_ms"]), str(result["dense_p95_ms"]),
+                  str(result[f"dense_recall_at_{k}"]), "", f"{result['dense_speedup_p95']}x")  # fmt: skip
+    table.add_row("Chroma dense", str(result["chroma_p50_ms"]), str(result["chroma_p95_ms"]),
+                  str(result[f"chroma_recall_at_{k}"]), str(result["chroma_ingest_per_s"]), "")  # fmt: skip
+    Console().print(table)
+    Console().print(
+        f"{result['memories']} memories ({result['embedded']} embedded, {result['tiled']} noisy tiles), "
+        f"ingest ours/Chroma {result['ingest_speedup']}x, 1-min load average {result['load_average_1m']}"
+    )
+    _finish(result, out, as_json)

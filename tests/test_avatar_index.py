@@ -1,0 +1,134 @@
+"""The SQLite store's in-memory index: BM25 equal to FTS5's, the IVF path (recall, deletes,
+updates, kind filter, tenancy) and consistency with rows committed by another connection."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from avatar_support import DIM, unit
+
+from personalm.avatars import memory_index
+from personalm.avatars.memory_index import MemoryIndex, Tokenizer
+from personalm.avatars.sqlite_store import SQLiteStore
+from personalm.avatars.store import NewMemory
+
+DOCS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a quick brown dog runs in the park",
+    "foxes and dogs are not friends in the story",
+    "the park is green and quiet in the morning",
+    "morning tea with a quiet friend",
+    "brown bread for breakfast every morning",
+]
+
+
+def test_bm25_scores_equal_fts5():
+    """Same ranking function and statistics as SQLite FTS5's bm25 (k1 1.2, b 0.75)."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE t USING fts5(text, tokenize='porter unicode61')")
+    db.executemany("INSERT INTO t (rowid, text) VALUES (?, ?)", [(i + 1, d) for i, d in enumerate(DOCS)])
+    index = MemoryIndex(DIM, Tokenizer())
+    index.add(list(range(1, len(DOCS) + 1)), [0] * len(DOCS), DOCS, np.stack([unit(i) for i in range(len(DOCS))]))
+    for query in ("quick brown", "morning quiet park", "dogs", "friend"):
+        terms = Tokenizer().query(query)
+        match = " OR ".join(f'"{t}"' for t in terms)
+        fts = db.execute("SELECT rowid, -bm25(t) FROM t WHERE t MATCH ? ORDER BY bm25(t), rowid", (match,)).fetchall()
+        ours = index.keyword_search(query, 10, [0, 1])
+        assert [i for i, _ in ours] == [i for i, _ in fts], query
+        np.testing.assert_allclose([s for _, s in ours], [s for _, s in fts], rtol=1e-5)
+
+
+def random_units(n: int, seed: int) -> np.ndarray:
+    """Clustered unit vectors (like sentence embeddings), so nearest neighbours mean something."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((32, DIM))
+    vectors = centers[rng.integers(32, size=n)] + 0.5 * rng.standard_normal((n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def small_ann(monkeypatch):
+    monkeypatch.setattr(memory_index, "ANN_MIN_ROWS", 400)
+
+
+def test_ivf_path_recall_deletes_updates_and_kinds(small_ann):
+    n = 3000
+    vectors = random_units(n, 0)
+    kinds = [i % 4 == 0 for i in range(n)]  # every fourth row is a fact (kind 1)
+    index = MemoryIndex(DIM, Tokenizer())
+    ids = list(range(10, 10 + n))
+    index.add(ids, [int(f) for f in kinds], [f"memory {i}" for i in ids], vectors)
+    assert index._ann is not None
+    queries = random_units(50, 1)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    recall = np.mean([len({i - 10 for i, _ in index.vector_search(q, 10, [0, 1])} & set(e)) / 10
+                      for q, e in zip(queries, exact, strict=True)])  # fmt: skip
+    assert recall >= 0.9
+    target = vectors[5]
+    assert index.vector_search(target, 1, [0, 1])[0][0] == 15
+    index.remove_missing(set(ids) - {15})
+    assert 15 not in [i for i, _ in index.vector_search(target, 20, [0, 1])]
+    moved = unit(999)
+    index.add([16], [0], ["memory 16 moved"], moved[None, :])
+    assert index.vector_search(moved, 1, [0, 1])[0] == (16, pytest.approx(1.0, abs=1e-4))
+    assert 16 not in [i for i, _ in index.vector_search(vectors[6], 5, [0, 1])]
+    facts = index.vector_search(queries[0], 20, [1])
+    assert facts and all((i - 10) % 4 == 0 for i, _ in facts)
+
+
+def mem(text: str, vector: np.ndarray, kind: str = "utterance") -> NewMemory:
+    return NewMemory(kind=kind, text=text, key=f"{kind}:{text}", embedding=vector)
+
+
+def test_ivf_store_keeps_avatars_apart(tmp_path, small_ann):
+    store = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
+    vectors = random_units(1200, 2)
+    ada = store.add("ada", [mem(f"ada says {i}", v) for i, v in enumerate(vectors[:600])])
+    bob = store.add("bob", [mem(f"bob says {i}", v) for i, v in enumerate(vectors[600:])])
+    for vector in vectors[:20]:
+        assert {i for i, _ in store.vector_search("bob", vector, 10)} <= set(bob)
+        assert {i for i, _ in store.keyword_search("bob", "ada says", 10)} <= set(bob)
+    assert store.vector_search("ada", vectors[3], 1)[0][0] == ada[3]
+    store.close()
+
+
+def test_index_follows_changes_committed_by_another_connection(tmp_path, small_ann):
+    """Two stores on one file stand for two processes: each search sees every committed change."""
+    writer = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
+    reader = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
+    vectors = random_units(700, 3)
+    ids = writer.add("ada", [mem(f"line {i} about rivers", v) for i, v in enumerate(vectors[:500])])
+    assert reader.vector_search("ada", vectors[7], 1)[0][0] == ids[7]
+    more = writer.add("ada", [mem(f"line {i} about mountains", v) for i, v in enumerate(vectors[500:], 500)])
+    assert reader.vector_search("ada", vectors[650], 1)[0][0] == more[150]
+    assert (
+        reader.keyword_search("ada", "mountains", 1000) and len(reader.keyword_search("ada", "mountains", 1000)) == 200
+    )
+    writer.delete("ada", [ids[7]])
+    assert ids[7] not in [i for i, _ in reader.vector_search("ada", vectors[7], 10)]
+    writer.update("ada", ids[8], "a brand new thought on glaciers", "u:glacier", unit(4242))
+    assert reader.vector_search("ada", unit(4242), 1)[0][0] == ids[8]
+    assert reader.keyword_search("ada", "glaciers", 5) == [
+        (ids[8], pytest.approx(reader.keyword_search("ada", "glaciers", 5)[0][1]))
+    ]
+    writer.delete_avatar("ada")
+    fresh = writer.add("ada", [mem("only this remains", unit(7))])
+    assert [i for i, _ in reader.vector_search("ada", vectors[9], 10)] == fresh
+    assert reader.keyword_search("ada", "rivers", 10) == []
+    writer.close()
+    reader.close()
+
+
+def test_store_rebuilds_after_many_deletes(tmp_path, small_ann):
+    store = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
+    vectors = random_units(800, 4)
+    ids = store.add("ada", [mem(f"row {i}", v) for i, v in enumerate(vectors)])
+    store.vector_search("ada", vectors[0], 1)
+    store.delete("ada", ids[:400])
+    store.vector_search("ada", vectors[0], 1)  # marks 400 of 800 positions dead
+    store.add("ada", [mem("one more row", unit(5))])
+    hits = store.vector_search("ada", vectors[500], 5)
+    assert hits[0][0] == ids[500] and store._indexes["ada"].size == 401
+    store.close()
