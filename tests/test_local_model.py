@@ -158,3 +158,15 @@ def test_other_architectures_use_transformers_generate(embedded_model, tmp_path)
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(PersonalmError, match="not a Hugging Face model directory"):
         LocalModel(tmp_path)
+
+
+def test_adapter_identity_covers_weight_bytes(tmp_path):
+    from personalm.models.local import _weights_digest
+
+    first, second = tmp_path / "step-10", tmp_path / "step-20"
+    for folder, weights in ((first, b"\x00" * 64), (second, b"\x01" * 64)):
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text('{"r": 4}')
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+    assert _weights_digest(first, contents=True) != _weights_digest(second, contents=True)
+    assert _weights_digest(first) == _weights_digest(second)  # base models: names and sizes only

@@ -31,14 +31,19 @@ KV_CACHE_BUDGET_BYTES = 3 * 2**30
 SCORE_TOKEN_BUDGET = 8192
 
 
-def _weights_digest(path: Path) -> str:
-    """Identity of a model directory: config + weight file names and sizes (cheap, stable)."""
+def _weights_digest(path: Path, contents: bool = False) -> str:
+    """Identity of a model directory: its JSON files, and its weight files by name and size or, with
+    `contents`, by their bytes. Adapters need the bytes: two snapshots of one training run have the
+    same config and the same file sizes, and must never share generation-cache entries."""
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
         if f.is_file() and (f.suffix in {".json", ".safetensors", ".bin"}):
             h.update(f"{f.name}:{f.stat().st_size}".encode())
             if f.suffix == ".json":
                 h.update(f.read_bytes())
+            elif contents:
+                with f.open("rb") as stream:
+                    h.update(hashlib.file_digest(stream, "sha256").digest())
     return h.hexdigest()[:16]
 
 
@@ -68,7 +73,7 @@ class LocalModel(TextModel):
         self.name = name or self.path.name
         digest = _weights_digest(self.path)
         if self.adapter is not None:
-            digest += "+" + _weights_digest(self.adapter)
+            digest += "+" + _weights_digest(self.adapter, contents=True)
         self.model_id = f"local:{self.name}@{digest}"
         self.eos_ids = self._eos_ids()
         self._kernel: LlamaKernel | None = None
