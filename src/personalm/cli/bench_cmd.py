@@ -15,18 +15,22 @@ from personalm.paths import data_dir
 
 app = typer.Typer(help="Performance benchmarks against the libraries users would use instead.", no_args_is_help=True)
 
+OUT = typer.Option(None, help="Also write the results JSON here.")
+AS_JSON = typer.Option(False, "--json", help="End with the results as one JSON line.")
+PERSONAS_DATA = typer.Option(
+    None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
+)
+
 
 @app.command("generate")
 def generate_bench(
     prompts: int = typer.Option(64, min=1, help="Number of synthesis prompts (one batch workload)."),
     max_tokens: int = typer.Option(64, min=1, help="Token budget per prompt, the same for every contender."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local model (llama.cpp always uses the embedded GGUF)."),
-    data: Path = typer.Option(
-        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
-    ),
+    data: Path = PERSONAS_DATA,
     llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="Also run llama.cpp on the same GGUF."),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Ours (continuous batching) vs HF generate one-at-a-time vs llama.cpp, tokens/s and ratios."""
     from personalm.bench import generate
@@ -74,11 +78,9 @@ def serve_bench(
     sequential_seconds: float = typer.Option(30.0, min=1, help="Length of the one-at-a-time phase."),
     max_tokens: int = typer.Option(64, min=1, help="Token budget per request."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local model to serve."),
-    data: Path = typer.Option(
-        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
-    ),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    data: Path = PERSONAS_DATA,
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Streaming clients on loopback against `personalm serve` vs the same requests one at a time."""
     from personalm.bench import serve
@@ -109,8 +111,8 @@ def perce_bench(
     repeats: int = typer.Option(5, min=1, help="Timed steps per loss (after one warm-up step each)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
     data: Path = typer.Option(None, help="Data folder with persona_chat/valid.csv (default: PERSONALM_DATA)."),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Trainer step time of PerCE vs plain CE on the same batch (PerCE adds one no-grad forward)."""
     from personalm.bench import perce
@@ -137,8 +139,8 @@ def merge_bench(
     ),
     repeats: int = typer.Option(3, min=1, help="Timed merges per contender (median reported)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Exact soup merge into a loaded base vs PEFT add_weighted_adapter(cat)+merge vs one P-MORL training run."""
     from personalm.bench import merge
@@ -177,11 +179,9 @@ def train_bench(
     seq_len: int = typer.Option(256, min=128, help="Tokens per chat (a persona prompt plus its answer)."),
     rank: int = typer.Option(16, min=1, help="LoRA rank (all linear layers)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
-    data: Path = typer.Option(
-        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
-    ),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    data: Path = PERSONAS_DATA,
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Our LoRA trainer vs TRL's SFTTrainer: tokens/s, ratio and fraction of the fp32 peak."""
     from personalm.bench import train
@@ -207,12 +207,10 @@ def dedup_bench(
         50_000, min=1000, help="Prefix of the vectors also deduplicated by exact blockwise search."
     ),
     seed: int = typer.Option(0, help="Seed of the generated rows, vectors and samples."),
-    data: Path = typer.Option(
-        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
-    ),
+    data: Path = PERSONAS_DATA,
     report: Path = typer.Option(None, help="Write results.json, minhash.png, embedding.png, index.html here."),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Our MinHash stage vs datasketch's MinHash + LSH loop; our embedding stage on 1M vectors vs exact search."""
     from personalm.bench import dedup, dedup_report
@@ -237,11 +235,9 @@ def synth_bench(
     task: str = typer.Option("math", help="The synthesis task."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local model (also served over HTTP on loopback)."),
     http: bool = typer.Option(True, "--http/--no-http", help="Also run (b): HTTP concurrent vs sequential."),
-    data: Path = typer.Option(
-        None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
-    ),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    data: Path = PERSONAS_DATA,
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Our batched synthesis vs one persona one request at a time (local and over HTTP), tokens/s and ratios."""
     from personalm.bench import synth
@@ -289,8 +285,8 @@ def retrieval_bench(
     data: Path = typer.Option(
         None, help="Data folder with speeches/ and personahub/ (default: PERSONALM_DATA or ../shared/data)."
     ),
-    out: Path = typer.Option(None, help="Also write the results JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Our SQLite memory store (hybrid and dense) vs Chroma (dense), same embeddings and k: latency, ingest, recall."""
     from personalm.bench import retrieval
