@@ -10,13 +10,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
 from personalm.errors import PersonalmError
 
-KINDS = ("utterance", "fact")
+Kind = Literal["utterance", "fact"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 """utterance: the person's own words, verbatim (style exemplars and knowledge);
 fact: a statement about the person (preference, event, trait), extracted or told."""
 

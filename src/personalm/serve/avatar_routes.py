@@ -12,14 +12,14 @@ import asyncio
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.retrieval import Hit
-from personalm.avatars.store import KINDS, Memory, check_avatar
+from personalm.avatars.store import KINDS, Kind, Memory, check_avatar
 from personalm.errors import PersonalmError
 from personalm.serve.schemas import MAX_TEXT_CHARS
 
@@ -37,7 +37,7 @@ class IngestRequest(BaseModel):
 
 class RememberRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    kind: Literal["fact", "utterance"] = "fact"
+    kind: Kind = "fact"
 
 
 def memory_json(memory: Memory) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def avatar_router(memory: AvatarMemory, principal, api_error) -> APIRouter:
     @router.get("/{name}/memories")
     async def list_memories(
         name: str,
-        kind: Literal["fact", "utterance"] | None = None,
+        kind: Kind | None = None,
         limit: int = Query(100, ge=1, le=1000),
         offset: int = Query(0, ge=0),
         who=Depends(principal),
@@ -113,7 +113,7 @@ def avatar_router(memory: AvatarMemory, principal, api_error) -> APIRouter:
         name: str,
         q: str = Query(min_length=1, max_length=2000),
         k: int = Query(5, ge=1, le=50),
-        kind: Literal["fact", "utterance"] | None = None,
+        kind: Kind | None = None,
         who=Depends(principal),
     ) -> dict[str, Any]:
         allowed(name, who)
