@@ -16,6 +16,14 @@ app = typer.Typer(help="Persona Hub: text-to-persona, persona expansion, dedup, 
 ENGINE_HELP = (
     "Where batch work runs: local (this process) or ray (Ray Data; a local instance unless RAY_ADDRESS is set)."
 )
+MODEL_HELP = "Model name, local directory or openai:MODEL@URL (generation at scale: an OpenAI-compatible server)."
+MODEL = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP)
+MAX_TOKENS = typer.Option(64, min=8)
+TEMPERATURE = typer.Option(0.7, min=0.0)
+BATCH = typer.Option(64, min=1, help="Prompts per cached batch (a killed run redoes at most one).")
+CACHE = typer.Option(True, "--cache/--no-cache", help="Generation cache: re-running a killed command resumes it.")
+API_KEY = typer.Option(None, envvar="OPENAI_API_KEY")
+ENGINE = typer.Option("local", help=ENGINE_HELP)
 
 
 @app.command("dedup")
@@ -29,7 +37,7 @@ def dedup(
     embedding_threshold: float = typer.Option(0.9, help="Stage 2: cosine at or above this is a duplicate (0.5 to 1)."),
     embedding: bool = typer.Option(True, "--embedding/--no-embedding", help="Run stage 2 (sentence embeddings)."),
     embedder: str = typer.Option(None, help="A local sentence-transformers directory (default: all-MiniLM-L6-v2)."),
-    engine: str = typer.Option("local", help=ENGINE_HELP),
+    engine: str = ENGINE,
 ) -> None:
     """Two-stage near-duplicate removal; every dropped row names the kept row it duplicates."""
     from personalm.personas.dedup import DedupOptions, dedup_table
@@ -140,9 +148,6 @@ def _write_mined(out: Path, rows: list[dict], rejects: list[dict]) -> Path:
     return rejects_path
 
 
-MODEL_HELP = "Model name, local directory or openai:MODEL@URL (generation at scale: an OpenAI-compatible server)."
-
-
 @app.command("extract")
 def extract(
     corpus: Path = typer.Argument(
@@ -156,17 +161,15 @@ def extract(
         ["read"], "--variant", help="read, write, like or dislike (repeatable: one persona each)."
     ),
     granularity: str = typer.Option("fine", help="coarse ('a computer scientist') or fine (role plus focus)."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
-    max_tokens: int = typer.Option(64, min=8),
-    temperature: float = typer.Option(0.7, min=0.0),
+    model: str = MODEL,
+    max_tokens: int = MAX_TOKENS,
+    temperature: float = TEMPERATURE,
     seed: int = typer.Option(0),
-    batch: int = typer.Option(64, min=1, help="Prompts per cached batch (a killed run redoes at most one)."),
-    cache: bool = typer.Option(
-        True, "--cache/--no-cache", help="Generation cache: re-running a killed command resumes it."
-    ),
-    api_key: str = typer.Option(None, envvar="OPENAI_API_KEY"),
+    batch: int = BATCH,
+    cache: bool = CACHE,
+    api_key: str = API_KEY,
     concurrency: int = typer.Option(8, min=1, help="Concurrent requests to an openai: endpoint."),
-    engine: str = typer.Option("local", help=ENGINE_HELP),
+    engine: str = ENGINE,
 ) -> None:
     """Text-to-persona: who would read / write / like / dislike each text."""
     from personalm.personas import mining
@@ -201,17 +204,15 @@ def expand(
         [], "--relation", help="Relations to ask for (repeatable; default: a built-in list)."
     ),
     granularity: str = typer.Option("fine", help="coarse or fine."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
-    max_tokens: int = typer.Option(64, min=8),
-    temperature: float = typer.Option(0.7, min=0.0),
+    model: str = MODEL,
+    max_tokens: int = MAX_TOKENS,
+    temperature: float = TEMPERATURE,
     seed: int = typer.Option(0),
-    batch: int = typer.Option(64, min=1, help="Prompts per cached batch (a killed run redoes at most one)."),
-    cache: bool = typer.Option(
-        True, "--cache/--no-cache", help="Generation cache: re-running a killed command resumes it."
-    ),
-    api_key: str = typer.Option(None, envvar="OPENAI_API_KEY"),
+    batch: int = BATCH,
+    cache: bool = CACHE,
+    api_key: str = API_KEY,
     concurrency: int = typer.Option(8, min=1),
-    engine: str = typer.Option("local", help=ENGINE_HELP),
+    engine: str = ENGINE,
 ) -> None:
     """Persona-to-persona: who is close to each persona (colleague, family, caregiver, ...), N rounds."""
     from personalm.personas import mining
