@@ -195,6 +195,7 @@ def train_bench(
     table.add_row("TRL SFTTrainer", str(result["trl_tokens"]), str(result["trl_s"]), str(result["trl_tok_s"]),
                   f"{result['trl_peak_fraction']:.1%}", f"{result['speedup']}x")  # fmt: skip
     Console().print(table)
+    _finish(result, out, as_json)
 
 
 @app.command("dedup")
