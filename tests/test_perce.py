@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from personalm.errors import PersonalmError
-from personalm.perce.contrast import PerContrast, token_logprobs
+from personalm.perce.contrast import PerContrast, selected, supervised_logits
 from personalm.train.data import IGNORE, collate, load_examples, tokenize_contrast, with_persona, without_persona
 from personalm.train.losses import PerCELoss, cross_entropy, get_loss, perce_weights
 
@@ -97,12 +97,14 @@ def test_pir_batches_agree_with_one_at_a_time(embedded_model):
 
 
 def _fixed_batch(pir: torch.Tensor, vocab: int = 7) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Logits with the labels' log-probs known, and a logp_without that makes PIR exactly `pir`."""
+    """Supervised-position logits with known log-probs, and a logp_without that makes PIR exactly `pir`."""
     torch.manual_seed(0)
-    logits = torch.randn(2, 4, vocab, requires_grad=True)
+    logits = torch.randn(2, 4, vocab)
     labels = torch.tensor([[IGNORE, 3, 1, 5], [IGNORE, IGNORE, 2, IGNORE]])
-    logp = token_logprobs(logits, labels).detach()
-    return logits, labels, {"logp_without": logp - pir}
+    rows, targets = selected(logits, labels)
+    rows = rows.detach().requires_grad_()
+    logp = -F.cross_entropy(rows, targets, reduction="none").detach()
+    return rows, targets, {"logp_without": logp - pir}
 
 
 def test_perce_with_all_weights_one_equals_ce():
@@ -119,7 +121,7 @@ def test_weights_are_the_clipped_pir_and_stats_report_them():
     logits, labels, batch = _fixed_batch(torch.tensor([-3.0, 2.0, 9.0, 0.5]))
     loss = PerCELoss()
     total, _ = loss(logits, labels, batch)
-    nll = -token_logprobs(logits, labels)
+    nll = F.cross_entropy(logits, labels, reduction="none")
     torch.testing.assert_close(total, (torch.tensor([0.8, 2.0, 5.0, 0.8]) * nll).sum())
     stats = loss.step_stats()
     assert stats["weight_min"] == 0.8 and stats["weight_max"] == 5.0 and stats["weight_mean"] == pytest.approx(2.15)
@@ -135,9 +137,8 @@ def test_no_gradient_flows_through_the_weights():
     total.backward()
     perce_grad = logits.grad.clone()
     logits.grad = None
-    rows, targets = logits[:, :-1][labels[:, 1:] != IGNORE], labels[:, 1:][labels[:, 1:] != IGNORE]
     fixed = torch.tensor([1.5, 2.0, 3.0, 4.0])
-    (fixed * F.cross_entropy(rows, targets, reduction="none")).sum().backward()
+    (fixed * F.cross_entropy(logits, labels, reduction="none")).sum().backward()
     torch.testing.assert_close(perce_grad, logits.grad)
 
 
@@ -199,3 +200,16 @@ def test_bench_perce_reports_the_step_time_ratio():
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["step_time_ratio"] == pytest.approx(result["perce_step_s"] / result["ce_step_s"], rel=0.01)
     assert result["batch_size"] == 1 and result["ce_step_s"] > 0
+
+
+def test_supervised_logits_are_the_full_forward_at_supervised_positions(embedded_model):
+    model = embedded_model.model
+    ids = torch.tensor([[1, 504, 3287, 314, 253, 2], [1, 2018, 339, 7, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    labels = torch.tensor([[IGNORE, IGNORE, 3287, 314, 253, 2], [IGNORE, IGNORE, IGNORE, 7, 2, IGNORE]])
+    with torch.inference_mode():
+        rows, targets = supervised_logits(model, ids, mask, labels)
+        full_rows, full_targets = selected(model(input_ids=ids, attention_mask=mask).logits, labels)
+    assert rows.shape == (6, model.config.vocab_size)
+    torch.testing.assert_close(targets, full_targets)
+    torch.testing.assert_close(rows, full_rows, atol=1e-4, rtol=1e-4)

@@ -35,11 +35,29 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     return -F.cross_entropy(rows.float(), targets, reduction="none")
 
 
+def supervised_logits(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`selected(model(...).logits, labels)` without computing the rest: the body runs on every
+    position, the output head (a vocabulary-wide matmul and softmax per token) only on the
+    positions that predict a supervised label, so prompt tokens cost no head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if body is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        return selected(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    keep = labels[:, 1:] != IGNORE
+    return head(hidden[:, :-1][keep]), labels[:, 1:][keep]
+
+
 @torch.no_grad()
 def bare_logprobs(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The extra forward of PerCE: log p of the reply tokens without the persona, no gradient."""
-    logits = model(input_ids=batch["contrast_input_ids"], attention_mask=batch["contrast_attention_mask"]).logits
-    return token_logprobs(logits, batch["contrast_labels"])
+    rows, targets = supervised_logits(
+        model, batch["contrast_input_ids"], batch["contrast_attention_mask"], batch["contrast_labels"]
+    )
+    return -F.cross_entropy(rows.float(), targets, reduction="none")
 
 
 @dataclass

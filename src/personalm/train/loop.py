@@ -22,6 +22,7 @@ from personalm.bench.hardware import versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
+from personalm.perce.contrast import supervised_logits
 from personalm.train.data import Dataset, bucketed_batches, collate, load_examples
 from personalm.train.frozen_base import freeze_base_layers
 from personalm.train.losses import get_loss, needs_contrast, supervised_tokens
@@ -175,8 +176,8 @@ def _optimizer_step(
     for batch in micro:
         if prepare:
             prepare(model, batch)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, _ = loss_fn(logits, batch["labels"], batch)
+        rows, targets = supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss, _ = loss_fn(rows, targets, batch)
         (loss / total).backward()
         loss_sum += float(loss.detach())
         state["tokens"] += int(batch["attention_mask"].sum())

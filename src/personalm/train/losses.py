@@ -1,5 +1,6 @@
-"""Token losses the trainer can optimize. A loss returns (sum over supervised tokens, token count),
-so gradient accumulation can average over every token of an optimizer step exactly.
+"""Token losses the trainer can optimize. A loss gets the logits at the supervised positions only
+(n, vocab), their target labels (n,) in row-major order and the batch, and returns (sum over those
+tokens, token count), so gradient accumulation can average over every token of a step exactly.
 
 A loss may also have `prepare(model, batch)` (called before the training forward, e.g. PerCE's
 extra no-persona pass, which puts what it needs into the batch) and `step_stats()` (a dict logged
@@ -16,21 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from personalm.errors import PersonalmError
-from personalm.perce.contrast import bare_logprobs, selected
+from personalm.perce.contrast import bare_logprobs
 from personalm.train.data import IGNORE
 
 LossFn = Callable[[Tensor, Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
 
 
-def shifted(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits at position t predict the label at t+1."""
-    return logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-
-
-def cross_entropy(logits: Tensor, labels: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    flat_logits, flat_labels = shifted(logits, labels)
-    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum")
-    return loss, (flat_labels != IGNORE).sum()
+def cross_entropy(rows: Tensor, targets: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    return F.cross_entropy(rows, targets, reduction="sum"), torch.tensor(len(targets))
 
 
 def perce_weights(pir: Tensor, clip_min: float, clip_max: float) -> Tensor:
@@ -60,8 +54,7 @@ class PerCELoss:
             raise PersonalmError("--loss perce needs examples with a 'persona' field")
         batch["logp_without"] = bare_logprobs(model, batch)
 
-    def __call__(self, logits: Tensor, labels: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        rows, targets = selected(logits, labels)
+    def __call__(self, rows: Tensor, targets: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         nll = F.cross_entropy(rows.float(), targets, reduction="none")
         pir = -nll.detach() - batch["logp_without"]
         weights = perce_weights(pir, self.clip_min, self.clip_max)
