@@ -136,3 +136,36 @@ def test_killed_extract_resumes_without_lost_or_doubled_personas(tmp_path, embed
     assert len(cache) == 6
     again, again_rejects = mining.extract(texts, model.generate, model.model_id, ("read", "like"), options)
     assert again == rows and again_rejects == rejects
+
+
+@pytest.mark.slow
+def test_killed_expand_resumes_without_lost_or_doubled_personas(tmp_path, embedded_model):
+    seeds = [
+        {"id": f"p{i}", "persona": persona, "source_text_id": f"t{i}"}
+        for i, persona in enumerate(["A beekeeper in Vermont", "A night-shift nurse", "A ferry captain"])
+    ]
+    options = mining.MiningOptions(max_tokens=24, batch=2, temperature=0.7)
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    model = CachedModel(embedded_model, cache)
+    calls = []
+
+    def dies_in_round_two(batch, params):
+        calls.append(len(batch))
+        if sum(calls) > len(seeds) + 1:
+            raise Interrupt
+        return model.generate(batch, params)
+
+    with pytest.raises(Interrupt):
+        mining.expand(seeds, dies_in_round_two, model.model_id, rounds=3, options=options)
+    assert len(cache) >= len(seeds)
+
+    grown, rejects = mining.expand(seeds, model.generate, model.model_id, rounds=3, options=options)
+    ids = [r["id"] for r in grown + rejects]
+    assert len(ids) == len(set(ids))
+    known = {s["id"] for s in seeds} | {r["id"] for r in grown}
+    assert all(r["parent_id"] in known for r in grown + rejects)
+
+    fresh_model = CachedModel(embedded_model, GenerationCache(tmp_path / "fresh.sqlite"))
+    uninterrupted = mining.expand(seeds, fresh_model.generate, fresh_model.model_id, rounds=3, options=options)
+    assert uninterrupted == (grown, rejects)
+    assert len(fresh_model.cache) == len(cache)
