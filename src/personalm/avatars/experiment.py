@@ -18,7 +18,6 @@ does memory make it respect what the person said they prefer?
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
 import random
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personalm import report
 from personalm.avatars.adapter_data import continue_message
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import system_prompt
@@ -444,19 +444,14 @@ def run(
         "machine": machine(),
         "seconds": round(time.time() - started, 1),
     }
-    (config.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    report.write_json(config.out / "results.json", results)
     plot(results, config.out / "avatar.png")
-    (config.out / "report.html").write_text(report_html(results))
+    write_report(results, config.out / "report.html")
     return results
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = report.figure(3, width=13)
     names = [LABELS[c] for c in CONDITIONS]
     colors = ["#2b6cb0", "#a0aec0", "#68a063"]
     acc = [results[f"attribution_acc_{c}"] for c in CONDITIONS]
@@ -474,9 +469,7 @@ def plot(results: dict, path: Path) -> None:
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def headline_rows(results: dict) -> list[tuple[str, str, str]]:
@@ -486,41 +479,50 @@ def headline_rows(results: dict) -> list[tuple[str, str, str]]:
     return rows + [("real held-out passages", f"{results['attribution_acc_real']:.3f}", "1.000")]
 
 
-def report_html(results: dict) -> str:
-    esc = html.escape
+def write_report(results: dict, path: Path) -> Path:
     like, pref = results["likeness"], results["prefeval"]
-    head = "".join(f"<tr><td>{esc(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in headline_rows(results))
-    per_person = "".join(
-        f"<tr><td>{esc(p)}</td><td>{r['prompts']}</td>"
-        + "".join(f"<td>{r[f'acc_{c}']:.2f}</td>" for c in CONDITIONS)
-        + "</tr>"
+    headline = [
+        {"answers by": a, "attribution accuracy": b, "similarity to real passage": c}
+        for a, b, c in headline_rows(results)
+    ]
+    per_person = [
+        {"person": p, "prompts": r["prompts"]} | {LABELS[c]: r[f"acc_{c}"] for c in CONDITIONS}
         for p, r in like["per_person"].items()
-    )
-    examples = "".join(
-        f"<h3>{esc(display_name(e['person']))} ({e['date']})</h3><p><b>cue:</b> {esc(e['cue'])}</p>"
-        f"<p><b>real:</b> {esc(e['reference'])}</p>"
-        + "".join(f"<p><b>{esc(LABELS[c])}:</b> {esc(e[c])}</p>" for c in CONDITIONS)
+    ]
+    examples = [
+        {"person": display_name(e["person"]), "date": e["date"], "cue": e["cue"], "real": e["reference"]}
+        | {LABELS[c]: e[c] for c in CONDITIONS}
         for e in like["examples"]
-    )
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Avatar experiment</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}th{{background:#f3f3f3}}
-img{{max-width:100%}}</style></head><body>
-<h1>Personal avatars: likeness and preference memory</h1>
-<p>Model {esc(results["model"])}, embedder {esc(results["embedder"])}, seed {results["seed"]},
-{like["persons"]} persons, {like["prompts"]} held-out prompts, {pref["items"]} PrefEval questions,
-{results["seconds"]} s.</p>
-<img src="avatar.png" alt="attribution accuracy, similarity and PrefEval accuracy">
-<h2>Likeness (chance {results["chance_attribution"]:.3f})</h2>
-<table><tr><th>answers by</th><th>attribution accuracy</th><th>similarity to real passage</th></tr>{head}</table>
-<p>Share of the RAG answers' word 8-grams copied from the retrieved exemplars: {results["rag_copy_rate"]:.3f}.</p>
-<h2>Preference memory (PrefEval, chance 0.25)</h2>
-<table><tr><th>with memory</th><th>without memory</th><th>retrieval recall@5</th></tr>
-<tr><td>{results["prefeval_acc_memory"]:.3f}</td><td>{results["prefeval_acc_nomemory"]:.3f}</td>
-<td>{results["retrieval_recall_at_5"]:.3f}</td></tr></table>
-<h2>Per person (attribution accuracy)</h2>
-<table><tr><th>person</th><th>prompts</th>{"".join(f"<th>{esc(LABELS[c])}</th>" for c in CONDITIONS)}</tr>{per_person}</table>
-<h2>Examples</h2>{examples}
-<h2>Versions</h2><pre>{esc(json.dumps(results["versions"], indent=1))}</pre>
-</body></html>
-"""
+    ]
+    parts = [
+        report.paragraph(
+            f"Model {results['model']}, embedder {results['embedder']}, seed {results['seed']}, "
+            f"{like['persons']} persons, {like['prompts']} held-out prompts, {pref['items']} PrefEval "
+            f"questions, {results['seconds']} s."
+        ),
+        report.image(path.with_name("avatar.png"), "attribution accuracy, similarity and PrefEval accuracy"),
+        report.section(
+            f"Likeness (chance {results['chance_attribution']:.3f})",
+            report.table(headline),
+            report.paragraph(
+                "Share of the RAG answers' word 8-grams copied from the retrieved exemplars: "
+                f"{results['rag_copy_rate']:.3f}."
+            ),
+        ),
+        report.section(
+            "Preference memory (PrefEval, chance 0.25)",
+            report.table(
+                [
+                    {
+                        "with memory": results["prefeval_acc_memory"],
+                        "without memory": results["prefeval_acc_nomemory"],
+                        "retrieval recall@5": results["retrieval_recall_at_5"],
+                    }
+                ]
+            ),
+        ),
+        report.section("Per person (attribution accuracy)", report.table(per_person)),
+        report.section("Examples", report.table(examples)),
+    ]
+    settings = {"config": results["config"], "seed": results["seed"], "versions": results["versions"]}
+    return report.write_page(path, "Personal avatars: likeness and preference memory", parts, settings)
