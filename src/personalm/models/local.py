@@ -22,7 +22,7 @@ from personalm.models.base import (
     occurrences,
 )
 from personalm.models.engine import ContinuousBatcher, DecodeRequest, DecodeResult
-from personalm.models.hf import transformers_offline
+from personalm.models.hf import logits_at, transformers_offline
 from personalm.models.llama_kernel import LlamaKernel, LlamaWeights, supports
 from personalm.models.sampling import row_generator
 
@@ -249,15 +249,19 @@ class LocalModel(TextModel):
         width = max(len(c) + len(t) for c, t in pairs)
         ids = torch.zeros(len(pairs), width, dtype=torch.long)
         mask = torch.zeros(len(pairs), width, dtype=torch.long)
+        positions = torch.zeros(len(pairs), width, dtype=torch.bool)  # those that predict a continuation token
         for row, (ctx, cont) in enumerate(pairs):
             seq = ctx + cont
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
-        for row, ((ctx, cont), index) in enumerate(zip(pairs, indices, strict=True)):
-            # softmax over the continuation's rows only: a whole-batch log_softmax doubles peak memory
-            rows = F.log_softmax(logits[row, len(ctx) - 1 : len(ctx) + len(cont) - 1].float(), dim=-1)
+            positions[row, len(ctx) - 1 : len(seq) - 1] = True
+        logits = logits_at(self.model, ids, mask, positions)
+        start = 0
+        for (_, cont), index in zip(pairs, indices, strict=True):
+            # one continuation's softmax at a time: a softmax over every row would double peak memory
+            rows = F.log_softmax(logits[start : start + len(cont)].float(), dim=-1)
             values = rows[torch.arange(len(cont)), torch.tensor(cont, dtype=torch.long)].tolist()
+            start += len(cont)
             tokens = self.tokenizer.convert_ids_to_tokens(cont)
             scores[index] = TokenScores(
                 tokens=[self.tokenizer.convert_tokens_to_string([t]) for t in tokens], logprobs=values

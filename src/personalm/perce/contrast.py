@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from personalm.models.hf import logits_at
 from personalm.train.data import IGNORE, last_reply_only, pad, tokenize_contrast
 
 DEFAULT_TOKEN_BUDGET = 8192
@@ -38,17 +39,12 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
 def supervised_logits(
     model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """`selected(model(...).logits, labels)` without computing the rest: the body runs on every
-    position, the output head (a vocabulary-wide matmul and softmax per token) only on the
-    positions that predict a supervised label, so prompt tokens cost no head."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if body is None or head is None or getattr(base.config, "final_logit_softcapping", None):
-        return selected(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    """`selected(model(...).logits, labels)` with the output head run only at the positions that
+    predict a supervised label, so prompt tokens cost no vocabulary-wide matmul or softmax."""
     keep = labels[:, 1:] != IGNORE
-    return head(hidden[:, :-1][keep]), labels[:, 1:][keep]
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = keep
+    return logits_at(model, input_ids, attention_mask, positions), labels[:, 1:][keep]
 
 
 @torch.no_grad()
