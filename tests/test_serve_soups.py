@@ -298,7 +298,7 @@ def test_a_soup_request_abandoned_while_waiting_for_its_weights_never_runs(soup_
     holding = {"model": "soup", "prompt": "Once upon a time", "max_tokens": 150, "temperature": 0, "stream": True,
                "preference_weights": W1}  # fmt: skip
     waiting = {"model": "soup", "messages": CHAT, "max_tokens": 4, "preference_weights": W2}
-    w1_key, _ = soups.factors(W1)
+    w1_key = soups.key(W1)
     with httpx.stream("POST", f"{url}/v1/completions", json=holding, headers=headers, timeout=300) as stream:
         lines = stream.iter_lines()
         assert next(line for line in lines if '"text": "' in line and '"text": ""' not in line)

@@ -10,7 +10,8 @@ weights change (the base weights saved before the previous merge are copied back
 new soup is added, and only the projections the two merges touched are re-packed for the kernel;
 its KV cache stays). Waiting requests are let
 in first come first served by weight vector, so a stream of requests for one weighting cannot
-starve another. The merged factors are cached per weight vector (least recently used evicted).
+starve another. The merged factors are built off the event loop and cached per weight vector (least recently
+used evicted).
 """
 
 from __future__ import annotations
@@ -199,35 +200,39 @@ class SoupModels:
         model = self.model()
         return min(self.max_len, model.context_length) if self.batched else model.context_length
 
-    def factors(self, weights: Mapping[str, float]) -> tuple[str, dict[str, LoraFactors]]:
-        """(cache key, stacked exact factors) for a weight vector, merged once and then reused."""
-        key = cache_key(self.adapters, weights, "exact", None)
+    def key(self, weights: Mapping[str, float]) -> str:
+        """The identity of a weight vector's soup (cheap: no tensor is touched)."""
+        return cache_key(self.adapters, weights, "exact", None)
+
+    def factors(self, key: str, weights: Mapping[str, float]) -> dict[str, LoraFactors]:
+        """The stacked exact factors of a weight vector, merged once and then reused."""
         if key in self._factors:
             self._factors.move_to_end(key)
         else:
             self._factors[key] = exact_factors(self.adapters, weights)
             while len(self._factors) > FACTOR_CACHE_SIZE:
                 self._factors.popitem(last=False)
-        return key, self._factors[key]
+        return self._factors[key]
 
     @asynccontextmanager
     async def session(self, weights: Mapping[str, float]) -> AsyncIterator[ServingEngine | None]:
         """Hold the soup of `weights` while generating: yields its engine (None without the kernel)."""
         if self._gate is None:
             self._gate = WeightGate(self._switch)
-        key, factors = self.factors(weights)
-        async with self._gate.hold(key, factors):
+        async with self._gate.hold(self.key(weights), weights):
             yield self._engine
 
-    async def _switch(self, key: str, factors: dict[str, LoraFactors]) -> None:
+    async def _switch(self, key: str, weights: Mapping[str, float]) -> None:
         try:
-            await asyncio.to_thread(self._apply, key, factors)
+            await asyncio.to_thread(self._apply, key, weights)
         except Exception as err:  # noqa: BLE001 - the waiting client hears about it as an engine failure
             raise EngineError(f"merging the soup failed: {err}") from err
 
-    def _apply(self, key: str, factors: dict[str, LoraFactors]) -> None:
-        """Swap the merged soup (the engine is idle: the gate let no request in)."""
+    def _apply(self, key: str, weights: Mapping[str, float]) -> None:
+        """Swap the merged soup (the engine is idle: the gate let no request in). Runs in a worker
+        thread, one at a time: the factors are built here, off the event loop."""
         model = self.model()
+        factors = self.factors(key, weights)
         touched = self._touched | set(factors)
         self._touched = set()
         self._merged.close()  # the base weights back, bit for bit
