@@ -13,6 +13,7 @@ from personalm.errors import PersonalmError
 from personalm.eval.tone import EmbeddingToneClassifier, FleschScorer, LLMJudge, flesch_reading_ease, make_scorer
 from personalm.tone import prompts
 from personalm.tone.corpus import load_passages, passages
+from personalm.tone.pipeline import ToneDataset
 
 SPEECH = """President: Test Person
 The canal opened in 1825 after eight years of work. It linked the Hudson River to Lake Erie.
@@ -61,6 +62,32 @@ def test_passages_skip_headers_and_split_by_document(tmp_path):
     ]
 
 
+def test_validation_documents_leave_test_documents_and_earlier_picks_alone(tmp_path):
+    for n in range(40):
+        (tmp_path / f"doc{n}.txt").write_text(3 * SPEECH.replace("1825", str(1800 + n)))
+    two = load_passages(tmp_path, words=25, per_doc=2, test_fraction=0.2, seed=3)
+    three = load_passages(tmp_path, words=25, per_doc=3, test_fraction=0.2, seed=3, val_fraction=0.2)
+    assert {p.split for p in three} == {"train", "val", "test"}
+    assert {p.doc for p in two if p.split == "test"} == {p.doc for p in three if p.split == "test"}
+    assert {p.id for p in two} < {p.id for p in three}
+    by_doc = {}
+    for p in three:
+        by_doc.setdefault(p.doc, set()).add(p.split)
+    assert all(len(splits) == 1 for splits in by_doc.values())
+
+
+def test_training_examples_are_drawn_at_a_tone_margin():
+    item = {"facts": "F", "question": "Q?", "candidates": [
+        {"text": "close but plain enough", "tone_score": 64.0, "semsim": 0.9},
+        {"text": "plainer, a bit further", "tone_score": 78.0, "semsim": 0.7},
+    ]}  # fmt: skip
+    dataset = ToneDataset([item, item | {"candidates": item["candidates"][:1]}], [], bar=60.0)
+    assert [e["answer"] for e in dataset.examples(0)] == ["close but plain enough"] * 2
+    assert [e["answer"] for e in dataset.examples(10)] == ["plainer, a bit further"]
+    assert dataset.examples(20) == []
+    assert dataset.examples(10)[0]["messages"][-1] == {"role": "assistant", "content": "plainer, a bit further"}
+
+
 def test_corpus_errors_are_one_line(tmp_path):
     with pytest.raises(PersonalmError, match="no .txt or .md"):
         load_passages(tmp_path)
@@ -75,6 +102,7 @@ def test_flesch_orders_plain_above_dense_text():
     assert flesch_reading_ease(plain) > 60 > flesch_reading_ease(dense)
     scorer = FleschScorer()
     assert scorer.accepts([plain, dense, "Yes."]).tolist() == [True, False, False]
+    assert not scorer.accepts([plain], margin=200.0)[0]
 
 
 class BagOfWords:
@@ -130,6 +158,7 @@ def test_tone_experiment_end_to_end_on_a_tiny_corpus(tmp_path, monkeypatch, caps
     assert [p["step"] for p in saved["curves"]["int8"]][0] == 0 and len(saved["curves"]["int8"]) >= 2
     assert (out / "conditions.png").stat().st_size > 0 and (out / "int8_vs_fp32.png").stat().st_size > 0
     assert "fp32 vs int8" in (out / "report.html").read_text()
+    assert saved["chosen_margin"] in (0.0, 10.0, 20.0) and "by_margin" in saved["margin_selection"]
     train_rows = [json.loads(line) for line in (out / "data" / "train.jsonl").read_text().splitlines()]
     assert train_rows and all(r["messages"][-1]["role"] == "assistant" for r in train_rows)
     test_docs = {json.loads(line)["doc"] for line in (out / "data" / "test.jsonl").read_text().splitlines()}

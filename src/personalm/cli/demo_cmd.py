@@ -105,10 +105,11 @@ def _tone_step(console: Console, out: Path) -> None:
     with load_model(cache=True) as teacher:
         dataset = ToneBuilder(config, teacher, Embedder(), FleschScorer(), lambda m: console.print(m)).build()
     write_dataset(dataset, out / "tone")
-    for example in dataset.train[:2]:
+    examples = dataset.examples()
+    for example in examples[:2]:
         console.print(f"[cyan]Q:[/] {example['question']}\n[dim]reference:[/] {example['reference']}\n"
                       f"[green]tone rewrite[/] (Flesch {example['tone_score']:.0f}): {example['answer']}")  # fmt: skip
-    if not dataset.train:
+    if not examples:
         console.print("no rewrite passed the tone scorer at this toy size; see tone/rejects.jsonl")
         return
     result = train(TrainConfig(data=str(out / "tone" / "train.jsonl"), out=str(out / "tone" / "adapter"), epochs=2,

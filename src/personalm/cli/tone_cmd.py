@@ -45,6 +45,7 @@ def build(
     temperature: float = typer.Option(0.8, min=0.0),
     max_tokens: int = typer.Option(64, min=8, help="Longest question/answer in tokens."),
     min_semsim: float = typer.Option(0.5, min=-1.0, max=1.0, help="A rewrite must stay this close to the reference."),
+    margin: float = typer.Option(0.0, help="Keep only rewrites scoring this far above the tone bar."),
     text_column: str = typer.Option("text", help="Text column of a JSONL/Parquet source."),
     scorer: str = typer.Option("flesch", help=SCORER_HELP),
     labelled: Path = typer.Option(None, help="JSONL/Parquet of {text, label} for --scorer embedding."),
@@ -67,16 +68,16 @@ def build(
     config = ToneBuildConfig(
         source=str(source), out=str(out), examples=examples, test=test, candidates=candidates,
         temperature=temperature, max_tokens=max_tokens, min_semsim=min_semsim, seed=seed,
-        text_column=text_column, scorer=scorer,
+        text_column=text_column, scorer=scorer, margin=margin,
     )  # fmt: skip
     with load_model(teacher, cache=True) as teacher_model:
         dataset = ToneBuilder(config, teacher_model, embedder, tone_scorer, _log).build()
-    write_dataset(dataset, out)
-    stderr.print(f"{len(dataset.train)} training examples, {len(dataset.test)} test questions, "
+    write_dataset(dataset, out, margin)
+    stderr.print(f"{len(dataset.examples(margin))} training examples, {len(dataset.test)} test questions, "
                  f"{len(dataset.rejects)} rejects (see {out / 'rejects.jsonl'})", markup=False)  # fmt: skip
     if not train_adapter:
         return
-    if not dataset.train:
+    if not dataset.examples(margin):
         raise PersonalmError("no example passed the tone scorer; nothing to train (see rejects.jsonl)", source=str(out))
     from personalm.train.loop import TrainConfig, train
 
@@ -111,6 +112,9 @@ def experiment(
     rank: int = typer.Option(16, min=1),
     snapshot_every: int = typer.Option(10, min=1, help="Steps between evaluated snapshots on the learning curves."),
     candidates: int = typer.Option(3, min=1),
+    margins: str = typer.Option("0,10,20", help="Tone-bar margins for kept rewrites; the best on validation is used."),
+    val: int = typer.Option(48, min=0, help="Validation questions (their own documents) for choosing the margin."),
+    per_doc: int = typer.Option(4, min=1, help="Passages drawn from each document."),
     scorer: str = typer.Option("flesch", help=SCORER_HELP),
     labelled: Path = typer.Option(None, help="JSONL/Parquet of {text, label} for --scorer embedding."),
     judge: str = typer.Option(None, help="Model for --scorer llm-judge."),
@@ -128,6 +132,12 @@ def experiment(
         raise PersonalmError(f"--sizes {sizes!r}: expected comma-separated integers like 25,100,300") from None
     if not size_list or min(size_list) < 1:
         raise PersonalmError(f"--sizes {sizes!r}: expected positive sizes")
+    try:
+        margin_list = sorted({float(m) for m in margins.split(",") if m.strip()})
+    except ValueError:
+        raise PersonalmError(f"--margins {margins!r}: expected comma-separated numbers like 0,10,20") from None
+    if not margin_list:
+        raise PersonalmError(f"--margins {margins!r}: expected at least one margin")
     if curve_size not in size_list:
         size_list = sorted({*size_list, curve_size})
     corpus = source or data_dir() / "speeches"
@@ -136,7 +146,8 @@ def experiment(
     embedder = Embedder()
     config = ToneExperimentConfig(
         source=str(corpus), out=str(out), sizes=size_list, curve_size=curve_size, test=test, epochs=epochs, lr=lr,
-        rank=rank, snapshot_every=snapshot_every, candidates=candidates, model=model, seed=seed,
+        rank=rank, snapshot_every=snapshot_every, candidates=candidates, margins=margin_list, val=val,
+        per_doc=per_doc, model=model, seed=seed,
     )  # fmt: skip
     results = run(config, embedder, _scorer(scorer, embedder, labelled, judge), _log)
     from rich.console import Console
@@ -147,6 +158,7 @@ def experiment(
         table.add_row(name, f"{results[f'{name}_tone_rate']:.2f}", f"{results[f'{name}_semsim']:.3f}",
                       f"{results[f'{name}_words']:.0f}")  # fmt: skip
     Console(stderr=True).print(table)
+    stderr.print(f"training-data margin chosen on validation: {results['chosen_margin']:g}", markup=False)
     stderr.print(f"results: {out / 'results.json'}  report: {out / 'report.html'}", markup=False)
     if as_json:
         typer.echo(json.dumps({k: v for k, v in results.items() if k != "curves"}))

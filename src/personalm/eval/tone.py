@@ -25,8 +25,11 @@ class ToneScorer(Protocol):
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """One number per text; higher means closer to the target tone."""
 
-    def accepts(self, texts: Sequence[str]) -> np.ndarray:
-        """One bool per text: meets the target tone."""
+    threshold: float
+
+    def accepts(self, texts: Sequence[str], margin: float = 0.0) -> np.ndarray:
+        """One bool per text: meets the target tone, with `margin` added to the bar (a training
+        set can ask for rewrites well inside the tone, not just over the line)."""
 
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -63,10 +66,10 @@ class FleschScorer:
     def score(self, texts: Sequence[str]) -> np.ndarray:
         return np.array([flesch_reading_ease(t) for t in texts], dtype=float)
 
-    def accepts(self, texts: Sequence[str]) -> np.ndarray:
+    def accepts(self, texts: Sequence[str], margin: float = 0.0) -> np.ndarray:
         """Too-short texts are refused: a two-word answer is trivially 'easy' but says nothing."""
         long_enough = np.array([len(t.split()) >= self.min_words for t in texts], dtype=bool)
-        return (self.score(texts) >= self.threshold) & long_enough
+        return (self.score(texts) >= self.threshold + margin) & long_enough
 
 
 class EmbeddingToneClassifier:
@@ -88,12 +91,13 @@ class EmbeddingToneClassifier:
     def score(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.predict_proba(self.embedder.embed(list(texts)))[:, 1]
 
-    def accepts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.score(texts) >= self.threshold
+    def accepts(self, texts: Sequence[str], margin: float = 0.0) -> np.ndarray:
+        return self.score(texts) >= self.threshold + margin
 
 
 class LLMJudge:
     name = "llm-judge"
+    threshold = 0.0
 
     def __init__(self, model: TextModel, tone: str = "plain, simple language that a 12-year-old understands"):
         self.model = model
@@ -115,8 +119,8 @@ class LLMJudge:
         no = self.model.score(contexts, ["No"] * len(texts))
         return np.array([y.total - n.total for y, n in zip(yes, no, strict=True)])
 
-    def accepts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.score(texts) > 0
+    def accepts(self, texts: Sequence[str], margin: float = 0.0) -> np.ndarray:
+        return self.score(texts) > self.threshold + margin
 
 
 SCORERS = ("flesch", "embedding", "llm-judge")

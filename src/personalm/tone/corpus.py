@@ -1,5 +1,6 @@
-"""A source of facts: any text corpus cut into short passages, split into train and test by
-document so no held-out question comes from a document seen in training."""
+"""A source of facts: any text corpus cut into short passages, split into train, validation and
+test by document so no held-out question comes from a document seen in training, and settings are
+chosen on validation documents, never on the test ones."""
 
 from __future__ import annotations
 
@@ -70,9 +71,13 @@ def passages(text: str, words: int = 60, min_words: int = 25) -> list[str]:
     return [p for p in out if min_words <= len(p.split()) <= 3 * words]
 
 
-def split_of(doc: str, test_fraction: float, seed: int) -> str:
-    digest = int(hashlib.sha256(f"{seed}:{doc}".encode()).hexdigest()[:8], 16)
-    return "test" if digest / 0xFFFFFFFF < test_fraction else "train"
+def split_of(doc: str, test_fraction: float, seed: int, val_fraction: float = 0.0) -> str:
+    """A document's split from a hash of its id: adding a validation share leaves the test
+    documents as they were (validation takes the hash range just above the test range)."""
+    position = int(hashlib.sha256(f"{seed}:{doc}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if position < test_fraction:
+        return "test"
+    return "val" if position < test_fraction + val_fraction else "train"
 
 
 def load_passages(
@@ -82,16 +87,18 @@ def load_passages(
     test_fraction: float = 0.15,
     seed: int = 0,
     text_column: str = "text",
+    val_fraction: float = 0.0,
 ) -> list[Passage]:
-    """Up to `per_doc` passages per document (spread over many documents), in a seeded order."""
-    rng = random.Random(seed)
+    """Up to `per_doc` passages per document (spread over many documents), in a seeded order.
+    Each document's picks depend only on the seed and its own id, so raising `per_doc` keeps the
+    earlier picks and adding documents changes no other document's."""
     out = []
     for doc, text in documents(source, text_column):
         chunks = passages(text, words)
-        picked = sorted(rng.sample(range(len(chunks)), min(per_doc, len(chunks))))
-        split = split_of(doc, test_fraction, seed)
-        out += [Passage(f"{doc}#{i}", doc, chunks[i], split) for i in picked]
+        order = random.Random(f"{seed}:{doc}").sample(range(len(chunks)), len(chunks))
+        split = split_of(doc, test_fraction, seed, val_fraction)
+        out += [Passage(f"{doc}#{i}", doc, chunks[i], split) for i in sorted(order[:per_doc])]
     if not out:
         raise PersonalmError("no passage of at least 25 words in the corpus", source=str(source))
-    rng.shuffle(out)
+    random.Random(seed).shuffle(out)
     return out

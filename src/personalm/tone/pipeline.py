@@ -46,14 +46,44 @@ class ToneBuildConfig:
     seed: int = 0
     text_column: str = "text"
     scorer: str = "flesch"
+    val: int = 0
+    val_fraction: float = 0.1
+    margin: float = 0.0
 
 
 @dataclass
 class ToneDataset:
-    train: list[dict[str, Any]]
+    """`items`: training questions with every acceptable rewrite; `examples(margin)` draws the
+    chat training set from them."""
+
+    items: list[dict[str, Any]]
     test: list[dict[str, Any]]
     rejects: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    val: list[dict[str, Any]] = field(default_factory=list)
+    bar: float = 0.0
+
+    def examples(self, margin: float = 0.0) -> list[dict[str, Any]]:
+        """The training examples whose best rewrite clears the tone bar by `margin`, in order."""
+        return [e for e in (select(item, self.bar + margin) for item in self.items) if e is not None]
+
+
+def select(item: dict[str, Any], floor: float) -> dict[str, Any] | None:
+    """The item as a chat example with its rewrite closest in meaning to the reference among
+    those scoring at least `floor`; None when no rewrite does."""
+    fitting = [c for c in item["candidates"] if c["tone_score"] >= floor]
+    if not fitting:
+        return None
+    best = max(fitting, key=lambda c: c["semsim"])
+    return item | {
+        "answer": best["text"],
+        "tone_score": best["tone_score"],
+        "semsim": best["semsim"],
+        "messages": [
+            {"role": "user", "content": prompts.user_turn(item["facts"], item["question"])},
+            {"role": "assistant", "content": best["text"]},
+        ],
+    }
 
 
 class ToneBuilder:
@@ -95,9 +125,11 @@ class ToneBuilder:
         return kept
 
     def tone_examples(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Sample `candidates` rewrites per reference; keep the accepted one closest in meaning."""
+        """Sample `candidates` rewrites per reference and keep them all with their tone score and
+        similarity, so a training set can be drawn at any tone margin (`select`); items with no
+        acceptable rewrite even at margin 0 are rejects, with each candidate's reason."""
         k = self.config.candidates
-        chats = [prompts.tone_prompt(i["reference"]) for i in items for _ in range(k)]
+        chats = [prompts.tone_prompt(i["question"], i["reference"]) for i in items for _ in range(k)]
         gens = self.model.generate(chats, self._params(self.config.temperature, salt=1))
         texts = [prompts.clean_answer(g.text, g.finish_reason == "length")[0] or "" for g in gens]
         refs = self.embedder.embed([i["reference"] for i in items])
@@ -106,7 +138,7 @@ class ToneBuilder:
         accepted = self.scorer.accepts(texts)
         out = []
         for n, item in enumerate(items):
-            best, reasons = None, []
+            candidates, reasons = [], []
             for j in range(n * k, (n + 1) * k):
                 semsim = float(cands[j] @ refs[n])
                 if not texts[j]:
@@ -115,24 +147,12 @@ class ToneBuilder:
                     reasons.append(f"tone score {tone[j]:.1f} below the bar")
                 elif semsim < self.config.min_semsim:
                     reasons.append(f"meaning drifted (similarity {semsim:.2f})")
-                elif best is None or semsim > best[1]:
-                    best = (j, semsim)
-            if best is None:
+                else:
+                    candidates.append({"text": texts[j], "tone_score": float(tone[j]), "semsim": round(semsim, 4)})
+            if not candidates:
                 self._reject(item, "tone", "; ".join(reasons), texts[n * k])
                 continue
-            j, semsim = best
-            out.append(
-                item
-                | {
-                    "answer": texts[j],
-                    "tone_score": float(tone[j]),
-                    "semsim": round(semsim, 4),
-                    "messages": [
-                        {"role": "user", "content": prompts.user_turn(item["facts"], item["question"])},
-                        {"role": "assistant", "content": texts[j]},
-                    ],
-                }
-            )
+            out.append(item | {"candidates": candidates})
         return out
 
     def _reject(self, item: Passage | dict[str, Any], stage: str, reason: str, text: str) -> None:
@@ -141,50 +161,70 @@ class ToneBuilder:
 
     def build(self) -> ToneDataset:
         c = self.config
-        pool = load_passages(c.source, c.passage_words, c.per_doc, c.test_fraction, c.seed, c.text_column)
-        train_pool = [p for p in pool if p.split == "train"]
-        test_pool = [p for p in pool if p.split == "test"]
-        test = self._collect(test_pool, c.test, "test", lambda batch: self.grounded_questions(batch))
+        pool = load_passages(
+            c.source, c.passage_words, c.per_doc, c.test_fraction, c.seed, c.text_column, c.val_fraction if c.val else 0.0
+        )  # fmt: skip
+        split = {name: [p for p in pool if p.split == name] for name in ("train", "val", "test")}
+        test = self._collect(split["test"], c.test, "test", self.grounded_questions)
+        val = self._collect(split["val"], c.val, "validation", self.grounded_questions)
+        floor = self.scorer.threshold + c.margin
         train = self._collect(
-            train_pool, c.examples, "train", lambda batch: self.tone_examples(self.grounded_questions(batch))
-        )
-        tried = len({r["passage_id"] for r in self.rejects}) + len(train) + len(test)
-        stats = {
+            split["train"], c.examples, "train", lambda batch: self.tone_examples(self.grounded_questions(batch)),
+            counts=lambda item: select(item, floor) is not None,
+        )  # fmt: skip
+        dataset = ToneDataset(train, test, self.rejects, val=val, bar=self.scorer.threshold)
+        kept = dataset.examples(c.margin)
+        tried = len({r["passage_id"] for r in self.rejects}) + len(train) + len(test) + len(val)
+        dataset.stats = {
             "config": asdict(c),
-            "passages_available": {"train": len(train_pool), "test": len(test_pool)},
+            "passages_available": {name: len(passages) for name, passages in split.items()},
             "passages_tried": tried,
-            "train_examples": len(train),
+            "train_items": len(train),
+            "train_examples": len(kept),
+            "train_examples_by_margin": {m: len(dataset.examples(m)) for m in sorted({0.0, 10.0, 20.0, c.margin})},
+            "val_questions": len(val),
             "test_questions": len(test),
             "rejects_by_stage": {
                 s: sum(r["stage"] == s for r in self.rejects) for s in ("question", "reference", "tone")
             },
-            "mean_tone_score": float(np.mean([e["tone_score"] for e in train])) if train else None,
-            "mean_semsim": float(np.mean([e["semsim"] for e in train])) if train else None,
+            "tone_bar": self.scorer.threshold,
+            "mean_tone_score": float(np.mean([e["tone_score"] for e in kept])) if kept else None,
+            "mean_semsim": float(np.mean([e["semsim"] for e in kept])) if kept else None,
             "model": self.model.model_id,
             "scorer": self.scorer.name,
             "versions": versions("personalm", "torch", "transformers"),
         }
-        return ToneDataset(train, test, self.rejects, stats)
+        return dataset
 
-    def _collect(self, pool: list[Passage], wanted: int, name: str, stage) -> list[dict[str, Any]]:
-        """Process the pool in rounds until `wanted` items are kept (or the pool runs out)."""
+    def _collect(self, pool: list[Passage], wanted: int, name: str, stage, counts=lambda item: True) -> list[dict]:
+        """Process the pool in rounds until `wanted` items that `counts` are kept (or the pool
+        runs out). Items that do not count are kept too (a looser selection may use them)."""
         kept: list[dict[str, Any]] = []
         start = 0
-        while len(kept) < wanted and start < len(pool):
-            size = max(8, min(self.config.round_size, 2 * (wanted - len(kept))))
+
+        def counted() -> int:
+            return sum(1 for item in kept if counts(item))
+
+        while counted() < wanted and start < len(pool):
+            size = max(8, min(self.config.round_size, 2 * (wanted - counted())))
             batch = pool[start : start + size]
             start += len(batch)
             kept += stage(batch)
-            self.log(f"{name}: {min(len(kept), wanted)}/{wanted} kept from {start} passages")
-        if len(kept) < wanted:
-            self.log(f"{name}: the corpus gave only {len(kept)} of {wanted}")
-        return kept[:wanted]
+            self.log(f"{name}: {min(counted(), wanted)}/{wanted} kept from {start} passages")
+        if counted() < wanted:
+            self.log(f"{name}: the corpus gave only {counted()} of {wanted}")
+            return kept
+        last = [n for n, item in enumerate(kept) if counts(item)][wanted - 1]
+        return kept[: last + 1]
 
 
-def write_dataset(dataset: ToneDataset, out: Path) -> None:
-    """train.jsonl (chat examples + provenance), test.jsonl, rejects.jsonl, stats.json."""
+def write_dataset(dataset: ToneDataset, out: Path, margin: float = 0.0) -> None:
+    """train.jsonl (chat examples at `margin` + provenance), candidates.jsonl (every kept item
+    with all its rewrites), val.jsonl, test.jsonl, rejects.jsonl, stats.json."""
     out.mkdir(parents=True, exist_ok=True)
-    write_rows(out / "train.jsonl", dataset.train)
+    write_rows(out / "train.jsonl", dataset.examples(margin))
+    write_rows(out / "candidates.jsonl", dataset.items)
+    write_rows(out / "val.jsonl", dataset.val)
     write_rows(out / "test.jsonl", dataset.test)
     write_rows(out / "rejects.jsonl", dataset.rejects)
     write_json(out / "stats.json", dataset.stats)

@@ -46,13 +46,16 @@ def reference_prompt(facts: str, question: str) -> list[Message]:
     return [{"role": "user", "content": f"Answer the question using only the facts.\n\n{user_turn(facts, question)}"}]
 
 
-def tone_prompt(reference: str) -> list[Message]:
+def tone_prompt(question: str, reference: str) -> list[Message]:
+    """The question is shown so the rewrite can answer it head-on: references tend to restate the
+    question's formal wording, which then dominates the reading ease of the rewrite."""
     return [
         {"role": "system", "content": TONE_SYSTEM},
         {
             "role": "user",
             "content": "Say this answer again so it sounds natural spoken aloud to a friend: short sentences, "
-            f"simple words, same facts.\n\nAnswer: {reference}",
+            "simple words, same facts. Start with the answer itself; do not repeat the question."
+            f"\n\nQuestion: {question}\nAnswer: {reference}",
         },
     ]
 
