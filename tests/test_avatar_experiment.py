@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
+import pytest
 from avatar_support import WordHashEmbedder
 
 from personalm.avatars.api import AvatarMemory
@@ -16,7 +18,9 @@ from personalm.avatars.experiment import (
     answer_prompt,
     copy_rate,
     held_out_prompts,
+    load_prefeval,
     passage_turns,
+    prefeval_split,
     run,
     split_person,
     spread,
@@ -24,6 +28,7 @@ from personalm.avatars.experiment import (
 from personalm.avatars.retrieval import Hit, Recall
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.avatars.store import Memory
+from personalm.errors import PersonalmError
 from personalm.models.base import Generation, TextModel, TokenScores
 
 STYLES = {
@@ -66,7 +71,7 @@ def make_data(root):
     (root / "prefeval" / "mcq_options").mkdir(parents=True)
     for topic, noun in (("food", "pasta"), ("travel", "mountains")):
         items = [
-            {"preference": f"I love {noun} number {i}.", "question": f"What should I pick for evening {i}?",
+            {"preference": f"I love {noun} number {i}.", "question": f"What {topic} should I pick for evening {i}?",
              "classification_task_options": [f"{noun} number {i}", "something else", "another thing", "nothing"]}
             for i in range(6)
         ]  # fmt: skip
@@ -117,7 +122,7 @@ def test_whole_run_on_synthetic_data(tmp_path):
     memory = AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
-        prompts_per_person=2, prefeval_items=8, distractors=12,
+        prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12,
     )  # fmt: skip
     results = run(config, model=EchoStyleModel(), memory=memory)
     for key in ("attribution_acc_rag", "attribution_acc_norag", "prefeval_acc_memory", "prefeval_acc_nomemory",
@@ -132,3 +137,45 @@ def test_whole_run_on_synthetic_data(tmp_path):
     assert saved["attribution_acc_rag"] == results["attribution_acc_rag"]
     assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
     assert "Preference memory" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_prefeval_split_keeps_test_apart_and_fixed(tmp_path):
+    """The test cases do not depend on the validation size, and validation shares no question
+    and no preference with them."""
+    make_data(tmp_path)
+    items = load_prefeval(tmp_path)
+    config = ExperimentConfig(data=tmp_path, out=tmp_path / "out", prefeval_items=6, distractors=12)
+    test, validation, _ = prefeval_split(replace(config, prefeval_validation_items=6), items)
+    test_again, fewer, _ = prefeval_split(replace(config, prefeval_validation_items=2), items)
+    assert [(c.texts, c.options, c.answer) for c in test] == [(c.texts, c.options, c.answer) for c in test_again]
+    assert len(validation) == 6 and len(fewer) == 2
+    for key in ("question", "preference"):
+        assert not {c.item[key] for c in test} & {c.item[key] for c in validation}
+    assert all(c.options[c.answer] == c.item["classification_task_options"][0] for c in test + validation)
+
+
+def test_prefeval_only_reuses_the_likeness_part(tmp_path):
+    make_data(tmp_path / "data")
+    embedder = WordHashEmbedder()
+    config = ExperimentConfig(
+        data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
+        prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, prefeval_only=True,
+    )  # fmt: skip
+    with pytest.raises(PersonalmError, match="needs an earlier results.json"):
+        run(config, model=EchoStyleModel(), memory=AvatarMemory(SQLiteStore(tmp_path / "a.db", 512), embedder))
+    first = run(replace(config, prefeval_only=False), model=EchoStyleModel(),
+                memory=AvatarMemory(SQLiteStore(tmp_path / "b.db", 512), embedder))  # fmt: skip
+    again = run(replace(config, prefeval_validation_items=4), model=EchoStyleModel(),
+                memory=AvatarMemory(SQLiteStore(tmp_path / "c.db", 512), embedder))  # fmt: skip
+    assert again["likeness"] == first["likeness"] and again["attribution_acc_rag"] == first["attribution_acc_rag"]
+    assert (
+        again["likeness_run"]["seconds"] == first["seconds"] and again["prefeval"]["split"]["validation"]["items"] == 4
+    )
+    names = [row["scorer"] for row in again["prefeval"]["scorers"]["validation"]]
+    assert again["prefeval"]["scorers"]["chosen_memory"] in names and "channel" in names
+    with pytest.raises(PersonalmError, match="seed 0"):
+        run(
+            replace(config, seed=1),
+            model=EchoStyleModel(),
+            memory=AvatarMemory(SQLiteStore(tmp_path / "d.db", 512), embedder),
+        )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from avatar_support import BACKENDS, WordHashEmbedder, make_store
+from avatar_support import BACKENDS, DIM, WordHashEmbedder, make_store
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.ingest import memory_key
-from personalm.avatars.retrieval import rrf
+from personalm.avatars.retrieval import PLAIN_RRF, Fusion, hybrid_search, rrf
 from personalm.avatars.store import NewMemory
+from personalm.errors import PersonalmError
 
 EMBEDDER = WordHashEmbedder()
 
@@ -28,6 +30,50 @@ def test_rrf_rewards_agreement():
     fused = rrf([([1, 2, 3], 1.0), ([3, 1, 4], 1.0)])
     assert max(fused, key=fused.get) == 1
     assert fused[3] > fused[2] and fused[4] == pytest.approx(1 / 63)
+
+
+def test_weighted_rrf_by_hand():
+    fused = rrf([([1, 2], 2.0), ([2, 3], 1.0)], rrf_k=10)
+    assert fused == pytest.approx({1: 2 / 11, 2: 2 / 12 + 1 / 11, 3: 1 / 12})
+    assert (PLAIN_RRF.keyword, PLAIN_RRF.dense, PLAIN_RRF.k) == (1.0, 1.0, 60)
+    for bad in ((0.0, 0.0, 60), (-1.0, 1.0, 60), (1.0, 1.0, -1)):
+        with pytest.raises(PersonalmError):
+            Fusion(*bad)
+
+
+def at_cosine(c: float, axis: int) -> np.ndarray:
+    """A unit vector at cosine c to the first axis."""
+    vector = np.zeros(DIM, dtype=np.float32)
+    vector[0], vector[axis] = c, np.sqrt(1 - c * c)
+    return vector
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    yield from make_store(request.param, tmp_path, DIM)
+
+
+def test_fusion_weights_change_the_order(store):
+    """The keyword list has only A (dense rank 12 of 12); the dense list has B first. Plain RRF:
+    A = 1/61 + 1/72 beats B = 1/61; dense weighted 5 with k 20: B = 5/21 first, A = 1/21 + 5/32 fifth
+    (after the fillers of dense ranks 2-4, 5/22 .. 5/24)."""
+    texts = ["A zebra crossed the road.", "The weather report for Tuesday."]
+    texts += [f"Filler note number {i}." for i in range(10)]
+    cosines = [-0.9, 1.0] + [0.9 - 0.05 * i for i in range(10)]
+    memories = [NewMemory("fact", t, memory_key("fact", t), at_cosine(c, axis))
+                for axis, (t, c) in enumerate(zip(texts, cosines, strict=True), start=1)]  # fmt: skip
+    a, b = store.add("ada", memories)[:2]
+    query = at_cosine(1.0, 1)
+
+    def ranked(fusion):
+        return {h.memory.id: h.score for h in hybrid_search(store, "ada", "zebra", query, 12, fusion=fusion)}
+
+    plain = ranked(PLAIN_RRF)
+    assert list(plain)[:2] == [a, b] and plain[a] == pytest.approx(1 / 61 + 1 / 72)
+    weighted = ranked(Fusion(keyword=1.0, dense=5.0, k=20))
+    assert list(weighted)[0] == b and weighted[b] == pytest.approx(5 / 21)
+    assert weighted[a] == pytest.approx(1 / 21 + 5 / 32) and list(weighted).index(a) == 4
+    assert list(ranked(Fusion(keyword=1.0, dense=0.0))) == [a]
 
 
 def test_hybrid_search_fuses_keyword_and_dense(memory):

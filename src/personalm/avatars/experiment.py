@@ -24,7 +24,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import system_prompt
 from personalm.avatars.chunking import Chunking, chunk_text, sentences
 from personalm.avatars.ingest import memory_key
+from personalm.avatars.option_scoring import SCORERS, Passes, Question, accuracy, scorer
 from personalm.avatars.profile import clean_profile, display_name, keyword_profile, profile_prompt
-from personalm.avatars.retrieval import Recall, hybrid_search
+from personalm.avatars.retrieval import PLAIN_RRF, RRF_K, Fusion, Recall, hybrid_search
 from personalm.avatars.sources import DATE_PREFIX, read_source
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.avatars.store import NewMemory, Profile, SourceRecord
@@ -44,6 +45,7 @@ from personalm.errors import PersonalmError
 from personalm.models.base import SamplingParams, TextModel
 
 CONDITIONS = ("rag", "norag", "profile")
+RETRIEVED_FACTS = 5  # memories put in the context of a PrefEval question
 LABELS = {"rag": "avatar with retrieval", "norag": "same model, no retrieval", "profile": "profile only"}
 
 
@@ -61,8 +63,10 @@ class ExperimentConfig:
     max_tokens: int = 64
     temperature: float = 0.5
     prefeval_items: int = 100
+    prefeval_validation_items: int = 100
     distractors: int = 50
     seed: int = 0
+    prefeval_only: bool = False  # reuse the likeness part of OUT/results.json, rerun PrefEval only
 
 
 Log = Callable[[str], None]
@@ -325,59 +329,162 @@ def persona_sentences(data: Path, limit: int, rng: random.Random) -> list[str]:
     return rng.sample(sorted(lines), min(limit, len(lines)))
 
 
-def memory_context(facts: list[str]) -> str:
-    return "What you remember about the user:\n" + "\n".join(f"- {f}" for f in facts)
+@dataclass
+class PrefCase:
+    """One PrefEval question as stored and asked: the memories stored with its preference, the
+    options in the order shown, the index of the right one, and the memories retrieved for it."""
+
+    item: dict
+    texts: list[str]
+    options: list[str]
+    answer: int
+    avatar: str = ""
+    ranked: list[str] = field(default_factory=list)
+
+
+def draw_cases(
+    chosen: list[dict], hard_pool: list[dict], personas: list[str], distractors: int, rng: random.Random
+) -> list[PrefCase]:
+    """Per question: 10 preferences of other topics and the rest persona sentences as distractors,
+    and the options shuffled (in this order of draws, so a seed always gives the same cases)."""
+    cases = []
+    for item in chosen:
+        others = [i["preference"] for i in hard_pool if i["topic"] != item["topic"]]
+        hard = rng.sample(others, min(10, len(others)))
+        texts = [item["preference"], *rng.sample(personas, distractors - len(hard)), *hard]
+        shuffled = list(range(4))
+        rng.shuffle(shuffled)
+        options = [item["classification_task_options"][i] for i in shuffled]
+        cases.append(PrefCase(item, texts, options, shuffled.index(0)))
+    return cases
+
+
+def prefeval_split(config: ExperimentConfig, items: list[dict]) -> tuple[list[PrefCase], list[PrefCase], list[str]]:
+    """Test cases exactly as every earlier run drew them (seed + 1), then validation cases drawn
+    with seed + 2 from the items that share neither question nor preference with any test item;
+    validation distractors come from those items too."""
+    rng = random.Random(config.seed + 1)
+    chosen = rng.sample(items, min(config.prefeval_items, len(items)))
+    personas = persona_sentences(config.data, 400, rng)
+    test = draw_cases(chosen, items, personas, config.distractors, rng)
+    questions, preferences = {i["question"] for i in chosen}, {i["preference"] for i in chosen}
+    free = [i for i in items if i["question"] not in questions and i["preference"] not in preferences]
+    val_rng = random.Random(config.seed + 2)
+    picked = val_rng.sample(free, min(config.prefeval_validation_items, len(free)))
+    if not picked:
+        raise PersonalmError(
+            "no PrefEval items left for validation once the test items are drawn", source=str(config.data)
+        )
+    return test, draw_cases(picked, free, personas, config.distractors, val_rng), personas
+
+
+def store_and_rank(memory: AvatarMemory, cases: list[PrefCase], vectors: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Each case's memories into its own avatar (one per exact memory set); the question vectors."""
+    for case in cases:
+        case.avatar = "prefeval-" + memory_key("prefeval", "\n".join(case.texts))[:24]
+        memory.store.add(case.avatar, [NewMemory("fact", t, memory_key("fact", t), vectors[t]) for t in case.texts])
+    return list(memory.embed([c.item["question"] for c in cases]))
+
+
+def retrieve(memory: AvatarMemory, cases: list[PrefCase], questions: list[np.ndarray], fusion: Fusion) -> dict:
+    """Rank every case's memories with `fusion`; recall@5 and mean reciprocal rank of the preference."""
+    ranks = []
+    for case, vector in zip(cases, questions, strict=True):
+        hits = hybrid_search(memory.store, case.avatar, case.item["question"], vector, len(case.texts), ("fact",),
+                             fusion=fusion)  # fmt: skip
+        case.ranked = [h.memory.text for h in hits]
+        ranks.append(case.ranked.index(case.item["preference"]) + 1 if case.item["preference"] in case.ranked else 0)
+    return {
+        "recall_at_5": float(np.mean([0 < r <= RETRIEVED_FACTS for r in ranks])),
+        "mrr": float(np.mean([1 / r if r else 0.0 for r in ranks])),
+    }
+
+
+def fusion_grid() -> list[Fusion]:
+    """Plain RRF first (it wins ties), then dense:keyword weight ratios x rank offsets, and each
+    list alone. Only the ratio of the weights matters, so the keyword weight stays 1."""
+    grid = [PLAIN_RRF]
+    for k in (5, 10, 20, 60):
+        grid += [
+            Fusion(1.0, dense, k) for dense in (0.5, 1.0, 2.0, 3.0, 5.0, 8.0) if Fusion(1.0, dense, k) != PLAIN_RRF
+        ]
+    return grid + [Fusion(1.0, 0.0, RRF_K), Fusion(0.0, 1.0, RRF_K)]
+
+
+def choose_fusion(memory: AvatarMemory, cases: list[PrefCase], questions: list[np.ndarray], log: Log) -> tuple:
+    """The fusion with the best validation recall@5 (then reciprocal rank; then the earlier in the grid)."""
+    rows = [{"keyword": f.keyword, "dense": f.dense, "k": f.k, **retrieve(memory, cases, questions, f)}
+            for f in fusion_grid()]  # fmt: skip
+    best = max(range(len(rows)), key=lambda i: (rows[i]["recall_at_5"], rows[i]["mrr"], -i))
+    chosen = Fusion(rows[best]["keyword"], rows[best]["dense"], rows[best]["k"])
+    log(f"prefeval: fusion {chosen.label} (validation recall@5 {rows[best]['recall_at_5']:.2f})")
+    return chosen, rows
+
+
+def questions_for(cases: list[PrefCase]) -> list[Question]:
+    return [Question(c.item["question"], c.options, c.ranked[:RETRIEVED_FACTS]) for c in cases]
+
+
+def choose_scorers(model: TextModel, cases: list[PrefCase], log: Log) -> tuple[str, str, list[dict], Passes]:
+    """Every scorer on validation, with and without memories; the best of each condition (ties:
+    the earlier in SCORERS)."""
+    passes = Passes(model, questions_for(cases), log)
+    answers = [c.answer for c in cases]
+    rows = []
+    for s in SCORERS:
+        with_memory, without = s.score(passes, True), s.score(passes, False)
+        rows.append({"scorer": s.name, "description": s.description, "acc_memory": accuracy(with_memory, answers),
+                     "acc_nomemory": None if without is None else accuracy(without, answers)})  # fmt: skip
+    best_memory = max(rows, key=lambda r: r["acc_memory"])["scorer"]
+    best_none = max((r for r in rows if r["acc_nomemory"] is not None), key=lambda r: r["acc_nomemory"])["scorer"]
+    log(f"prefeval: scorer with memory {best_memory}, without memory {best_none} (chosen on validation)")
+    return best_memory, best_none, rows, passes
 
 
 def prefeval(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log) -> dict:
-    rng = random.Random(config.seed + 1)
+    """Fusion and option scorers chosen on validation questions; the test questions are retrieved
+    and scored once, with the chosen settings only."""
     items = load_prefeval(config.data)
-    chosen = rng.sample(items, min(config.prefeval_items, len(items)))
-    personas = persona_sentences(config.data, 400, rng)
+    test, validation, personas = prefeval_split(config, items)
     pool = list(dict.fromkeys(personas + [i["preference"] for i in items]))
     log(f"prefeval: embedding {len(pool)} memories (preferences and distractors)")
     vectors = dict(zip(pool, memory.embed(pool), strict=True))
-    store = memory.store
-    hits_at_5, contexts_mem, contexts_none, options, answers = [], [], [], [], []
-    for item in chosen:
-        others = [i["preference"] for i in items if i["topic"] != item["topic"]]
-        hard = rng.sample(others, min(10, len(others)))
-        texts = [item["preference"], *rng.sample(personas, config.distractors - len(hard)), *hard]
-        avatar = "prefeval-" + memory_key("prefeval", "\n".join(texts))[:24]  # one avatar per exact memory set
-        store.add(avatar, [NewMemory("fact", t, memory_key("fact", t), vectors[t]) for t in texts])
-        question_vector = memory.embed([item["question"]])[0]
-        top = hybrid_search(store, avatar, item["question"], question_vector, 5, ("fact",))
-        facts = [h.memory.text for h in top]
-        hits_at_5.append(item["preference"] in facts)
-        shuffled = list(range(4))
-        rng.shuffle(shuffled)
-        opts = [item["classification_task_options"][i] for i in shuffled]
-        options.append(opts)
-        answers.append(shuffled.index(0))
-        contexts_mem.append(
-            [{"role": "system", "content": memory_context(facts)}, {"role": "user", "content": item["question"]}]
-        )
-        contexts_none.append([{"role": "user", "content": item["question"]}])
-    log(f"prefeval: scoring 4 options x {len(chosen)} questions, with and without memory")
-    result = {
-        "items": len(chosen),
+    val_questions = store_and_rank(memory, validation, vectors)
+    test_questions = store_and_rank(memory, test, vectors)
+
+    fusion, fusion_rows = choose_fusion(memory, validation, val_questions, log)
+    retrieve(memory, validation, val_questions, fusion)
+    memory_scorer, nomemory_scorer, scorer_rows, val_passes = choose_scorers(model, validation, log)
+
+    test_retrieval = retrieve(memory, test, test_questions, fusion)
+    log(f"prefeval: test, {len(test)} questions, recall@5 {test_retrieval['recall_at_5']:.2f}")
+    test_passes = Passes(model, questions_for(test), log)
+    answers = [c.answer for c in test]
+    acc_memory = accuracy(scorer(memory_scorer).score(test_passes, True), answers)
+    acc_nomemory = accuracy(scorer(nomemory_scorer).score(test_passes, False), answers)
+    np.savez(config.out / "prefeval_scores.npz", test_answers=np.array(answers),
+             validation_answers=np.array([c.answer for c in validation]),
+             **val_passes.arrays("validation"), **test_passes.arrays("test"))  # fmt: skip
+    return {
+        "items": len(test),
         "distractors": config.distractors,
-        "retrieval_recall_at_5": float(np.mean(hits_at_5)),
+        "retrieved_facts": RETRIEVED_FACTS,
+        "split": {
+            "test": {"items": len(test), "seed": config.seed + 1},
+            "validation": {"items": len(validation), "seed": config.seed + 2},
+            "shared_questions": len({c.item["question"] for c in test} & {c.item["question"] for c in validation}),
+            "shared_preferences": len(
+                {c.item["preference"] for c in test} & {c.item["preference"] for c in validation}
+            ),
+        },
+        "fusion": {"chosen": asdict(fusion), "label": fusion.label, "validation": fusion_rows},
+        "scorers": {"validation": scorer_rows, "chosen_memory": memory_scorer, "chosen_nomemory": nomemory_scorer},
+        "retrieval_recall_at_5": test_retrieval["recall_at_5"],
+        "retrieval_mrr": test_retrieval["mrr"],
+        "prefeval_acc_memory": acc_memory,
+        "prefeval_acc_nomemory": acc_nomemory,
+        "by_topic": sorted({c.item["topic"] for c in test}),
     }
-    totals, means = {}, {}
-    for name, contexts in (("memory", contexts_mem), ("nomemory", contexts_none)):
-        flat_ctx = [c for c, opts in zip(contexts, options, strict=True) for _ in opts]
-        flat_opt = [" " + o for opts in options for o in opts]
-        scored = model.score(flat_ctx, flat_opt)
-        totals[name] = np.array([s.total for s in scored]).reshape(len(chosen), 4)
-        means[name] = np.array([s.mean for s in scored]).reshape(len(chosen), 4)
-        result[f"prefeval_acc_{name}"] = float(np.mean(means[name].argmax(axis=1) == np.array(answers)))
-    gain = totals["memory"] - totals["nomemory"]
-    result["prefeval_acc_memory_pmi"] = float(np.mean(gain.argmax(axis=1) == np.array(answers)))
-    np.savez(config.out / "prefeval_scores.npz", answers=np.array(answers), **{f"total_{k}": v for k, v in totals.items()},
-             **{f"mean_{k}": v for k, v in means.items()})  # fmt: skip
-    result["by_topic"] = sorted({i["topic"] for i in chosen})
-    return result
 
 
 # ---------------------------------------------------------------- run + report
@@ -394,19 +501,48 @@ def work_dir(config: ExperimentConfig) -> Path:
     return work
 
 
+def earlier_likeness(config: ExperimentConfig) -> tuple[dict, dict]:
+    """The likeness part of the results.json already in config.out, and how that run was made
+    (carried over from run to run, so it always names the run that computed it)."""
+    path = config.out / "results.json"
+    if not path.is_file():
+        raise PersonalmError("--prefeval-only needs an earlier results.json with the likeness part", source=str(path))
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PersonalmError(f"not readable JSON ({err})", source=str(path)) from None
+    like = old.get("likeness") if isinstance(old, dict) else None
+    if not isinstance(like, dict) or "attribution_acc_rag" not in like:
+        raise PersonalmError(
+            "no likeness part (expected a 'likeness' object from `avatar experiment`)", source=str(path)
+        )
+    made = old.get("likeness_run") or {
+        k: old.get(k) for k in ("model", "config", "seed", "versions", "machine", "seconds")
+    }
+    if made.get("seed") != config.seed or (made.get("config") or {}).get("model") != config.model:
+        raise PersonalmError(
+            f"the likeness part was made with seed {made.get('seed')} and model {(made.get('config') or {}).get('model')};"
+            " rerun without --prefeval-only to change them",
+            source=str(path),
+        )
+    return like, made
+
+
 def run(
     config: ExperimentConfig,
     log: Log = lambda m: None,
     model: TextModel | None = None,
     memory: AvatarMemory | None = None,
 ) -> dict:
-    """Both experiments; writes results.json, avatar.png and report.html into config.out.
-    Generations are cached there, so a killed run resumes (a given model/memory is used as is)."""
+    """Both experiments (or PrefEval only, the likeness part taken from the results.json already
+    there); writes results.json, avatar.png and report.html into config.out. Generations are cached
+    there, so a killed run resumes (a given model/memory is used as is)."""
     from personalm.bench.hardware import machine, versions
     from personalm.models import load_model
 
     if config.distractors < 10:
         raise PersonalmError(f"--distractors {config.distractors}: use at least 10")
+    earlier = earlier_likeness(config) if config.prefeval_only else None
     config.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     work = work_dir(config)
@@ -415,7 +551,7 @@ def run(
     if memory is None:
         memory = AvatarMemory(SQLiteStore(work / "memory.db", 384))
     try:
-        like = likeness(config, model, memory, log)
+        like = earlier[0] if earlier else likeness(config, model, memory, log)
         pref = prefeval(config, model, memory, log)
     finally:
         memory.close()
@@ -444,6 +580,8 @@ def run(
         "machine": machine(),
         "seconds": round(time.time() - started, 1),
     }
+    if earlier:
+        results["likeness_run"] = earlier[1]
     report.write_json(config.out / "results.json", results)
     plot(results, config.out / "avatar.png")
     write_report(results, config.out / "report.html")
@@ -465,7 +603,7 @@ def plot(results: dict, path: Path) -> None:
     axes[2].bar(["with memory", "without"], [results["prefeval_acc_memory"], results["prefeval_acc_nomemory"]],
                 color=[colors[0], colors[1]])  # fmt: skip
     axes[2].axhline(0.25, ls="--", c="k", lw=1)
-    axes[2].set_title(f"PrefEval accuracy (recall@5 {results['retrieval_recall_at_5']:.2f})")
+    axes[2].set_title(f"PrefEval test accuracy (recall@5 {results['retrieval_recall_at_5']:.2f})")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
@@ -481,6 +619,7 @@ def headline_rows(results: dict) -> list[tuple[str, str, str]]:
 
 def write_report(results: dict, path: Path) -> Path:
     like, pref = results["likeness"], results["prefeval"]
+    split = pref["split"]
     headline = [
         {"answers by": a, "attribution accuracy": b, "similarity to real passage": c}
         for a, b, c in headline_rows(results)
@@ -498,7 +637,12 @@ def write_report(results: dict, path: Path) -> Path:
         report.paragraph(
             f"Model {results['model']}, embedder {results['embedder']}, seed {results['seed']}, "
             f"{like['persons']} persons, {like['prompts']} held-out prompts, {pref['items']} PrefEval "
-            f"questions, {results['seconds']} s."
+            f"questions, {results['seconds']} s"
+            + (
+                f" (PrefEval only; the likeness part is from an earlier run of {results['likeness_run']['seconds']} s)."
+                if "likeness_run" in results
+                else "."
+            )
         ),
         report.image(path.with_name("avatar.png"), "attribution accuracy, similarity and PrefEval accuracy"),
         report.section(
@@ -511,15 +655,26 @@ def write_report(results: dict, path: Path) -> Path:
         ),
         report.section(
             "Preference memory (PrefEval, chance 0.25)",
+            report.paragraph(
+                f"Test: {split['test']['items']} questions (seed {split['test']['seed']}); every choice below was "
+                f"made on {split['validation']['items']} validation questions (seed {split['validation']['seed']}) "
+                f"that share no question and no preference with the test questions. Retrieval: {pref['fusion']['label']}; "
+                f"option scorer with memory: {pref['scorers']['chosen_memory']}, without: "
+                f"{pref['scorers']['chosen_nomemory']} (the best of each condition on validation)."
+            ),
             report.table(
                 [
                     {
-                        "with memory": results["prefeval_acc_memory"],
-                        "without memory": results["prefeval_acc_nomemory"],
-                        "retrieval recall@5": results["retrieval_recall_at_5"],
+                        "test: with memory": results["prefeval_acc_memory"],
+                        "test: without memory": results["prefeval_acc_nomemory"],
+                        "test: retrieval recall@5": results["retrieval_recall_at_5"],
                     }
                 ]
             ),
+            report.paragraph("Option scorers on validation:"),
+            report.table(pref["scorers"]["validation"]),
+            report.paragraph("Reciprocal-rank fusion on validation (retrieval of the stated preference):"),
+            report.table(pref["fusion"]["validation"]),
         ),
         report.section("Per person (attribution accuracy)", report.table(per_person)),
         report.section("Examples", report.table(examples)),

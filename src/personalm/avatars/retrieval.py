@@ -1,8 +1,10 @@
 """Hybrid retrieval: keyword (FTS) and dense lists fused by reciprocal rank, optionally with a
 recency list; style exemplars (the person's verbatim words) come back apart from facts.
 
-Reciprocal-rank fusion (score = Σ w / (60 + rank)) needs no score calibration between BM25 and
-cosine, which is why it is the usual choice for hybrid search.
+Reciprocal-rank fusion (score = Σ w_i / (k + rank_i)) needs no score calibration between BM25
+and cosine, which is why it is the usual choice for hybrid search. The library default is plain
+RRF (weights 1 and 1, k 60); a caller that has measured better weights on its own validation data
+(the PrefEval experiment does) passes its own `Fusion`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,31 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from personalm.avatars.store import KINDS, Memory, MemoryStore
+from personalm.errors import PersonalmError
 
 RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Weights of the keyword and dense lists and the rank offset k of reciprocal-rank fusion:
+    a memory's score is Σ w_i / (k + rank_i) over the lists it appears in. Only the ratio of the
+    weights matters for the order; k sets how much the first ranks dominate the later ones."""
+
+    keyword: float = 1.0
+    dense: float = 1.0
+    k: int = RRF_K
+
+    def __post_init__(self) -> None:
+        if self.keyword < 0 or self.dense < 0 or self.keyword + self.dense <= 0 or self.k < 0:
+            raise PersonalmError(f"fusion {self}: weights must be >= 0 (not both 0) and k >= 0")
+
+    @property
+    def label(self) -> str:
+        return f"keyword {self.keyword:g} / dense {self.dense:g}, k {self.k}"
+
+
+PLAIN_RRF = Fusion()
 
 
 @dataclass
@@ -57,19 +82,21 @@ def hybrid_search(
     kinds: Sequence[str] = KINDS,
     candidates: int = 50,
     recency: float = 0.0,
+    fusion: Fusion = PLAIN_RRF,
 ) -> list[Hit]:
-    """Top k of the fused keyword + dense lists (each `candidates` long). recency > 0 adds a
-    third list, the candidates newest first, with that weight (memories without a time last)."""
-    keyword = [i for i, _ in store.keyword_search(avatar, query, candidates, kinds)]
-    dense_hits = store.vector_search(avatar, vector, candidates, kinds)
+    """Top k of the fused keyword + dense lists (each `candidates` long, a list weighted 0 is not
+    queried). recency > 0 adds a third list, the candidates newest first, with that weight
+    (memories without a time last)."""
+    keyword = [i for i, _ in store.keyword_search(avatar, query, candidates, kinds)] if fusion.keyword else []
+    dense_hits = store.vector_search(avatar, vector, candidates, kinds) if fusion.dense else []
     dense = [i for i, _ in dense_hits]
-    lists: list[tuple[Sequence[int], float]] = [(keyword, 1.0), (dense, 1.0)]
+    lists: list[tuple[Sequence[int], float]] = [(keyword, fusion.keyword), (dense, fusion.dense)]
     if recency > 0:
         pool = list(dict.fromkeys(keyword + dense))
         times = {m.id: m.ts for m in store.get(avatar, pool)}
         newest = sorted(pool, key=lambda i: (times.get(i) is None, -(times.get(i) or 0.0)))
         lists.append((newest, recency))
-    fused = rrf(lists)
+    fused = rrf(lists, fusion.k)
     top = sorted(fused, key=lambda i: (-fused[i], i))[:k]
     similarity = dict(dense_hits)
     missing = [i for i in top if i not in similarity]

@@ -253,9 +253,15 @@ def experiment_cmd(
     memory_chunks: int = typer.Option(300, min=10, help="Memory chunks per person (spread over the memory period)."),
     prompts: int = typer.Option(4, min=1, help="Held-out prompts per person."),
     max_tokens: int = typer.Option(64, min=8),
-    prefeval_items: int = typer.Option(100, min=1, help="PrefEval questions (sampled over all topics)."),
+    prefeval_items: int = typer.Option(100, min=1, help="PrefEval test questions (sampled over all topics)."),
+    validation_items: int = typer.Option(
+        100, min=1, help="PrefEval validation questions (fusion and option scorer are chosen on them)."
+    ),
     distractors: int = typer.Option(50, min=10, help="Distractor memories stored with each preference."),
     seed: int = typer.Option(0),
+    prefeval_only: bool = typer.Option(
+        False, "--prefeval-only", help="Rerun PrefEval only; keep the likeness part of OUT/results.json."
+    ),
 ) -> None:
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
     from personalm.avatars.experiment import ExperimentConfig, headline_rows, run
@@ -264,7 +270,8 @@ def experiment_cmd(
     config = ExperimentConfig(
         data=data or data_dir(), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
         memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
-        prefeval_items=prefeval_items, distractors=distractors, seed=seed,
+        prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
+        seed=seed, prefeval_only=prefeval_only,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False))
     table = Table("answers by", "attribution accuracy", "similarity to real passage")
@@ -275,7 +282,9 @@ def experiment_cmd(
     console.print(
         f"chance {results['chance_attribution']:.3f}; RAG 8-gram copy rate {results['rag_copy_rate']:.3f}\n"
         f"PrefEval accuracy with memory {results['prefeval_acc_memory']:.3f}, without {results['prefeval_acc_nomemory']:.3f}"
-        f" (chance 0.25); retrieval recall@5 {results['retrieval_recall_at_5']:.3f}\nreport: {out / 'report.html'}"
+        f" (chance 0.25, test; scorers {results['prefeval']['scorers']['chosen_memory']} / "
+        f"{results['prefeval']['scorers']['chosen_nomemory']} chosen on validation); retrieval recall@5 "
+        f"{results['retrieval_recall_at_5']:.3f} ({results['prefeval']['fusion']['label']})\nreport: {out / 'report.html'}"
     )
 
 
