@@ -7,7 +7,12 @@ PerCE the same chat is also tokenized without it (the system message keeps only 
 text, possibly empty), so the two renderings differ in the persona text alone.
 Each assistant turn is supervised: its tokens are what the chat template adds after the
 generation prompt of the turns before it (content, end-of-turn marker). Everything else gets label
--100. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
+-100.
+
+A preference pair (DPO) is a row with `prompt`, `chosen` and `rejected` message lists (the last two
+assistant turns only): it becomes one example whose ids are prompt+chosen and whose `rejected_*`
+are prompt+rejected, each supervised on its completion alone, so the pair's two log-probabilities
+cover exactly the answer tokens. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
 left with no assistant token is dropped and counted), "drop" skips them, "error" stops with the
 example's line.
 """
@@ -31,17 +36,25 @@ PERSONA_HEADER = "Your persona:"
 
 @dataclass
 class Example:
-    """Token ids and labels; `contrast_*` is the same chat without the persona (PerCE only)."""
+    """Token ids and labels; `contrast_*` is the same chat without the persona (PerCE only),
+    `rejected_*` the rejected completion of a preference pair (then ids/labels are the chosen one)."""
 
     line: int
     input_ids: list[int]
     labels: list[int]
     contrast_ids: list[int] | None = None
     contrast_labels: list[int] | None = None
+    rejected_ids: list[int] | None = None
+    rejected_labels: list[int] | None = None
 
     @property
     def supervised(self) -> int:
         return sum(label != IGNORE for label in self.labels)
+
+    @property
+    def length(self) -> int:
+        """Longest row this example adds to a batch (what length bucketing sorts by)."""
+        return max(len(self.input_ids), len(self.rejected_ids or ()))
 
 
 @dataclass
@@ -197,6 +210,68 @@ def load_examples(
     return dataset
 
 
+def read_pairs(path: str | Path) -> list[tuple[int, list[dict], list[dict], list[dict]]]:
+    """(line, prompt, chosen, rejected) of every preference row, validated: the prompt is a list of
+    system/user/assistant messages, each completion a non-empty list of assistant messages."""
+    source = str(path)
+    pairs = []
+    for line, row in read_rows(path, input_format(source, None)):
+        prompt = require(row, "prompt", list, source, line)
+        chats = []
+        for column in ("chosen", "rejected"):
+            side = require(row, column, list, source, line)
+            if not side or any(not isinstance(m, dict) or m.get("role") != "assistant" for m in side):
+                raise PersonalmError(
+                    f"'{column}' must be a non-empty list of assistant messages", source=source, line=line
+                )
+            chats.append(validate_messages(prompt + side, source, line))
+        cut = len(prompt)
+        pairs.append((line, chats[0][:cut], chats[0][cut:], chats[1][cut:]))
+    if not pairs:
+        raise PersonalmError("no preference pairs", source=source)
+    return pairs
+
+
+def tokenize_completion(
+    tokenizer, prompt: list[dict[str, str]], completion: list[dict[str, str]]
+) -> tuple[list[int], list[int]]:
+    """Ids of prompt+completion with labels on the completion's tokens only (assistant turns inside
+    the prompt are context)."""
+    ids, labels = tokenize_chat(tokenizer, prompt + completion)
+    context = len(_render(tokenizer, prompt, generation_prompt=True))
+    return ids, [IGNORE] * context + labels[context:]
+
+
+def load_pairs(path: str | Path, tokenizer, max_len: int, overlong: str = "truncate") -> Dataset:
+    """Tokenized preference pairs; `overlong` applies to each side (a pair that loses every
+    completion token of a side is dropped)."""
+    if overlong not in OVERLONG_POLICIES:
+        raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
+    source = str(path)
+    dataset = Dataset([])
+    for line, prompt, chosen, rejected in read_pairs(path):
+        sides = [tokenize_completion(tokenizer, prompt, side) for side in (chosen, rejected)]
+        longest = max(len(ids) for ids, _ in sides)
+        if longest > max_len:
+            if overlong == "error":
+                raise PersonalmError(
+                    f"pair has a {longest}-token side, over --max-len {max_len}", source=source, line=line
+                )
+            if overlong == "drop":
+                dataset.dropped += 1
+                continue
+            sides = [(ids[:max_len], labels[:max_len]) for ids, labels in sides]
+            dataset.truncated += 1
+        (ids, labels), (rejected_ids, rejected_labels) = sides
+        if all(t == IGNORE for t in labels) or all(t == IGNORE for t in rejected_labels):
+            dataset.dropped += 1
+            continue
+        dataset.examples.append(Example(line, ids, labels, rejected_ids=rejected_ids, rejected_labels=rejected_labels))
+    if not dataset.examples:
+        raise PersonalmError(f"no preference pair has a completion token within --max-len {max_len}", source=source)
+    return dataset
+
+
 def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Batches of similar length (little padding), in a seeded order that changes every epoch.
 
@@ -209,7 +284,7 @@ def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch:
     window = batch_size * 50
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: len(examples[i].input_ids))
+        chunk = sorted(order[start : start + window], key=lambda i: examples[i].length)
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -217,7 +292,11 @@ def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch:
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors; padding is masked out of attention and labels. Examples that carry
-    the chat without the persona add `contrast_input_ids/labels/attention_mask`."""
+    the chat without the persona add `contrast_input_ids/labels/attention_mask`. Preference pairs
+    are stacked as chosen rows then rejected rows (one forward for both), with `pairs` = their count."""
+    if all(e.rejected_ids is not None for e in examples):
+        rows = [(e.input_ids, e.labels) for e in examples] + [(e.rejected_ids, e.rejected_labels) for e in examples]
+        return pad(rows, pad_id) | {"pairs": torch.tensor(len(examples))}
     batch = pad([(e.input_ids, e.labels) for e in examples], pad_id)
     if all(e.contrast_ids is not None for e in examples):
         bare = pad([(e.contrast_ids, e.contrast_labels) for e in examples], pad_id)
