@@ -227,8 +227,6 @@ def read_pairs(path: str | Path) -> list[tuple[int, list[dict], list[dict], list
             chats.append(validate_messages(prompt + side, source, line))
         cut = len(prompt)
         pairs.append((line, chats[0][:cut], chats[0][cut:], chats[1][cut:]))
-    if not pairs:
-        raise PersonalmError("no preference pairs", source=source)
     return pairs
 
 
@@ -249,7 +247,10 @@ def load_pairs(path: str | Path, tokenizer, max_len: int, overlong: str = "trunc
         raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
     source = str(path)
     dataset = Dataset([])
-    for line, prompt, chosen, rejected in read_pairs(path):
+    pairs = read_pairs(path)
+    if not pairs:
+        raise PersonalmError("no preference pairs", source=source)
+    for line, prompt, chosen, rejected in pairs:
         sides = [tokenize_completion(tokenizer, prompt, side) for side in (chosen, rejected)]
         longest = max(len(ids) for ids, _ in sides)
         if longest > max_len:
