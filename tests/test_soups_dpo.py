@@ -177,3 +177,20 @@ def test_soups_train_with_our_trainer_writes_a_kept_adapter(tmp_path):
     messages = []
     assert train_adapter(data, tmp_path / "pole", settings, log=messages.append) == summary
     assert messages == [f"{tmp_path / 'pole'}: already trained, kept"]
+
+
+@pytest.mark.slow
+def test_bench_dpo_runs_both_trainers_on_the_same_pairs(tmp_path):
+    import subprocess
+    import sys
+
+    args = ["bench", "dpo", "--steps", "2", "--batch-size", "2", "--max-length", "96", "--threads", "1", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", "from personalm.cli.app import main; main()", *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"ours_pairs_s", "trl_pairs_s", "speedup", "ours_reward_accuracy", "trl_reward_accuracy"} <= set(summary)
+    assert summary["ours_pairs_s"] > 0 and summary["trl_pairs_s"] > 0 and summary["pairs"] == 4
+    assert summary["speedup"] == pytest.approx(summary["ours_pairs_s"] / summary["trl_pairs_s"], rel=0.02)
