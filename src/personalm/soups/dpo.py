@@ -41,6 +41,10 @@ class DPOSettings:
     threads: int | None = None
     trainer: str = "ours"
 
+    def __post_init__(self) -> None:
+        if self.trainer not in TRAINERS:
+            raise PersonalmError(f"--trainer {self.trainer}: expected one of {', '.join(TRAINERS)}")
+
 
 def load_pairs(path: Path) -> list[dict]:
     """The pairs as TRL's conversational preference rows, validated like our trainer's."""
@@ -61,8 +65,6 @@ def train_adapter(
     if (out / "adapter_config.json").is_file() and (out / "dpo.json").is_file():
         log(f"{out}: already trained, kept")
         return json.loads((out / "dpo.json").read_text())
-    if settings.trainer not in TRAINERS:
-        raise PersonalmError(f"--trainer {settings.trainer}: expected one of {', '.join(TRAINERS)}")
     if resolve_local(settings.model) is None:
         raise PersonalmError(f"unknown model '{settings.model}'")
     pairs = load_pairs(Path(pairs_file))

@@ -138,7 +138,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
             config.data, tokenizer, config.max_len, config.overlong, contrast=needs_contrast(loss_fn)
         )
     if dataset.truncated or dataset.dropped:
-        log(f"{dataset.truncated} example(s) truncated to {config.max_len} tokens, {dataset.dropped} dropped")
+        kind = "pair(s)" if needs_pairs(loss_fn) else "example(s)"
+        log(f"{dataset.truncated} {kind} truncated to {config.max_len} tokens, {dataset.dropped} dropped")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches_per_epoch = math.ceil(len(dataset.examples) / config.batch_size)
     steps = total_steps(config, batches_per_epoch)
