@@ -15,7 +15,7 @@ from personalm.errors import PersonalmError
 from personalm.soups.dpo import DPOSettings, train_adapter
 from personalm.train.data import IGNORE, collate, load_pairs, read_pairs
 from personalm.train.loop import TrainConfig, train
-from personalm.train.losses import dpo_sigmoid, get_loss, loss_units, sequence_logprobs
+from personalm.train.losses import dpo_sigmoid, get_loss, loss_units, sequence_logprobs, supervised_rows
 
 QUESTIONS = ["Why is the sky blue?", "What is DNA?", "How do bees make honey?", "What is gravity?"]
 
@@ -54,14 +54,12 @@ def test_dpo_loss_matches_a_hand_computation():
     torch.testing.assert_close(rejected, torch.tensor([-0.05, 0.1]))
 
 
-def test_sequence_logprobs_sum_each_rows_supervised_tokens():
-    labels = torch.tensor([[IGNORE, IGNORE, 2, 1], [IGNORE, 0, IGNORE, IGNORE]])
-    logits = torch.randn(2, 4, 3)
-    keep = labels[:, 1:] != IGNORE
-    rows, targets = logits[:, :-1][keep], labels[:, 1:][keep]
-    logp = logits.log_softmax(-1)
-    by_hand = torch.stack([logp[0, 1, 2] + logp[0, 2, 1], logp[1, 0, 0]])
-    torch.testing.assert_close(sequence_logprobs(rows, targets, labels), by_hand)
+def test_sequence_logprobs_sum_each_sequences_tokens():
+    rows = torch.randn(3, 5)
+    targets, sequence = torch.tensor([2, 1, 4]), torch.tensor([0, 0, 1])
+    logp = rows.log_softmax(-1)
+    by_hand = torch.stack([logp[0, 2] + logp[1, 1], logp[2, 4]])
+    torch.testing.assert_close(sequence_logprobs(rows, targets, sequence, 2), by_hand)
 
 
 def test_dpo_loss_is_built_with_its_own_options_and_checks_beta():
@@ -70,7 +68,7 @@ def test_dpo_loss_is_built_with_its_own_options_and_checks_beta():
         get_loss("dpo", beta=0.0)
 
 
-def test_pairs_supervise_only_the_completion_and_stack_chosen_over_rejected(tmp_path, tokenizer):
+def test_pairs_supervise_only_the_completion_and_share_one_row(tmp_path, tokenizer):
     dataset = load_pairs(_write_pairs(tmp_path / "p.jsonl", 2), tokenizer, 128)
     example = dataset.examples[0]
     kept = [t for t in example.labels if t != IGNORE]
@@ -80,8 +78,35 @@ def test_pairs_supervise_only_the_completion_and_stack_chosen_over_rejected(tmp_
     shared = len(example.labels) - len(kept)
     assert example.input_ids[:shared] == example.rejected_ids[:shared]  # the same prompt
     batch = collate(dataset.examples, 0)
-    assert batch["input_ids"].shape[0] == 4 and loss_units(batch) == 2
-    assert batch["input_ids"][2, : len(example.rejected_ids)].tolist() == example.rejected_ids
+    assert batch["input_ids"].shape[0] == 2 and loss_units(batch) == 2  # one row per pair
+    assert batch["input_ids"][0, : len(example.input_ids)].tolist() == example.input_ids
+    end = len(example.input_ids) + len(example.rejected_ids) - shared
+    assert batch["input_ids"][0, len(example.input_ids) : end].tolist() == example.rejected_ids[shared:]
+    assert batch["position_ids"][0, len(example.input_ids)].item() == shared  # the rejected answer follows the prompt
+
+
+def test_a_pair_row_scores_each_answer_as_its_own_chat(tmp_path, tokenizer):
+    """The shared-prompt row (4D mask, restarted positions) gives the log-probs of separate forwards."""
+    from personalm.perce.contrast import token_logprobs
+    from personalm.train.data import pad
+    from personalm.train.loop import build_model
+
+    _, model = build_model(TrainConfig(data="", out="", rank=4, alpha=8, dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a non-zero adapter, so the LoRA path counts too
+            torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(0))
+    examples = load_pairs(_write_pairs(tmp_path / "p.jsonl", 3), tokenizer, 128).examples
+    with torch.no_grad():
+        batch = collate(examples, 0)
+        packed = sequence_logprobs(*supervised_rows(model, batch), batch["target_sequence"], 6)
+        sides = [(e.input_ids, e.labels) for e in examples] + [(e.rejected_ids, e.rejected_labels) for e in examples]
+        separate = pad(sides, 0)
+        logits = model(input_ids=separate["input_ids"], attention_mask=separate["attention_mask"]).logits
+        tokens = token_logprobs(logits, separate["labels"])
+        owner = (separate["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
+        expected = torch.zeros(6).index_add(0, owner, tokens)
+    torch.testing.assert_close(packed, expected, atol=2e-4, rtol=1e-5)
+    assert int(batch["tokens"]) < int(separate["attention_mask"].sum())
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,6 @@ import torch
 from personalm.bench.hardware import machine, versions
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
-from personalm.perce.contrast import supervised_logits
 from personalm.soups.collect import PMORL, CollectConfig, collect
 from personalm.soups.dpo import DPOSettings, train_adapter
 from personalm.soups.judges import ProgrammaticJudge
@@ -32,7 +31,7 @@ from personalm.soups.preferences import Preferences
 from personalm.soups.prompts import BUILTIN_PROMPTS
 from personalm.tables import read_rows, write_rows
 from personalm.train.data import collate, load_pairs
-from personalm.train.losses import DPOLoss, loss_units
+from personalm.train.losses import DPOLoss, loss_units, supervised_rows
 
 COLLECT = CollectConfig(samples=3, max_pairs=3, max_tokens=48, seed=0)
 
@@ -73,7 +72,7 @@ def score_adapter(adapter: Path, pairs: Path, settings: DPOSettings) -> dict[str
         index = list(range(start, min(start + settings.batch_size, len(dataset.examples))))
         batch = collate([dataset.examples[i] for i in index], pad_id) | {"index": torch.tensor(index)}
         loss_fn.prepare(model, batch)
-        rows, targets = supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        rows, targets = supervised_rows(model, batch)
         loss, _ = loss_fn(rows, targets, batch)
         stats = loss_fn.step_stats()
         n = loss_units(batch)

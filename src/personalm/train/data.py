@@ -53,8 +53,8 @@ class Example:
 
     @property
     def length(self) -> int:
-        """Longest row this example adds to a batch (what length bucketing sorts by)."""
-        return max(len(self.input_ids), len(self.rejected_ids or ()))
+        """What length bucketing sorts by: the tokens of the row (a pair's two sides share one row)."""
+        return len(self.input_ids) + len(self.rejected_ids or ())
 
 
 @dataclass
@@ -294,15 +294,68 @@ def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch:
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors; padding is masked out of attention and labels. Examples that carry
     the chat without the persona add `contrast_input_ids/labels/attention_mask`. Preference pairs
-    are stacked as chosen rows then rejected rows (one forward for both), with `pairs` = their count."""
+    go through `collate_pairs`."""
     if all(e.rejected_ids is not None for e in examples):
-        rows = [(e.input_ids, e.labels) for e in examples] + [(e.rejected_ids, e.rejected_labels) for e in examples]
-        return pad(rows, pad_id) | {"pairs": torch.tensor(len(examples))}
+        return collate_pairs(examples, pad_id)
     batch = pad([(e.input_ids, e.labels) for e in examples], pad_id)
     if all(e.contrast_ids is not None for e in examples):
         bare = pad([(e.contrast_ids, e.contrast_labels) for e in examples], pad_id)
         batch |= {f"contrast_{name}": tensor for name, tensor in bare.items()}
     return batch
+
+
+def collate_pairs(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Each pair as one row: prompt, chosen answer, rejected answer. A 4D mask lets each answer see
+    the prompt and itself only, and each answer's positions continue from the prompt, so the row
+    computes exactly what prompt+chosen and prompt+rejected would, with the shared prompt run once.
+
+    The supervised tokens come as index tensors: `target_row`/`target_col` (the position whose
+    logits predict it: the prompt's last token for an answer's first token), `target_label`, and
+    `target_sequence` (pair i's chosen answer is sequence i, its rejected one `pairs` + i)."""
+    n = len(examples)
+    ids, pos, seg = [], [], []
+    rows, cols, labels, sequences = [], [], [], []
+    for row, e in enumerate(examples):
+        context = next(i for i, label in enumerate(e.labels) if label != IGNORE)
+        chosen_len, rejected_len = len(e.input_ids), len(e.rejected_ids)
+        ids.append(e.input_ids + e.rejected_ids[context:])
+        pos.append(list(range(chosen_len)) + list(range(context, rejected_len)))
+        seg.append([0] * context + [1] * (chosen_len - context) + [2] * (rejected_len - context))
+        for side, (side_labels, offset) in enumerate(((e.labels, context), (e.rejected_labels, chosen_len))):
+            for t in range(max(context, 1), len(side_labels)):
+                if side_labels[t] != IGNORE:
+                    rows.append(row)
+                    cols.append(context - 1 if t == context else offset + t - context - 1)
+                    labels.append(side_labels[t])
+                    sequences.append(side * n + row)
+    width = max(len(row_ids) for row_ids in ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    for row in range(n):
+        length = len(ids[row])
+        input_ids[row, :length] = torch.tensor(ids[row])
+        position_ids[row, :length] = torch.tensor(pos[row])
+        segment[row, :length] = torch.tensor(seg[row])
+    query, key = segment[:, :, None], segment[:, None, :]
+    visible = ((key == query) | (key == 0)) & (key >= 0) & (position_ids[:, None, :] <= position_ids[:, :, None])
+    visible |= torch.eye(width, dtype=torch.bool)  # padding queries see themselves (no empty softmax)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": visible[:, None],
+        "target_row": torch.tensor(rows),
+        "target_col": torch.tensor(cols),
+        "target_label": torch.tensor(labels),
+        "target_sequence": torch.tensor(sequences),
+        "pairs": torch.tensor(n),
+        "tokens": torch.tensor(sum(len(row_ids) for row_ids in ids)),
+    }
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (unpadded) tokens the batch runs through the model."""
+    return int(batch["tokens"]) if "tokens" in batch else int(batch["attention_mask"].sum())
 
 
 def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -25,10 +25,9 @@ from personalm.bench.hardware import versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
-from personalm.perce.contrast import supervised_logits
-from personalm.train.data import Dataset, bucketed_batches, collate, load_examples, load_pairs
+from personalm.train.data import Dataset, batch_tokens, bucketed_batches, collate, load_examples, load_pairs
 from personalm.train.frozen_base import freeze_base_layers
-from personalm.train.losses import get_loss, loss_units, needs_contrast, needs_pairs
+from personalm.train.losses import get_loss, loss_units, needs_contrast, needs_pairs, supervised_rows
 
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
@@ -192,11 +191,11 @@ def _optimizer_step(
     for batch in micro:
         if prepare:
             prepare(model, batch)
-        rows, targets = supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        rows, targets = supervised_rows(model, batch)
         loss, _ = loss_fn(rows, targets, batch)
         (loss / total).backward()
         loss_sum += float(loss.detach())
-        state["tokens"] += int(batch["attention_mask"].sum())
+        state["tokens"] += batch_tokens(batch)
     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     scheduler.step()

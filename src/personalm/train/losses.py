@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from personalm.errors import PersonalmError
+from personalm.models.hf import logits_at
 from personalm.perce.contrast import bare_logprobs, supervised_logits
 from personalm.train.data import IGNORE
 
@@ -83,12 +84,21 @@ class PerCELoss:
         }
 
 
-def sequence_logprobs(rows: Tensor, targets: Tensor, labels: Tensor) -> Tensor:
-    """Σ log p of each row's supervised tokens, (batch,): `rows`/`targets` are the supervised
-    logits and labels in row-major order, `labels` the batch's, which says which row each came from."""
+def supervised_rows(model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Logits at the positions that predict a supervised token, and those tokens: from the labels of
+    a chat batch, or from the explicit targets of a pair batch (`data.collate_pairs`)."""
+    if "target_row" not in batch:
+        return supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    positions = (batch["target_row"], batch["target_col"])
+    rows = logits_at(model, batch["input_ids"], batch["attention_mask"], positions, batch["position_ids"])
+    return rows, batch["target_label"]
+
+
+def sequence_logprobs(rows: Tensor, targets: Tensor, sequence: Tensor, count: int) -> Tensor:
+    """Σ log p of each sequence's supervised tokens, (count,): `rows`/`targets` are the supervised
+    logits and labels, `sequence` says which sequence each token belongs to."""
     token = -F.cross_entropy(rows.float(), targets, reduction="none")
-    row_of = (labels[:, 1:] != IGNORE).nonzero()[:, 0]
-    return torch.zeros(labels.shape[0], dtype=token.dtype).index_add(0, row_of, token)
+    return torch.zeros(count, dtype=token.dtype).index_add(0, sequence, token)
 
 
 def dpo_sigmoid(
@@ -126,14 +136,14 @@ class DPOLoss:
         index = batch["index"].tolist()
         if any(i not in self._reference for i in index):
             with model.disable_adapter():
-                rows, targets = supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            logps = sequence_logprobs(rows, targets, batch["labels"]).view(2, -1).t().tolist()
+                rows, targets = supervised_rows(model, batch)
+            logps = sequence_logprobs(rows, targets, batch["target_sequence"], 2 * len(index)).view(2, -1).t().tolist()
             self._reference.update(zip(index, map(tuple, logps), strict=True))
         batch["reference_logps"] = torch.tensor([self._reference[i] for i in index]).t().reshape(-1)
 
     def __call__(self, rows: Tensor, targets: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        policy = sequence_logprobs(rows, targets, batch["labels"])
         n = int(batch["pairs"])
+        policy = sequence_logprobs(rows, targets, batch["target_sequence"], 2 * n)
         reference = batch["reference_logps"]
         losses, chosen, rejected = dpo_sigmoid(policy[:n], policy[n:], reference[:n], reference[n:], self.beta)
         self._chosen.append(chosen)
