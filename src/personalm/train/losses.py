@@ -7,8 +7,9 @@ extra no-persona pass, which puts what it needs into the batch) and `step_stats(
 per optimizer step into train_log.jsonl, then reset). Registered classes are built with the run's
 loss options (each takes the ones its constructor names); plain functions take none.
 
-A pair loss (`pairs = True`, DPO) trains on preference pairs: its batch stacks the chosen rows over
-the rejected rows, and a step averages it over pairs instead of tokens."""
+A pair loss (`pairs = True`, DPO) trains on preference pairs: its batch holds one row per pair
+(`data.collate_pairs`), its tokens come from `supervised_rows`, and a step averages it over pairs
+instead of tokens."""
 
 from __future__ import annotations
 
