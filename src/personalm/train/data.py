@@ -7,14 +7,15 @@ PerCE the same chat is also tokenized without it (the system message keeps only 
 text, possibly empty), so the two renderings differ in the persona text alone.
 Each assistant turn is supervised: its tokens are what the chat template adds after the
 generation prompt of the turns before it (content, end-of-turn marker). Everything else gets label
--100.
+-100. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
+left with no assistant token is dropped and counted), "drop" skips them, "error" stops with the
+example's line.
 
 A preference pair (DPO) is a row with `prompt`, `chosen` and `rejected` message lists (the last two
 assistant turns only): it becomes one example whose ids are prompt+chosen and whose `rejected_*`
-are prompt+rejected, each supervised on its completion alone, so the pair's two log-probabilities
-cover exactly the answer tokens. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
-left with no assistant token is dropped and counted), "drop" skips them, "error" stops with the
-example's line.
+are prompt+rejected, each supervised on its answer alone, so the pair's two log-probabilities
+cover exactly the answer tokens; `overlong` applies to each side. A batch of pairs holds one row
+per pair (`collate_pairs`), the shared prompt once.
 """
 
 from __future__ import annotations
