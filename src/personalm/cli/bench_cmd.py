@@ -198,6 +198,32 @@ def train_bench(
     _finish(result, out, as_json)
 
 
+@app.command("dpo")
+def dpo_bench(
+    steps: int = typer.Option(8, min=2, help="Optimizer steps for each trainer (one epoch over steps x batch pairs)."),
+    batch_size: int = typer.Option(4, min=1, help="Pairs per step."),
+    max_length: int = typer.Option(192, min=32, help="Longest prompt+answer in tokens (as `soups train`)."),
+    lr: float = typer.Option(5e-4, min=0.0),
+    beta: float = typer.Option(0.1, min=0.0),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
+    threads: int = typer.Option(None, min=1, help="Torch CPU threads (1 is steadier on a busy machine)."),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Our DPO trainer vs TRL's DPOTrainer on the same soups pairs: pairs/s, ratio, loss and reward accuracy."""
+    from personalm.bench import dpo
+
+    result = dpo.run(steps, batch_size, max_length, lr, beta, model, threads,
+                     log=lambda m: stderr.print(m, markup=False))  # fmt: skip
+    table = Table("trainer", "seconds", "pairs/s", "loss on the pairs", "reward accuracy", "ours is")
+    table.add_row("personalm soups train --trainer ours", str(result["ours_s"]), str(result["ours_pairs_s"]),
+                  str(result["ours_loss"]), str(result["ours_reward_accuracy"]), "")  # fmt: skip
+    table.add_row("TRL DPOTrainer (--trainer trl)", str(result["trl_s"]), str(result["trl_pairs_s"]),
+                  str(result["trl_loss"]), str(result["trl_reward_accuracy"]), f"{result['speedup']}x")  # fmt: skip
+    Console().print(table)
+    _finish(result, out, as_json)
+
+
 @app.command("dedup")
 def dedup_bench(
     rows: int = typer.Option(

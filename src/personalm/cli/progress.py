@@ -26,3 +26,18 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def training_bar(description: str = "training") -> Iterator[Callable[[int, int, float], None]]:
+    """Yield a trainer's `progress(step, total, loss)` callback: steps done, loss, time left."""
+    with Progress(
+        TextColumn(description),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=stderr,
+    ) as bar:
+        task = bar.add_task(description, total=None, loss=float("nan"))
+        yield lambda step, total, loss: bar.update(task, completed=step, total=total, loss=loss)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from personalm.cli.progress import stderr
+from personalm.cli.progress import stderr, training_bar
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 
@@ -56,17 +56,7 @@ def sft(
         overlong=overlong, save_every=save_every, seed=seed, quant=quant, loss=loss, clip_min=clip_min,
         clip_max=clip_max,
     )  # fmt: skip
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), console=stderr,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("train", total=None, loss=float("nan"))
-
-        def progress(step: int, total: int, value: float) -> None:
-            bar.update(task, completed=step, total=total, loss=value)
-
+    with training_bar() as progress:
         result = train(config, progress, log=lambda m: stderr.print(m, markup=False))
     stderr.print(
         f"adapter saved to {result.out} ({result.steps} steps, {result.tokens_per_s:.1f} tokens/s, "

@@ -15,15 +15,16 @@ def transformers_offline() -> ModuleType:
     return transformers
 
 
-def logits_at(model, input_ids, attention_mask, positions):
-    """`model(...).logits[positions]` (`positions`: bool, batch x seq; rows in row-major order)
-    without computing the rest: the body runs on every position, the output head (a
-    vocabulary-wide matmul per token) only where a logit is wanted. Models whose head does more
-    than a linear map (logit soft-capping) take the full forward."""
+def logits_at(model, input_ids, attention_mask, positions, position_ids=None):
+    """`model(...).logits[positions]` (`positions`: bool, batch x seq, rows in row-major order; or a
+    (rows, columns) pair of index tensors, which may repeat a position) without computing the rest:
+    the body runs on every position, the output head (a vocabulary-wide matmul per token) only where
+    a logit is wanted. Models whose head does more than a linear map (logit soft-capping) take the
+    full forward. `attention_mask` may be a custom 4D mask, then with explicit `position_ids`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, getattr(base, "base_model_prefix", ""), None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     if body is None or head is None or getattr(base.config, "final_logit_softcapping", None):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[positions]
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return head(hidden[positions])
+        return model(**inputs).logits[positions]
+    return head(body(**inputs).last_hidden_state[positions])

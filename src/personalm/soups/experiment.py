@@ -145,7 +145,8 @@ def _train_summary(path: Path) -> dict | None:
     if not file.is_file():
         return None
     data = json.loads(file.read_text())
-    return {k: data.get(k) for k in ("pairs", "steps", "seconds", "first_loss", "final_loss")}
+    keys = ("trainer", "pairs", "steps", "seconds", "first_loss", "final_loss", "final_reward_accuracy")
+    return {k: data.get(k) for k in keys}
 
 
 def _pareto(base, adapters, prefs: Preferences, questions, params, config: ExperimentConfig, log) -> list[dict]:

@@ -10,6 +10,12 @@ generation prompt of the turns before it (content, end-of-turn marker). Everythi
 -100. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
 left with no assistant token is dropped and counted), "drop" skips them, "error" stops with the
 example's line.
+
+A preference pair (DPO) is a row with `prompt`, `chosen` and `rejected` message lists (the last two
+assistant turns only): it becomes one example whose ids are prompt+chosen and whose `rejected_*`
+are prompt+rejected, each supervised on its answer alone, so the pair's two log-probabilities
+cover exactly the answer tokens; `overlong` applies to each side. A batch of pairs holds one row
+per pair (`collate_pairs`), the shared prompt once.
 """
 
 from __future__ import annotations
@@ -31,17 +37,25 @@ PERSONA_HEADER = "Your persona:"
 
 @dataclass
 class Example:
-    """Token ids and labels; `contrast_*` is the same chat without the persona (PerCE only)."""
+    """Token ids and labels; `contrast_*` is the same chat without the persona (PerCE only),
+    `rejected_*` the rejected completion of a preference pair (then ids/labels are the chosen one)."""
 
     line: int
     input_ids: list[int]
     labels: list[int]
     contrast_ids: list[int] | None = None
     contrast_labels: list[int] | None = None
+    rejected_ids: list[int] | None = None
+    rejected_labels: list[int] | None = None
 
     @property
     def supervised(self) -> int:
         return sum(label != IGNORE for label in self.labels)
+
+    @property
+    def length(self) -> int:
+        """What length bucketing sorts by: the tokens of the row (a pair's two sides share one row)."""
+        return len(self.input_ids) + len(self.rejected_ids or ())
 
 
 @dataclass
@@ -197,6 +211,69 @@ def load_examples(
     return dataset
 
 
+def read_pairs(path: str | Path) -> list[tuple[int, list[dict], list[dict], list[dict]]]:
+    """(line, prompt, chosen, rejected) of every preference row, validated: the prompt is a list of
+    system/user/assistant messages, each completion a non-empty list of assistant messages."""
+    source = str(path)
+    pairs = []
+    for line, row in read_rows(path, input_format(source, None)):
+        prompt = require(row, "prompt", list, source, line)
+        chats = []
+        for column in ("chosen", "rejected"):
+            side = require(row, column, list, source, line)
+            if not side or any(not isinstance(m, dict) or m.get("role") != "assistant" for m in side):
+                raise PersonalmError(
+                    f"'{column}' must be a non-empty list of assistant messages", source=source, line=line
+                )
+            chats.append(validate_messages(prompt + side, source, line))
+        cut = len(prompt)
+        pairs.append((line, chats[0][:cut], chats[0][cut:], chats[1][cut:]))
+    return pairs
+
+
+def tokenize_completion(
+    tokenizer, prompt: list[dict[str, str]], completion: list[dict[str, str]]
+) -> tuple[list[int], list[int]]:
+    """Ids of prompt+completion with labels on the completion's tokens only (assistant turns inside
+    the prompt are context)."""
+    ids, labels = tokenize_chat(tokenizer, prompt + completion)
+    context = len(_render(tokenizer, prompt, generation_prompt=True))
+    return ids, [IGNORE] * context + labels[context:]
+
+
+def load_pairs(path: str | Path, tokenizer, max_len: int, overlong: str = "truncate") -> Dataset:
+    """Tokenized preference pairs; `overlong` applies to each side (a pair that loses every
+    completion token of a side is dropped)."""
+    if overlong not in OVERLONG_POLICIES:
+        raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
+    source = str(path)
+    dataset = Dataset([])
+    pairs = read_pairs(path)
+    if not pairs:
+        raise PersonalmError("no preference pairs", source=source)
+    for line, prompt, chosen, rejected in pairs:
+        sides = [tokenize_completion(tokenizer, prompt, side) for side in (chosen, rejected)]
+        longest = max(len(ids) for ids, _ in sides)
+        if longest > max_len:
+            if overlong == "error":
+                raise PersonalmError(
+                    f"pair has a {longest}-token side, over --max-len {max_len}", source=source, line=line
+                )
+            if overlong == "drop":
+                dataset.dropped += 1
+                continue
+            sides = [(ids[:max_len], labels[:max_len]) for ids, labels in sides]
+            dataset.truncated += 1
+        (ids, labels), (rejected_ids, rejected_labels) = sides
+        if all(t == IGNORE for t in labels) or all(t == IGNORE for t in rejected_labels):
+            dataset.dropped += 1
+            continue
+        dataset.examples.append(Example(line, ids, labels, rejected_ids=rejected_ids, rejected_labels=rejected_labels))
+    if not dataset.examples:
+        raise PersonalmError(f"no preference pair has a completion token within --max-len {max_len}", source=source)
+    return dataset
+
+
 def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Batches of similar length (little padding), in a seeded order that changes every epoch.
 
@@ -209,7 +286,7 @@ def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch:
     window = batch_size * 50
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: len(examples[i].input_ids))
+        chunk = sorted(order[start : start + window], key=lambda i: examples[i].length)
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -217,12 +294,69 @@ def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch:
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors; padding is masked out of attention and labels. Examples that carry
-    the chat without the persona add `contrast_input_ids/labels/attention_mask`."""
+    the chat without the persona add `contrast_input_ids/labels/attention_mask`. Preference pairs
+    go through `collate_pairs`."""
+    if all(e.rejected_ids is not None for e in examples):
+        return collate_pairs(examples, pad_id)
     batch = pad([(e.input_ids, e.labels) for e in examples], pad_id)
     if all(e.contrast_ids is not None for e in examples):
         bare = pad([(e.contrast_ids, e.contrast_labels) for e in examples], pad_id)
         batch |= {f"contrast_{name}": tensor for name, tensor in bare.items()}
     return batch
+
+
+def collate_pairs(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Each pair as one row: prompt, chosen answer, rejected answer. A 4D mask lets each answer see
+    the prompt and itself only, and each answer's positions continue from the prompt, so the row
+    computes exactly what prompt+chosen and prompt+rejected would, with the shared prompt run once.
+
+    The supervised tokens come as index tensors: `target_row`/`target_col` (the position whose
+    logits predict it: the prompt's last token for an answer's first token), `target_label`, and
+    `target_sequence` (pair i's chosen answer is sequence i, its rejected one `pairs` + i)."""
+    n = len(examples)
+    ids, pos, seg = [], [], []
+    rows, cols, labels, sequences = [], [], [], []
+    for row, e in enumerate(examples):
+        context = next(i for i, label in enumerate(e.labels) if label != IGNORE)
+        chosen_len, rejected_len = len(e.input_ids), len(e.rejected_ids)
+        ids.append(e.input_ids + e.rejected_ids[context:])
+        pos.append(list(range(chosen_len)) + list(range(context, rejected_len)))
+        seg.append([0] * context + [1] * (chosen_len - context) + [2] * (rejected_len - context))
+        for side, (side_labels, offset) in enumerate(((e.labels, context), (e.rejected_labels, chosen_len))):
+            for t in range(max(context, 1), len(side_labels)):
+                if side_labels[t] != IGNORE:
+                    rows.append(row)
+                    cols.append(context - 1 if t == context else offset + t - context - 1)
+                    labels.append(side_labels[t])
+                    sequences.append(side * n + row)
+    width = max(len(row_ids) for row_ids in ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    for row in range(n):
+        length = len(ids[row])
+        input_ids[row, :length] = torch.tensor(ids[row])
+        position_ids[row, :length] = torch.tensor(pos[row])
+        segment[row, :length] = torch.tensor(seg[row])
+    query, key = segment[:, :, None], segment[:, None, :]
+    visible = ((key == query) | (key == 0)) & (key >= 0) & (position_ids[:, None, :] <= position_ids[:, :, None])
+    visible |= torch.eye(width, dtype=torch.bool)  # padding queries see themselves (no empty softmax)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": visible[:, None],
+        "target_row": torch.tensor(rows),
+        "target_col": torch.tensor(cols),
+        "target_label": torch.tensor(labels),
+        "target_sequence": torch.tensor(sequences),
+        "pairs": torch.tensor(n),
+        "tokens": torch.tensor(sum(len(row_ids) for row_ids in ids)),
+    }
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (unpadded) tokens the batch runs through the model."""
+    return int(batch["tokens"]) if "tokens" in batch else int(batch["attention_mask"].sum())
 
 
 def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

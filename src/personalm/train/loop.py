@@ -1,4 +1,7 @@
-"""The LoRA SFT loop: a plain PyTorch loop over a PEFT model (nanoGPT-style, no Trainer).
+"""The LoRA training loop: a plain PyTorch loop over a PEFT model (nanoGPT-style, no Trainer).
+
+One loop for every loss in `train.losses`: token losses (SFT: CE, PerCE) on chat examples and pair
+losses (DPO) on preference pairs, which load with `data.load_pairs` and average over pairs.
 
 Checkpoints hold the adapter, optimizer, scheduler, RNG states and the data position, so a killed
 run started again with the same command continues exactly where its last checkpoint left it.
@@ -22,10 +25,9 @@ from personalm.bench.hardware import versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
-from personalm.perce.contrast import supervised_logits
-from personalm.train.data import Dataset, bucketed_batches, collate, load_examples
+from personalm.train.data import Dataset, batch_tokens, bucketed_batches, collate, load_examples, load_pairs
 from personalm.train.frozen_base import freeze_base_layers
-from personalm.train.losses import get_loss, needs_contrast, supervised_tokens
+from personalm.train.losses import get_loss, loss_units, needs_contrast, needs_pairs, supervised_rows
 
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
@@ -60,6 +62,7 @@ class TrainConfig:
     loss: str = "ce"
     clip_min: float = 0.8  # PerCE weight bounds (--loss perce)
     clip_max: float = 5.0
+    beta: float = 0.1  # DPO strength (--loss dpo)
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +75,8 @@ class TrainResult:
     seconds: float
     losses: list[float]
     resumed_from: int | None
+    stats: list[dict[str, float]] = field(default_factory=list)  # the loss's per-step extras (DPO rewards)
+    examples: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -121,13 +126,19 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
-    loss_fn = get_loss(config.loss, clip_min=config.clip_min, clip_max=config.clip_max)
+    loss_fn = get_loss(config.loss, clip_min=config.clip_min, clip_max=config.clip_max, beta=config.beta)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     tokenizer, model = build_model(config)
-    dataset = load_examples(config.data, tokenizer, config.max_len, config.overlong, contrast=needs_contrast(loss_fn))
+    if needs_pairs(loss_fn):
+        dataset = load_pairs(config.data, tokenizer, config.max_len, config.overlong)
+    else:
+        dataset = load_examples(
+            config.data, tokenizer, config.max_len, config.overlong, contrast=needs_contrast(loss_fn)
+        )
     if dataset.truncated or dataset.dropped:
-        log(f"{dataset.truncated} example(s) truncated to {config.max_len} tokens, {dataset.dropped} dropped")
+        kind = "pair(s)" if needs_pairs(loss_fn) else "example(s)"
+        log(f"{dataset.truncated} {kind} truncated to {config.max_len} tokens, {dataset.dropped} dropped")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches_per_epoch = math.ceil(len(dataset.examples) / config.batch_size)
     steps = total_steps(config, batches_per_epoch)
@@ -162,25 +173,29 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     model.save_pretrained(out)
     _write_run_files(out, config, dataset, state, steps)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    return TrainResult(out, state["step"], state["tokens"], state["seconds"], state["losses"], resumed_from)
+    return TrainResult(
+        out, state["step"], state["tokens"], state["seconds"], state["losses"], resumed_from, state["stats"],
+        len(dataset.examples),
+    )  # fmt: skip
 
 
 def _optimizer_step(
     model, dataset: Dataset, group, pad_id, loss_fn, optimizer, scheduler, params, config, state
 ) -> float:
-    """One optimizer step over `grad_accum` micro-batches, averaging the loss over all their tokens."""
-    micro = [collate([dataset.examples[i] for i in batch], pad_id) for batch in group]
-    total = sum(supervised_tokens(b["labels"]) for b in micro)
+    """One optimizer step over `grad_accum` micro-batches, averaging the loss over all their tokens
+    (or pairs)."""
+    micro = [collate([dataset.examples[i] for i in batch], pad_id) | {"index": torch.tensor(batch)} for batch in group]
+    total = sum(loss_units(b) for b in micro)
     loss_sum = 0.0
     prepare = getattr(loss_fn, "prepare", None)
     for batch in micro:
         if prepare:
             prepare(model, batch)
-        rows, targets = supervised_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        rows, targets = supervised_rows(model, batch)
         loss, _ = loss_fn(rows, targets, batch)
         (loss / total).backward()
         loss_sum += float(loss.detach())
-        state["tokens"] += int(batch["attention_mask"].sum())
+        state["tokens"] += batch_tokens(batch)
     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     scheduler.step()
