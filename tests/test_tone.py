@@ -13,7 +13,7 @@ from personalm.errors import PersonalmError
 from personalm.eval.tone import EmbeddingToneClassifier, FleschScorer, LLMJudge, flesch_reading_ease, make_scorer
 from personalm.tone import prompts
 from personalm.tone.corpus import load_passages, passages
-from personalm.tone.pipeline import ToneDataset
+from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, ToneDataset
 
 SPEECH = """President: Test Person
 The canal opened in 1825 after eight years of work. It linked the Hudson River to Lake Erie.
@@ -86,6 +86,17 @@ def test_training_examples_are_drawn_at_a_tone_margin():
     assert [e["answer"] for e in dataset.examples(10)] == ["plainer, a bit further"]
     assert dataset.examples(20) == []
     assert dataset.examples(10)[0]["messages"][-1] == {"role": "assistant", "content": "plainer, a bit further"}
+
+
+def test_a_split_asked_for_zero_items_stays_empty_and_untouched():
+    """The demo builds with test=0: nothing may be generated for, or picked from, that split."""
+    builder = ToneBuilder(ToneBuildConfig(source="unused", out="unused"), None, None, FleschScorer())
+    seen: list = []
+    passages = [object()] * 5
+    assert builder._collect(passages, 0, "test", lambda batch: seen.extend(batch) or [{}] * len(batch)) == []
+    assert seen == []
+    kept = builder._collect(passages, 2, "train", lambda batch: [{"n": i} for i, _ in enumerate(batch)])
+    assert len(kept) == 2
 
 
 def test_corpus_errors_are_one_line(tmp_path):

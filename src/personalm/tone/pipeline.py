@@ -200,6 +200,8 @@ class ToneBuilder:
         """Process the pool in rounds until `wanted` items that `counts` are kept (or the pool
         runs out). Items that do not count are kept too (a looser selection may use them)."""
         kept: list[dict[str, Any]] = []
+        if wanted <= 0:
+            return kept
         start = 0
 
         def counted() -> int:
