@@ -69,6 +69,7 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
     _tone_step(console, out)
     _explain_step(console, model, out)
     _avatar_step(console, model, out)
+    _soups_step(console, model, out)
 
 
 DEMO_FACTS = {
@@ -149,6 +150,13 @@ def _avatar_step(console: Console, model, out: Path) -> None:
 
     console.rule("[bold]8. an avatar: memory of one person's words, retrieval, chat")
     avatar_demo.run(console, model, out)
+
+
+def _soups_step(console: Console, model, out: Path) -> None:
+    from personalm.soups import demo as soups_demo
+
+    console.rule("[bold]9. Personalized Soups: one question under two opposite preference combinations")
+    soups_demo.run(console, model, out)
 
 
 def _personas_step(console: Console, model, out: Path) -> None:
