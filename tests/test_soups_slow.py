@@ -54,3 +54,16 @@ def test_soup_applied_changes_generation_and_restores_it():
         after = model.generate(["Name a colour."], params)[0].text
     assert during != before
     assert after == before
+
+
+def test_demo_step_answers_under_two_opposite_combinations(tmp_path):
+    from rich.console import Console
+
+    from personalm.soups import demo
+
+    with load_model() as model, open(tmp_path / "console.txt", "w") as sink:
+        demo.run(Console(file=sink), model, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "soups" / "answers.jsonl").read_text().splitlines()]
+    assert [sorted(r["weights"]) for r in rows] == [sorted(c) for c in demo.OPPOSITES]
+    assert all(abs(sum(r["weights"].values()) - 1) < 1e-9 and r["answer"].strip() for r in rows)
+    assert all((tmp_path / "soups" / "adapters" / k / "adapter_config.json").is_file() for k in rows[0]["weights"])
