@@ -140,6 +140,8 @@ def test_cli_errors_and_a_trained_adapter_loads_for_generation(tmp_path):
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     run = subprocess.run(_sft(bad, tmp_path / "x"), capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "bad.jsonl:1: no assistant turn" in run.stderr and "Traceback" not in run.stderr
+    beta = subprocess.run(_sft(bad, tmp_path / "y", "--loss", "dpo", "--beta", "0"), capture_output=True, text=True)
+    assert beta.returncode == 2 and "--beta 0.0: must be positive" in beta.stderr and "Traceback" not in beta.stderr
 
     data = _write_chats(tmp_path / "d.jsonl", 8)
     out = tmp_path / "adapter"

@@ -35,10 +35,13 @@ def sft(
     seed: int = typer.Option(0),
     quant: str = typer.Option("fp32", help="Base weights: fp32, or int8 (4x smaller, int8 forward GEMM)."),
     loss: str = typer.Option(
-        "ce", help="Token loss: ce, or perce (PIR-weighted CE; every example needs a 'persona' field)."
+        "ce",
+        help="Loss: ce; perce (PIR-weighted CE; every example needs a 'persona' field); or dpo (rows of "
+        "prompt / chosen / rejected message lists, as `soups collect` writes; reference = the base).",
     ),
     clip_min: float = typer.Option(0.8, help="PerCE: lower bound m of the token weights clip(PIR, m, M)."),
     clip_max: float = typer.Option(5.0, help="PerCE: upper bound M of the token weights."),
+    beta: float = typer.Option(0.1, help="DPO: strength of the pull towards the reference model."),
     overwrite: bool = typer.Option(False, help="Train again over a finished adapter in OUT."),
 ) -> None:
     """Train a LoRA adapter; re-run the same command after a kill to resume."""
@@ -47,14 +50,14 @@ def sft(
 
     if quant not in {"fp32", "int8"}:
         raise PersonalmError(f"--quant {quant}: expected fp32 or int8")
-    get_loss(loss, clip_min=clip_min, clip_max=clip_max)
+    get_loss(loss, clip_min=clip_min, clip_max=clip_max, beta=beta)
     if (out / "adapter_config.json").is_file() and not overwrite:
         raise PersonalmError(f"{out}: already holds a finished adapter (pass --overwrite to train again)")
     config = TrainConfig(
         data=str(data), out=str(out), model=model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, lr=lr,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_len=max_len,
         overlong=overlong, save_every=save_every, seed=seed, quant=quant, loss=loss, clip_min=clip_min,
-        clip_max=clip_max,
+        clip_max=clip_max, beta=beta,
     )  # fmt: skip
     with training_bar() as progress:
         result = train(config, progress, log=lambda m: stderr.print(m, markup=False))
