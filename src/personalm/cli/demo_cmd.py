@@ -88,6 +88,9 @@ DEMO_FACTS = {
 }
 
 
+TONE_QUESTION = "Why are some tides bigger than others?"
+
+
 def _tone_step(console: Console, out: Path) -> None:
     """A tone adapter from simulated data, at toy size: the same pipeline `tone experiment` runs."""
     from personalm.eval.tone import FleschScorer
@@ -117,6 +120,28 @@ def _tone_step(console: Console, out: Path) -> None:
                                batch_size=4, max_len=256, save_every=100), log=console.print)  # fmt: skip
     console.print(f"adapter: {result.out} ({result.steps} steps, {result.tokens_per_s:.0f} tokens/s, "
                   f"loss {result.losses[0]:.2f} → {result.losses[-1]:.2f})")  # fmt: skip
+    _tone_before_after(console, Path(result.out))
+
+
+def _tone_before_after(console: Console, adapter: Path) -> None:
+    """One grounded question answered by the base and by base + the tone adapter, side by side."""
+    from personalm.eval.tone import FleschScorer
+    from personalm.models.base import SamplingParams
+    from personalm.models.registry import load_model
+    from personalm.tone.prompts import answer_chat
+
+    chat = answer_chat(DEMO_FACTS["tides.txt"], TONE_QUESTION)
+    answers = {}
+    for label, path in (("base", None), ("+ tone adapter", adapter)):
+        with load_model(adapter=path) as model:
+            answers[label] = model.generate([chat], SamplingParams(max_tokens=64))[0].text.strip()
+    scores = FleschScorer().score(list(answers.values()))
+    table = Table(*[f"{label} (Flesch {score:.0f})" for label, score in zip(answers, scores, strict=True)],
+                  title=f"Q: {TONE_QUESTION}")  # fmt: skip
+    table.add_row(*answers.values())
+    console.print(table)
+    console.print("[dim]a toy adapter (a few examples, 2 steps); `personalm tone experiment` measures the effect "
+                  "on held-out questions (reports/tone)[/]")  # fmt: skip
 
 
 def _explain_step(console: Console, model, out: Path) -> None:
