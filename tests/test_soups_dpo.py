@@ -85,6 +85,21 @@ def test_pairs_supervise_only_the_completion_and_share_one_row(tmp_path, tokeniz
     assert batch["position_ids"][0, len(example.input_ids)].item() == shared  # the rejected answer follows the prompt
 
 
+def test_overlong_pairs_truncate_drop_or_fail_on_their_longer_side(tmp_path, tokenizer):
+    path = _write_pairs(tmp_path / "p.jsonl", 2)
+    with open(path, "a") as handle:
+        long = {"prompt": [{"role": "user", "content": "Why?"}], "chosen": [{"role": "assistant", "content": "Ok."}],
+                "rejected": [{"role": "assistant", "content": "word " * 200}]}  # fmt: skip
+        handle.write(json.dumps(long) + "\n")
+    truncated = load_pairs(path, tokenizer, 64, "truncate")
+    assert truncated.truncated == 1 and truncated.dropped == 0 and len(truncated.examples) == 3
+    assert max(len(truncated.examples[-1].input_ids), len(truncated.examples[-1].rejected_ids)) == 64
+    dropped = load_pairs(path, tokenizer, 64, "drop")
+    assert dropped.dropped == 1 and len(dropped.examples) == 2
+    with pytest.raises(PersonalmError, match=r"p.jsonl:3: pair has a \d+-token side, over --max-len 64"):
+        load_pairs(path, tokenizer, 64, "error")
+
+
 def test_a_pair_row_scores_each_answer_as_its_own_chat(tmp_path, tokenizer):
     """The shared-prompt row (4D mask, restarted positions) gives the log-probs of separate forwards."""
     from personalm.perce.contrast import token_logprobs

@@ -162,6 +162,35 @@ def _render(tokenizer, messages: list[dict[str, str]], generation_prompt: bool) 
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def check_overlong(overlong: str) -> None:
+    if overlong not in OVERLONG_POLICIES:
+        raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
+
+
+def fit_to_max_len(
+    sequences: list[tuple[list[int], list[int]]],
+    max_len: int,
+    overlong: str,
+    dataset: Dataset,
+    too_long: str,
+    source: str,
+    line: int,
+) -> list[tuple[list[int], list[int]]] | None:
+    """Apply the `overlong` policy to the (ids, labels) sequences of one row (an example, or a pair's
+    two sides): unchanged if all fit; else an error naming the line (`too_long` formatted with the
+    longest length `n`), None for a dropped row, or every sequence cut to `max_len` (counted)."""
+    longest = max(len(ids) for ids, _ in sequences)
+    if longest <= max_len:
+        return sequences
+    if overlong == "error":
+        raise PersonalmError(f"{too_long.format(n=longest)}, over --max-len {max_len}", source=source, line=line)
+    if overlong == "drop":
+        dataset.dropped += 1
+        return None
+    dataset.truncated += 1
+    return [(ids[:max_len], labels[:max_len]) for ids, labels in sequences]
+
+
 def load_examples(
     path: str | Path,
     tokenizer,
@@ -171,8 +200,7 @@ def load_examples(
     contrast: bool = False,
 ) -> Dataset:
     """Tokenized examples; `contrast` (PerCE) requires a persona per row and adds the bare chat."""
-    if overlong not in OVERLONG_POLICIES:
-        raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
+    check_overlong(overlong)
     source = str(path)
     dataset = Dataset([])
     for line, row in read_rows(path, input_format(source, None)):
@@ -189,17 +217,10 @@ def load_examples(
             ids, labels, bare_ids, bare_labels = tokenize_contrast(tokenizer, messages, persona)
         else:
             ids, labels = tokenize_chat(tokenizer, with_persona(messages, persona) if persona else messages)
-        if len(ids) > max_len:
-            if overlong == "error":
-                raise PersonalmError(
-                    f"example has {len(ids)} tokens, over --max-len {max_len}", source=source, line=line
-                )
-            if overlong == "drop":
-                dataset.dropped += 1
-                continue
-            ids, labels = ids[:max_len], labels[:max_len]
-            dataset.truncated += 1
-        example = Example(line, ids, labels)
+        fitted = fit_to_max_len([(ids, labels)], max_len, overlong, dataset, "example has {n} tokens", source, line)
+        if fitted is None:
+            continue
+        example = Example(line, *fitted[0])
         if bare_ids is not None:
             example.contrast_ids, example.contrast_labels = cut_to_supervised(bare_ids, bare_labels, example.supervised)
         if example.supervised == 0:
@@ -244,8 +265,7 @@ def tokenize_completion(
 def load_pairs(path: str | Path, tokenizer, max_len: int, overlong: str = "truncate") -> Dataset:
     """Tokenized preference pairs; `overlong` applies to each side (a pair that loses every
     completion token of a side is dropped)."""
-    if overlong not in OVERLONG_POLICIES:
-        raise PersonalmError(f"--overlong {overlong}: expected one of {', '.join(OVERLONG_POLICIES)}")
+    check_overlong(overlong)
     source = str(path)
     dataset = Dataset([])
     pairs = read_pairs(path)
@@ -253,18 +273,10 @@ def load_pairs(path: str | Path, tokenizer, max_len: int, overlong: str = "trunc
         raise PersonalmError("no preference pairs", source=source)
     for line, prompt, chosen, rejected in pairs:
         sides = [tokenize_completion(tokenizer, prompt, side) for side in (chosen, rejected)]
-        longest = max(len(ids) for ids, _ in sides)
-        if longest > max_len:
-            if overlong == "error":
-                raise PersonalmError(
-                    f"pair has a {longest}-token side, over --max-len {max_len}", source=source, line=line
-                )
-            if overlong == "drop":
-                dataset.dropped += 1
-                continue
-            sides = [(ids[:max_len], labels[:max_len]) for ids, labels in sides]
-            dataset.truncated += 1
-        (ids, labels), (rejected_ids, rejected_labels) = sides
+        fitted = fit_to_max_len(sides, max_len, overlong, dataset, "pair has a {n}-token side", source, line)
+        if fitted is None:
+            continue
+        (ids, labels), (rejected_ids, rejected_labels) = fitted
         if all(t == IGNORE for t in labels) or all(t == IGNORE for t in rejected_labels):
             dataset.dropped += 1
             continue
