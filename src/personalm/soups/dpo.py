@@ -46,7 +46,7 @@ class DPOSettings:
             raise PersonalmError(f"--trainer {self.trainer}: expected one of {', '.join(TRAINERS)}")
 
 
-def load_pairs(path: Path) -> list[dict]:
+def preference_rows(path: Path) -> list[dict]:
     """The pairs as TRL's conversational preference rows, validated like our trainer's."""
     return [
         {"prompt": prompt, "chosen": chosen, "rejected": rejected} for _, prompt, chosen, rejected in read_pairs(path)
@@ -67,15 +67,18 @@ def train_adapter(
         return json.loads((out / "dpo.json").read_text())
     if resolve_local(settings.model) is None:
         raise PersonalmError(f"unknown model '{settings.model}'")
-    pairs = load_pairs(Path(pairs_file))
+    pairs = preference_rows(Path(pairs_file))
     if not pairs:
         raise PersonalmError(
             "no preference pairs to train on (the judge found every pair a tie)", source=str(pairs_file)
         )
-    run = _train_ours if settings.trainer == "ours" else _train_trl
+    if settings.trainer == "ours":
+        trained = _train_ours(Path(pairs_file), out, settings, log, progress)
+    else:
+        trained = _train_trl(pairs, out, settings)
     summary = (
         {"pairs": len(pairs)}
-        | run(Path(pairs_file), out, settings, log, progress)
+        | trained
         | {
             "settings": asdict(settings),
             "data": str(pairs_file),
@@ -112,7 +115,7 @@ def _train_ours(pairs_file: Path, out: Path, settings: DPOSettings, log, progres
     }
 
 
-def _train_trl(pairs_file: Path, out: Path, settings: DPOSettings, log, progress) -> dict:
+def _train_trl(pairs: list[dict], out: Path, settings: DPOSettings) -> dict:
     """TRL's DPOTrainer with the same LoRA shape (dropout off, as TRL's DPO disables dropout)."""
     import torch
     from datasets import Dataset
@@ -137,7 +140,7 @@ def _train_trl(pairs_file: Path, out: Path, settings: DPOSettings, log, progress
     trainer = DPOTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(load_pairs(pairs_file)),
+        train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
         peft_config=lora,
     )
