@@ -36,11 +36,17 @@ from personalm.train.losses import DPOLoss, loss_units, supervised_rows
 COLLECT = CollectConfig(samples=3, max_pairs=3, max_tokens=48, seed=0)
 
 
+def prompts_for(count: int) -> int:
+    """How many built-in prompts to collect for `count` P-MORL pairs: one per 16 pairs asked, at least 2
+    (a prompt gives up to 3 pairs x 8 combinations at COLLECT, fewer after ties)."""
+    return max(2, count // 16 + 1)
+
+
 def bench_pairs(folder: Path, count: int, model_name: str, log: Callable[[str], None]) -> Path:
     """`count` Prompted-MORL pairs from a small `soups collect` run (built-in prompts) into `folder`."""
     from personalm.models.registry import load_model
 
-    prompts = list(BUILTIN_PROMPTS[: max(2, count // 16 + 1)])
+    prompts = list(BUILTIN_PROMPTS[: prompts_for(count)])
     with load_model(model_name, cache=True) as policy:
         collect(policy, ProgrammaticJudge(), Preferences.default(), prompts, folder / "collect", COLLECT, log=log)
     rows = [row for _, row in read_rows(folder / "collect" / "dpo" / f"{PMORL}.jsonl")]
@@ -113,7 +119,7 @@ def run(
         "benchmark": "dpo",
         "model": model_name,
         "pairs": steps * batch_size,
-        "pairs_source": f"soups collect on {max(2, steps * batch_size // 16 + 1)} built-in prompts, P-MORL set",
+        "pairs_source": f"soups collect on {prompts_for(steps * batch_size)} built-in prompts, P-MORL set",
         "steps": steps,
         "batch_size": batch_size,
         "max_length": max_length,
