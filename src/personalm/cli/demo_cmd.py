@@ -66,7 +66,7 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="Folder for the demo
     console.print(f"wrote {written} rows to {out / 'answers.jsonl'}")
     _personas_step(console, model, out)
     _synth_step(console, model, out)
-    _tone_step(console, out)
+    _tone_step(console, model, out)
     _explain_step(console, model, out)
     _avatar_step(console, model, out)
     _soups_step(console, model, out)
@@ -91,7 +91,7 @@ DEMO_FACTS = {
 TONE_QUESTION = "Why are some tides bigger than others?"
 
 
-def _tone_step(console: Console, out: Path) -> None:
+def _tone_step(console: Console, model, out: Path) -> None:
     """A tone adapter from simulated data, at toy size: the same pipeline `tone experiment` runs."""
     from personalm.eval.tone import FleschScorer
     from personalm.models.embedder import Embedder
@@ -120,21 +120,21 @@ def _tone_step(console: Console, out: Path) -> None:
                                batch_size=4, max_len=256, save_every=100), log=console.print)  # fmt: skip
     console.print(f"adapter: {result.out} ({result.steps} steps, {result.tokens_per_s:.0f} tokens/s, "
                   f"loss {result.losses[0]:.2f} → {result.losses[-1]:.2f})")  # fmt: skip
-    _tone_before_after(console, Path(result.out))
+    _tone_before_after(console, model, Path(result.out))
 
 
-def _tone_before_after(console: Console, adapter: Path) -> None:
-    """One grounded question answered by the base and by base + the tone adapter, side by side."""
+def _tone_before_after(console: Console, base, adapter: Path) -> None:
+    """One grounded question answered by the (already loaded) base and by base + the tone adapter."""
     from personalm.eval.tone import FleschScorer
     from personalm.models.base import SamplingParams
     from personalm.models.registry import load_model
     from personalm.tone.prompts import answer_chat
 
     chat = answer_chat(DEMO_FACTS["tides.txt"], TONE_QUESTION)
-    answers = {}
-    for label, path in (("base", None), ("+ tone adapter", adapter)):
-        with load_model(adapter=path) as model:
-            answers[label] = model.generate([chat], SamplingParams(max_tokens=64))[0].text.strip()
+    params = SamplingParams(max_tokens=64)
+    answers = {"base": base.generate([chat], params)[0].text.strip()}
+    with load_model(adapter=adapter) as tuned:
+        answers["+ tone adapter"] = tuned.generate([chat], params)[0].text.strip()
     scores = FleschScorer().score(list(answers.values()))
     table = Table(*[f"{label} (Flesch {score:.0f})" for label, score in zip(answers, scores, strict=True)],
                   title=f"Q: {TONE_QUESTION}")  # fmt: skip
