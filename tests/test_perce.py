@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_support import CLI, cli_json
 
 from personalm.errors import PersonalmError
 from personalm.perce.contrast import PerContrast, selected, supervised_logits
@@ -152,7 +152,7 @@ def test_loss_registry_builds_perce_with_its_bounds():
 
 def _sft(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-c", "from personalm.cli.app import main; main()", "train", "sft", str(data), "-o", str(out),
+        *CLI, "train", "sft", str(data), "-o", str(out),
         "--max-steps", "2", "--batch-size", "2", "--max-len", "96", *extra,
     ]  # fmt: skip
 
@@ -189,15 +189,7 @@ def test_bench_perce_reports_the_step_time_ratio():
 
     if not (data_dir() / "persona_chat" / "valid.csv").is_file():
         pytest.skip("persona-chat data not found (set PERSONALM_DATA)")
-    command = [sys.executable, "-c", "from personalm.cli.app import main; main()", "bench", "perce"]
-    run = subprocess.run(
-        [*command, "--batch-size", "1", "--repeats", "1", "--max-len", "64", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout.splitlines()[-1])
+    result = cli_json("bench", "perce", "--batch-size", "1", "--repeats", "1", "--max-len", "64", "--json")
     assert result["step_time_ratio"] == pytest.approx(result["perce_step_s"] / result["ce_step_s"], rel=0.01)
     assert result["batch_size"] == 1 and result["ce_step_s"] > 0
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from cli_support import run_cli
 
 from personalm.errors import PersonalmError
 from personalm.models.base import TokenScores
@@ -161,11 +160,6 @@ def test_sweep_table_compares_clip_bounds_with_ce_on_the_sweep_seed(tmp_path):
     assert ExperimentConfig(out="o", data="x", seeds=2, sweep=()).fingerprint() == config.fingerprint()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", "from personalm.cli.app import main; main()", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
-
-
 def test_cli_errors_are_one_line(tmp_path):
     bad = tmp_path / "rows.jsonl"
     bad.write_text(json.dumps({"persona": "p", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
@@ -181,7 +175,7 @@ def test_cli_errors_are_one_line(tmp_path):
         (("perce", "experiment", "--sweep", "1:x", "-o", str(tmp_path / "r")), "--sweep: expected m:M pairs"),
         (("perce", "experiment", "--sweep", "3:1", "-o", str(tmp_path / "r")), "m must not exceed M"),
     ):
-        run = _cli(*args)
+        run = run_cli(*args, timeout=300)
         assert run.returncode == 2, (args, run.stderr[-1500:])
         assert needle in run.stderr and "Traceback" not in run.stderr, run.stderr[-1500:]
 
@@ -197,11 +191,11 @@ def test_explain_prints_colours_json_and_writes_a_heatmap(tmp_path):
         "--response",
         "My cat Whiskers.",
     )
-    run = _cli(*args, "--html", str(tmp_path / "h.html"))
+    run = run_cli(*args, "--html", str(tmp_path / "h.html"), timeout=300)
     assert run.returncode == 0, run.stderr[-1500:]
     assert "highest PIR:" in run.stdout and "Whiskers" in run.stdout
     assert "PIR +" in (tmp_path / "h.html").read_text()
-    as_json = json.loads(_cli(*args, "--json").stdout.splitlines()[0])
+    as_json = json.loads(run_cli(*args, "--json", timeout=300).stdout.splitlines()[0])
     assert len(as_json["tokens"]) == len(as_json["pir"]) > 3
     assert max(as_json["pir"]) == max(as_json["pir"][:4])
 

@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import CLI, cli_json
 from safetensors.torch import load_file
 
 from personalm.errors import PersonalmError
@@ -98,7 +98,7 @@ def test_frozen_linear_matches_a_plain_linear_forward_and_backward(quant, tolera
 
 def _sft(data: Path, out: Path, *extra: str, steps: int = 6) -> list[str]:
     return [
-        sys.executable, "-c", "from personalm.cli.app import main; main()", "train", "sft", str(data), "-o", str(out),
+        *CLI, "train", "sft", str(data), "-o", str(out),
         "--max-steps", str(steps), "--batch-size", "4", "--max-len", "64", "--save-every", "2", "--seed", "3", *extra,
     ]  # fmt: skip
 
@@ -158,11 +158,6 @@ def test_cli_errors_and_a_trained_adapter_loads_for_generation(tmp_path):
 @pytest.mark.slow
 def test_bench_train_runs_both_trainers_on_the_same_batch(tmp_path: Path) -> None:
     args = ["bench", "train", "--steps", "2", "--batch-size", "1", "--seq-len", "128", "--rank", "2", "--json"]
-    done = subprocess.run(
-        [sys.executable, "-c", "from personalm.cli.app import main; main()", *args],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = cli_json(*args, cwd=tmp_path)
     assert {"ours_tok_s", "trl_tok_s", "speedup", "peak_fraction"} <= set(summary)
     assert summary["ours_tok_s"] > 0 and summary["trl_tok_s"] > 0 and 0 < summary["peak_fraction"] < 1
