@@ -21,7 +21,7 @@ from personalm.cli import (
     tone_cmd,
     train_cmd,
 )
-from personalm.cli.progress import stderr
+from personalm.progress import stderr
 from personalm.errors import PersonalmError
 
 app = typer.Typer(

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from personalm.cli.progress import progress_bar, stderr
+from personalm.progress import progress_bar, stderr
 
 app = typer.Typer(help="Avatars of real people: memory of their own words, retrieval, chat.", no_args_is_help=True)
 
@@ -264,7 +264,7 @@ def experiment_cmd(
     ),
 ) -> None:
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
-    from personalm.avatars.experiment import ExperimentConfig, headline_rows, run
+    from personalm.studies.avatars import ExperimentConfig, headline_rows, run
     from personalm.paths import data_dir
 
     config = ExperimentConfig(

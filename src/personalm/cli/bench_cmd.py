@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from personalm.cli.progress import stderr
+from personalm.progress import stderr
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.paths import data_dir
 
@@ -33,7 +33,7 @@ def generate_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Ours (continuous batching) vs HF generate one-at-a-time vs llama.cpp, tokens/s and ratios."""
-    from personalm.bench import generate
+    from personalm.studies.bench import generate
 
     result = generate.run(
         prompts, max_tokens, data or data_dir(), model, llamacpp, log=lambda m: stderr.print(m, markup=False)
@@ -83,7 +83,7 @@ def serve_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Streaming clients on loopback against `personalm serve` vs the same requests one at a time."""
-    from personalm.bench import serve
+    from personalm.studies.bench import serve
 
     result = serve.run(
         clients, seconds, sequential_seconds, max_tokens, data or data_dir(), model,
@@ -115,7 +115,7 @@ def perce_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Trainer step time of PerCE vs plain CE on the same batch (PerCE adds one no-grad forward)."""
-    from personalm.bench import perce
+    from personalm.studies.bench import perce
 
     result = perce.run(
         data or data_dir(), model, batch_size, max_len, repeats, log=lambda m: stderr.print(m, markup=False)
@@ -143,7 +143,7 @@ def merge_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Exact soup merge into a loaded base vs PEFT add_weighted_adapter(cat)+merge vs one P-MORL training run."""
-    from personalm.bench import merge
+    from personalm.studies.bench import merge
     from personalm.soups.merge import parse_weights
 
     names = [d.name for d in adapters.iterdir() if (d / "adapter_config.json").is_file()] if adapters.is_dir() else []
@@ -184,7 +184,7 @@ def train_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Our LoRA trainer vs TRL's SFTTrainer: tokens/s, ratio and fraction of the fp32 peak."""
-    from personalm.bench import train
+    from personalm.studies.bench import train
 
     result = train.run(
         steps, batch_size, seq_len, rank, data or data_dir(), model, log=lambda m: stderr.print(m, markup=False)
@@ -211,7 +211,7 @@ def dpo_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Our DPO trainer vs TRL's DPOTrainer on the same soups pairs: pairs/s, ratio, loss and reward accuracy."""
-    from personalm.bench import dpo
+    from personalm.studies.bench import dpo
 
     result = dpo.run(steps, batch_size, max_length, lr, beta, model, threads,
                      log=lambda m: stderr.print(m, markup=False))  # fmt: skip
@@ -240,7 +240,7 @@ def dedup_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Our MinHash stage vs datasketch's MinHash + LSH loop; our embedding stage on 1M vectors vs exact search."""
-    from personalm.bench import dedup, dedup_report
+    from personalm.studies.bench import dedup, dedup_report
 
     result = dedup.run(data or data_dir(), rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False))
     table = Table("measure", "personalm", "peer", "ratio")
@@ -267,7 +267,7 @@ def synth_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Our batched synthesis vs one persona one request at a time (local and over HTTP), tokens/s and ratios."""
-    from personalm.bench import synth
+    from personalm.studies.bench import synth
 
     result = synth.run(
         personas, sequential, concurrency, max_tokens, task, data or data_dir(), model, http,
@@ -316,7 +316,7 @@ def retrieval_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Our SQLite memory store (hybrid and dense) vs Chroma (dense), same embeddings and k: latency, ingest, recall."""
-    from personalm.bench import retrieval
+    from personalm.studies.bench import retrieval
 
     result = retrieval.run(
         data or data_dir(), memories, queries, embedded, k, candidates, seed, rounds,

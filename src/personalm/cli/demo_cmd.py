@@ -171,21 +171,21 @@ def _explain_step(console: Console, model, out: Path) -> None:
 
 
 def _avatar_step(console: Console, model, out: Path) -> None:
-    from personalm.avatars import demo as avatar_demo
+    from personalm.demo import avatars as avatar_demo
 
     console.rule("[bold]8. an avatar: memory of one person's words, retrieval, chat")
     avatar_demo.run(console, model, out)
 
 
 def _soups_step(console: Console, model, out: Path) -> None:
-    from personalm.soups import demo as soups_demo
+    from personalm.demo import soups as soups_demo
 
     console.rule("[bold]9. Personalized Soups: one question under two opposite preference combinations")
     soups_demo.run(console, model, out)
 
 
 def _personas_step(console: Console, model, out: Path) -> None:
-    from personalm.personas import demo as personas_demo
+    from personalm.demo import personas as personas_demo
 
     console.rule("[bold]4. Persona Hub: texts -> personas -> one expansion round -> dedup -> diversity")
     personas_demo.run(model, out, console)

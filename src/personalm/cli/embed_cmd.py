@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from personalm.cli.progress import progress_bar
+from personalm.progress import progress_bar
 from personalm.errors import PersonalmError
 from personalm.models.embedder import Embedder
 from personalm.tables import input_format, output_format, read_rows, require, write_rows

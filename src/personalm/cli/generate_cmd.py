@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from personalm.cli.progress import progress_bar
+from personalm.progress import progress_bar
 from personalm.errors import PersonalmError
 from personalm.models.base import Prompt, SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from personalm.cli.progress import stderr
+from personalm.progress import stderr
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.paths import data_dir
@@ -111,8 +111,8 @@ def experiment(
     """CE vs PerCE on persona-chat: same model, adapter config, data, steps and seeds; held-out eval."""
     from rich.table import Table
 
-    from personalm.perce.experiment import ExperimentConfig, parse_sweep, run
-    from personalm.perce.report import headline_rows
+    from personalm.studies.perce import ExperimentConfig, parse_sweep, run
+    from personalm.studies.perce_report import headline_rows
 
     config = ExperimentConfig(
         out=str(out), data=str(data or data_dir()), model=model, seeds=seeds,

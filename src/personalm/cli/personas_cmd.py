@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from personalm.cli.progress import stderr
+from personalm.progress import stderr
 from personalm.errors import PersonalmError
 from personalm.tables import output_format
 
@@ -248,7 +248,7 @@ def diversity_cmd(
     seed: int = typer.Option(0, help="Seed of the pair sample for the mean cosine."),
 ) -> None:
     """Mean pairwise cosine, distinct-n and Vendi score of each persona set, with a plot and an HTML page."""
-    from personalm.personas.report import diversity_report
+    from personalm.studies.personas_diversity import diversity_report
 
     if label and len(label) != len(inputs):
         raise PersonalmError(f"got {len(label)} --label for {len(inputs)} inputs; give one per input or none")

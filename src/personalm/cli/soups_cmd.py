@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from personalm.cli.progress import progress_bar, stderr, training_bar
+from personalm.progress import progress_bar, stderr, training_bar
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 
@@ -163,7 +163,7 @@ def experiment_cmd(
 ) -> None:
     """Win rates of the soup vs the prompted base and vs P-MORL for all combinations; Pareto front."""
     from personalm.models.registry import load_model
-    from personalm.soups.experiment import ExperimentConfig, run
+    from personalm.studies.soups import ExperimentConfig, run
     from personalm.soups.judges import make_judge
 
     config = ExperimentConfig(adapters=str(adapters), out=str(out), model=model, prompts=str(prompts) if prompts else None,

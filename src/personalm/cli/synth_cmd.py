@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from personalm.cli.progress import progress_bar, stderr
+from personalm.progress import progress_bar, stderr
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.tables import output_format, write_rows
@@ -140,7 +140,7 @@ def diversity(
     from personalm.models.registry import load_model
     from personalm.paths import data_dir
     from personalm.personas.io import read_personas
-    from personalm.synth import diversity as div
+    from personalm.studies import synth_diversity as div
     from personalm.synth import run
 
     spec = _load_task(task, world, "logical", None)

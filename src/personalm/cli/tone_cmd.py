@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from personalm.cli.progress import stderr
+from personalm.progress import stderr
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.paths import data_dir
@@ -124,7 +124,7 @@ def experiment(
 ) -> None:
     """Base vs tone system prompt vs LoRA on 25/100/300 examples, and fp32 vs int8 base."""
     from personalm.models.embedder import Embedder
-    from personalm.tone.experiment import ToneExperimentConfig, run
+    from personalm.studies.tone import ToneExperimentConfig, run
 
     try:
         size_list = sorted({int(s) for s in sizes.split(",") if s.strip()})

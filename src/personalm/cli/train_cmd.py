@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from personalm.cli.progress import stderr, training_bar
+from personalm.progress import stderr, training_bar
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from personalm.bench.hardware import versions
+from personalm.provenance import versions
 from personalm.models.base import SamplingParams, TextModel
 from personalm.soups.judges import PairJudge
 from personalm.soups.preferences import Preferences, combination_name

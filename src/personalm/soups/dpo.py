@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from personalm.bench.hardware import versions
+from personalm.provenance import versions
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.train.data import read_pairs

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from personalm.bench.hardware import versions
+from personalm.provenance import versions
 from personalm.eval.tone import ToneScorer
 from personalm.models.base import SamplingParams, TextModel
 from personalm.report import write_json

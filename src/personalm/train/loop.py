@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from personalm.bench.hardware import versions
+from personalm.provenance import versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local

@@ -1,0 +1,198 @@
+"""`personalm bench retrieval`: our SQLite memory store against Chroma, same process, same input.
+
+Both get the same memories (text + precomputed unit-norm embeddings, `retrieval_data`), added in
+batches of BATCH (one ingested file's worth). Ingest time runs until the store answers its first
+query, so it includes building the search index (ours: BM25 postings and IVF lists; Chroma: its
+HNSW graph). Then every query is asked, interleaved query by query (both see the same machine
+load), of: our hybrid search (BM25 + dense,
+reciprocal-rank fusion, `candidates` from each list, top k, the memories read back: what the
+avatar chat calls), our keyword and dense searches alone, and Chroma's dense query (`n_results=k`, which also
+returns the documents). Recall@k of both dense paths is measured against exact brute force
+over the same vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personalm.avatars.ingest import memory_key
+from personalm.avatars.retrieval import hybrid_search
+from personalm.avatars.sqlite_store import SQLiteStore
+from personalm.avatars.store import NewMemory
+from personalm.studies.bench import retrieval_data
+from personalm.provenance import machine, versions
+
+BATCH = 1000
+AVATAR = "bench"
+WARMUP = 5
+
+
+def run(
+    data_dir: Path,
+    memories: int = 100_000,
+    queries: int = 200,
+    embedded: int = 8192,
+    k: int = 10,
+    candidates: int = 50,
+    seed: int = 0,
+    rounds: int = 2,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Build the corpus (embedding what is not cached), run both stores, return the results."""
+    corpus = retrieval_data.build(data_dir, memories, queries, embedded, embed or _minilm, seed)
+    log(f"{memories} memories ({corpus.embedded} embedded for real, the rest tiled with noise), {queries} queries")
+    exact = _exact_top(corpus.vectors, corpus.query_vectors, k)
+    with tempfile.TemporaryDirectory(prefix="personalm-bench-retrieval-") as tmp:
+        store = SQLiteStore(Path(tmp) / "memory.db", dimension=corpus.vectors.shape[1])
+        try:
+            ids, ours = _ours_ingest(store, corpus, k, log)
+            collection, peer = _chroma_ingest(Path(tmp) / "chroma", corpus, k, log)
+            timings, found = _queries(store, collection, corpus, k, candidates, rounds)
+        finally:
+            store.close()
+    row_of = {memory_id: row for row, memory_id in enumerate(ids)}
+    ours[f"dense_recall_at_{k}"] = _recall([[row_of[i] for i in hits] for hits in found["dense"]], exact)
+    peer[f"chroma_recall_at_{k}"] = _recall([[int(i) for i in hits] for hits in found["chroma"]], exact)
+    for name, latencies in timings.items():
+        (peer if name == "chroma" else ours).update(_percentiles(name, latencies))
+    log(f"ours: hybrid p95 {ours['hybrid_p95_ms']} ms; Chroma dense p95 {peer['chroma_p95_ms']} ms")
+    result: dict[str, Any] = {
+        "memories": memories,
+        "queries": queries,
+        "k": k,
+        "candidates": candidates,
+        "embedded": corpus.embedded,
+        "tiled": memories - corpus.embedded,
+        "noise_sigma": retrieval_data.NOISE_SIGMA if memories > corpus.embedded else 0.0,
+        "seed": seed,
+        "rounds": rounds,
+        **ours,
+        **peer,
+        "p95_ms": ours["hybrid_p95_ms"],
+        "peer_p95_ms": peer["chroma_p95_ms"],
+        "hybrid_speedup_p95": _ratio(peer["chroma_p95_ms"], ours["hybrid_p95_ms"]),
+        "dense_speedup_p95": _ratio(peer["chroma_p95_ms"], ours["dense_p95_ms"]),
+        "ingest_speedup": _ratio(ours["ingest_per_s"], peer["chroma_ingest_per_s"]),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "machine": machine(),
+        "versions": versions("numpy", "faiss-cpu", "scipy", "chromadb"),
+    }
+    return result
+
+
+def _minilm(texts: list[str]) -> np.ndarray:
+    from personalm.progress import progress_bar
+    from personalm.models.embedder import Embedder
+
+    with progress_bar("embedding (once, then cached)", len(texts)) as advance:
+        return Embedder().embed(texts, progress=advance)
+
+
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of the k most similar memories per query, by brute force."""
+    scores = queries @ vectors.T
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
+
+
+def _ours_ingest(
+    store: SQLiteStore, corpus: retrieval_data.Corpus, k: int, log: Callable[[str], None]
+) -> tuple[list[int], dict[str, Any]]:
+    """Add every memory in batches, then one query: the time until the store can answer."""
+    rows = [
+        NewMemory(kind, text, memory_key(kind, text), vector)
+        for kind, text, vector in zip(corpus.kinds, corpus.texts, corpus.vectors, strict=True)
+    ]
+    start = time.perf_counter()
+    ids: list[int] = []
+    for offset in range(0, len(rows), BATCH):
+        ids += store.add(AVATAR, rows[offset : offset + BATCH])
+    added = time.perf_counter() - start
+    store.vector_search(AVATAR, corpus.query_vectors[0], k)
+    ingest_s = time.perf_counter() - start
+    log(f"ours: {len(ids)} memories stored in {added:.1f} s, searchable after {ingest_s:.1f} s")
+    return ids, {
+        "ingest_s": round(ingest_s, 2),
+        "ingest_store_s": round(added, 2),
+        "ingest_per_s": round(len(ids) / ingest_s, 1),
+    }
+
+
+def _chroma_ingest(
+    path: Path, corpus: retrieval_data.Corpus, k: int, log: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    collection = client.create_collection("bench", configuration={"hnsw": {"space": "ip"}}, embedding_function=None)
+    start = time.perf_counter()
+    for offset in range(0, len(corpus.texts), BATCH):
+        stop = min(offset + BATCH, len(corpus.texts))
+        collection.add(
+            ids=[str(row) for row in range(offset, stop)],
+            embeddings=corpus.vectors[offset:stop],
+            documents=corpus.texts[offset:stop],
+            metadatas=[{"kind": kind} for kind in corpus.kinds[offset:stop]],
+        )
+    collection.query(query_embeddings=corpus.query_vectors[:1], n_results=k)
+    ingest_s = time.perf_counter() - start
+    log(f"chroma: searchable after {ingest_s:.1f} s")
+    return collection, {
+        "chroma_ingest_s": round(ingest_s, 2),
+        "chroma_ingest_per_s": round(len(corpus.texts) / ingest_s, 1),
+    }
+
+
+def _queries(
+    store: SQLiteStore, collection: Any, corpus: retrieval_data.Corpus, k: int, candidates: int, rounds: int
+) -> tuple[dict[str, np.ndarray], dict[str, list[list]]]:
+    """Milliseconds per query of each contender, interleaved query by query so that both stores
+    see the same load on a shared machine; `rounds` passes over the queries (after a warm-up)."""
+    calls: dict[str, Callable[[int], list]] = {
+        "hybrid": lambda i: hybrid_search(
+            store, AVATAR, corpus.queries[i], corpus.query_vectors[i], k, candidates=candidates
+        ),
+        "keyword": lambda i: store.keyword_search(AVATAR, corpus.queries[i], candidates),
+        "dense": lambda i: [h for h, _ in store.vector_search(AVATAR, corpus.query_vectors[i], k)],
+        "chroma": lambda i: collection.query(query_embeddings=corpus.query_vectors[i : i + 1], n_results=k)["ids"][0],
+    }
+    n = len(corpus.queries)
+    for i in range(min(WARMUP, n)):
+        for call in calls.values():
+            call(i)
+    timings = {name: np.empty(n * rounds) for name in calls}
+    found: dict[str, list[list]] = {name: [] for name in calls}
+    for round_ in range(rounds):
+        for i in range(n):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                hits = call(i)
+                timings[name][round_ * n + i] = (time.perf_counter() - start) * 1e3
+                if round_ == 0:
+                    found[name].append(hits)
+    return timings, found
+
+
+def _percentiles(name: str, latencies: np.ndarray) -> dict[str, float]:
+    return {
+        f"{name}_p50_ms": round(float(np.percentile(latencies, 50)), 3),
+        f"{name}_p95_ms": round(float(np.percentile(latencies, 95)), 3),
+    }
+
+
+def _recall(found: list[list[int]], exact: np.ndarray) -> float:
+    k = exact.shape[1]
+    return round(float(np.mean([len(set(f) & set(e.tolist())) / k for f, e in zip(found, exact, strict=True)])), 4)
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 2) if b else float("inf")

@@ -1,0 +1,152 @@
+"""`personalm bench serve`: many streaming clients against the server vs the same requests one at a time.
+
+Both phases talk to the same real server on loopback (uvicorn, HTTP, SSE) and walk the same list of
+persona-driven chat requests in the same order. The concurrent phase keeps `clients` requests in
+flight for `seconds`; the sequential phase sends them one after another for `sequential_seconds`
+(a full sequential replay would take several times longer, and tokens/s is what is compared).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from personalm.provenance import machine, versions
+from personalm.studies.bench.workloads import synthesis_prompts
+from personalm.models.registry import DEFAULT_MODEL, load_model
+from personalm.serve.app import create_app
+from personalm.serve.auth import KeyStore
+from personalm.serve.background import BackgroundServer
+from personalm.serve.catalog import Catalog
+
+REQUEST_POOL = 2048
+
+
+@dataclass
+class Phase:
+    ttft_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ttft = np.array(self.ttft_s or [float("nan")]) * 1000
+        return {
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 2),
+            "tok_s": round(self.tokens / self.seconds, 2) if self.seconds else 0.0,
+            "ttft_p50_ms": round(float(np.percentile(ttft, 50)), 1),
+            "ttft_p95_ms": round(float(np.percentile(ttft, 95)), 1),
+            "errors": len(self.errors),
+        }
+
+
+async def _one(http: httpx.AsyncClient, url: str, body: dict[str, Any], phase: Phase) -> None:
+    start = time.perf_counter()
+    first = None
+    try:
+        async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as res:
+            if res.status_code != 200:
+                phase.errors.append(f"HTTP {res.status_code}: {(await res.aread())[:200]!r}")
+                return
+            usage = None
+            async for line in res.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    phase.errors.append(chunk["error"]["message"])
+                    return
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter() - start
+        if usage is None:
+            phase.errors.append("stream ended without a usage chunk")
+            return
+        phase.tokens += usage["completion_tokens"]
+        phase.requests += 1
+        if first is not None:
+            phase.ttft_s.append(first)
+    except httpx.HTTPError as err:
+        phase.errors.append(f"{type(err).__name__}: {err}")
+
+
+async def _drive(url: str, bodies: list[dict], clients: int, seconds: float, log: Callable[[str], None]) -> Phase:
+    """`clients` loops, each sending the next request from the shared list until time is up."""
+    phase = Phase()
+    next_index = iter(range(len(bodies)))
+    deadline = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while time.perf_counter() < deadline:
+            index = next(next_index, None)
+            if index is None:
+                return
+            await _one(http, url, bodies[index], phase)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    phase.seconds = time.perf_counter() - start
+    log(f"  {clients} client(s): {phase.requests} requests, {phase.tokens} tokens in {phase.seconds:.1f}s")
+    return phase
+
+
+def run(
+    clients: int = 32,
+    seconds: float = 60.0,
+    sequential_seconds: float = 30.0,
+    max_tokens: int = 64,
+    data_dir: Path | None = None,
+    model_name: str = DEFAULT_MODEL,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    model = load_model(model_name)
+    catalog = Catalog([model_name], slots=clients, max_len=512)
+    catalog.attach(model_name, model)
+    bodies = [
+        {"model": model_name, "messages": chat, "max_tokens": max_tokens, "temperature": 0.7, "seed": seed + i,
+         "stream": True, "stream_options": {"include_usage": True}}
+        for i, chat in enumerate(synthesis_prompts(REQUEST_POOL, data_dir, seed))
+    ]  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        BackgroundServer(create_app(catalog, KeyStore(Path(tmp) / "k.db", None))) as url,
+    ):
+        asyncio.run(_drive(url, bodies[:2], 2, 60.0, log))
+        log(f"concurrent: {clients} streaming clients for {seconds:g}s")
+        concurrent = asyncio.run(_drive(url, bodies, clients, seconds, log))
+        log(f"sequential: one request at a time for {sequential_seconds:g}s")
+        sequential = asyncio.run(_drive(url, bodies, 1, sequential_seconds, log))
+    catalog.close()
+    c, s = concurrent.summary(), sequential.summary()
+    return {
+        "benchmark": "serve",
+        "model": model.model_id,
+        "clients": clients,
+        "max_tokens": max_tokens,
+        "errors": c["errors"] + s["errors"],
+        "error_samples": (concurrent.errors + sequential.errors)[:5],
+        "ttft_p50_ms": c["ttft_p50_ms"],
+        "ttft_p95_ms": c["ttft_p95_ms"],
+        "concurrent": c,
+        "sequential": s,
+        "throughput_ratio": round(c["tok_s"] / s["tok_s"], 2) if s["tok_s"] else None,
+        "seed": seed,
+        "versions": versions("personalm", "torch", "transformers", "fastapi", "uvicorn", "httpx"),
+        "machine": machine(),
+    }

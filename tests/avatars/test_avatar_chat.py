@@ -1,0 +1,137 @@
+"""Chat with an avatar and memory updates (ADD / UPDATE / DELETE / NONE) on scripted
+conversations; one smoke run on the real embedded model."""
+
+from __future__ import annotations
+
+import pytest
+from test_avatar_profile import ScriptedModel
+
+from personalm.avatars.api import AvatarMemory
+from personalm.avatars.chat import DONT_KNOW, AvatarChat, exemplar_turns, system_prompt
+from personalm.avatars.facts import RuleFactExtractor, parse_fact_lines
+from personalm.avatars.memory_update import decide, slot
+from personalm.avatars.retrieval import Hit, Recall
+from personalm.avatars.sqlite_store import SQLiteStore
+from personalm.avatars.store import Memory
+
+
+@pytest.fixture
+def memory(tmp_path, embedder):
+    memory = AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
+    yield memory
+    memory.close()
+
+
+def facts(memory):
+    return sorted(m.text for m in memory.list("ada", kind="fact"))
+
+
+def hit(text, similarity, memory_id=1):
+    return Hit(Memory(memory_id, "fact", text), 0.0, similarity)
+
+
+def test_decide_on_fixed_similarities():
+    assert decide("I live in Paris.", [hit("I live in Paris.", 1.0)]).op == "NONE"
+    assert decide("I live in Rome.", [hit("I live in Paris.", 0.4)]).op == "UPDATE"  # one home at a time
+    assert decide("I prefer coffee now.", [hit("I prefer tea.", 0.71)]).op == "UPDATE"
+    assert decide("I prefer window seats.", [hit("I prefer tea.", 0.32)]).op == "ADD"
+    assert decide("I play the piano.", [hit("I play tennis.", 0.53)]).op == "ADD"
+    deleted = decide("I don't play tennis anymore.", [hit("I play tennis.", 0.83, 7)])
+    assert (deleted.op, deleted.target) == ("DELETE", 7)
+    assert decide("I don't eat meat.", []).op == "ADD"
+    assert slot("My favourite colour is blue.") == ("fav:favourite colour", True)
+
+
+def test_rule_extractor_and_grounded_model_facts():
+    extract = RuleFactExtractor().extract
+    assert extract("Hi! Actually, I live in Paris, and my dog is called Rex. Where do you live?") == [
+        "I live in Paris.",
+        "My dog is called Rex.",
+    ]
+    assert extract("What is the time?") == []
+    reply = "- I live in Paris.\n- I am a famous astronaut.\n- none\nSome chatter"
+    assert parse_fact_lines(reply, "I live in Paris with my cat.") == ["I live in Paris."]
+
+
+def test_scripted_conversation_updates_memory(memory):
+    model = ScriptedModel(*["Noted."] * 8)
+    chat = AvatarChat(memory, "ada", model, RuleFactExtractor())
+    ops = [
+        [u.op for u in chat.send(message).updates]
+        for message in [
+            "I prefer tea in the morning.",
+            "I live in Paris. I play tennis.",
+            "I live in Paris.",  # repeating a fact adds nothing
+            "Actually, I prefer coffee in the morning now.",  # a changed preference replaces the old one
+            "I don't play tennis anymore.",
+            "My favourite colour is blue.",
+        ]
+    ]
+    assert ops == [["ADD"], ["ADD", "ADD"], ["NONE"], ["UPDATE"], ["DELETE"], ["ADD"]]
+    assert facts(memory) == ["I live in Paris.", "I prefer coffee in the morning now.", "My favourite colour is blue."]
+
+
+def test_unsupported_question_gets_dont_know_without_the_model(memory):
+    memory.remember("ada", "I prefer green tea.")
+    model = ScriptedModel("I drink green tea, of course.")
+    chat = AvatarChat(memory, "ada", model)
+    turn = chat.send("What is the boiling point of tungsten in kelvin?")
+    assert (turn.reply, turn.supported, model.prompts) == (DONT_KNOW, False, [])
+    turn = chat.send("What tea do you drink?")
+    assert turn.supported and turn.reply == "I drink green tea, of course."
+    system = model.prompts[0][0]["content"]
+    assert "Facts about you:\n- I prefer green tea." in system and "You are Ada." in system
+    assert model.prompts[0][1:3] == [
+        {"role": "user", "content": "What is the boiling point of tungsten in kelvin?"},
+        {"role": "assistant", "content": DONT_KNOW},
+    ]
+
+
+def test_system_prompt_keeps_exemplars_apart_from_facts():
+    recall = Recall([Hit(Memory(1, "utterance", "Well, my friends."), 0, 0.5)], [hit("I like tea.", 0.5)])
+    text = system_prompt("Ada", "Ada is kind.", recall)
+    assert text.index("About you: Ada is kind.") < text.index("Facts about you") < text.index("Things you have said")
+    assert '- "Well, my friends."' in text
+
+
+def test_chat_exemplars_with_context_become_dialogue_turns():
+    replied = Hit(Memory(2, "utterance", "Green tea, always.", context="What do you drink?"), 0, 0.6)
+    recall = Recall([replied, Hit(Memory(1, "utterance", "Well, my friends."), 0, 0.5)], [])
+    assert exemplar_turns(recall) == [
+        {"role": "user", "content": "What do you drink?"},
+        {"role": "assistant", "content": "Green tea, always."},
+    ]
+    assert "Green tea, always." not in system_prompt("Ada", None, recall)
+
+
+@pytest.mark.slow
+def test_smoke_real_model_chat_and_fact_extraction(memory, embedded_model, tmp_path):
+    from personalm.avatars.facts import ModelFactExtractor
+
+    (tmp_path / "ada.txt").write_text("I have always loved mathematics. The engine can weave algebraic patterns.")
+    memory.ingest("ada", [tmp_path / "ada.txt"])
+    chat = AvatarChat(memory, "ada", embedded_model, ModelFactExtractor(embedded_model))
+    first = chat.send("I moved to London last spring.")
+    second = chat.send("Where did you move last spring?")
+    assert first.reply and first.supported and second.reply
+    assert any("London" in m.text for m in memory.list("ada", kind="fact"))
+
+
+def test_demo_step_builds_an_avatar_and_chats(tmp_path):
+    from avatar_support import WordHashEmbedder
+    from rich.console import Console
+
+    from personalm.demo import avatars as demo
+
+    console = Console(record=True, width=200)
+    replies = [
+        "Mara Keel is a patient sailor and gardener who speaks plainly.",  # profile
+        "Bees are patient too.",  # first answer
+        "- I started keeping bees.",  # facts of the first message
+        "Tomatoes, by the wall.",  # second answer
+        "- none",  # facts of the second message
+    ]
+    demo.run(console, ScriptedModel(*replies), tmp_path, WordHashEmbedder())
+    text = console.export_text()
+    assert "ingested 3 files: 3 new memories" in text and "profile: Mara Keel is a patient sailor" in text
+    assert "memory ADD: I started keeping bees." in text and "Mara Keel: Tomatoes, by the wall." in text

@@ -1,0 +1,181 @@
+"""The avatar experiment's pieces, and a whole run on small synthetic data with a scripted model
+(the real model's run is the committed report under reports/avatar/)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from avatar_support import WordHashEmbedder
+
+from personalm.avatars.api import AvatarMemory
+from personalm.studies.avatars import (
+    ExperimentConfig,
+    Prompt,
+    answer_prompt,
+    copy_rate,
+    held_out_prompts,
+    load_prefeval,
+    passage_turns,
+    prefeval_split,
+    run,
+    split_person,
+    spread,
+)
+from personalm.avatars.retrieval import Hit, Recall
+from personalm.avatars.sqlite_store import SQLiteStore
+from personalm.avatars.store import Memory
+from personalm.errors import PersonalmError
+from personalm.models.base import Generation, TextModel, TokenScores
+
+STYLES = {
+    "ann_a": "Verily, harvest number {i} is bountiful, and verily the river runs clear.",
+    "bob_b": "Folks, jobs are back in town {i}, folks, and the economy is roaring, believe me.",
+    "cy_c": "In summation, committee {i} shall deliberate upon the aforementioned statute.",
+}
+
+
+class EchoStyleModel(TextModel):
+    """Answers with the last assistant turn it was shown (a few-shot exemplar) or a fixed line,
+    and scores an option higher when its words appear in the context: enough to check that the
+    pipeline wires retrieval into prompts and scores."""
+
+    model_id = "echo-style"
+
+    def generate(self, prompts, params=None, progress=None):
+        out = []
+        for chat in prompts:
+            shots = [m["content"] for m in chat if m["role"] == "assistant"]
+            out.append(Generation(shots[-1] if shots else "I shall speak plainly today.", "stop", 1, 1))
+        return out
+
+    def score(self, contexts, continuations):
+        scores = []
+        for context, option in zip(contexts, continuations, strict=True):
+            seen = set(json.dumps(context).lower().split())
+            hits = sum(w.lower() in seen for w in option.split())
+            scores.append(TokenScores(["x"], [float(hits)]))
+        return scores
+
+
+def make_data(root):
+    for person, line in STYLES.items():
+        folder = root / "speeches" / person
+        folder.mkdir(parents=True)
+        for year in range(1900, 1904):
+            body = " ".join(line.format(i=f"{year}-{i}") for i in range(24))
+            (folder / f"{year}-01-01-speech.txt").write_text(f"President: {person}\n\n{body}\n")
+    (root / "prefeval" / "mcq_options").mkdir(parents=True)
+    for topic, noun in (("food", "pasta"), ("travel", "mountains")):
+        items = [
+            {"preference": f"I love {noun} number {i}.", "question": f"What {topic} should I pick for evening {i}?",
+             "classification_task_options": [f"{noun} number {i}", "something else", "another thing", "nothing"]}
+            for i in range(6)
+        ]  # fmt: skip
+        (root / "prefeval" / "mcq_options" / f"{topic}.json").write_text(json.dumps(items))
+    (root / "persona_chat").mkdir()
+    rows = "".join(f'"I have {i} cats.\nI like blue {i}.","I am tall {i}.",conv\n' for i in range(40))
+    (root / "persona_chat" / "valid.csv").write_text(
+        "user 1 personas,user 2 personas,Best Generated Conversation\n" + rows
+    )
+
+
+def test_small_pieces(tmp_path):
+    files = [tmp_path / f"{y}-01-01-x.txt" for y in range(1900, 1904)]
+    assert split_person(files, 0.75) == (files[:3], files[3:])
+    assert split_person(files[:2], 0.99) == (files[:1], files[1:2])
+    assert spread(list(range(10)), 3) == [0, 3, 6] and spread([1], 3) == [1]
+    source = "one two three four five six seven eight nine ten"
+    assert copy_rate("one two three four five six seven eight", [source]) == 1.0
+    assert copy_rate("completely different words here and there in this answer", [source]) == 0.0
+    recall = Recall([Hit(Memory(1, "utterance", "First sentence here. Then the rest."), 0, 0.5),
+                     Hit(Memory(2, "utterance", "Only one."), 0, 0.4)])  # fmt: skip
+    turns, quotes = passage_turns(recall)
+    assert (
+        turns[1] == {"role": "assistant", "content": "Then the rest."} and "First sentence here." in turns[0]["content"]
+    )
+    assert [h.memory.text for h in quotes.exemplars] == ["Only one."]
+    prompt = Prompt("ann_a", "A cue sentence.", "The rest.", "1903-01-01")
+    rag = answer_prompt("rag", prompt, "Ann is calm.", recall)
+    assert len(rag) == 4 and "Ann is calm." in rag[0]["content"] and '"Only one."' in rag[0]["content"]
+    norag = answer_prompt("norag", prompt, "Ann is calm.", recall)
+    assert len(norag) == 2 and "Ann is calm." not in norag[0]["content"]
+
+
+def test_held_out_prompts_split_cue_and_reference(tmp_path):
+    make_data(tmp_path)
+    files = sorted((tmp_path / "speeches" / "ann_a").glob("*.txt"))
+    prompts = held_out_prompts("ann_a", files[3:], 3, random.Random(0))
+    assert (
+        len(prompts) == 3
+        and all(p.cue.startswith("Verily") for p in prompts)
+        and all(p.date == "1903-01-01" and p.cue not in p.reference for p in prompts)
+    )
+
+
+def test_whole_run_on_synthetic_data(tmp_path):
+    make_data(tmp_path / "data")
+    embedder = WordHashEmbedder()
+    memory = AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
+    config = ExperimentConfig(
+        data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
+        prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12,
+    )  # fmt: skip
+    results = run(config, model=EchoStyleModel(), memory=memory)
+    for key in ("attribution_acc_rag", "attribution_acc_norag", "prefeval_acc_memory", "prefeval_acc_nomemory",
+                "retrieval_recall_at_5", "attribution_acc_profile", "similarity_rag", "rag_copy_rate"):  # fmt: skip
+        assert 0.0 <= results[key] <= 1.0, key
+    # The echo model repeats retrieved exemplars: with retrieval every answer is in the person's style.
+    assert results["attribution_acc_rag"] == 1.0 and results["rag_copy_rate"] > 0.5
+    assert results["attribution_acc_norag"] < 1.0
+    assert results["prefeval_acc_memory"] > results["prefeval_acc_nomemory"]
+    assert results["seed"] == 0 and results["versions"]["numpy"] == np.__version__
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["attribution_acc_rag"] == results["attribution_acc_rag"]
+    assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
+    assert "Preference memory" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_prefeval_split_keeps_test_apart_and_fixed(tmp_path):
+    """The test cases do not depend on the validation size, and validation shares no question
+    and no preference with them."""
+    make_data(tmp_path)
+    items = load_prefeval(tmp_path)
+    config = ExperimentConfig(data=tmp_path, out=tmp_path / "out", prefeval_items=6, distractors=12)
+    test, validation, _ = prefeval_split(replace(config, prefeval_validation_items=6), items)
+    test_again, fewer, _ = prefeval_split(replace(config, prefeval_validation_items=2), items)
+    assert [(c.texts, c.options, c.answer) for c in test] == [(c.texts, c.options, c.answer) for c in test_again]
+    assert len(validation) == 6 and len(fewer) == 2
+    for key in ("question", "preference"):
+        assert not {c.item[key] for c in test} & {c.item[key] for c in validation}
+    assert all(c.options[c.answer] == c.item["classification_task_options"][0] for c in test + validation)
+
+
+def test_prefeval_only_reuses_the_likeness_part(tmp_path):
+    make_data(tmp_path / "data")
+    embedder = WordHashEmbedder()
+    config = ExperimentConfig(
+        data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
+        prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, prefeval_only=True,
+    )  # fmt: skip
+    with pytest.raises(PersonalmError, match="needs an earlier results.json"):
+        run(config, model=EchoStyleModel(), memory=AvatarMemory(SQLiteStore(tmp_path / "a.db", 512), embedder))
+    first = run(replace(config, prefeval_only=False), model=EchoStyleModel(),
+                memory=AvatarMemory(SQLiteStore(tmp_path / "b.db", 512), embedder))  # fmt: skip
+    again = run(replace(config, prefeval_validation_items=4), model=EchoStyleModel(),
+                memory=AvatarMemory(SQLiteStore(tmp_path / "c.db", 512), embedder))  # fmt: skip
+    assert again["likeness"] == first["likeness"] and again["attribution_acc_rag"] == first["attribution_acc_rag"]
+    assert (
+        again["likeness_run"]["seconds"] == first["seconds"] and again["prefeval"]["split"]["validation"]["items"] == 4
+    )
+    names = [row["scorer"] for row in again["prefeval"]["scorers"]["validation"]]
+    assert again["prefeval"]["scorers"]["chosen_memory"] in names and "channel" in names
+    with pytest.raises(PersonalmError, match="seed 0"):
+        run(
+            replace(config, seed=1),
+            model=EchoStyleModel(),
+            memory=AvatarMemory(SQLiteStore(tmp_path / "d.db", 512), embedder),
+        )

@@ -1,0 +1,20 @@
+"""`personalm bench dedup`, MinHash part, at a small size on the real personas."""
+
+from __future__ import annotations
+
+import pytest
+
+from personalm.studies.bench import dedup
+from personalm.studies.bench.dedup_data import PERSONAS_FILE
+from personalm.paths import data_dir
+
+
+def test_minhash_bench_is_exact_and_finds_the_planted_duplicates():
+    if not (data_dir() / PERSONAS_FILE).is_file():
+        pytest.skip(f"needs the Persona Hub sample at {data_dir() / PERSONAS_FILE}")
+    result = dedup.run_minhash(data_dir(), 8000, seed=1, log=lambda _: None)
+    assert result["planted"] > 200
+    assert result["ours"]["precision"] == 1.0
+    assert result["ours"]["recall"] >= 0.95 and result["ours_planted_recall"] >= 0.95
+    assert result["ours"]["dropped"] >= result["planted_at_or_above_threshold"] * 0.95
+    assert result["ours_seconds"] > 0 and result["peer_seconds"] > 0

@@ -1,0 +1,71 @@
+"""`personalm bench retrieval` end to end at a tiny size: our store and Chroma on the same input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from avatar_support import WordHashEmbedder
+from typer.testing import CliRunner
+
+from personalm.studies.bench import retrieval, retrieval_data
+from personalm.cli.app import app
+
+TOPICS = ["rivers", "taxes", "schools", "farms", "railroads", "soldiers", "tariffs", "harbors", "courts", "mines"]
+
+
+def write_data(root) -> None:
+    """A tiny data folder in the real layout: one person's speeches and a few personas."""
+    speeches = root / "speeches" / "ada_lovelace"
+    speeches.mkdir(parents=True)
+    for number in range(4):
+        lines = [
+            f"Speech {number} line {i} is about our {TOPICS[i % 10]} and the {TOPICS[(i * 7 + number) % 10]}."
+            for i in range(120)
+        ]
+        (speeches / f"190{number}-01-01-speech.txt").write_text("President: Ada\n" + " ".join(lines))
+    personas = root / "personahub" / "tool_personas.jsonl"
+    personas.parent.mkdir(parents=True)
+    personas.write_text("".join(json.dumps({"persona": f"A keeper of {t} number {i}.", "tool": "{}"}) + "\n"
+                                for i, t in enumerate(TOPICS)))  # fmt: skip
+
+
+def test_corpus_is_deterministic_and_tiles_the_unembedded(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONALM_HOME", str(tmp_path / "home"))
+    write_data(tmp_path / "data")
+    calls = []
+
+    def embed(texts):
+        calls.append(len(texts))
+        return WordHashEmbedder().embed(texts)
+
+    first = retrieval_data.build(tmp_path / "data", 300, 10, 100, embed)
+    second = retrieval_data.build(tmp_path / "data", 300, 10, 100, embed)
+    assert calls == [110]  # embedded once (100 memories + 10 queries), then read from the cache
+    assert first.texts == second.texts and not set(first.queries) & set(first.texts)
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    np.testing.assert_allclose(np.linalg.norm(first.vectors, axis=1), 1.0, rtol=1e-5)
+    cosine = np.sum(first.vectors[100:200] * first.vectors[:100], axis=1)
+    assert 0.5 < cosine.mean() < 0.99  # a tile is near its real source, not a copy
+    assert "fact" in first.kinds and "utterance" in first.kinds
+
+
+def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONALM_HOME", str(tmp_path / "home"))
+    write_data(tmp_path / "data")
+    monkeypatch.setattr(retrieval, "_minilm", WordHashEmbedder().embed)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "retrieval", "--memories", "300", "--queries", "10", "--embedded", "100",
+         "--data", str(tmp_path / "data"), "--out", str(out), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.output.strip().splitlines()[-1])
+    assert numbers == json.loads(out.read_text())
+    for key in ("hybrid_p95_ms", "chroma_p95_ms", "ingest_per_s", "chroma_ingest_per_s", "dense_recall_at_10",
+                "p95_ms", "peer_p95_ms", "dense_p95_ms", "hybrid_p50_ms", "chroma_p50_ms"):  # fmt: skip
+        assert numbers[key] > 0, key
+    assert numbers["dense_recall_at_10"] == 1.0  # 300 rows: our dense search is exact
+    assert numbers["embedded"] == 100 and numbers["tiled"] == 200
+    assert numbers["versions"]["chromadb"]
