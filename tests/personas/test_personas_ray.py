@@ -14,8 +14,8 @@ pytest.importorskip("ray", reason="the ray extra is not installed (pip install '
 from personalm.models.registry import DEFAULT_MODEL  # noqa: E402
 from personalm.personas import mining  # noqa: E402
 from personalm.personas.dedup import DedupOptions, dedup_table  # noqa: E402
-from personalm.personas.engine import Engine  # noqa: E402
-from personalm.personas.ray_engine import RayEngine  # noqa: E402
+from personalm.executors import Engine  # noqa: E402
+from personalm.executors.ray import RayEngine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ def dedup(
 ) -> None:
     """Two-stage near-duplicate removal; every dropped row names the kept row it duplicates."""
     from personalm.personas.dedup import DedupOptions, dedup_table
-    from personalm.personas.engine import get_engine
+    from personalm.executors import get_engine
     from personalm.personas.io import read_personas, sidecar_path, write_table
 
     output_format(out)
@@ -174,7 +174,7 @@ def extract(
     """Text-to-persona: who would read / write / like / dislike each text."""
     from personalm.personas import mining
     from personalm.personas.corpus import read_corpus
-    from personalm.personas.engine import get_engine
+    from personalm.executors import get_engine
     from personalm.personas.prompts import VARIANTS
 
     output_format(out)
@@ -216,7 +216,7 @@ def expand(
 ) -> None:
     """Persona-to-persona: who is close to each persona (colleague, family, caregiver, ...), N rounds."""
     from personalm.personas import mining
-    from personalm.personas.engine import get_engine
+    from personalm.executors import get_engine
     from personalm.personas.io import read_personas
     from personalm.personas.prompts import RELATIONS
 

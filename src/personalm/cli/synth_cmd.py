@@ -76,7 +76,7 @@ def synth(
         return
     from personalm.personas.io import read_personas
     from personalm.synth import modes, run
-    from personalm.synth.engine import synthesis_model
+    from personalm.synth.executor_model import synthesis_model
     from personalm.synth.verify import VerifyOptions
     from personalm.synth.verify import verify as verify_rows
 

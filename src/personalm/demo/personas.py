@@ -12,7 +12,7 @@ from rich.table import Table
 from personalm.models.base import TextModel
 from personalm.personas import diversity, mining
 from personalm.personas.dedup import DedupOptions, dedup_table
-from personalm.personas.engine import Engine
+from personalm.executors import Engine
 from personalm.tables import write_rows
 
 DEMO_TEXTS = [

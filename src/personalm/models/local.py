@@ -21,7 +21,7 @@ from personalm.models.base import (
     apply_stop,
     occurrences,
 )
-from personalm.models.engine import ContinuousBatcher, DecodeRequest, DecodeResult
+from personalm.models.batching import ContinuousBatcher, DecodeRequest, DecodeResult
 from personalm.models.hf import logits_at, transformers_offline
 from personalm.models.llama_kernel import LlamaKernel, LlamaWeights, supports
 from personalm.models.sampling import row_generator

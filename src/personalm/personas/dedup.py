@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from personalm.personas import embedding_stage, minhash_stage
-from personalm.personas.engine import Engine
+from personalm.executors import Engine
 
 DEDUP_COLUMNS = ("duplicate_of", "stage", "similarity")
 

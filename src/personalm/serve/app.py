@@ -27,7 +27,7 @@ from personalm.models.base import SamplingParams, prompt_key
 from personalm.models.sampling import row_generator
 from personalm.serve.auth import KeyStore, Principal
 from personalm.serve.catalog import Catalog, UnknownModel
-from personalm.serve.engine_thread import EngineError
+from personalm.serve.batch_worker import EngineError
 from personalm.serve.limits import BodySizeLimit
 from personalm.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, KeyRequest
 from personalm.serve.text_stream import TextStream

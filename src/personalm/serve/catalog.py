@@ -16,7 +16,7 @@ from personalm.models.llama_kernel import supports
 from personalm.models.local import LocalModel
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.paths import home
-from personalm.serve.engine_thread import ServingEngine
+from personalm.serve.batch_worker import ServingEngine
 
 
 @dataclass

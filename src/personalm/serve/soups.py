@@ -30,7 +30,7 @@ from personalm.models.llama_kernel import supports
 from personalm.models.local import LocalModel
 from personalm.models.registry import resolve_local
 from personalm.serve.catalog import Catalog, Entry
-from personalm.serve.engine_thread import EngineError, ServingEngine
+from personalm.serve.batch_worker import EngineError, ServingEngine
 from personalm.soups.collect import PMORL
 from personalm.soups.merge import (
     Adapter,

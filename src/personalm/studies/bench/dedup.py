@@ -29,7 +29,7 @@ from scipy import sparse
 
 from personalm.studies.bench import dedup_data
 from personalm.personas import embedding_stage, minhash_stage
-from personalm.personas.engine import Engine
+from personalm.executors import Engine
 from personalm.personas.greedy import Decision
 from personalm.personas.tokens import PUNCTUATION
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from personalm.models.base import SamplingParams
-from personalm.models.engine import ContinuousBatcher, DecodeRequest, StepEvent
+from personalm.models.batching import ContinuousBatcher, DecodeRequest, StepEvent
 from personalm.models.llama_kernel import LlamaKernel
 from personalm.models.local import LocalModel
 

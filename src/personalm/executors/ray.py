@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from personalm.errors import PersonalmError
 from personalm.personas import minhash_stage
-from personalm.personas.engine import Engine
+from personalm.executors import Engine
 from personalm.personas.mining import Generate
 from personalm.personas.tokens import TokenSets
 

@@ -73,7 +73,7 @@ def get_engine(name: str) -> Engine:
     if name == "local":
         return Engine()
     if name == "ray":
-        from personalm.personas.ray_engine import RayEngine
+        from personalm.executors.ray import RayEngine
 
         return RayEngine()
     raise PersonalmError(f"unknown engine '{name}'; expected one of {', '.join(ENGINES)}")

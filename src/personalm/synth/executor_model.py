@@ -40,7 +40,7 @@ class EngineModel(TextModel):
 def synthesis_model(engine: str, model: str, cache: bool, api_key: str | None, concurrency: int) -> Iterator[TextModel]:
     """The model synthesis talks to, on the chosen engine; closed on exit."""
     from personalm.models.registry import load_model
-    from personalm.personas.engine import get_engine
+    from personalm.executors import get_engine
 
     runner = get_engine(engine)
     if runner.name == "local":
