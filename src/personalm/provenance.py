@@ -1,12 +1,15 @@
-"""What this machine can do (the fp32 matmul peak every benchmark reports its fraction of) and
-which package versions ran: recorded in every results file."""
+"""Run provenance, recorded in every results file: which package versions ran, on what machine
+(and the fp32 matmul peak every benchmark reports its fraction of), under what load, with which
+seeds and settings, from which command, and when."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+import sys
 import time
+from datetime import datetime
 
 import torch
 
@@ -50,3 +53,31 @@ def versions(*packages: str) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             found[package] = None
     return found
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the OS has none): times taken on a shared machine under
+    load are pessimistic, so every timed result says how loaded the machine was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return 0.0
+
+
+def timestamp(seconds: float | None = None) -> str:
+    """Local time with its UTC offset, to the second (now when `seconds` is None)."""
+    return datetime.fromtimestamp(time.time() if seconds is None else seconds).astimezone().isoformat("T", "seconds")
+
+
+def run_record(settings: dict, seeds: dict, started: float, load_at_start: float) -> dict[str, object]:
+    """How one run came about: its command line and settings, its seeds, when it started and ended
+    (`started` from time.time()) and the load average at both ends."""
+    return {
+        "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+        "settings": settings,
+        "seeds": seeds,
+        "started": timestamp(started),
+        "ended": timestamp(),
+        "seconds": round(time.time() - started, 1),
+        "load_average_1min": {"start": load_at_start, "end": load_average()},
+    }

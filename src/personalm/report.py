@@ -2,6 +2,8 @@
 
 Every experiment writes the same three things into its output folder, so a reader always finds
 the numbers (results.json), the pictures (*.png) and a page that puts them together (report.html).
+This is the one writer of HTML pages in personalm: studies reach it through
+personalm.studies.harness, and the PerCE heatmap page (perce/explain.py) uses it directly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ th {{ background: #f3f3f3; }}
 img {{ max-width: 100%; border: 1px solid #eee; }}
 code, pre {{ background: #f7f7f7; }}
 pre {{ padding: 0.6em; overflow-x: auto; }}
+{style}
 </style></head><body>
 <h1>{title}</h1>
 {body}
@@ -30,14 +33,14 @@ pre {{ padding: 0.6em; overflow-x: auto; }}
 """
 
 
-def figure(ncols: int = 1, width: float = 7.0):
+def figure(ncols: int = 1, width: float = 7.0, height: float = 4.2):
     """(figure, axes) from matplotlib on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, ncols, figsize=(width, 4.2))
+    return plt.subplots(1, ncols, figsize=(width, height))
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -89,12 +92,15 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def write_page(path: Path, title: str, parts: Iterable[str], settings: dict[str, Any] | None = None) -> Path:
-    """The report page; `settings` (seeds, versions, sizes) closes it as a JSON block."""
+def write_page(
+    path: Path, title: str, parts: Iterable[str], settings: dict[str, Any] | None = None, style: str = ""
+) -> Path:
+    """The report page; `settings` (seeds, versions, sizes) closes it as a JSON block; `style` adds
+    CSS rules for the page's own elements (e.g. PerCE's token heatmaps)."""
     body = "".join(parts)
     if settings:
         body += section("Settings, seeds and versions", f"<pre>{html.escape(json.dumps(settings, indent=2))}</pre>")
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(PAGE.format(title=html.escape(title), body=body))
+    tmp.write_text(PAGE.format(title=html.escape(title), body=body, style=style))
     os.replace(tmp, path)
     return path

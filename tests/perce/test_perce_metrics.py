@@ -13,6 +13,7 @@ from personalm.paths import data_dir
 from personalm.perce import metrics
 from personalm.perce.contrast import TokenInfluence
 from personalm.studies.perce import ExperimentConfig, aggregate, parse_sweep, sweep_name, sweep_table
+from personalm.studies.harness import Study
 from personalm.studies.perce_report import markdown_table, write_report
 
 PERSONA = "I love to bake cookies.\nI have two dogs."
@@ -128,7 +129,7 @@ def test_report_writes_json_plots_and_html(tmp_path):
     runs = _fake_runs(2)
     runs[sweep_name(0.5, 10.0, 0)] = runs["perce-seed0"]
     results["sweep"] = sweep_table(runs, ExperimentConfig(out="o", data="x", seeds=2, sweep=((0.5, 10.0),)))
-    write_report(tmp_path, results, runs, [row] * 3, [row], pir)
+    write_report(Study(tmp_path, config), results, runs, [row] * 3, [row], pir)
     assert json.loads((tmp_path / "results.json").read_text())["perce_rougeL"] == results["perce_rougeL"]
     for name in ("metrics.png", "training.png", "pir_precision.png", "clip_sweep.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
@@ -201,12 +202,11 @@ def test_explain_prints_colours_json_and_writes_a_heatmap(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_experiment_runs_the_sweep_and_reuses_its_cache(tmp_path, monkeypatch):
+def test_tiny_experiment_runs_the_sweep_and_reuses_its_cache(tmp_path):
     from personalm.studies import perce as experiment
 
     if not (data_dir() / "persona_chat" / "valid.csv").is_file():
         pytest.skip("persona-chat data not found (set PERSONALM_DATA)")
-    monkeypatch.setattr(experiment, "home", lambda: tmp_path / "home")
     config = ExperimentConfig(
         out=str(tmp_path / "r"), data=str(data_dir()), seeds=1, train_conversations=4, test_turns=4,
         prefeval_items=2, pir_examples=4, steps=1, batch_size=2, max_tokens=8, sweep=((1.0, 3.0),),

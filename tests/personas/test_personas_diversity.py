@@ -36,4 +36,4 @@ def test_report_files(tmp_path, embedder):
     after.write_text("".join(json.dumps({"persona": r}) + "\n" for r in rows[::2]))
     result = diversity_report([before, after], tmp_path / "report")
     assert result["sets"]["after"]["mean_pairwise_cosine"] < result["sets"]["before"]["mean_pairwise_cosine"]
-    assert {p.name for p in (tmp_path / "report").iterdir()} == {"results.json", "diversity.png", "index.html"}
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"results.json", "diversity.png", "report.html"}

@@ -295,6 +295,7 @@ def test_similarity_by_bin_and_diversity_report(tmp_path):
     import numpy as np
 
     from personalm.studies import synth_diversity as diversity
+    from personalm.studies.harness import Study
 
     personas = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     outputs = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
@@ -324,6 +325,6 @@ def test_similarity_by_bin_and_diversity_report(tmp_path):
     result = diversity.analyse(with_rows, plain_rows, embed)
     assert result["arms"]["plain"]["mean_pairwise_cosine"] == pytest.approx(1.0, abs=1e-3)
     assert result["personas_more_diverse"]
-    page = diversity.write_report(tmp_path, result, {"task": "instruction"})
-    assert page.is_file() and (tmp_path / "similarity.png").is_file() and (tmp_path / "arms.png").is_file()
+    diversity.write_report(Study(tmp_path, {}), result, {"task": "instruction"})
+    assert all((tmp_path / name).is_file() for name in ("report.html", "similarity.png", "arms.png"))
     assert json.loads((tmp_path / "results.json").read_text())["arms"]["plain"]["rows"] == 4

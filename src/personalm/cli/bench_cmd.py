@@ -235,21 +235,25 @@ def dedup_bench(
     ),
     seed: int = typer.Option(0, help="Seed of the generated rows, vectors and samples."),
     data: Path = PERSONAS_DATA,
-    report: Path = typer.Option(None, help="Write results.json, minhash.png, embedding.png, index.html here."),
+    report: Path = typer.Option(None, help="Write results.json, minhash.png, embedding.png, report.html here."),
     out: Path = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
     """Our MinHash stage vs datasketch's MinHash + LSH loop; our embedding stage on 1M vectors vs exact search."""
     from personalm.studies.bench import dedup, dedup_report
+    from personalm.studies.harness import Study
 
-    result = dedup.run(data or data_dir(), rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False))
+    data = data or data_dir()
+    settings = {"rows": rows, "vectors": vectors, "subset": subset, "seed": seed, "data": data}
+    study = Study(report, settings) if report else None
+    result = dedup.run(data, rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False))
     table = Table("measure", "personalm", "peer", "ratio")
     for row in dedup_report.headline(result):
         table.add_row(*row)
     Console().print(table)
-    if report:
-        dedup_report.write(result, report)
-        stderr.print(f"report -> {report / 'index.html'}", markup=False)
+    if study:
+        dedup_report.write(study, result)
+        stderr.print(f"report -> {report / 'report.html'}", markup=False)
     _finish(result, out, as_json)
 
 

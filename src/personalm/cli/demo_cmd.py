@@ -148,7 +148,7 @@ def _explain_step(console: Console, model, out: Path) -> None:
     """PerContrast on a held-out persona-chat reply: which tokens the persona made likely."""
     from personalm.paths import data_dir
     from personalm.perce.contrast import PerContrast
-    from personalm.perce.explain import Explained, html_report, terminal_text, top_tokens
+    from personalm.perce.explain import Explained, terminal_text, top_tokens, write_html
     from personalm.perce.metrics import persona_recall
     from personalm.perce.persona_chat import load_conversations, reply_rows, split
 
@@ -166,7 +166,7 @@ def _explain_step(console: Console, model, out: Path) -> None:
     console.print(f"[cyan]{chat[-2]['role']}:[/] {chat[-2]['content']}")
     console.print(terminal_text(influence, special))
     console.print("highest PIR: " + ", ".join(f"{t} {p:+.2f}" for t, p in top_tokens(influence, special)))
-    (out / "explain.html").write_text(html_report([Explained(row["persona"], chat, influence)], special))
+    write_html(out / "explain.html", [Explained(row["persona"], chat, influence)], special)
     console.print(f"heatmap: {out / 'explain.html'}")
 
 

@@ -50,7 +50,7 @@ def explain(
     from personalm.models.local import LocalModel
     from personalm.models.registry import load_model
     from personalm.perce.contrast import PerContrast
-    from personalm.perce.explain import Explained, html_report, terminal_text, top_tokens
+    from personalm.perce.explain import Explained, terminal_text, top_tokens, write_html
 
     if data is not None and (persona or response):
         raise PersonalmError("give either a DATA file or --persona/--response, not both")
@@ -80,7 +80,7 @@ def explain(
         console.print("[dim]red: the persona made the token more likely; blue: less likely[/]")
     if html:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(html_report(items, special))
+        write_html(html, items, special)
         stderr.print(f"heatmap written to {html}", markup=False)
 
 

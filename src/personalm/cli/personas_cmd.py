@@ -242,7 +242,7 @@ def expand(
 @app.command("diversity")
 def diversity_cmd(
     inputs: list[Path] = typer.Argument(..., help="Persona files to compare, e.g. before.jsonl after.jsonl."),
-    out: Path = typer.Option(..., "--out", "-o", help="Report folder: results.json, diversity.png, index.html."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder: results.json, diversity.png, report.html."),
     label: list[str] = typer.Option([], "--label", help="A name per input (default: file stems)."),
     embedder: str = typer.Option(None, help="A local sentence-transformers directory (default: all-MiniLM-L6-v2)."),
     seed: int = typer.Option(0, help="Seed of the pair sample for the mean cosine."),
@@ -255,4 +255,4 @@ def diversity_cmd(
     result = diversity_report(inputs, out, label or None, embedder, seed)
     for name, row in result["sets"].items():
         typer.echo(json.dumps({"set": name} | {k: v for k, v in row.items() if k != "file"}))
-    stderr.print(f"report -> {out / 'index.html'}", markup=False)
+    stderr.print(f"report -> {out / 'report.html'}", markup=False)

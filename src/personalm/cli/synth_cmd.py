@@ -136,39 +136,19 @@ def diversity(
     embedder: str = typer.Option(None, help="A local sentence-transformers directory (default: all-MiniLM-L6-v2)."),
 ) -> None:
     """With vs without personas: mean pairwise cosine, distinct-n, Vendi; output vs persona similarity."""
-    from personalm.models.embedder import Embedder
-    from personalm.models.registry import load_model
     from personalm.paths import data_dir
-    from personalm.personas.io import read_personas
     from personalm.studies import synth_diversity as div
-    from personalm.synth import run
 
     spec = _load_task(task, world, "logical", None)
     if task in {"dialogue", "custom"}:
         raise PersonalmError(f"diversity runs single-output tasks; '{task}' is not one")
     source = personas or data_dir() / "personahub" / "tool_personas.jsonl"
-    rows_in = read_personas(source).to_pylist()[:n]
-    options = run.SynthOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    with load_model(model, cache=cache) as loaded:
-        if hasattr(loaded, "chunk_size"):
-            loaded.chunk_size = batch
-        with progress_bar(f"diversity {task}", 2 * len(rows_in)) as advance:
-            with_rows, plain_rows = div.run_arms(rows_in, spec, loaded, options, advance)
-        model_id = loaded.model_id
-    encoder = Embedder(embedder)
-    result = div.analyse(with_rows, plain_rows, encoder.embed, seed)
-    result["examples"] = [{"persona": r["persona"], "output": r["output"]} for r in with_rows[:5]]
-    result["plain_examples"] = [r["output"] for r in plain_rows[:5]]
-    settings = {
-        "task": task,
-        "n_per_arm": len(rows_in),
-        "personas": str(source),
-        "model_id": model_id,
-        "sampling": options.params().to_dict(),
-        "seed": seed,
-        "embedder": str(encoder.path),
-    }
-    page = div.write_report(out, result, settings)
+    config = div.DiversityConfig(
+        out=str(out), personas=str(source), task=task, n=n, model=model, max_tokens=max_tokens,
+        temperature=temperature, seed=seed, batch=batch, cache=cache, embedder=embedder,
+    )  # fmt: skip
+    result = div.run(config, spec)
+    page = out / "report.html"
     arms = result["arms"]
     stderr.print(
         f"mean pairwise cosine: with personas {arms['personas']['mean_pairwise_cosine']}, "

@@ -10,10 +10,12 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.style import Style
 from rich.text import Text
 
+from personalm import report
 from personalm.perce.contrast import TokenInfluence
 
 SCALE = 4.0
@@ -105,10 +107,8 @@ def heatmap_sections(items: Sequence[Explained], special: set[str]) -> str:
     return "".join(blocks)
 
 
-def html_report(items: Sequence[Explained], special: set[str], title: str = "PerContrast: persona influence") -> str:
-    """A standalone page of heatmaps."""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;line-height:1.6}}
-{STYLE}</style></head>
-<body><h1>{html.escape(title)}</h1>{legend()}{heatmap_sections(items, special)}</body></html>
-"""
+def write_html(
+    path: Path, items: Sequence[Explained], special: set[str], title: str = "PerContrast: persona influence"
+) -> Path:
+    """A standalone page of heatmaps, written by the one report writer."""
+    return report.write_page(path, title, [legend(), heatmap_sections(items, special)], style=STYLE)

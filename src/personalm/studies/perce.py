@@ -7,8 +7,9 @@ PrefEval multiple choice by likelihood (transfer). The base model's PIR is check
 persona's words (precision@k vs random tokens) on held-out replies that use a persona word (on the
 others both precisions are 0 by construction). A sweep over PerCE's clip bounds (m, M) trains
 further PerCE adapters on one seed and scores them on the same held-out replies (no PrefEval).
-Adapters and per-run evaluations live in a work folder keyed by the settings, so a killed
-experiment resumes; the report folder gets results.json, PNG plots and an HTML page.
+Adapters and per-run evaluations live in the study's cache keyed by the settings
+(out/.cache/<settings hash>), so a killed experiment resumes; the report folder gets results.json,
+PNG plots and an HTML page (perce_report.py).
 
 Memory: one model is alive at a time (the trainer's, or one evaluation's), and after each run the
 freed memory is handed back to the OS, so the experiment's footprint stays that of a single run.
@@ -27,24 +28,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from personalm.provenance import machine, versions
 from personalm.errors import PersonalmError
 from personalm.models.base import SamplingParams
-from personalm.paths import home
 from personalm.perce import metrics
 from personalm.perce.persona_chat import load_conversations, reply_rows, split, window_rows
+from personalm.studies.harness import Study
+from personalm.studies.perce_report import ARMS, METRICS, write_report
 from personalm.tables import write_rows
 from personalm.train.data import with_persona
 
-ARMS = ("ce", "perce")
 DEFAULT_SWEEP = ((0.5, 10.0), (1.0, 3.0), (0.8, 2.0))
-METRICS = ("rougeL", "persona_recall", "similarity", "prefeval_acc")
-LABELS = {
-    "rougeL": "ROUGE-L F1",
-    "persona_recall": "persona-term recall",
-    "similarity": "MiniLM cosine",
-    "prefeval_acc": "PrefEval MC accuracy",
-}
+PACKAGES = ("personalm", "torch", "transformers", "peft", "rouge-score", "sentence-transformers")
 
 
 @dataclass
@@ -117,8 +111,6 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
 
     started = time.perf_counter()
     data = Path(config.data)
-    out = Path(config.out)
-    work = home() / "perce" / config.fingerprint()
     base_path = resolve_local(config.model)
     if base_path is None:
         raise PersonalmError(f"unknown local model '{config.model}'")
@@ -132,7 +124,11 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
     train_convs, test_convs = split(conversations, config.test_fraction, config.split_seed)
     train_convs = train_convs[: config.train_conversations]
     train_rows = window_rows(train_convs, config.window)
-    work.mkdir(parents=True, exist_ok=True)
+    seeds = {"split_seed": config.split_seed, "train_seeds": list(range(config.seeds)),
+             "sweep_seeds": list(range(config.sweep_seeds))}  # fmt: skip
+    study = Study(config.out, config, seeds, PACKAGES)
+    key = config.fingerprint()
+    work = study.cache(key)
     (work / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     train_path = work / "train.jsonl"
     write_rows(train_path, train_rows)
@@ -154,14 +150,15 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
     references = embedder.embed([row["reply"] for row in test])
 
     def evaluate(name: str, adapter: Path | None, items: list = prefeval) -> dict:
-        result = _evaluate(
-            work / "eval" / f"{name}.json", base_path, adapter, test, references, items, embedder, config, log
+        result = study.unit(
+            f"{key}/eval/{name}",
+            lambda: _evaluate(name, base_path, adapter, test, references, items, embedder, config, log),
         )
         release_memory()
         return result
 
     def trained(name: str, arm: str, seed: int, bounds: tuple[float, float], items: list = prefeval) -> dict:
-        adapter, train_log, seconds = _train(work / "runs" / name, train_path, arm, seed, bounds, config, log)
+        adapter, train_log, seconds = _train(study.cache(key, "runs", name), train_path, arm, seed, bounds, config, log)
         release_memory()
         return evaluate(name, adapter, items) | {"train_log": train_log, "train_seconds": seconds}
 
@@ -170,7 +167,7 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
     for arm in ARMS:
         for seed in range(config.seeds):
             runs[f"{arm}-seed{seed}"] = trained(f"{arm}-seed{seed}", arm, seed, default)
-    pir = _pir_check(work / "eval" / "pir.json", base_path, pir_rows, config, log)
+    pir = study.unit(f"{key}/eval/pir", lambda: _pir_check(base_path, pir_rows, config, log))
     release_memory()
     for seed in range(config.sweep_seeds):
         for bounds in config.sweep:
@@ -193,13 +190,9 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
         },
         "config": asdict(config) | {"data": str(config.data)},
         "seconds": round(time.perf_counter() - started, 1),
-        "versions": versions("personalm", "torch", "transformers", "peft", "rouge-score", "sentence-transformers"),
-        "machine": machine(),
     }
-    from personalm.studies.perce_report import write_report
-
-    write_report(out, results, runs, test, pir_rows, pir)
-    log(f"report written to {out}")
+    write_report(study, results, runs, test, pir_rows, pir)
+    log(f"report written to {study.out}")
     return results
 
 
@@ -225,10 +218,8 @@ def _train(folder: Path, data: Path, arm: str, seed: int, bounds: tuple[float, f
     return folder, train_log, summary["seconds"]
 
 
-def _evaluate(path: Path, base: Path, adapter, test, references, prefeval, embedder, config, log: Log) -> dict:
-    """Generate the held-out replies and score them (cached in `path`)."""
-    if path.is_file():
-        return json.loads(path.read_text())
+def _evaluate(name: str, base: Path, adapter, test, references, prefeval, embedder, config, log: Log) -> dict:
+    """Generate the held-out replies and score them."""
     from personalm.models.local import LocalModel
 
     start = time.perf_counter()
@@ -250,19 +241,15 @@ def _evaluate(path: Path, base: Path, adapter, test, references, prefeval, embed
         "outputs": outputs,
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
     log(
-        f"eval {path.stem}: ROUGE-L {result['rougeL']:.4f}, persona recall {result['persona_recall']:.4f}, "
+        f"eval {name}: ROUGE-L {result['rougeL']:.4f}, persona recall {result['persona_recall']:.4f}, "
         f"similarity {result['similarity']:.4f}, PrefEval {result['prefeval_acc']} ({result['eval_seconds']} s)"
     )
     return result
 
 
-def _pir_check(path: Path, base: Path, rows: list[dict], config: ExperimentConfig, log: Log) -> dict:
+def _pir_check(base: Path, rows: list[dict], config: ExperimentConfig, log: Log) -> dict:
     """Precision@k of the base model's top-PIR reply tokens vs random tokens, against persona words."""
-    if path.is_file():
-        return json.loads(path.read_text())
     from personalm.models.local import LocalModel
     from personalm.perce.contrast import PerContrast
 
@@ -281,8 +268,6 @@ def _pir_check(path: Path, base: Path, rows: list[dict], config: ExperimentConfi
         "influences": [i.to_dict() for i in influences],
         "special": sorted(special | {"\n"}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result) + "\n")
     log(
         f"PIR precision@{config.k}: {result['pir_precision_at_k']:.3f} vs random {result['random_precision_at_k']:.3f} "
         f"({len(kept)} replies with persona tokens)"

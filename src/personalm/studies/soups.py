@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from personalm import report
-from personalm.provenance import machine, versions
 from personalm.errors import PersonalmError
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
@@ -29,6 +28,7 @@ from personalm.soups.judges import PairJudge, ProgrammaticJudge
 from personalm.soups.merge import Adapter, exact_factors, load_adapter, soup_applied
 from personalm.soups.preferences import Pole, Preferences, combination_name
 from personalm.soups.prompts import load_prompts, split_prompts
+from personalm.studies.harness import Study
 from personalm.tables import write_rows
 
 SOUP_WEIGHTINGS = ("mean", "sum")
@@ -76,8 +76,7 @@ def run(config: ExperimentConfig, judge: PairJudge, log: Callable[[str], None] =
     _, questions = split_prompts(load_prompts(config.prompts), config.held_out)
     questions = questions[: config.limit] if config.limit else questions
     adapters, pmorl_dir = load_pole_adapters(Path(config.adapters), prefs)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    study = Study(config.out, config, packages=("personalm", "torch", "transformers", "peft", "trl", "vaderSentiment"))
     params = SamplingParams(max_tokens=config.max_tokens, temperature=0.0, seed=config.seed)
     combos = prefs.combinations()
     chats = {combination_name(c): [chat(prefs.combined_prompt(c), q) for q in questions] for c in combos}
@@ -116,7 +115,7 @@ def run(config: ExperimentConfig, judge: PairJudge, log: Callable[[str], None] =
         for i, q in enumerate(questions):
             samples.append({"combination": name, "prompt": q, "soup": soups[name][i],
                             "prompted": prompted[name][i], "pmorl": pmorl[name][i]})  # fmt: skip
-    write_rows(out / "samples.jsonl", samples)
+    write_rows(study.out / "samples.jsonl", samples)
     results = {
         "soup_vs_prompted_winrate": float(np.mean([r["vs_prompted"] for r in rows])),
         "soup_vs_pmorl_winrate": float(np.mean([r["vs_pmorl"] for r in rows])),
@@ -128,12 +127,8 @@ def run(config: ExperimentConfig, judge: PairJudge, log: Callable[[str], None] =
         "held_out_prompts": len(questions),
         "config": asdict(config),
         "adapters": {k: _train_summary(a.path) for k, a in adapters.items()} | {PMORL: _train_summary(pmorl_dir)},
-        "machine": machine(),
-        "versions": versions("personalm", "torch", "transformers", "peft", "trl", "vaderSentiment"),
     }
-    report.write_json(out / "results.json", results)
-    _write_report(out, results, prefs)
-    return results
+    return _write_report(study, results, prefs)
 
 
 def _split(texts: list[str], combos, n: int) -> dict[str, list[str]]:
@@ -173,7 +168,7 @@ def _pareto(base, adapters, prefs: Preferences, questions, params, config: Exper
     return points
 
 
-def _write_report(out: Path, results: dict, prefs: Preferences) -> None:
+def _write_report(study: Study, results: dict, prefs: Preferences) -> dict:
     rows = results["per_combination"]
     fig, ax = report.figure(ncols=2, width=11)
     labels = [r["combination"].replace("+", "\n") for r in rows]
@@ -183,7 +178,7 @@ def _write_report(out: Path, results: dict, prefs: Preferences) -> None:
         axis.set_yticks(range(len(rows)), labels, fontsize=6)
         axis.set_xlim(0, 1)
         axis.set_title(f"soup win rate vs {rival}")
-    report.save_figure(fig, out / "winrates.png")
+    winrates = study.save(fig, "winrates.png")
     keys = [k for k in results["pareto"][0] if k != "lambda"]
     fig, axis = report.figure(width=6)
     soup = [p for p in results["pareto"] if p["lambda"] is not None]
@@ -195,7 +190,7 @@ def _write_report(out: Path, results: dict, prefs: Preferences) -> None:
     axis.set_xlabel(f"{keys[0]} score")
     axis.set_ylabel(f"{keys[1]} score")
     axis.legend(fontsize=7)
-    report.save_figure(fig, out / "pareto.png")
+    pareto = study.save(fig, "pareto.png")
     headline = [{"comparison": "soup vs prompted base", "win rate": results["soup_vs_prompted_winrate"]},
                 {"comparison": "soup vs P-MORL", "win rate": results["soup_vs_pmorl_winrate"]}]  # fmt: skip
     dims = prefs.names
@@ -213,16 +208,15 @@ def _write_report(out: Path, results: dict, prefs: Preferences) -> None:
                     *[f"vs_pmorl:{d}" for d in dims],
                 ],
             ),  # fmt: skip
-            report.image(out / "winrates.png", "Soup win rate per combination (0.5 = parity)"),
+            report.image(winrates, "Soup win rate per combination (0.5 = parity)"),
         ),
         report.section(
             "Pareto front over merge weights",
             report.table(results["pareto"]),
-            report.image(out / "pareto.png", "Programmatic scores of interpolated soups"),
+            report.image(pareto, "Programmatic scores of interpolated soups"),
         ),  # fmt: skip
         report.section(
             "Adapters (DPO)", report.table([{"adapter": k} | (v or {}) for k, v in results["adapters"].items()])
         ),
     ]
-    settings = {k: results[k] for k in ("config", "judge", "held_out_prompts", "machine", "versions")}
-    report.write_page(out / "report.html", "Personalized Soups", parts, settings)
+    return study.finish(results, "Personalized Soups", parts, shown=("config", "judge", "held_out_prompts"))

@@ -9,19 +9,71 @@ pairs binned by persona cosine, the mean cosine of their two outputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from personalm import report
-from personalm.provenance import versions
 from personalm.models.base import ProgressCallback, TextModel
+from personalm.models.registry import DEFAULT_MODEL
 from personalm.personas.diversity import measure
+from personalm.studies.harness import Study
 from personalm.synth.run import Row, SynthOptions, synthesize
 from personalm.synth.tasks import Task
 
 BINS = np.round(np.arange(0.0, 1.01, 0.1), 2)
+PACKAGES = ("personalm", "torch", "transformers", "sentence-transformers")
+
+
+@dataclass
+class DiversityConfig:
+    """`personalm synth diversity`: the task both arms run, on the first `n` personas."""
+
+    out: str
+    personas: str
+    task: str = "math"
+    n: int = 200
+    model: str = DEFAULT_MODEL
+    max_tokens: int = 64
+    temperature: float = 0.8
+    seed: int = 0
+    batch: int = 64
+    cache: bool = True
+    embedder: str | None = None
+
+
+def run(config: DiversityConfig, task: Task) -> dict[str, Any]:
+    """Both arms, their analysis and the report; `task` is the loaded `config.task`."""
+    from personalm.models.embedder import Embedder
+    from personalm.models.registry import load_model
+    from personalm.personas.io import read_personas
+    from personalm.progress import progress_bar
+
+    study = Study(config.out, config, packages=PACKAGES)
+    rows_in = read_personas(Path(config.personas)).to_pylist()[: config.n]
+    options = SynthOptions(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
+    with load_model(config.model, cache=config.cache) as loaded:
+        if hasattr(loaded, "chunk_size"):
+            loaded.chunk_size = config.batch
+        with progress_bar(f"diversity {config.task}", 2 * len(rows_in)) as advance:
+            with_rows, plain_rows = run_arms(rows_in, task, loaded, options, advance)
+        model_id = loaded.model_id
+    encoder = Embedder(config.embedder)
+    result = analyse(with_rows, plain_rows, encoder.embed, config.seed)
+    result["examples"] = [{"persona": r["persona"], "output": r["output"]} for r in with_rows[:5]]
+    result["plain_examples"] = [r["output"] for r in plain_rows[:5]]
+    settings = {
+        "task": config.task,
+        "n_per_arm": len(rows_in),
+        "personas": config.personas,
+        "model_id": model_id,
+        "sampling": options.params().to_dict(),
+        "seed": config.seed,
+        "embedder": str(encoder.path),
+    }
+    return write_report(study, result, settings)
 
 
 def similarity_by_bin(persona_vectors: np.ndarray, output_vectors: np.ndarray) -> list[dict[str, Any]]:
@@ -82,11 +134,8 @@ def analyse(with_rows: Sequence[Row], plain_rows: Sequence[Row], embed, seed: in
     }
 
 
-def write_report(out: Path, result: dict[str, Any], settings: dict[str, Any]) -> Path:
-    """results.json, two PNG figures and report.html in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    settings = settings | {"versions": versions()}
-    report.write_json(out / "results.json", result | {"settings": settings})
+def write_report(study: Study, result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """results.json (the result with its `settings`), two PNG figures and report.html."""
     arms = result["arms"]
     fig, ax = report.figure(ncols=2, width=10)
     names = list(arms)
@@ -97,7 +146,7 @@ def write_report(out: Path, result: dict[str, Any], settings: dict[str, Any]) ->
     ax[1].set_xticks(np.arange(2) + 0.25, names)
     ax[1].set_title("distinct-n (higher = more diverse)")
     ax[1].legend()
-    report.save_figure(fig, out / "arms.png")
+    arms_png = study.save(fig, "arms.png")
     bins = result["similarity_by_bin"]
     fig, ax = report.figure()
     ax.plot([b["mean_persona_cosine"] for b in bins], [b["mean_output_cosine"] for b in bins], "o-", label="outputs")
@@ -106,13 +155,13 @@ def write_report(out: Path, result: dict[str, Any], settings: dict[str, Any]) ->
     ax.set_ylabel("mean cosine of their outputs")
     ax.set_title(f"{settings['task']}: output similarity vs persona similarity")
     ax.legend()
-    report.save_figure(fig, out / "similarity.png")
+    similarity_png = study.save(fig, "similarity.png")
     arm_rows = [{"arm": a} | arms[a] for a in names]
     parts = [
-        report.section("With vs without personas", report.table(arm_rows), report.image(out / "arms.png")),
+        report.section("With vs without personas", report.table(arm_rows), report.image(arms_png)),
         report.section(
             "Output similarity vs persona similarity",
-            report.image(out / "similarity.png", "persona pairs binned by persona cosine"),
+            report.image(similarity_png, "persona pairs binned by persona cosine"),
             report.table(bins),
         ),
         report.section(
@@ -120,4 +169,5 @@ def write_report(out: Path, result: dict[str, Any], settings: dict[str, Any]) ->
             report.table([{"persona": r["persona"], "output": r["output"][:300]} for r in result.get("examples", [])]),
         ),
     ]
-    return report.write_page(out / "report.html", f"Synthesis diversity: {settings['task']}", parts, settings)
+    results = result | {"settings": settings}
+    return study.finish(results, f"Synthesis diversity: {settings['task']}", parts, shown=("settings",))

@@ -8,7 +8,8 @@ setting that matters most, how far above the tone bar a kept rewrite must score 
 chosen on validation questions from a third set of documents, never on the test questions. Metrics: tone
 achievement rate (the scorer's bar, Flesch Reading Ease ≥ 60 by default), MiniLM cosine of each
 answer to its reference answer, answer length. Every step is cached or resumable: re-running the
-same command after a kill continues where it stopped.
+same command after a kill continues where it stopped (the adapters live in the study's cache,
+out/.cache/adapters; the data and answers beside the report).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from personalm import report
-from personalm.provenance import machine, versions
 from personalm.eval.tone import ToneScorer
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
+from personalm.studies.harness import Study
 from personalm.tables import write_rows
 from personalm.tone import prompts
 from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, write_dataset
@@ -55,9 +56,12 @@ class ToneExperimentConfig:
     seed: int = 0
 
 
+PACKAGES = ("personalm", "torch", "transformers", "peft", "textstat", "sentence-transformers")
+
+
 def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = print) -> dict[str, Any]:
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    study = Study(config.out, config, packages=PACKAGES)
+    out = study.out
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -72,7 +76,7 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
     test = dataset.test
 
     mark = time.perf_counter()
-    selection = choose_margin(config, dataset, embedder, scorer, out, log)
+    selection = choose_margin(config, dataset, embedder, scorer, study, log)
     margin = selection["chosen_margin"]
     timings["margin_selection_s"] = time.perf_counter() - mark
     write_dataset(dataset, out / "data", margin)
@@ -83,13 +87,13 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
     conditions["prompted"] = evaluate(config, None, prompts.TONE_SYSTEM, test, embedder, scorer, out, "prompted")
     for size in config.sizes:
         mark = time.perf_counter()
-        adapter = train_adapter(config, examples, size, margin, "fp32", out, log)
+        adapter = train_adapter(config, examples, size, margin, "fp32", study, log)
         timings[f"train_lora{size}_s"] = time.perf_counter() - mark
         conditions[f"lora{size}"] = evaluate(config, adapter, None, test, embedder, scorer, out, f"lora{size}")
         log(f"lora{size}: tone rate {conditions[f'lora{size}']['tone_rate']:.2f}")
 
     mark = time.perf_counter()
-    adapters = {quant: train_adapter(config, examples, config.curve_size, margin, quant, out, log)
+    adapters = {quant: train_adapter(config, examples, config.curve_size, margin, quant, study, log)
                 for quant in ("fp32", "int8")}  # fmt: skip
     timings["train_int8_s"] = time.perf_counter() - mark
     curves = {
@@ -99,16 +103,16 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
     timings["total_s"] = time.perf_counter() - started
     stats = dataset.stats | {"train_examples": len(examples)}
     results = summarize(config, stats, conditions, curves, timings, selection)
-    write_outputs(out, results, conditions, test)
-    return results
+    return write_outputs(study, results, conditions, test)
 
 
-def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneScorer, out: Path, log: Log) -> dict:
+def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneScorer, study: Study, log: Log) -> dict:
     """Train the curve-size fp32 adapter at each margin and keep the margin with the best
     validation tone rate among those whose validation similarity stays within 5% of the
     prompted base's (ties go to the smaller margin, which keeps more data)."""
     if len(config.margins) == 1 or not dataset.val:
         return {"chosen_margin": config.margins[0], "rule": "single margin given", "by_margin": {}}
+    out = study.out
     prompted = evaluate(config, None, prompts.TONE_SYSTEM, dataset.val, embedder, scorer, out, "val-prompted")
     by_margin = {}
     for margin in sorted(config.margins):
@@ -117,7 +121,7 @@ def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneS
             log(f"margin {margin:g}: only {len(examples)} examples (< {config.curve_size}); not a candidate")
             by_margin[f"{margin:g}"] = {"examples": len(examples)}
             continue
-        adapter = train_adapter(config, examples, config.curve_size, margin, "fp32", out, log)
+        adapter = train_adapter(config, examples, config.curve_size, margin, "fp32", study, log)
         scores = evaluate(config, adapter, None, dataset.val, embedder, scorer, out, f"val-m{margin:g}")
         by_margin[f"{margin:g}"] = {"examples": len(examples), "val_tone_rate": round(scores["tone_rate"], 4),
                                     "val_semsim": round(scores["semsim"], 4)}  # fmt: skip
@@ -140,13 +144,13 @@ def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneS
 
 
 def train_adapter(
-    config: ToneExperimentConfig, examples: list[dict], size: int, margin: float, quant: str, out: Path, log: Log
+    config: ToneExperimentConfig, examples: list[dict], size: int, margin: float, quant: str, study: Study, log: Log
 ) -> Path:
     """Train (or reuse, or resume) the adapter on the first `size` examples at this margin."""
-    adapter = out / "adapters" / f"lora{size}-m{margin:g}-{quant}"
+    adapter = study.cache("adapters") / f"lora{size}-m{margin:g}-{quant}"
     if (adapter / "adapter_config.json").is_file():
         return adapter
-    data = out / "data" / f"train_{size}_m{margin:g}.jsonl"
+    data = study.out / "data" / f"train_{size}_m{margin:g}.jsonl"
     write_rows(data, [{"messages": e["messages"]} for e in examples[:size]])
     snapshots = config.snapshot_every if size == config.curve_size else None
     cfg = TrainConfig(
@@ -225,13 +229,10 @@ def summarize(config, stats: dict, conditions: dict, curves: dict, timings: dict
     results["scorer"] = stats["scorer"]
     results["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     results["seed"] = config.seed
-    results["versions"] = versions("personalm", "torch", "transformers", "peft", "textstat", "sentence-transformers")
-    results["machine"] = machine()
     return results
 
 
-def write_outputs(out: Path, results: dict, conditions: dict, test: list[dict]) -> None:
-    report.write_json(out / "results.json", results)
+def write_outputs(study: Study, results: dict, conditions: dict, test: list[dict]) -> dict[str, Any]:
     names = list(conditions)
     fig, (left, right) = report.figure(ncols=2, width=10)
     left.bar(names, [conditions[n]["tone_rate"] for n in names], color="#4c78a8")
@@ -242,7 +243,7 @@ def write_outputs(out: Path, results: dict, conditions: dict, test: list[dict]) 
     right.set_ylabel("similarity to reference (MiniLM cosine)")
     for axis in (left, right):
         axis.tick_params(axis="x", rotation=30)
-    conditions_png = report.save_figure(fig, out / "conditions.png")
+    conditions_png = study.save(fig, "conditions.png")
 
     fig, axis = report.figure()
     for quant, points in results["curves"].items():
@@ -251,7 +252,7 @@ def write_outputs(out: Path, results: dict, conditions: dict, test: list[dict]) 
     axis.set_ylabel("tone achievement rate")
     axis.set_ylim(0, 1)
     axis.legend()
-    curve_png = report.save_figure(fig, out / "int8_vs_fp32.png")
+    curve_png = study.save(fig, "int8_vs_fp32.png")
 
     summary = [
         {
@@ -273,8 +274,8 @@ def write_outputs(out: Path, results: dict, conditions: dict, test: list[dict]) 
     ]
     selection = results["margin_selection"]
     margin_rows = [{"margin above the bar": m, **v} for m, v in selection["by_margin"].items()]
-    report.write_page(
-        out / "report.html",
+    return study.finish(
+        results,
         "Tone adapters vs tone prompting",
         [
             report.paragraph(
@@ -294,5 +295,5 @@ def write_outputs(out: Path, results: dict, conditions: dict, test: list[dict]) 
             report.section("Tone rate along training: fp32 vs int8 base", report.image(curve_png)),
             report.section("Example answers", report.table(examples)),
         ],
-        {k: results[k] for k in ("config", "data", "seconds", "seed", "versions", "machine")},
+        shown=("config", "data", "seconds", "seed"),
     )

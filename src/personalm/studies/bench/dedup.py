@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -242,13 +241,13 @@ def run(
     seed: int = 0,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    from personalm.provenance import machine, versions
+    from personalm.provenance import load_average, machine, versions
 
-    load = {"start": os.getloadavg()[0]}
+    load = {"start": load_average()}
     minhash = run_minhash(data_dir, rows, seed, log)
-    load["after_minhash"] = os.getloadavg()[0]
+    load["after_minhash"] = load_average()
     embedding = run_embedding(data_dir, vectors, min(subset, vectors), seed, log)
-    load["end"] = os.getloadavg()[0]
+    load["end"] = load_average()
     return {
         "benchmark": "dedup",
         "threshold": THRESHOLD,

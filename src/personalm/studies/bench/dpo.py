@@ -13,7 +13,6 @@ the adapters, not the trainers' own logging.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from personalm.provenance import machine, versions
+from personalm.provenance import load_average, machine, versions
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.soups.collect import PMORL, CollectConfig, collect
@@ -100,7 +99,7 @@ def run(
     seed: int = 0,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    load = {"start": os.getloadavg()[0]}
+    load = {"start": load_average()}
     settings = DPOSettings(model=model_name, rank=8, alpha=16, lr=lr, beta=beta, epochs=1, batch_size=batch_size,
                            max_length=max_length, seed=seed, threads=threads)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +110,7 @@ def run(
             log(f"{trainer}: {steps} steps of {batch_size} pairs, max length {max_length}")
             settings.trainer = trainer
             runs[trainer] = train_adapter(pairs, folder / trainer, settings, log=log)
-            load[f"after_{trainer}"] = os.getloadavg()[0]
+            load[f"after_{trainer}"] = load_average()
             log(f"  {runs[trainer]['seconds']}s; scoring the adapter on the pairs")
             scores[trainer] = score_adapter(folder / trainer, pairs, settings)
     pairs_s = {t: steps * batch_size / runs[t]["seconds"] for t in runs}

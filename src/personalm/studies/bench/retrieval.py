@@ -13,7 +13,6 @@ over the same vectors.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from personalm.avatars.retrieval import hybrid_search
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.avatars.store import NewMemory
 from personalm.studies.bench import retrieval_data
-from personalm.provenance import machine, versions
+from personalm.provenance import load_average, machine, versions
 
 BATCH = 1000
 AVATAR = "bench"
@@ -81,7 +80,7 @@ def run(
         "hybrid_speedup_p95": _ratio(peer["chroma_p95_ms"], ours["hybrid_p95_ms"]),
         "dense_speedup_p95": _ratio(peer["chroma_p95_ms"], ours["dense_p95_ms"]),
         "ingest_speedup": _ratio(ours["ingest_per_s"], peer["chroma_ingest_per_s"]),
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        "load_average_1m": load_average(),
         "machine": machine(),
         "versions": versions("numpy", "faiss-cpu", "scipy", "chromadb"),
     }
