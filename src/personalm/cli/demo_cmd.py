@@ -149,7 +149,7 @@ def _explain_step(console: Console, model, out: Path) -> None:
     from personalm.paths import data_dir
     from personalm.perce.contrast import PerContrast
     from personalm.perce.explain import Explained, html_report, terminal_text, top_tokens
-    from personalm.perce.metrics import persona_recall
+    from personalm.eval.persona import persona_recall
     from personalm.perce.persona_chat import load_conversations, reply_rows, split
 
     console.rule("[bold]7. which reply tokens depend on the persona (PerContrast)")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from personalm.personas import diversity
+from personalm.eval import diversity
 from personalm.personas.io import read_personas
 
 METRICS = ("mean_pairwise_cosine", "distinct_1", "distinct_2", "vendi")
