@@ -1,4 +1,5 @@
-"""Experiment metrics on fixed inputs, the aggregation over seeds, the report files, the CLI errors."""
+"""The PerCE experiment: the aggregation over seeds, the report files, the CLI errors (its metrics:
+tests/eval/test_persona.py, test_text.py and test_prefeval.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import pytest
 from cli_support import run_cli
 
 from personalm.errors import PersonalmError
-from personalm.models.base import TokenScores
 from personalm.paths import data_dir
-from personalm.perce import metrics
 from personalm.perce.contrast import TokenInfluence
 from personalm.studies.perce import ExperimentConfig, aggregate, parse_sweep, sweep_name, sweep_table
 from personalm.studies.harness import Study
@@ -21,71 +20,6 @@ PERSONA = "I love to bake cookies.\nI have two dogs."
 
 def _influence(tokens: list[str], pir: list[float]) -> TokenInfluence:
     return TokenInfluence(list(range(len(tokens))), tokens, pir, [0.0] * len(tokens))
-
-
-def test_content_words_drop_stop_words_and_match_by_stem():
-    assert metrics.content_words("I have the two Dogs and a cookie!") == {"dog", "cooki"}
-    assert metrics.content_stem("the") is None and metrics.content_stem("an") is None
-
-
-def test_rouge_l_and_persona_recall():
-    assert metrics.rouge_l("I bake cookies", "I bake cookies") == pytest.approx(1.0)
-    assert metrics.rouge_l("rockets fly", "I bake cookies") == 0.0
-    reference = "My dogs love it when I bake cookies."
-    assert metrics.persona_recall("I baked a cookie today", reference, PERSONA) == pytest.approx(2 / 4)
-    assert metrics.persona_recall("Nice weather", reference, PERSONA) == 0.0
-    assert metrics.persona_recall("anything", "Hello there, how are you?", PERSONA) is None
-
-
-def test_precision_at_k_of_top_pir_tokens_against_persona_words():
-    tokens = ["I", " bake", " cook", "ies", " for", " my", " friends", ".", "<|im_end|>"]
-    pir = [0.1, 3.0, 2.5, 0.2, 0.0, 0.4, 2.8, 0.0, 5.0]
-    special = frozenset({"<|im_end|>"})
-    candidate, flags = metrics.persona_token_flags(_influence(tokens, pir), PERSONA, special)
-    assert flags == [False, True, True, True, False, False, False, False, False]
-    assert candidate[-1] is False and candidate[-2] is False
-    top, random_ = metrics.precision_at_k(_influence(tokens, pir), PERSONA, 3, special)
-    assert top == pytest.approx(2 / 3)
-    assert random_ == pytest.approx(3 / 7)
-    assert metrics.precision_at_k(_influence(["Hello", " there"], [1.0, 2.0]), PERSONA, 1) is None
-    assert metrics.precision_at_k(_influence([" cookies"], [1.0]), PERSONA, 2) is None
-
-
-class _LengthModel:
-    """Scores the option whose text contains 'shelter' highest; records what it was asked."""
-
-    def __init__(self):
-        self.calls = []
-
-    def score(self, contexts, continuations):
-        self.calls.append((contexts, continuations))
-        return [TokenScores([c], [0.0 if "shelter" in c else -1.0]) for c in continuations]
-
-
-def test_choice_accuracy_shuffles_options_and_reads_the_first_as_right():
-    items = [
-        metrics.ChoiceItem("pets", "I adopt from shelters.", f"Where to get cat {i}?", ["a shelter", "b", "c", "d"])
-        for i in range(6)
-    ]
-    model = _LengthModel()
-    assert metrics.choice_accuracy(model, items, seed=1) == 1.0
-    contexts, continuations = model.calls[0]
-    assert contexts[0] == [{"role": "user", "content": "I adopt from shelters.\n\nWhere to get cat 0?"}]
-    positions = {continuations[4 * i : 4 * i + 4].index("a shelter") for i in range(6)}
-    assert len(positions) > 1
-
-
-def test_prefeval_loader_keeps_four_option_items(tmp_path):
-    rows = [
-        {"preference": "p", "question": "q", "classification_task_options": ["a", "b", "c", "d"]},
-        {"preference": "p", "question": "q", "classification_task_options": ["a", "b"]},
-    ]
-    (tmp_path / "topic.json").write_text(json.dumps(rows))
-    items = metrics.load_prefeval(tmp_path, 10)
-    assert len(items) == 1 and items[0].topic == "topic" and items[0].options[0] == "a"
-    real = data_dir() / "prefeval" / "mcq_options"
-    if real.is_dir():
-        assert len(metrics.load_prefeval(real, 50, seed=0)) == 50
 
 
 def _fake_runs(seeds: int) -> dict:

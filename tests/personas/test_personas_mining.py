@@ -8,7 +8,6 @@ import pytest
 from personalm.models.base import Generation
 from personalm.models.cache import CachedModel, GenerationCache
 from personalm.personas import mining, prompts
-from personalm.personas.corpus import read_corpus
 from personalm.personas.quality import parse_answer, reject_reason
 
 
@@ -89,17 +88,6 @@ def test_extract_and_expand_keep_lineage():
     assert len(rejected) == 1
     assert all(r["source_text_id"] == "t1" and r["relation"] in prompts.RELATIONS for r in grown)
     assert rejected[0]["round"] == 3 and rejected[0]["reason"] == "refusal"
-
-
-def test_corpus_folder_and_bad_bytes(tmp_path):
-    (tmp_path / "a.txt").write_text("first text")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.md").write_text("# second")
-    (tmp_path / "skip.bin").write_bytes(b"\xff")
-    assert read_corpus(tmp_path) == [("a.txt", "first text"), ("sub/b.md", "# second")]
-    (tmp_path / "c.txt").write_bytes(b"caf\xe9")
-    with pytest.raises(Exception, match="c.txt: not UTF-8"):
-        read_corpus(tmp_path)
 
 
 class Interrupt(Exception):

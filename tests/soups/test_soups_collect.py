@@ -10,7 +10,7 @@ from personalm.errors import PersonalmError
 from personalm.models.base import Generation, TextModel
 from personalm.soups.collect import PMORL, CollectConfig, collect, dpo_sets
 from personalm.studies.soups import soup_weights
-from personalm.soups.judges import ProgrammaticJudge
+from personalm.eval.judges import ProgrammaticJudge
 from personalm.soups.preferences import Preferences
 from personalm.soups.prompts import load_prompts, split_prompts
 

@@ -11,7 +11,7 @@ from personalm.models.base import SamplingParams
 from personalm.models.registry import load_model
 from personalm.soups.collect import CollectConfig, collect
 from personalm.soups.dpo import DPOSettings, train_adapter
-from personalm.soups.judges import ProgrammaticJudge
+from personalm.eval.judges import ProgrammaticJudge
 from personalm.soups.merge import exact_deltas, load_adapter, load_soup
 from personalm.soups.preferences import Preferences
 

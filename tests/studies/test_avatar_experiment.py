@@ -12,24 +12,23 @@ import pytest
 from avatar_support import WordHashEmbedder
 
 from personalm.avatars.api import AvatarMemory
-from personalm.studies.avatars import (
-    ExperimentConfig,
-    Prompt,
-    answer_prompt,
-    copy_rate,
-    held_out_prompts,
-    load_prefeval,
-    passage_turns,
-    prefeval_split,
-    run,
-    split_person,
-    spread,
-)
 from personalm.avatars.retrieval import Hit, Recall
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.avatars.store import Memory
 from personalm.errors import PersonalmError
+from personalm.eval.prefeval import load_prefeval
 from personalm.models.base import Generation, TextModel, TokenScores
+from personalm.studies.avatar_experiment import ExperimentConfig, run
+from personalm.studies.avatar_likeness import (
+    Prompt,
+    answer_prompt,
+    copy_rate,
+    held_out_prompts,
+    passage_turns,
+    split_person,
+    spread,
+)
+from personalm.studies.avatar_prefeval import prefeval_split
 
 STYLES = {
     "ann_a": "Verily, harvest number {i} is bountiful, and verily the river runs clear.",
@@ -143,15 +142,15 @@ def test_prefeval_split_keeps_test_apart_and_fixed(tmp_path):
     """The test cases do not depend on the validation size, and validation shares no question
     and no preference with them."""
     make_data(tmp_path)
-    items = load_prefeval(tmp_path)
+    items = load_prefeval(tmp_path / "prefeval" / "mcq_options")
     config = ExperimentConfig(data=tmp_path, out=tmp_path / "out", prefeval_items=6, distractors=12)
     test, validation, _ = prefeval_split(replace(config, prefeval_validation_items=6), items)
     test_again, fewer, _ = prefeval_split(replace(config, prefeval_validation_items=2), items)
     assert [(c.texts, c.options, c.answer) for c in test] == [(c.texts, c.options, c.answer) for c in test_again]
     assert len(validation) == 6 and len(fewer) == 2
     for key in ("question", "preference"):
-        assert not {c.item[key] for c in test} & {c.item[key] for c in validation}
-    assert all(c.options[c.answer] == c.item["classification_task_options"][0] for c in test + validation)
+        assert not {getattr(c.item, key) for c in test} & {getattr(c.item, key) for c in validation}
+    assert all(c.options[c.answer] == c.item.options[0] for c in test + validation)
 
 
 def test_prefeval_only_reuses_the_likeness_part(tmp_path):

@@ -294,12 +294,13 @@ def test_killed_run_resumes_without_lost_or_doubled_rows(tmp_path):
 def test_similarity_by_bin_and_diversity_report(tmp_path):
     import numpy as np
 
+    from personalm.eval.diversity import similarity_by_bin
     from personalm.studies import synth_diversity as diversity
     from personalm.studies.harness import Study
 
     personas = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     outputs = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
-    bins = diversity.similarity_by_bin(personas, outputs)
+    bins = similarity_by_bin(personas, outputs)
     assert bins == [
         {"persona_cosine": "0.0-0.1", "pairs": 2, "mean_persona_cosine": 0.0, "mean_output_cosine": 0.4},
         {"persona_cosine": "0.9-1.0", "pairs": 1, "mean_persona_cosine": 1.0, "mean_output_cosine": 0.6},

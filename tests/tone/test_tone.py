@@ -10,7 +10,8 @@ import pytest
 
 from personalm.cli.app import main
 from personalm.errors import PersonalmError
-from personalm.eval.tone import EmbeddingToneClassifier, FleschScorer, LLMJudge, flesch_reading_ease, make_scorer
+from personalm.eval.text import flesch_reading_ease
+from personalm.eval.tone import EmbeddingToneClassifier, FleschScorer, LLMJudge, make_scorer
 from personalm.tone import prompts
 from personalm.tone.corpus import load_passages, passages
 from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, ToneDataset

@@ -8,7 +8,7 @@ import re
 from typing import Protocol
 
 from personalm.avatars.chunking import sentences
-from personalm.avatars.stopwords import STOPWORDS
+from personalm.eval.text import STOPWORDS
 from personalm.models.base import SamplingParams, TextModel
 
 LEAD_INS = re.compile(

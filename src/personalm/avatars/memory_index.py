@@ -23,7 +23,7 @@ from itertools import chain
 import numpy as np
 import scipy.sparse as sp
 
-from personalm.avatars.stopwords import STOPWORDS
+from personalm.eval.text import STOPWORDS
 
 ANN_MIN_ROWS = 10_000
 """Below this many searchable rows exact search (~0.5 ms) is used instead of IVF."""

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from personalm.avatars.stopwords import STOPWORDS
 from personalm.avatars.store import (
     KINDS,
     Memory,
@@ -29,6 +28,7 @@ from personalm.avatars.store import (
     query_terms,
 )
 from personalm.errors import PersonalmError
+from personalm.eval.text import STOPWORDS
 
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 COLUMNS = "id, kind, text, source, context, ts, created_at, key"

@@ -9,8 +9,8 @@ from collections import Counter
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chunking import sentences
-from personalm.avatars.stopwords import STOPWORDS
 from personalm.avatars.store import Profile
+from personalm.eval.text import STOPWORDS
 from personalm.models.base import SamplingParams, TextModel
 
 SAMPLES = 12

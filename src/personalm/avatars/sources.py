@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from personalm import corpus
 from personalm.errors import PersonalmError
 from personalm.tables import read_rows, require
 
-TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
-CHAT_SUFFIXES = {".jsonl", ".ndjson", ".csv"}
-SUFFIXES = TEXT_SUFFIXES | CHAT_SUFFIXES
+CHAT_SUFFIXES = (".jsonl", ".ndjson", ".csv")
+SUFFIXES = corpus.TEXT_SUFFIXES + CHAT_SUFFIXES
 DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 HEADER_LINE = re.compile(r"^(President|Speaker|Author|Name|By):\s+\S.{0,80}$")
 # "12/31/20, 9:41 PM - Name: text" (Android) or "[31.12.20, 21:41:05] Name: text" (iOS).
@@ -56,7 +56,7 @@ def discover(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = corpus.files(path)
             if not files:
                 raise PersonalmError("empty folder: no files to ingest", source=str(path))
             found.extend(files)
@@ -75,15 +75,12 @@ def discover(paths: list[Path]) -> list[Path]:
 
 def read_source(path: Path, speakers: set[str]) -> Source:
     """Parse one file; raises one clear error (file, line) for unreadable or empty input."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise PersonalmError(f"cannot read ({err.strerror})", source=str(path)) from None
+    data = corpus.read_bytes(path)
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".ndjson"}:
         turns = _chat_turns(_jsonl_rows(path), speakers, path)
     else:
-        text = _decode(data, path)
+        text = corpus.decode(data, path)
         if suffix == ".csv":
             turns = _chat_turns(_csv_rows(text, path), speakers, path)
         elif _is_whatsapp(text):
@@ -93,16 +90,6 @@ def read_source(path: Path, speakers: set[str]) -> Source:
     if not any(turn.own and turn.text.strip() for turn in turns):
         raise PersonalmError("empty source: no words of this person found", source=str(path))
     return Source(path, data, turns)
-
-
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise PersonalmError(
-            f"not UTF-8 text ({err.reason} at byte {err.start + 1})", source=str(path), line=line
-        ) from None
 
 
 def _file_date(path: Path) -> float | None:

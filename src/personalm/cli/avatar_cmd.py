@@ -264,7 +264,7 @@ def experiment_cmd(
     ),
 ) -> None:
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
-    from personalm.studies.avatars import ExperimentConfig, headline_rows, run
+    from personalm.studies.avatar_experiment import ExperimentConfig, headline_rows, run
     from personalm.paths import data_dir
 
     config = ExperimentConfig(

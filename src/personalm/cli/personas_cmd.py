@@ -173,7 +173,7 @@ def extract(
 ) -> None:
     """Text-to-persona: who would read / write / like / dislike each text."""
     from personalm.personas import mining
-    from personalm.personas.corpus import read_corpus
+    from personalm.corpus import read_texts
     from personalm.executors import get_engine
     from personalm.personas.prompts import VARIANTS
 
@@ -182,7 +182,7 @@ def extract(
     if bad:
         raise PersonalmError(f"--variant {bad[0]}: expected one of {', '.join(VARIANTS)}")
     options = _mining_options(granularity, max_tokens, temperature, seed, batch)
-    texts = read_corpus(corpus, column)
+    texts = read_texts(corpus, column)
     with get_engine(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
         rows, rejects = mining.extract(texts, generate, model_id, list(dict.fromkeys(variant)), options)
     rejects_path = _write_mined(out, rows, rejects)

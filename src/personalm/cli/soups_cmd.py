@@ -73,7 +73,7 @@ def collect_cmd(
     """Sample responses and label pairs one preference at a time; write per-pole and P-MORL DPO sets."""
     from personalm.models.registry import load_model
     from personalm.soups.collect import CollectConfig, collect
-    from personalm.soups.judges import make_judge
+    from personalm.eval.judges import make_judge
     from personalm.soups.preferences import Preferences
     from personalm.soups.prompts import load_prompts, split_prompts
 
@@ -164,7 +164,7 @@ def experiment_cmd(
     """Win rates of the soup vs the prompted base and vs P-MORL for all combinations; Pareto front."""
     from personalm.models.registry import load_model
     from personalm.studies.soups import ExperimentConfig, run
-    from personalm.soups.judges import make_judge
+    from personalm.eval.judges import make_judge
 
     config = ExperimentConfig(adapters=str(adapters), out=str(out), model=model, prompts=str(prompts) if prompts else None,
                               held_out=held_out, limit=limit, max_tokens=max_tokens, weighting=weighting, pareto=pareto,

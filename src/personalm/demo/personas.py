@@ -9,8 +9,9 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from personalm.eval import diversity
 from personalm.models.base import TextModel
-from personalm.personas import diversity, mining
+from personalm.personas import mining
 from personalm.personas.dedup import DedupOptions, dedup_table
 from personalm.executors import Engine
 from personalm.tables import write_rows

@@ -1,1 +1,3 @@
-"""Metrics: tone scorers, semantic similarity, diversity."""
+"""Evaluation: PrefEval loading and option scoring (prefeval), pairwise judges (judges), text
+measures (text), persona-term recall and PIR precision@k (persona), diversity (diversity), tone
+scorers (tone) and the paired bootstrap of a difference between two conditions (bootstrap)."""

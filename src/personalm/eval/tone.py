@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from functools import cache
 from typing import Protocol
 
 import numpy as np
 
+from personalm.eval.text import flesch_reading_ease
 from personalm.models.base import TextModel
 
 
@@ -30,30 +29,6 @@ class ToneScorer(Protocol):
     def accepts(self, texts: Sequence[str], margin: float = 0.0) -> np.ndarray:
         """One bool per text: meets the target tone, with `margin` added to the bar (a training
         set can ask for rewrites well inside the tone, not just over the line)."""
-
-
-_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
-_SENTENCE = re.compile(r"[.!?]+(?=\s|$)")
-
-
-@cache
-def _hyphenator():
-    import pyphen
-
-    return pyphen.Pyphen(lang="en_US")
-
-
-def flesch_reading_ease(text: str) -> float:
-    """206.835 - 1.015 words/sentence - 84.6 syllables/word, syllables from pyphen's hyphenation
-    (textstat's own fallback; its current releases download NLTK's CMU dictionary at run time,
-    which an offline machine cannot do)."""
-    words = _WORD.findall(text)
-    if not words:
-        return float("-inf")
-    sentences = max(1, len(_SENTENCE.findall(text.strip())) or 1)
-    hyphenator = _hyphenator()
-    syllables = sum(len(hyphenator.positions(w.lower())) + 1 for w in words)
-    return 206.835 - 1.015 * len(words) / sentences - 84.6 * syllables / len(words)
 
 
 class FleschScorer:

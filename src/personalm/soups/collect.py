@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from personalm.provenance import versions
+from personalm.eval.judges import PairJudge
 from personalm.models.base import SamplingParams, TextModel
-from personalm.soups.judges import PairJudge
 from personalm.soups.preferences import Preferences, combination_name
 from personalm.tables import write_rows
 

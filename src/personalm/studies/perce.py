@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from personalm.errors import PersonalmError
+from personalm.eval.persona import persona_recall, precision_at_k
+from personalm.eval.prefeval import choice_accuracy, load_prefeval
+from personalm.eval.text import rouge_l
 from personalm.models.base import SamplingParams
-from personalm.perce import metrics
 from personalm.perce.persona_chat import load_conversations, reply_rows, split, window_rows
 from personalm.studies.harness import Study
 from personalm.studies.perce_report import ARMS, METRICS, write_report
@@ -134,10 +136,10 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
     write_rows(train_path, train_rows)
     heldout = reply_rows(test_convs, config.window)
     test = random.Random(config.split_seed).sample(heldout, min(config.test_turns, len(heldout)))
-    with_terms = [r for r in heldout if metrics.persona_recall(r["reply"], r["reply"], r["persona"]) is not None]
+    with_terms = [r for r in heldout if persona_recall(r["reply"], r["reply"], r["persona"]) is not None]
     pir_rows = random.Random(config.split_seed + 1).sample(with_terms, min(config.pir_examples, len(with_terms)))
     prefeval = (
-        metrics.load_prefeval(data / "prefeval" / "mcq_options", config.prefeval_items, config.split_seed)
+        load_prefeval(data / "prefeval" / "mcq_options", config.prefeval_items, config.split_seed)
         if config.prefeval_items
         else []
     )
@@ -184,7 +186,7 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
             "test_conversations": len(test_convs),
             "test_replies": len(test),
             "test_replies_with_persona_terms": sum(
-                metrics.persona_recall(r["reply"], r["reply"], r["persona"]) is not None for r in test
+                persona_recall(r["reply"], r["reply"], r["persona"]) is not None for r in test
             ),
             "prefeval_items": len(prefeval),
         },
@@ -229,15 +231,15 @@ def _evaluate(name: str, base: Path, adapter, test, references, prefeval, embedd
     outputs = [g.text.strip() for g in model.generate(prompts, params)]
     model.free_kernel()  # PrefEval only scores: its peak must not stack on the KV cache
     vectors = embedder.embed(outputs)
-    rouge = [metrics.rouge_l(o, r["reply"]) for o, r in zip(outputs, test, strict=True)]
-    recall = [metrics.persona_recall(o, r["reply"], r["persona"]) for o, r in zip(outputs, test, strict=True)]
+    rouge = [rouge_l(o, r["reply"]) for o, r in zip(outputs, test, strict=True)]
+    recall = [persona_recall(o, r["reply"], r["persona"]) for o, r in zip(outputs, test, strict=True)]
     similarity = [float(v @ ref) for v, ref in zip(vectors, references, strict=True)]
     scored = [x for x in recall if x is not None]
     result = {
         "rougeL": statistics.fmean(rouge),
         "persona_recall": statistics.fmean(scored) if scored else float("nan"),
         "similarity": statistics.fmean(similarity),
-        "prefeval_acc": metrics.choice_accuracy(model, prefeval, config.split_seed) if prefeval else None,
+        "prefeval_acc": choice_accuracy(model, prefeval, config.split_seed) if prefeval else None,
         "outputs": outputs,
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
@@ -257,7 +259,7 @@ def _pir_check(base: Path, rows: list[dict], config: ExperimentConfig, log: Log)
     examples = [(r["persona"], [*r["context"], {"role": "assistant", "content": r["reply"]}]) for r in rows]
     influences = PerContrast.from_local(model).influence(examples, last_only=True)
     special = frozenset(model.tokenizer.all_special_tokens)
-    scores = [metrics.precision_at_k(i, r["persona"], config.k, special) for i, r in zip(influences, rows, strict=True)]
+    scores = [precision_at_k(i, r["persona"], config.k, special) for i, r in zip(influences, rows, strict=True)]
     kept = [s for s in scores if s is not None]
     result = {
         "k": config.k,

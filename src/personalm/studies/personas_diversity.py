@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from personalm import report
-from personalm.personas import diversity
+from personalm.eval import diversity
 from personalm.personas.io import read_personas
 from personalm.studies.harness import Study
 

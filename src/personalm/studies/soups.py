@@ -21,10 +21,10 @@ import numpy as np
 
 from personalm import report
 from personalm.errors import PersonalmError
+from personalm.eval.judges import PairJudge, ProgrammaticJudge
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
 from personalm.soups.collect import PMORL, chat
-from personalm.soups.judges import PairJudge, ProgrammaticJudge
 from personalm.soups.merge import Adapter, exact_factors, load_adapter, soup_applied
 from personalm.soups.preferences import Pole, Preferences, combination_name
 from personalm.soups.prompts import load_prompts, split_prompts

@@ -18,12 +18,11 @@ import numpy as np
 from personalm import report
 from personalm.models.base import ProgressCallback, TextModel
 from personalm.models.registry import DEFAULT_MODEL
-from personalm.personas.diversity import measure
+from personalm.eval.diversity import measure, similarity_by_bin
 from personalm.studies.harness import Study
 from personalm.synth.run import Row, SynthOptions, synthesize
 from personalm.synth.tasks import Task
 
-BINS = np.round(np.arange(0.0, 1.01, 0.1), 2)
 PACKAGES = ("personalm", "torch", "transformers", "sentence-transformers")
 
 
@@ -75,26 +74,6 @@ def run(config: DiversityConfig, task: Task) -> dict[str, Any]:
     }
     return write_report(study, result, settings)
 
-
-def similarity_by_bin(persona_vectors: np.ndarray, output_vectors: np.ndarray) -> list[dict[str, Any]]:
-    """Over all persona pairs: per persona-cosine bin, the pair count and mean output cosine."""
-    n = len(persona_vectors)
-    upper = np.triu_indices(n, k=1)
-    persona_sim = (persona_vectors @ persona_vectors.T)[upper]
-    output_sim = (output_vectors @ output_vectors.T)[upper]
-    rows = []
-    for low, high in zip(BINS[:-1], BINS[1:], strict=True):
-        inside = (persona_sim >= low) & ((persona_sim < high) if high < 1 else (persona_sim <= high))
-        if inside.any():
-            rows.append(
-                {
-                    "persona_cosine": f"{low:.1f}-{high:.1f}",
-                    "pairs": int(inside.sum()),
-                    "mean_persona_cosine": round(float(persona_sim[inside].mean()), 4),
-                    "mean_output_cosine": round(float(output_sim[inside].mean()), 4),
-                }
-            )
-    return rows
 
 
 def run_arms(

@@ -10,10 +10,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from personalm.corpus import read_texts
 from personalm.errors import PersonalmError
-from personalm.tables import read_rows
 
-TEXT_SUFFIXES = {".txt", ".md"}
 _SENTENCES = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 _HEADER = re.compile(r"^[A-Z][\w ]{0,30}:\s*\S.{0,80}$")
 
@@ -24,35 +23,6 @@ class Passage:
     doc: str
     text: str
     split: str
-
-
-def documents(source: str | Path, text_column: str = "text") -> list[tuple[str, str]]:
-    """(document id, text) from a folder of .txt/.md (recursive), one such file, or a JSONL /
-    Parquet table with a text column (row id from an `id` column, else the line number)."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
-        if not files:
-            raise PersonalmError("no .txt or .md files in this folder", source=str(path))
-        return [(str(p.relative_to(path)), _read_text(p)) for p in files]
-    if path.suffix.lower() in TEXT_SUFFIXES:
-        if not path.is_file():
-            raise PersonalmError("no such file", source=str(path))
-        return [(path.name, _read_text(path))]
-    docs = []
-    for line, row in read_rows(path):
-        text = row.get(text_column)
-        if not isinstance(text, str):
-            raise PersonalmError(f"expected a string column '{text_column}'", source=str(path), line=line)
-        docs.append((str(row.get("id", line)), text))
-    return docs
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise PersonalmError(f"not UTF-8 text (byte {err.start})", source=str(path)) from None
 
 
 def passages(text: str, words: int = 60, min_words: int = 25) -> list[str]:
@@ -93,7 +63,7 @@ def load_passages(
     Each document's picks depend only on the seed and its own id, so raising `per_doc` keeps the
     earlier picks and adding documents changes no other document's."""
     out = []
-    for doc, text in documents(source, text_column):
+    for doc, text in read_texts(source, text_column, whole_file=True):
         chunks = passages(text, words)
         order = random.Random(f"{seed}:{doc}").sample(range(len(chunks)), len(chunks))
         split = split_of(doc, test_fraction, seed, val_fraction)

@@ -22,10 +22,10 @@ import torch
 
 from personalm.provenance import load_average, machine, versions
 from personalm.errors import PersonalmError
+from personalm.eval.judges import ProgrammaticJudge
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.soups.collect import PMORL, CollectConfig, collect
 from personalm.soups.dpo import DPOSettings, train_adapter
-from personalm.soups.judges import ProgrammaticJudge
 from personalm.soups.preferences import Preferences
 from personalm.soups.prompts import BUILTIN_PROMPTS
 from personalm.tables import read_rows, write_rows

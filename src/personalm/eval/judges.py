@@ -13,7 +13,6 @@ the second wins and 0.5 for a tie (LLM judges return the probability in between)
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -21,13 +20,10 @@ from typing import Protocol
 
 import numpy as np
 
-from personalm.avatars.stopwords import STOPWORDS
 from personalm.errors import PersonalmError
-from personalm.eval.tone import flesch_reading_ease
+from personalm.eval.text import STOPWORDS, flesch_reading_ease, words
 from personalm.models.base import TextModel
 from personalm.soups.preferences import Pole
-
-_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 
 
 class PairJudge(Protocol):
@@ -52,7 +48,7 @@ def readability(text: str) -> float:
 
 def information_content(text: str) -> float:
     """Distinct content words: what a concise answer keeps few of and an informative one many."""
-    return float(len({w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in STOPWORDS}))
+    return float(len({w.lower() for w in words(text) if len(w) > 2 and w.lower() not in STOPWORDS}))
 
 
 def friendliness(text: str) -> float:

@@ -1,4 +1,4 @@
-"""Judges on fixed strings: each default pole prefers the response written its way."""
+"""Pairwise judges on fixed strings: each default pole prefers the response written its way."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from personalm.errors import PersonalmError
 from personalm.models.base import TextModel, TokenScores
-from personalm.soups.judges import LLMJudge, ProgrammaticJudge
+from personalm.eval.judges import LLMJudge, ProgrammaticJudge
 from personalm.soups.preferences import Pole, Preferences
 
 PREFS = Preferences.default()

@@ -1,8 +1,17 @@
-"""Likelihood scorers for multiple-choice questions with or without retrieved memories.
+"""PrefEval's multiple-choice items, and the ways to score their options by likelihood.
+
+An item states a preference, asks a later question, and offers four options of which the first
+respects the preference. Options are scored from *passes*: one model.score call over every option
+of every question, computed on first use and kept, so scoring only the chosen scorers costs only
+their passes. The passes:
+
+* answer: the option as the assistant's reply to the question, memories in the system turn;
+* prior: the option after a content-free question (how likely it is regardless of the user);
+* channel: the memories and question after the option, the noisy-channel direction;
+* stated: the option as the reply to one user turn that states the memories, then asks.
 
 A small model's raw option likelihood mostly measures how common an option's words are, not
-whether it fits the user, so PrefEval is scored several principled ways and the experiment picks
-one on validation items:
+whether it fits the user, so a study picks among these scorers on validation items:
 
 * mean / sum: log P(option | memories, question), per token or in total;
 * calibrated: log P(option | memories, question) − log P(option | a content-free question), the
@@ -13,25 +22,69 @@ one on validation items:
   how much the memories raise the option, and channel_memory_gain, the same in the channel
   direction (all three defined only with memories).
 
-Each scorer reads *passes* (one model.score call over every option of every question); passes are
-computed on first use and kept, so scoring only the chosen scorers costs only their passes.
+`choice_accuracy` is the stated-preference framing on its own (mean token log-prob, options
+shuffled), the PrefEval score of the PerCE study.
 """
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from personalm.errors import PersonalmError
 from personalm.models.base import Prompt, TextModel
 
 CONTENT_FREE = "Answer:"
 
 
 @dataclass
+class PrefEvalItem:
+    """A PrefEval question: the preference, the question, and four options (first respects it)."""
+
+    topic: str
+    preference: str
+    question: str
+    options: list[str]
+
+
+def load_prefeval(folder: str | Path, count: int | None = None, seed: int = 0) -> list[PrefEvalItem]:
+    """The items of every topic file (prefeval/mcq_options/*.json) that have a preference, a
+    question and four options: all of them in file order, or `count` drawn with `seed`."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise PersonalmError("no PrefEval topic files (*.json)", source=str(folder))
+    items = []
+    for path in files:
+        try:
+            rows = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise PersonalmError(f"not UTF-8 text (byte {err.start + 1})", source=str(path)) from None
+        except json.JSONDecodeError as err:
+            raise PersonalmError(f"invalid JSON ({err.msg})", source=str(path), line=err.lineno) from None
+        for row in rows:
+            options = row.get("classification_task_options")
+            preference, question = row.get("preference"), row.get("question")
+            if isinstance(options, list) and len(options) == 4 and _text(preference) and _text(question):
+                items.append(PrefEvalItem(path.stem, preference, question, [str(o) for o in options]))
+    if count is None:
+        return items
+    random.Random(seed).shuffle(items)
+    return items[:count]
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+@dataclass
 class Question:
-    """One multiple-choice question: its options in the order shown and the retrieved memories."""
+    """One multiple-choice question: its options in the order shown and the memories that go with it."""
 
     question: str
     options: list[str]
@@ -69,11 +122,18 @@ def channel_pass(q: Question, memory: bool) -> list[tuple[Prompt, str]]:
     return [(f"Answer: {option}\n", said) for option in q.options]
 
 
+def stated_pass(q: Question, memory: bool) -> list[tuple[Prompt, str]]:
+    """The option as the reply to one user turn that states the memories, then asks the question."""
+    chat = [{"role": "user", "content": "\n\n".join([*(q.facts if memory else []), q.question])}]
+    return [(chat, option) for option in q.options]
+
+
 # name -> (requests of one question, whether the pass differs with and without memories)
 PASSES: dict[str, tuple[Callable[[Question, bool], list[tuple[Prompt, str]]], bool]] = {
     "answer": (answer_pass, True),
     "prior": (prior_pass, False),
     "channel": (channel_pass, True),
+    "stated": (stated_pass, True),
 }
 
 
@@ -157,3 +217,19 @@ def scorer(name: str) -> Scorer:
 def accuracy(scores: np.ndarray, answers: list[int]) -> float:
     """Share of questions whose best-scored option is the right one (ties: the first option)."""
     return float(np.mean(scores.argmax(axis=1) == np.array(answers)))
+
+
+def choice_accuracy(model: TextModel, items: list[PrefEvalItem], seed: int = 0) -> float:
+    """Multiple choice by likelihood: the preference and question as the user's turn, each option
+    scored as the reply (mean log-prob per token), options shuffled; right when the top one is the
+    option that respects the preference."""
+    if not items:
+        return float("nan")
+    rng = random.Random(seed)
+    questions, answers = [], []
+    for item in items:
+        order = list(range(4))
+        rng.shuffle(order)
+        answers.append(order.index(0))
+        questions.append(Question(item.question, [item.options[i] for i in order], [item.preference]))
+    return accuracy(Passes(model, questions)("stated", True).mean, answers)

@@ -1,0 +1,239 @@
+"""`personalm avatar experiment`: does retrieval make an avatar sound like *this* person
+(studies.avatar_likeness), and does memory make it respect what the person said they prefer
+(studies.avatar_prefeval)? This module holds the settings, runs both parts and writes
+results.json, avatar.png and report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from personalm import report
+from personalm.avatars.api import AvatarMemory
+from personalm.avatars.ingest import memory_key
+from personalm.avatars.profile import display_name
+from personalm.avatars.sqlite_store import SQLiteStore
+from personalm.errors import PersonalmError
+from personalm.models.base import TextModel
+from personalm.studies.avatar_likeness import CONDITIONS, LABELS, likeness
+from personalm.studies.avatar_prefeval import prefeval
+
+
+@dataclass
+class ExperimentConfig:
+    data: Path
+    out: Path
+    model: str | None = None
+    persons: int = 0  # 0: every person with at least 3 speeches
+    memory_fraction: float = 0.75
+    memory_chunks: int = 300
+    classifier_chunks: int = 400
+    prompts_per_person: int = 4
+    exemplars: int = 3
+    max_tokens: int = 64
+    temperature: float = 0.5
+    prefeval_items: int = 100
+    prefeval_validation_items: int = 100
+    distractors: int = 50
+    seed: int = 0
+    prefeval_only: bool = False  # reuse the likeness part of OUT/results.json, rerun PrefEval only
+
+
+Log = Callable[[str], None]
+
+
+def work_dir(config: ExperimentConfig) -> Path:
+    """Caches under OUT/.cache so a re-run resumes: generations (keyed by model, prompt and
+    sampling) are shared; the memory store is one per setting that decides what memories and
+    profiles hold, so a changed setting never mixes with an old one's memories."""
+    settings = [str(config.data), config.model, config.persons, config.memory_fraction, config.memory_chunks]
+    work = config.out / ".cache" / memory_key("memory", json.dumps(settings))[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    (config.out / ".cache" / ".gitignore").write_text("*\n")
+    return work
+
+
+def earlier_likeness(config: ExperimentConfig) -> tuple[dict, dict]:
+    """The likeness part of the results.json already in config.out, and how that run was made
+    (carried over from run to run, so it always names the run that computed it)."""
+    path = config.out / "results.json"
+    if not path.is_file():
+        raise PersonalmError("--prefeval-only needs an earlier results.json with the likeness part", source=str(path))
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PersonalmError(f"not readable JSON ({err})", source=str(path)) from None
+    like = old.get("likeness") if isinstance(old, dict) else None
+    if not isinstance(like, dict) or "attribution_acc_rag" not in like:
+        raise PersonalmError(
+            "no likeness part (expected a 'likeness' object from `avatar experiment`)", source=str(path)
+        )
+    made = old.get("likeness_run") or {
+        k: old.get(k) for k in ("model", "config", "seed", "versions", "machine", "seconds")
+    }
+    if made.get("seed") != config.seed or (made.get("config") or {}).get("model") != config.model:
+        raise PersonalmError(
+            f"the likeness part was made with seed {made.get('seed')} and model {(made.get('config') or {}).get('model')};"
+            " rerun without --prefeval-only to change them",
+            source=str(path),
+        )
+    return like, made
+
+
+def run(
+    config: ExperimentConfig,
+    log: Log = lambda m: None,
+    model: TextModel | None = None,
+    memory: AvatarMemory | None = None,
+) -> dict:
+    """Both experiments (or PrefEval only, the likeness part taken from the results.json already
+    there); writes results.json, avatar.png and report.html into config.out. Generations are cached
+    there, so a killed run resumes (a given model/memory is used as is)."""
+    from personalm.provenance import machine, versions
+    from personalm.models import load_model
+
+    if config.distractors < 10:
+        raise PersonalmError(f"--distractors {config.distractors}: use at least 10")
+    earlier = earlier_likeness(config) if config.prefeval_only else None
+    config.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    work = work_dir(config)
+    if model is None:
+        model = load_model(config.model or "smollm2-135m-instruct", cache=config.out / ".cache" / "generations.db")
+    if memory is None:
+        memory = AvatarMemory(SQLiteStore(work / "memory.db", 384))
+    try:
+        like = earlier[0] if earlier else likeness(config, model, memory, log)
+        pref = prefeval(config, model, memory, log)
+    finally:
+        memory.close()
+        model.close()
+    results = {
+        "attribution_acc_rag": like["attribution_acc_rag"],
+        "attribution_acc_norag": like["attribution_acc_norag"],
+        "attribution_acc_profile": like["attribution_acc_profile"],
+        "attribution_acc_real": like["attribution_acc_real"],
+        "similarity_rag": like["similarity_rag"],
+        "similarity_norag": like["similarity_norag"],
+        "similarity_profile": like["similarity_profile"],
+        "rag_copy_rate": like["rag_copy_rate"],
+        "prefeval_acc_memory": pref["prefeval_acc_memory"],
+        "prefeval_acc_nomemory": pref["prefeval_acc_nomemory"],
+        "retrieval_recall_at_5": pref["retrieval_recall_at_5"],
+        "chance_attribution": 1.0 / like["persons"],
+        "chance_prefeval": 0.25,
+        "likeness": like,
+        "prefeval": pref,
+        "model": model.model_id,
+        "embedder": memory.embedder.name,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "seed": config.seed,
+        "versions": versions("personalm", "torch", "transformers", "sentence-transformers", "scikit-learn", "numpy"),
+        "machine": machine(),
+        "seconds": round(time.time() - started, 1),
+    }
+    if earlier:
+        results["likeness_run"] = earlier[1]
+    report.write_json(config.out / "results.json", results)
+    plot(results, config.out / "avatar.png")
+    write_report(results, config.out / "report.html")
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    fig, axes = report.figure(3, width=13)
+    names = [LABELS[c] for c in CONDITIONS]
+    colors = ["#2b6cb0", "#a0aec0", "#68a063"]
+    acc = [results[f"attribution_acc_{c}"] for c in CONDITIONS]
+    axes[0].bar(names, acc, color=colors)
+    axes[0].axhline(results["chance_attribution"], ls="--", c="k", lw=1, label="chance")
+    axes[0].axhline(results["attribution_acc_real"], ls=":", c="r", lw=1, label="real held-out text")
+    axes[0].set_title("attributed to the right person")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(names, [results[f"similarity_{c}"] for c in CONDITIONS], color=colors)
+    axes[1].set_title("MiniLM similarity to the real passage")
+    axes[2].bar(["with memory", "without"], [results["prefeval_acc_memory"], results["prefeval_acc_nomemory"]],
+                color=[colors[0], colors[1]])  # fmt: skip
+    axes[2].axhline(0.25, ls="--", c="k", lw=1)
+    axes[2].set_title(f"PrefEval test accuracy (recall@5 {results['retrieval_recall_at_5']:.2f})")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
+    report.save_figure(fig, path)
+
+
+def headline_rows(results: dict) -> list[tuple[str, str, str]]:
+    rows = [
+        (LABELS[c], f"{results[f'attribution_acc_{c}']:.3f}", f"{results[f'similarity_{c}']:.3f}") for c in CONDITIONS
+    ]
+    return rows + [("real held-out passages", f"{results['attribution_acc_real']:.3f}", "1.000")]
+
+
+def write_report(results: dict, path: Path) -> Path:
+    like, pref = results["likeness"], results["prefeval"]
+    split = pref["split"]
+    headline = [
+        {"answers by": a, "attribution accuracy": b, "similarity to real passage": c}
+        for a, b, c in headline_rows(results)
+    ]
+    per_person = [
+        {"person": p, "prompts": r["prompts"]} | {LABELS[c]: r[f"acc_{c}"] for c in CONDITIONS}
+        for p, r in like["per_person"].items()
+    ]
+    examples = [
+        {"person": display_name(e["person"]), "date": e["date"], "cue": e["cue"], "real": e["reference"]}
+        | {LABELS[c]: e[c] for c in CONDITIONS}
+        for e in like["examples"]
+    ]
+    parts = [
+        report.paragraph(
+            f"Model {results['model']}, embedder {results['embedder']}, seed {results['seed']}, "
+            f"{like['persons']} persons, {like['prompts']} held-out prompts, {pref['items']} PrefEval "
+            f"questions, {results['seconds']} s"
+            + (
+                f" (PrefEval only; the likeness part is from an earlier run of {results['likeness_run']['seconds']} s)."
+                if "likeness_run" in results
+                else "."
+            )
+        ),
+        report.image(path.with_name("avatar.png"), "attribution accuracy, similarity and PrefEval accuracy"),
+        report.section(
+            f"Likeness (chance {results['chance_attribution']:.3f})",
+            report.table(headline),
+            report.paragraph(
+                "Share of the RAG answers' word 8-grams copied from the retrieved exemplars: "
+                f"{results['rag_copy_rate']:.3f}."
+            ),
+        ),
+        report.section(
+            "Preference memory (PrefEval, chance 0.25)",
+            report.paragraph(
+                f"Test: {split['test']['items']} questions (seed {split['test']['seed']}); every choice below was "
+                f"made on {split['validation']['items']} validation questions (seed {split['validation']['seed']}) "
+                f"that share no question and no preference with the test questions. Retrieval: {pref['fusion']['label']}; "
+                f"option scorer with memory: {pref['scorers']['chosen_memory']}, without: "
+                f"{pref['scorers']['chosen_nomemory']} (the best of each condition on validation)."
+            ),
+            report.table(
+                [
+                    {
+                        "test: with memory": results["prefeval_acc_memory"],
+                        "test: without memory": results["prefeval_acc_nomemory"],
+                        "test: retrieval recall@5": results["retrieval_recall_at_5"],
+                    }
+                ]
+            ),
+            report.paragraph("Option scorers on validation:"),
+            report.table(pref["scorers"]["validation"]),
+            report.paragraph("Reciprocal-rank fusion on validation (retrieval of the stated preference):"),
+            report.table(pref["fusion"]["validation"]),
+        ),
+        report.section("Per person (attribution accuracy)", report.table(per_person)),
+        report.section("Examples", report.table(examples)),
+    ]
+    settings = {"config": results["config"], "seed": results["seed"], "versions": results["versions"]}
+    return report.write_page(path, "Personal avatars: likeness and preference memory", parts, settings)

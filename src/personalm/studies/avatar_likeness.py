@@ -1,0 +1,258 @@
+"""Likeness, the first half of `personalm avatar experiment`: does retrieval make an avatar sound
+like *this* person?
+
+Per person, memory = speeches before a date cutoff (the first `memory_fraction` of them by date);
+prompts = opening sentences of passages from the later, held-out speeches. Three answers per prompt
+from the same model: avatar with retrieval (profile + verbatim exemplars), no retrieval (name only),
+profile only. A stylometric classifier (character n-gram TF-IDF + logistic regression) trained on
+the memory-period text of all persons attributes every answer to a person; we report attribution
+accuracy and MiniLM similarity to the real continuation, plus how much of the RAG answers is copied
+from the retrieved exemplars (8-gram overlap), so a copying avatar cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from personalm.avatars.adapter_data import continue_message
+from personalm.avatars.api import AvatarMemory
+from personalm.avatars.chat import system_prompt
+from personalm.avatars.chunking import Chunking, chunk_text, sentences
+from personalm.avatars.ingest import memory_key
+from personalm.avatars.profile import clean_profile, display_name, keyword_profile, profile_prompt
+from personalm.avatars.retrieval import Recall, hybrid_search
+from personalm.avatars.sources import DATE_PREFIX, read_source
+from personalm.avatars.store import NewMemory, Profile, SourceRecord
+from personalm.errors import PersonalmError
+from personalm.models.base import SamplingParams, TextModel
+
+if TYPE_CHECKING:
+    from personalm.studies.avatar_experiment import ExperimentConfig, Log
+
+CONDITIONS = ("rag", "norag", "profile")
+LABELS = {"rag": "avatar with retrieval", "norag": "same model, no retrieval", "profile": "profile only"}
+
+
+@dataclass
+class Prompt:
+    person: str
+    cue: str
+    reference: str
+    date: str
+
+
+def speech_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.txt") if DATE_PREFIX.match(p.name))
+
+
+def split_person(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Memory = the first `fraction` of the speeches by date (at least one held out)."""
+    cut = min(len(files) - 1, max(1, math.ceil(len(files) * fraction)))
+    return files[:cut], files[cut:]
+
+
+def spread(items: list, n: int) -> list:
+    """n items spread evenly over the list (all of them when it is shorter)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def person_chunks(files: list[Path], chunking: Chunking) -> list[tuple[str, float | None]]:
+    out = []
+    for path in files:
+        source = read_source(path, set())
+        out.extend((chunk, turn.ts) for turn in source.turns if turn.own for chunk in chunk_text(turn.text, chunking))
+    return out
+
+
+def held_out_prompts(person: str, files: list[Path], n: int, rng: random.Random) -> list[Prompt]:
+    """Passages of the held-out speeches: the first sentence is the cue, the rest the reference."""
+    candidates = []
+    for path in files:
+        for chunk, _ in person_chunks([path], Chunking(400, 0.0)):
+            parts = sentences(chunk)
+            if len(parts) >= 2 and 40 <= len(parts[0]) <= 200 and len(" ".join(parts[1:])) >= 120:
+                candidates.append(Prompt(person, parts[0], " ".join(parts[1:]), path.name[:10]))
+    return rng.sample(candidates, min(n, len(candidates)))
+
+
+def passage_turns(recall: Recall) -> tuple[list[dict], Recall]:
+    """Retrieved passages as worked examples of the task (cue → the person's own continuation),
+    and the one-sentence ones left to quote in the system prompt."""
+    turns, quotes = [], []
+    for hit in recall.exemplars:
+        parts = sentences(hit.memory.text)
+        if len(parts) < 2:
+            quotes.append(hit)
+            continue
+        turns += [
+            {"role": "user", "content": continue_message(parts[0])},
+            {"role": "assistant", "content": " ".join(parts[1:])},
+        ]
+    return turns, Recall(exemplars=quotes)
+
+
+def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def copy_rate(output: str, sources: list[str]) -> float:
+    """Fraction of the output's word 8-grams found verbatim in the sources."""
+    grams = ngrams(output)
+    if not grams:
+        return 0.0
+    pool = set().union(*(ngrams(s) for s in sources)) if sources else set()
+    return len(grams & pool) / len(grams)
+
+
+def train_attributor(texts: list[str], labels: list[str], seed: int):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    classifier = make_pipeline(
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2, max_features=300_000),
+        LogisticRegression(max_iter=2000, C=10.0, random_state=seed),
+    )
+    return classifier.fit(texts, labels)
+
+
+def build_memories(memory: AvatarMemory, persons: dict[str, list[Path]], config: ExperimentConfig, log: Log) -> None:
+    """Each person's memory-period chunks (evenly spread, capped) into their avatar; a person
+    already stored with the same settings is skipped, so a re-run resumes."""
+    for person, files in persons.items():
+        key = memory_key("experiment", f"{person}:{[p.name for p in files]}:{config.memory_chunks}")
+        if memory.store.has_source(person, key):
+            continue
+        chunks = spread(person_chunks(files, Chunking()), config.memory_chunks)
+        log(f"memory: embedding {len(chunks)} chunks of {person}")
+        vectors = memory.embed([c for c, _ in chunks])
+        memories = [
+            NewMemory("utterance", c, memory_key("utterance", c), v, source=key, ts=ts)
+            for (c, ts), v in zip(chunks, vectors, strict=True)
+        ]
+        memory.store.add(person, memories, SourceRecord(key, str(files[0].parent), len(memories)))
+
+
+def write_profiles(memory: AvatarMemory, persons: list[str], model: TextModel, seed: int) -> dict[str, str]:
+    """Text-to-persona profiles of all persons in one batch (stored with each avatar)."""
+    from personalm.avatars.profile import sample_utterances
+
+    profiles = {}
+    todo = [p for p in persons if memory.store.get_profile(p) is None]
+    samples = {p: sample_utterances(memory, p) for p in todo}
+    replies = model.generate(
+        [[{"role": "user", "content": profile_prompt(display_name(p), samples[p], [])}] for p in todo],
+        SamplingParams(max_tokens=160, seed=seed),
+    )
+    for person, reply in zip(todo, replies, strict=True):
+        text = clean_profile(reply.text, display_name(person))
+        profile = Profile(
+            text or keyword_profile(display_name(person), samples[person], []),
+            memory.count(person),
+            extra={"model": model.model_id, "facts": 0, "from_model": text is not None},
+        )
+        memory.store.set_profile(person, profile)
+    for person in persons:
+        profiles[person] = memory.store.get_profile(person).text
+    return profiles
+
+
+def answer_prompt(condition: str, prompt: Prompt, profile: str, recall: Recall) -> list[dict]:
+    """The chat each condition sends: the avatar (profile + retrieved passages as few-shot turns),
+    the bare model told whom to be, or the profile alone."""
+    who = display_name(prompt.person)
+    ask = {"role": "user", "content": continue_message(prompt.cue)}
+    if condition == "rag":
+        turns, quotes = passage_turns(recall)
+        return [{"role": "system", "content": system_prompt(who, profile, quotes)}, *turns, ask]
+    return [
+        {"role": "system", "content": system_prompt(who, profile if condition == "profile" else None, Recall())},
+        ask,
+    ]
+
+
+def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log) -> dict:
+    rng = random.Random(config.seed)
+    root = config.data / "speeches"
+    if not root.is_dir():
+        raise PersonalmError("speeches folder not found (set --data or PERSONALM_DATA)", source=str(root))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and len(speech_files(p)) >= 3)
+    if config.persons:
+        folders = folders[: config.persons]
+    if len(folders) < 2:
+        raise PersonalmError("need at least two persons with three or more speeches each", source=str(root))
+    split = {f.name: split_person(speech_files(f), config.memory_fraction) for f in folders}
+    build_memories(memory, {p: mem for p, (mem, _) in split.items()}, config, log)
+
+    log("likeness: training the stylometric attributor on memory-period text")
+    texts, labels = [], []
+    for person, (mem_files, _) in split.items():
+        chunks = spread([c for c, _ in person_chunks(mem_files, Chunking())], config.classifier_chunks)
+        texts += chunks
+        labels += [person] * len(chunks)
+    attributor = train_attributor(texts, labels, config.seed)
+
+    prompts = [
+        p for person, (_, held) in split.items() for p in held_out_prompts(person, held, config.prompts_per_person, rng)
+    ]
+    log(f"likeness: {len(prompts)} held-out prompts from {len(split)} persons; writing profiles")
+    profiles = write_profiles(memory, list(split), model, config.seed)
+    recalls = []
+    for prompt in prompts:
+        vector = memory.embed([prompt.cue])[0]
+        hits = hybrid_search(memory.store, prompt.person, prompt.cue, vector, config.exemplars, ("utterance",))
+        recalls.append(Recall(exemplars=hits))
+    params = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=0.9, seed=config.seed)
+    outputs: dict[str, list[str]] = {}
+    for condition in CONDITIONS:
+        log(f"likeness: generating {len(prompts)} answers ({LABELS[condition]})")
+        batch = [answer_prompt(condition, p, profiles[p.person], r) for p, r in zip(prompts, recalls, strict=True)]
+        # An answer that repeats the cue would be credited with the real person's words: cut it.
+        outputs[condition] = [
+            g.text.replace(p.cue, " ").strip() for g, p in zip(model.generate(batch, params), prompts, strict=True)
+        ]
+
+    truth = [p.person for p in prompts]
+    references = [p.reference for p in prompts]
+    ref_vectors = memory.embed(references)
+    result: dict = {"persons": len(split), "prompts": len(prompts), "per_person": {}}
+    real_pred = attributor.predict(references)
+    result["attribution_acc_real"] = float(np.mean(real_pred == np.array(truth)))
+    for condition in CONDITIONS:
+        texts_out = [o or "." for o in outputs[condition]]
+        predicted = attributor.predict(texts_out)
+        correct = predicted == np.array(truth)
+        similarity = np.sum(memory.embed(texts_out) * ref_vectors, axis=1)
+        result[f"attribution_acc_{condition}"] = float(correct.mean())
+        result[f"similarity_{condition}"] = float(similarity.mean())
+        for person in split:
+            mask = np.array(truth) == person
+            if mask.any():
+                row = result["per_person"].setdefault(person, {"prompts": int(mask.sum())})
+                row[f"acc_{condition}"] = float(correct[mask].mean())
+                row[f"sim_{condition}"] = float(similarity[mask].mean())
+    result["rag_copy_rate"] = float(
+        np.mean(
+            [copy_rate(o, [h.memory.text for h in r.exemplars]) for o, r in zip(outputs["rag"], recalls, strict=True)]
+        )
+    )
+    result["examples"] = [
+        {"person": p.person, "date": p.date, "cue": p.cue, "reference": p.reference[:300],
+         **{c: outputs[c][i] for c in CONDITIONS}}
+        for i, p in enumerate(prompts[:: max(1, len(prompts) // 6)][:6])
+    ]  # fmt: skip
+    result["split"] = {
+        p: {"memory_speeches": len(m), "held_out_speeches": len(h), "cutoff": h[0].name[:10]}
+        for p, (m, h) in split.items()
+    }
+    return result
