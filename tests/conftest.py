@@ -1,15 +1,24 @@
-"""Shared fixtures."""
+"""Shared fixtures: the CLI runner, the real models, a llama.cpp server, a deterministic embedder."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
+import json
+import os
+import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from personalm.errors import PersonalmError
@@ -86,3 +95,102 @@ def embedder():
     from personalm.models.embedder import Embedder
 
     return Embedder()
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit {self.returncode}\n--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}"
+
+
+class Cli:
+    """The `personalm` CLI as a user meets it: exit code, stdout and stderr.
+
+    `run` starts it in a subprocess (it inherits PYTHONPATH, so it runs the checkout under test);
+    `invoke` calls `main` in this process, where a test's monkeypatches apply."""
+
+    command = (sys.executable, "-c", "from personalm.cli.app import main; main()")
+    timeout_s = 600  # generous: the machine has 2 cores that other test runs may share
+
+    def env(self, **overrides: str | None) -> dict[str, str]:
+        """This process's environment, offline, with `overrides` set (None removes a variable)."""
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        for key, value in overrides.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def run(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        stdin: bytes | str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> CliResult:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        proc = subprocess.run(
+            [*self.command, *args],
+            cwd=cwd,
+            input=data,
+            stdin=None if data is not None else subprocess.DEVNULL,
+            capture_output=True,
+            env=env or self.env(),
+            timeout=timeout or self.timeout_s,
+        )
+        return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+    def json(self, *args: str, cwd: Path | None = None, timeout: float | None = None) -> dict:
+        """The JSON a `--json` command prints last, after checking it exited 0 (else its stderr tail)."""
+        done = self.run(*args, cwd=cwd, timeout=timeout)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def invoke(self, *args: str) -> CliResult:
+        from personalm.cli.app import main
+
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else int(done.code is not None)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def cli() -> Cli:
+    return Cli()
+
+
+class WordHashEmbedder:
+    """Bag of hashed words, L2-normalized: texts sharing words are close. Deterministic and
+    instant, for tests of the logic around embeddings (the real MiniLM is tested elsewhere)."""
+
+    name = "word-hash-512"
+
+    def __init__(self, dimension: int = 512) -> None:
+        self.dimension = dimension
+
+    def embed(self, texts: Sequence[str], progress=None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimension] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if progress:
+            progress(len(texts))
+        return out / np.where(norms == 0, 1, norms)
+
+
+@pytest.fixture
+def word_hash_embedder() -> Callable[..., WordHashEmbedder]:
+    """Makes a `WordHashEmbedder` (512 dimensions unless told)."""
+    return WordHashEmbedder

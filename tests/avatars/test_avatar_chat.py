@@ -117,8 +117,7 @@ def test_smoke_real_model_chat_and_fact_extraction(memory, embedded_model, tmp_p
     assert any("London" in m.text for m in memory.list("ada", kind="fact"))
 
 
-def test_demo_step_builds_an_avatar_and_chats(tmp_path):
-    from avatar_support import WordHashEmbedder
+def test_demo_step_builds_an_avatar_and_chats(tmp_path, word_hash_embedder):
     from rich.console import Console
 
     from personalm.demo import avatars as demo
@@ -131,7 +130,7 @@ def test_demo_step_builds_an_avatar_and_chats(tmp_path):
         "Tomatoes, by the wall.",  # second answer
         "- none",  # facts of the second message
     ]
-    demo.run(console, ScriptedModel(*replies), tmp_path, WordHashEmbedder())
+    demo.run(console, ScriptedModel(*replies), tmp_path, word_hash_embedder())
     text = console.export_text()
     assert "ingested 3 files: 3 new memories" in text and "profile: Mara Keel is a patient sailor" in text
     assert "memory ADD: I started keeping bees." in text and "Mara Keel: Tomatoes, by the wall." in text

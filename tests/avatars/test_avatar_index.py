@@ -7,7 +7,6 @@ import sqlite3
 
 import numpy as np
 import pytest
-from avatar_support import DIM, unit
 
 from personalm.avatars import memory_index
 from personalm.avatars.memory_index import MemoryIndex, Tokenizer
@@ -24,12 +23,12 @@ DOCS = [
 ]
 
 
-def test_bm25_scores_equal_fts5():
+def test_bm25_scores_equal_fts5(unit):
     """Same ranking function and statistics as SQLite FTS5's bm25 (k1 1.2, b 0.75)."""
     db = sqlite3.connect(":memory:")
     db.execute("CREATE VIRTUAL TABLE t USING fts5(text, tokenize='porter unicode61')")
     db.executemany("INSERT INTO t (rowid, text) VALUES (?, ?)", [(i + 1, d) for i, d in enumerate(DOCS)])
-    index = MemoryIndex(DIM, Tokenizer())
+    index = MemoryIndex(unit.dim, Tokenizer())
     index.add(list(range(1, len(DOCS) + 1)), [0] * len(DOCS), DOCS, np.stack([unit(i) for i in range(len(DOCS))]))
     for query in ("quick brown", "morning quiet park", "dogs", "friend"):
         terms = Tokenizer().query(query)
@@ -40,11 +39,11 @@ def test_bm25_scores_equal_fts5():
         np.testing.assert_allclose([s for _, s in ours], [s for _, s in fts], rtol=1e-5)
 
 
-def random_units(n: int, seed: int) -> np.ndarray:
+def random_units(n: int, seed: int, dim: int) -> np.ndarray:
     """Clustered unit vectors (like sentence embeddings), so nearest neighbours mean something."""
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((32, DIM))
-    vectors = centers[rng.integers(32, size=n)] + 0.5 * rng.standard_normal((n, DIM))
+    centers = rng.standard_normal((32, dim))
+    vectors = centers[rng.integers(32, size=n)] + 0.5 * rng.standard_normal((n, dim))
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -53,15 +52,15 @@ def small_ann(monkeypatch):
     monkeypatch.setattr(memory_index, "ANN_MIN_ROWS", 400)
 
 
-def test_ivf_path_recall_deletes_updates_and_kinds(small_ann):
+def test_ivf_path_recall_deletes_updates_and_kinds(small_ann, unit):
     n = 3000
-    vectors = random_units(n, 0)
+    vectors = random_units(n, 0, unit.dim)
     kinds = [i % 4 == 0 for i in range(n)]  # every fourth row is a fact (kind 1)
-    index = MemoryIndex(DIM, Tokenizer())
+    index = MemoryIndex(unit.dim, Tokenizer())
     ids = list(range(10, 10 + n))
     index.add(ids, [int(f) for f in kinds], [f"memory {i}" for i in ids], vectors)
     assert index._ann is not None
-    queries = random_units(50, 1)
+    queries = random_units(50, 1, unit.dim)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     recall = np.mean([len({i - 10 for i, _ in index.vector_search(q, 10, [0, 1])} & set(e)) / 10
                       for q, e in zip(queries, exact, strict=True)])  # fmt: skip
@@ -82,9 +81,9 @@ def mem(text: str, vector: np.ndarray, kind: str = "utterance") -> NewMemory:
     return NewMemory(kind=kind, text=text, key=f"{kind}:{text}", embedding=vector)
 
 
-def test_ivf_store_keeps_avatars_apart(tmp_path, small_ann):
-    store = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
-    vectors = random_units(1200, 2)
+def test_ivf_store_keeps_avatars_apart(tmp_path, small_ann, unit):
+    store = SQLiteStore(tmp_path / "memory.db", dimension=unit.dim)
+    vectors = random_units(1200, 2, unit.dim)
     ada = store.add("ada", [mem(f"ada says {i}", v) for i, v in enumerate(vectors[:600])])
     bob = store.add("bob", [mem(f"bob says {i}", v) for i, v in enumerate(vectors[600:])])
     for vector in vectors[:20]:
@@ -94,11 +93,11 @@ def test_ivf_store_keeps_avatars_apart(tmp_path, small_ann):
     store.close()
 
 
-def test_index_follows_changes_committed_by_another_connection(tmp_path, small_ann):
+def test_index_follows_changes_committed_by_another_connection(tmp_path, small_ann, unit):
     """Two stores on one file stand for two processes: each search sees every committed change."""
-    writer = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
-    reader = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
-    vectors = random_units(700, 3)
+    writer = SQLiteStore(tmp_path / "memory.db", dimension=unit.dim)
+    reader = SQLiteStore(tmp_path / "memory.db", dimension=unit.dim)
+    vectors = random_units(700, 3, unit.dim)
     ids = writer.add("ada", [mem(f"line {i} about rivers", v) for i, v in enumerate(vectors[:500])])
     assert reader.vector_search("ada", vectors[7], 1)[0][0] == ids[7]
     more = writer.add("ada", [mem(f"line {i} about mountains", v) for i, v in enumerate(vectors[500:], 500)])
@@ -121,9 +120,9 @@ def test_index_follows_changes_committed_by_another_connection(tmp_path, small_a
     reader.close()
 
 
-def test_store_rebuilds_after_many_deletes(tmp_path, small_ann):
-    store = SQLiteStore(tmp_path / "memory.db", dimension=DIM)
-    vectors = random_units(800, 4)
+def test_store_rebuilds_after_many_deletes(tmp_path, small_ann, unit):
+    store = SQLiteStore(tmp_path / "memory.db", dimension=unit.dim)
+    vectors = random_units(800, 4, unit.dim)
     ids = store.add("ada", [mem(f"row {i}", v) for i, v in enumerate(vectors)])
     store.vector_search("ada", vectors[0], 1)
     store.delete("ada", ids[:400])

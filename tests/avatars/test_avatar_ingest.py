@@ -4,28 +4,24 @@ and a real SIGKILL of `personalm avatar ingest` leaving a consistent store."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
 import pytest
-from avatar_support import WordHashEmbedder
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chunking import Chunking, chunk_text
 from personalm.avatars.sqlite_store import SQLiteStore
-from personalm.cli.app import main
 from personalm.errors import PersonalmError
 from personalm.paths import data_dir
 
 
 @pytest.fixture
-def memory(tmp_path):
-    embedder = WordHashEmbedder()
+def memory(tmp_path, word_hash_embedder):
+    embedder = word_hash_embedder()
     memory = AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
     yield memory
     memory.close()
@@ -139,15 +135,13 @@ def test_bad_sources_fail_clearly_and_keep_what_was_stored(memory, tmp_path, nam
     assert texts(memory) == ["Kept words."]  # nothing of the failed run, all of the earlier one
 
 
-def test_cli_error_is_one_line_exit_2(tmp_path, capsys):
+def test_cli_error_is_one_line_exit_2(tmp_path, cli):
     (tmp_path / "x.docx").write_bytes(b"PK")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["avatar", "ingest", "ada", str(tmp_path / "x.docx"), "--store", str(tmp_path / "m.db")])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and err.count("\n") == 0 and "x.docx: unknown format" in err
-    with pytest.raises(SystemExit):
-        main(["avatar", "ingest", "../bad", str(tmp_path), "--store", str(tmp_path / "m.db")])
-    assert "avatar name" in capsys.readouterr().err
+    result = cli.invoke("avatar", "ingest", "ada", str(tmp_path / "x.docx"), "--store", str(tmp_path / "m.db"))
+    err = result.stderr.strip()
+    assert result.returncode == 2 and err.count("\n") == 0 and "x.docx: unknown format" in err
+    bad_name = cli.invoke("avatar", "ingest", "../bad", str(tmp_path), "--store", str(tmp_path / "m.db"))
+    assert bad_name.returncode != 0 and "avatar name" in bad_name.stderr
 
 
 def test_real_speeches_folder(memory):
@@ -161,17 +155,15 @@ def test_real_speeches_folder(memory):
 
 
 @pytest.mark.slow
-def test_sigkill_during_ingest_leaves_a_consistent_store(tmp_path):
+def test_sigkill_during_ingest_leaves_a_consistent_store(tmp_path, cli):
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(40):
         body = " ".join(f"File {i} sentence {j} talks about topic {i * 31 + j}." for j in range(12))
         (folder / f"{i:03d}.txt").write_text(body)
     db = tmp_path / "m.db"
-    cmd = [sys.executable, "-c", "from personalm.cli.app import main; main()", "avatar", "ingest", "ada", str(folder),
-           "--store", str(db), "--chunk-chars", "80", "--no-profile"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = ["avatar", "ingest", "ada", str(folder), "--store", str(db), "--chunk-chars", "80", "--no-profile"]
+    process = subprocess.Popen([*cli.command, *args], env=cli.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     committed = 0
     while committed < 3:
@@ -195,7 +187,7 @@ def test_sigkill_during_ingest_leaves_a_consistent_store(tmp_path):
         per_source = dict(probe.execute("SELECT source, COUNT(*) FROM memories GROUP BY source").fetchall())
     assert per_source == {s.key: s.memories for s in sources}  # whole files only
     store.close()
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    rerun = cli.run(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert f"({len(sources)} already ingested)" in rerun.stderr
     store = SQLiteStore(db, 384)
@@ -203,36 +195,22 @@ def test_sigkill_during_ingest_leaves_a_consistent_store(tmp_path):
     assert store.count("ada") == sum(s.memories for s in store.sources("ada"))
 
 
-def cli(*args: str) -> int:
-    """Run the CLI in-process; returns its exit code."""
-    try:
-        main(list(args))
-    except SystemExit as done:
-        return int(done.code or 0)
-    return 0
-
-
-def test_cli_list_and_forget(tmp_path, capsys):
-    class Embedder384(WordHashEmbedder):
-        dimension = 384
-
+def test_cli_list_and_forget(tmp_path, cli, word_hash_embedder):
     store = tmp_path / "m.db"
-    memory = AvatarMemory(SQLiteStore(store, 384), Embedder384())
+    memory = AvatarMemory(SQLiteStore(store, 384), word_hash_embedder(384))
     (tmp_path / "a.txt").write_text("First words. " + "Second words here, and more of them to fill a chunk. " * 8)
     memory.ingest("ada", [tmp_path / "a.txt"])
     memory.remember("ada", "I prefer green tea.")
     memory.close()
-    cli("avatar", "list", "--store", str(store), "--json")
-    assert json.loads(capsys.readouterr().out) == {"avatar": "ada", "memories": 3, "facts": 1}
-    cli("avatar", "list", "ada", "--kind", "fact", "--store", str(store), "--json")
-    fact = json.loads(capsys.readouterr().out)
+    assert json.loads(cli.invoke("avatar", "list", "--store", str(store), "--json").stdout) == {
+        "avatar": "ada", "memories": 3, "facts": 1}  # fmt: skip
+    fact = json.loads(cli.invoke("avatar", "list", "ada", "--kind", "fact", "--store", str(store), "--json").stdout)
     assert fact["text"] == "I prefer green tea." and fact["kind"] == "fact"
-    cli("avatar", "forget", "ada", str(fact["id"]), "--store", str(store))
-    assert "1 memories deleted" in capsys.readouterr().err
-    assert cli("avatar", "forget", "ada", "--store", str(store)) == 2 and "give memory ids" in capsys.readouterr().err
-    cli("avatar", "forget", "ada", "--all", "--store", str(store))
-    cli("avatar", "list", "--store", str(store), "--json")
-    assert capsys.readouterr().out == ""
+    assert "1 memories deleted" in cli.invoke("avatar", "forget", "ada", str(fact["id"]), "--store", str(store)).stderr
+    refused = cli.invoke("avatar", "forget", "ada", "--store", str(store))
+    assert refused.returncode == 2 and "give memory ids" in refused.stderr
+    cli.invoke("avatar", "forget", "ada", "--all", "--store", str(store))
+    assert cli.invoke("avatar", "list", "--store", str(store), "--json").stdout == ""
 
 
 def test_sft_data_export(memory, tmp_path):

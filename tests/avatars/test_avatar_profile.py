@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from avatar_support import WordHashEmbedder
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.profile import (
@@ -34,8 +33,8 @@ class ScriptedModel(TextModel):
 
 
 @pytest.fixture
-def memory(tmp_path):
-    embedder = WordHashEmbedder()
+def memory(tmp_path, word_hash_embedder):
+    embedder = word_hash_embedder()
     yield AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
 
 

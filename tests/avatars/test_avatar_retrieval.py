@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from avatar_support import BACKENDS, DIM, WordHashEmbedder, make_store
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.ingest import memory_key
@@ -12,17 +11,17 @@ from personalm.avatars.retrieval import PLAIN_RRF, Fusion, hybrid_search, rrf
 from personalm.avatars.store import NewMemory
 from personalm.errors import PersonalmError
 
-EMBEDDER = WordHashEmbedder()
+DIM = 64  # of the hand-built vectors of the fusion test
 
 
-@pytest.fixture(params=BACKENDS)
-def memory(request, tmp_path):
-    for store in make_store(request.param, tmp_path, EMBEDDER.dimension):
-        yield AvatarMemory(store, EMBEDDER)
+@pytest.fixture
+def memory(make_store, word_hash_embedder):
+    embedder = word_hash_embedder()
+    return AvatarMemory(make_store(embedder.dimension), embedder)
 
 
 def add(memory, avatar, text, kind="utterance", ts=None):
-    vector = EMBEDDER.embed([text])[0]
+    vector = memory.embedder.embed([text])[0]
     return memory.store.add(avatar, [NewMemory(kind, text, memory_key(kind, text), vector, ts=ts)])[0]
 
 
@@ -48,9 +47,9 @@ def at_cosine(c: float, axis: int) -> np.ndarray:
     return vector
 
 
-@pytest.fixture(params=BACKENDS)
-def store(request, tmp_path):
-    yield from make_store(request.param, tmp_path, DIM)
+@pytest.fixture
+def store(make_store):
+    return make_store(DIM)
 
 
 def test_fusion_weights_change_the_order(store):

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from avatar_support import BACKENDS, DIM, make_store, unit
 
 from personalm.avatars.store import NewMemory, Profile, SourceRecord
 from personalm.errors import PersonalmError
 
 
-@pytest.fixture(params=BACKENDS)
-def store(request, tmp_path):
-    yield from make_store(request.param, tmp_path)
+@pytest.fixture
+def store(make_store, unit):
+    return make_store(unit.dim)
 
 
-def mem(text: str, seed: int, kind: str = "utterance", **kw) -> NewMemory:
-    return NewMemory(kind=kind, text=text, key=f"{kind}:{text}", embedding=unit(seed), **kw)
+@pytest.fixture
+def mem(unit):
+    def make(text: str, seed: int, kind: str = "utterance", **kw) -> NewMemory:
+        return NewMemory(kind=kind, text=text, key=f"{kind}:{text}", embedding=unit(seed), **kw)
+
+    return make
 
 
 TEXTS = [
@@ -27,7 +30,7 @@ TEXTS = [
 ]
 
 
-def test_add_is_idempotent_by_key_and_records_sources(store):
+def test_add_is_idempotent_by_key_and_records_sources(store, mem):
     ids = store.add("ada", [mem(t, i) for i, t in enumerate(TEXTS)], SourceRecord("src1", "a.txt", 4))
     assert len(ids) == 4 and store.count("ada") == 4
     assert store.add("ada", [mem(TEXTS[0], 0), mem("A new line.", 9)]) != []
@@ -37,7 +40,7 @@ def test_add_is_idempotent_by_key_and_records_sources(store):
     assert [m.text for m in store.get("ada", ids[:2])] == TEXTS[:2]
 
 
-def test_keyword_and_vector_search(store):
+def test_keyword_and_vector_search(store, mem, unit):
     ids = store.add("ada", [mem(t, i) for i, t in enumerate(TEXTS)])
     hits = store.keyword_search("ada", "When do we go to the moon?", 3)
     assert hits[0][0] == ids[0]
@@ -47,7 +50,7 @@ def test_keyword_and_vector_search(store):
     assert dense[0][1] >= dense[1][1]
 
 
-def test_kind_filter(store):
+def test_kind_filter(store, mem, unit):
     ids = store.add("ada", [mem(TEXTS[3], 3, kind="fact"), mem(TEXTS[0], 0)])
     assert [i for i, _ in store.vector_search("ada", unit(3), 5, kinds=["utterance"])] == [ids[1]]
     assert [i for i, _ in store.keyword_search("ada", "tea morning", 5, kinds=["fact"])] == [ids[0]]
@@ -56,7 +59,7 @@ def test_kind_filter(store):
         store.vector_search("ada", unit(3), 5, kinds=["secret"])
 
 
-def test_strict_isolation_between_avatars(store):
+def test_strict_isolation_between_avatars(store, mem, unit):
     ada = store.add("ada", [mem(t, i) for i, t in enumerate(TEXTS)])
     bob = store.add("bob", [mem("Bob likes the moon too.", 0)])
     assert all(i in ada for i, _ in store.vector_search("ada", unit(0), 10))
@@ -70,7 +73,7 @@ def test_strict_isolation_between_avatars(store):
     assert store.avatar_names() == ["ada"]
 
 
-def test_update_and_delete_are_seen_by_searches(store):
+def test_update_and_delete_are_seen_by_searches(store, mem, unit):
     ids = store.add("ada", [mem(t, i) for i, t in enumerate(TEXTS)])
     store.vector_search("ada", unit(0), 1)  # warm any cache
     assert store.update("ada", ids[3], "I prefer black coffee now.", "fact:coffee", unit(42))
@@ -84,14 +87,14 @@ def test_update_and_delete_are_seen_by_searches(store):
     np.testing.assert_allclose(store.embeddings("ada", [ids[3]])[0], unit(42), atol=1e-5)
 
 
-def test_update_onto_existing_text_removes_the_old_row(store):
+def test_update_onto_existing_text_removes_the_old_row(store, mem, unit):
     ids = store.add("ada", [mem(TEXTS[0], 0), mem(TEXTS[1], 1)])
     assert store.update("ada", ids[1], TEXTS[0], f"utterance:{TEXTS[0]}", unit(0))
     assert store.count("ada") == 1
 
 
-def test_failed_add_leaves_nothing(store):
-    bad = NewMemory(kind="utterance", text="bad", key="bad", embedding=np.ones(DIM + 1, dtype=np.float32))
+def test_failed_add_leaves_nothing(store, mem, unit):
+    bad = NewMemory(kind="utterance", text="bad", key="bad", embedding=np.ones(unit.dim + 1, dtype=np.float32))
     with pytest.raises(PersonalmError, match="dimensions"):
         store.add("ada", [mem(TEXTS[0], 0), bad], SourceRecord("s", "x", 2))
     assert store.count("ada") == 0 and not store.has_source("ada", "s")
@@ -110,10 +113,10 @@ def test_bad_avatar_names_are_refused(store):
             store.count(name)
 
 
-def test_sqlite_sees_writes_of_another_connection(tmp_path):
+def test_sqlite_sees_writes_of_another_connection(tmp_path, mem, unit):
     from personalm.avatars.sqlite_store import SQLiteStore
 
-    reader, writer = SQLiteStore(tmp_path / "m.db", DIM), SQLiteStore(tmp_path / "m.db", DIM)
+    reader, writer = SQLiteStore(tmp_path / "m.db", unit.dim), SQLiteStore(tmp_path / "m.db", unit.dim)
     ids = writer.add("ada", [mem(TEXTS[0], 0)])
     assert reader.vector_search("ada", unit(0), 1)[0][0] == ids[0]
     more = writer.add("ada", [mem(TEXTS[1], 1)])

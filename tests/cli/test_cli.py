@@ -1,4 +1,4 @@
-"""The real `personalm` console script, run as a subprocess: outputs, caching, and user errors.
+"""The `personalm` CLI run as a subprocess, as a user runs it: outputs, caching, and user errors.
 
 Every user error must end as exit code 2 with exactly one `error: ...` line on stderr, no
 traceback, and no half-written output. The commands that fail before any model loads run
@@ -8,60 +8,24 @@ concurrently in one module-scoped fixture (each in its own folder) to keep this 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-PERSONALM = Path(sys.executable).parent / "personalm"
+if TYPE_CHECKING:
+    from conftest import Cli, CliResult as Result
+
 MODEL_NAME = "smollm2-135m-instruct"
-TIMEOUT_S = 600  # generous: the machine has 2 cores that other test runs may share
 OLD_CONTENT = b'{"old": "output, must survive a failed run"}\n'
 ROW_KEYS = {"id", "prompt", "output", "finish_reason", "prompt_tokens", "completion_tokens", "model_id", "params"}
-
-
-def cli_env(**overrides: str | None) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def __str__(self) -> str:
-        return f"exit {self.returncode}\n--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}"
-
-
-def run_cli(*args: str, cwd: Path, stdin: bytes | str | None = None, env: dict[str, str] | None = None) -> Result:
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    proc = subprocess.run(
-        [str(PERSONALM), *args],
-        cwd=cwd,
-        input=data,
-        stdin=None if data is not None else subprocess.DEVNULL,
-        capture_output=True,
-        env=env or cli_env(),
-        timeout=TIMEOUT_S,
-    )
-    decode = lambda b: b.decode("utf-8", errors="replace")  # noqa: E731
-    return Result(proc.returncode, decode(proc.stdout), decode(proc.stderr))
 
 
 def ok(result: Result) -> Result:
@@ -250,7 +214,7 @@ class CaseRun:
     result: Result
 
 
-def _run_case(root: Path, name: str, case: Case) -> CaseRun:
+def _run_case(cli: Cli, root: Path, name: str, case: Case) -> CaseRun:
     folder = root / name
     folder.mkdir()
     port = str(closed_port())
@@ -268,17 +232,17 @@ def _run_case(root: Path, name: str, case: Case) -> CaseRun:
     if case.existing_output:
         (folder / case.existing_output).write_bytes(OLD_CONTENT)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    result = run_cli(*case.args, cwd=folder, stdin=case.stdin, env=cli_env(**case.env))
+    result = cli.run(*case.args, cwd=folder, stdin=case.stdin, env=cli.env(**case.env))
     return CaseRun(case, folder, before, result)
 
 
 @pytest.fixture(scope="module")
-def light_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CaseRun | Result]:
+def light_runs(tmp_path_factory: pytest.TempPathFactory, cli: Cli) -> dict[str, CaseRun | Result]:
     root = tmp_path_factory.mktemp("cli-light")
     jobs: dict[str, Callable[[], CaseRun | Result]] = {
-        name: (lambda name=name, case=case: _run_case(root, name, case)) for name, case in ERROR_CASES.items()
+        name: (lambda name=name, case=case: _run_case(cli, root, name, case)) for name, case in ERROR_CASES.items()
     }
-    jobs |= {name: (lambda args=args: run_cli(*args, cwd=root)) for name, args in LIGHT_COMMANDS.items()}
+    jobs |= {name: (lambda args=args: cli.run(*args, cwd=root)) for name, args in LIGHT_COMMANDS.items()}
     # The unreachable endpoint spends most of its time in retry back-off: start it first.
     order = sorted(jobs, key=lambda name: name != "generate-openai-unreachable")
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -333,8 +297,8 @@ def test_bench_rejects_zero_prompts(light_runs: dict) -> None:
 
 
 @pytest.mark.slow
-def test_models_info(tmp_path: Path) -> None:
-    info = json.loads(ok(run_cli("models", "info", cwd=tmp_path)).stdout)
+def test_models_info(tmp_path: Path, cli: Cli) -> None:
+    info = json.loads(ok(cli.run("models", "info", cwd=tmp_path)).stdout)
     assert info["architecture"] == "llama"
     assert info["engine"] == "llama-kernel"
     assert info["model_id"].startswith(f"local:{MODEL_NAME}@")
@@ -357,9 +321,9 @@ def _check_rows(rows: list[dict], max_tokens: int) -> None:
 
 
 @pytest.mark.slow
-def test_generate_text_file_then_stdin_with_stop(tmp_path: Path) -> None:
+def test_generate_text_file_then_stdin_with_stop(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "prompts.txt").write_text(THREE_PROMPTS, encoding="utf-8")
-    result = ok(run_cli("generate", "prompts.txt", "-o", "out.jsonl", "--max-tokens", "8", "--no-cache", cwd=tmp_path))
+    result = ok(cli.run("generate", "prompts.txt", "-o", "out.jsonl", "--max-tokens", "8", "--no-cache", cwd=tmp_path))
     assert result.stdout.strip() == ""  # the rows go to the file, not stdout
     rows = jsonl((tmp_path / "out.jsonl").read_text(encoding="utf-8"))
     assert len(rows) == 3
@@ -373,7 +337,7 @@ def test_generate_text_file_then_stdin_with_stop(tmp_path: Path) -> None:
     assert len(words) >= 3, rows[0]
     stop = " " + words[2]
     result = ok(
-        run_cli("generate", "-", "--max-tokens", "8", "--no-cache", "--stop", stop, cwd=tmp_path, stdin=THREE_PROMPTS)
+        cli.run("generate", "-", "--max-tokens", "8", "--no-cache", "--stop", stop, cwd=tmp_path, stdin=THREE_PROMPTS)
     )
     cut = jsonl(result.stdout)
     assert len(cut) == 3
@@ -392,7 +356,7 @@ def test_generate_text_file_then_stdin_with_stop(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_generate_jsonl_to_parquet_with_raw_and_system(tmp_path: Path) -> None:
+def test_generate_jsonl_to_parquet_with_raw_and_system(tmp_path: Path, cli: Cli) -> None:
     """--raw makes a text row a plain prompt; --system goes before chat rows that lack one."""
     lines = [
         {"id": "plain", "prompt": "The capital of France is"},
@@ -404,7 +368,7 @@ def test_generate_jsonl_to_parquet_with_raw_and_system(tmp_path: Path) -> None:
     ]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     args = ["generate", "prompts.jsonl", "-o", "out/gen.parquet", "--max-tokens", "4", "--no-cache"]
-    ok(run_cli(*args, "--raw", "--system", "You are terse.", cwd=tmp_path))
+    ok(cli.run(*args, "--raw", "--system", "You are terse.", cwd=tmp_path))
     table = pq.read_table(tmp_path / "out" / "gen.parquet")
     assert set(table.column_names) == ROW_KEYS
     rows = table.to_pylist()
@@ -420,7 +384,7 @@ def test_generate_jsonl_to_parquet_with_raw_and_system(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_generation_cache_makes_reruns_identical(tmp_path: Path) -> None:
+def test_generation_cache_makes_reruns_identical(tmp_path: Path, cli: Cli) -> None:
     """Two runs on one PERSONALM_HOME: the second is served from the cache and matches the first.
 
     One cached record is altered in between, to prove the second run really reads the cache.
@@ -433,11 +397,11 @@ def test_generation_cache_makes_reruns_identical(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
     (home / "models" / MODEL_NAME).symlink_to(real.resolve(), target_is_directory=True)
-    env = cli_env(PERSONALM_HOME=str(home))
+    env = cli.env(PERSONALM_HOME=str(home))
     (tmp_path / "prompts.txt").write_text(THREE_PROMPTS, encoding="utf-8")
     args = ["generate", "prompts.txt", "--max-tokens", "6"]
 
-    ok(run_cli(*args, "-o", "first.jsonl", cwd=tmp_path, env=env))
+    ok(cli.run(*args, "-o", "first.jsonl", cwd=tmp_path, env=env))
     first = jsonl((tmp_path / "first.jsonl").read_text(encoding="utf-8"))
     _check_rows(first, 6)
     database = home / "cache" / "generations.sqlite"
@@ -450,7 +414,7 @@ def test_generation_cache_makes_reruns_identical(tmp_path: Path) -> None:
         db.execute("UPDATE generations SET record = ? WHERE key = ?", (json.dumps(altered), key))
     db.close()
 
-    ok(run_cli(*args, "-o", "second.jsonl", cwd=tmp_path, env=env))
+    ok(cli.run(*args, "-o", "second.jsonl", cwd=tmp_path, env=env))
     second = jsonl((tmp_path / "second.jsonl").read_text(encoding="utf-8"))
     assert second[0]["output"] == "served from the cache"
     assert second[1:] == first[1:]
@@ -461,11 +425,11 @@ def test_generation_cache_makes_reruns_identical(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_embed_parquet_and_npy(tmp_path: Path) -> None:
+def test_embed_parquet_and_npy(tmp_path: Path, cli: Cli) -> None:
     texts = ["A cat sits on the mat.", "Stock markets fell today.", "A kitten rests on a rug."]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
 
-    ok(run_cli("embed", "texts.txt", "-o", "e.parquet", cwd=tmp_path))
+    ok(cli.run("embed", "texts.txt", "-o", "e.parquet", cwd=tmp_path))
     rows = pq.read_table(tmp_path / "e.parquet").to_pylist()
     assert [row["text"] for row in rows] == texts
     assert [row["id"] for row in rows] == ["1", "2", "3"]
@@ -475,7 +439,7 @@ def test_embed_parquet_and_npy(tmp_path: Path) -> None:
     similarity = table @ table.T
     assert similarity[0, 2] > similarity[0, 1]  # cat/kitten closer than cat/markets
 
-    ok(run_cli("embed", "texts.txt", "-o", "e.npy", cwd=tmp_path))
+    ok(cli.run("embed", "texts.txt", "-o", "e.npy", cwd=tmp_path))
     matrix = np.load(tmp_path / "e.npy")
     assert matrix.shape == (3, 384)
     assert matrix.dtype == np.float32
@@ -489,9 +453,9 @@ BENCH_KEYS = {
 
 
 @pytest.mark.slow
-def test_bench_generate_json(tmp_path: Path) -> None:
+def test_bench_generate_json(tmp_path: Path, cli: Cli) -> None:
     args = ["bench", "generate", "--prompts", "2", "--max-tokens", "4", "--no-llamacpp", "--json"]
-    result = ok(run_cli(*args, cwd=tmp_path))
+    result = ok(cli.run(*args, cwd=tmp_path))
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert BENCH_KEYS <= set(summary)
     assert summary["llamacpp_tok_s"] is None
@@ -504,7 +468,7 @@ def test_bench_generate_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_mixed_user_and_line_ids_write_parquet(tmp_path: Path) -> None:
+def test_mixed_user_and_line_ids_write_parquet(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "Say hi."}\n{"prompt": "Say bye."}\n', encoding="utf-8")
-    ok(run_cli("generate", "p.jsonl", "-o", "out.parquet", "--max-tokens", "4", "--no-cache", cwd=tmp_path))
+    ok(cli.run("generate", "p.jsonl", "-o", "out.parquet", "--max-tokens", "4", "--no-cache", cwd=tmp_path))
     assert [row["id"] for row in pq.read_table(tmp_path / "out.parquet").to_pylist()] == ["a", "2"]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_support import CLI, cli_json
 
 from personalm.errors import PersonalmError
 from personalm.perce.contrast import PerContrast, selected, supervised_logits
@@ -152,17 +150,17 @@ def test_loss_registry_builds_perce_with_its_bounds():
 
 def _sft(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        *CLI, "train", "sft", str(data), "-o", str(out),
+        "train", "sft", str(data), "-o", str(out),
         "--max-steps", "2", "--batch-size", "2", "--max-len", "96", *extra,
     ]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_train_perce_logs_the_weight_distribution_and_rejects_bad_input(tmp_path):
+def test_train_perce_logs_the_weight_distribution_and_rejects_bad_input(tmp_path, cli):
     data = tmp_path / "d.jsonl"
     rows = [{"persona": PERSONA, "messages": CHAT}, {"persona": "I am a firefighter in Boston.", "messages": CHAT}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = subprocess.run(_sft(data, tmp_path / "a", "--loss", "perce"), capture_output=True, text=True, timeout=600)
+    run = cli.run(*_sft(data, tmp_path / "a", "--loss", "perce"))
     assert run.returncode == 0, run.stderr[-2000:]
     log = [json.loads(line) for line in open(tmp_path / "a" / "train_log.jsonl")]
     assert len(log) == 2
@@ -179,17 +177,17 @@ def test_train_perce_logs_the_weight_distribution_and_rejects_bad_input(tmp_path
         ((data, tmp_path / "c", "--loss", "perce", "--clip-min", "6"), "--clip-min 6.0 must not exceed --clip-max 5.0"),
         ((data, tmp_path / "d", "--loss", "focal"), "unknown loss 'focal'"),
     ):
-        bad = subprocess.run(_sft(*args), capture_output=True, text=True, timeout=300)
+        bad = cli.run(*_sft(*args), timeout=300)
         assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-1000:]
 
 
 @pytest.mark.slow
-def test_bench_perce_reports_the_step_time_ratio():
+def test_bench_perce_reports_the_step_time_ratio(cli):
     from personalm.paths import data_dir
 
     if not (data_dir() / "persona_chat" / "valid.csv").is_file():
         pytest.skip("persona-chat data not found (set PERSONALM_DATA)")
-    result = cli_json("bench", "perce", "--batch-size", "1", "--repeats", "1", "--max-len", "64", "--json")
+    result = cli.json("bench", "perce", "--batch-size", "1", "--repeats", "1", "--max-len", "64", "--json")
     assert result["step_time_ratio"] == pytest.approx(result["perce_step_s"] / result["ce_step_s"], rel=0.01)
     assert result["batch_size"] == 1 and result["ce_step_s"] > 0
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_support import run_cli
 
 from personalm.errors import PersonalmError
 from personalm.paths import data_dir
@@ -95,7 +94,7 @@ def test_sweep_table_compares_clip_bounds_with_ce_on_the_sweep_seed(tmp_path):
     assert ExperimentConfig(out="o", data="x", seeds=2, sweep=()).fingerprint() == config.fingerprint()
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, cli):
     bad = tmp_path / "rows.jsonl"
     bad.write_text(json.dumps({"persona": "p", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
     nopersona = tmp_path / "np.jsonl"
@@ -110,13 +109,13 @@ def test_cli_errors_are_one_line(tmp_path):
         (("perce", "experiment", "--sweep", "1:x", "-o", str(tmp_path / "r")), "--sweep: expected m:M pairs"),
         (("perce", "experiment", "--sweep", "3:1", "-o", str(tmp_path / "r")), "m must not exceed M"),
     ):
-        run = run_cli(*args, timeout=300)
+        run = cli.run(*args, timeout=300)
         assert run.returncode == 2, (args, run.stderr[-1500:])
         assert needle in run.stderr and "Traceback" not in run.stderr, run.stderr[-1500:]
 
 
 @pytest.mark.slow
-def test_explain_prints_colours_json_and_writes_a_heatmap(tmp_path):
+def test_explain_prints_colours_json_and_writes_a_heatmap(tmp_path, cli):
     args = (
         "explain",
         "--persona",
@@ -126,11 +125,11 @@ def test_explain_prints_colours_json_and_writes_a_heatmap(tmp_path):
         "--response",
         "My cat Whiskers.",
     )
-    run = run_cli(*args, "--html", str(tmp_path / "h.html"), timeout=300)
+    run = cli.run(*args, "--html", str(tmp_path / "h.html"), timeout=300)
     assert run.returncode == 0, run.stderr[-1500:]
     assert "highest PIR:" in run.stdout and "Whiskers" in run.stdout
     assert "PIR +" in (tmp_path / "h.html").read_text()
-    as_json = json.loads(run_cli(*args, "--json", timeout=300).stdout.splitlines()[0])
+    as_json = json.loads(cli.run(*args, "--json", timeout=300).stdout.splitlines()[0])
     assert len(as_json["tokens"]) == len(as_json["pir"]) > 3
     assert max(as_json["pir"]) == max(as_json["pir"][:4])
 

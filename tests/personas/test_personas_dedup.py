@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from personalm.cli.app import main
 from personalm.personas import embedding_stage, minhash_stage
 from personalm.personas.greedy import greedy_from_edges
 from personalm.personas.tokens import PUNCTUATION, token_sets, words
@@ -130,17 +130,7 @@ def test_lower_embedding_threshold_drops_more():
         embedding_stage.dedup(vectors, 0.3)
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_cli_dedup_writes_kept_rows_and_sidecar(tmp_path: Path, capsys):
+def test_cli_dedup_writes_kept_rows_and_sidecar(tmp_path: Path, cli):
     source = tmp_path / "in.jsonl"
     rows = [
         {"id": "a", "persona": "A retired nurse who volunteers at a hospice."},
@@ -148,8 +138,8 @@ def test_cli_dedup_writes_kept_rows_and_sidecar(tmp_path: Path, capsys):
         {"id": "c", "persona": "A software engineer who builds compilers."},
     ]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, out, err = run(
-        ["personas", "dedup", str(source), "-o", str(tmp_path / "out.parquet"), "--no-embedding"], capsys
+    code, out, err = astuple(
+        cli.invoke("personas", "dedup", str(source), "-o", str(tmp_path / "out.parquet"), "--no-embedding")
     )
     assert code == 0, err
     assert [r["id"] for r in pq.read_table(tmp_path / "out.parquet").to_pylist()] == ["a", "c"]
@@ -168,12 +158,12 @@ def test_cli_dedup_writes_kept_rows_and_sidecar(tmp_path: Path, capsys):
         ("dup.jsonl", b'{"id": 1, "persona": "a"}\n{"id": 1, "persona": "b"}\n', "dup.jsonl:2: duplicate id"),
     ],
 )
-def test_cli_dedup_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, name, content, expected):
+def test_cli_dedup_bad_input_is_one_line_exit_2(tmp_path: Path, cli, name, content, expected):
     source = tmp_path / name
     source.write_bytes(content)
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
-    code, _, err = run(["personas", "dedup", str(source), "-o", str(out), "--no-embedding"], capsys)
+    code, _, err = astuple(cli.invoke("personas", "dedup", str(source), "-o", str(out), "--no-embedding"))
     assert code == 2
     assert err.strip().count("\n") == 0 and expected in err
     assert out.read_text() == "old\n"

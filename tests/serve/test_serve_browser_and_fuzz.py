@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from soup_support import soups_folder
 
 from personalm.avatars.api import AvatarMemory
 from personalm.serve.app import create_app
@@ -41,7 +40,7 @@ def small_server(tmp_path_factory, embedded_model, embedder):
 
 
 @pytest.fixture(scope="module")
-def page_server(tmp_path_factory, embedded_model, embedder):
+def page_server(tmp_path_factory, embedded_model, embedder, soups_folder):
     """A server with soups (tiny random pole adapters) and an avatar with memories, for the page."""
     root = tmp_path_factory.mktemp("page")
     catalog = Catalog(slots=4, max_len=512)

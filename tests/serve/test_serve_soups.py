@@ -5,15 +5,10 @@ weights are 400s, and requests with different weights never see each other's mer
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from soup_support import soups_folder
 
 from personalm.models.base import SamplingParams
 from personalm.serve.app import create_app
@@ -65,13 +60,11 @@ def test_the_gate_never_mixes_weights_and_serves_them_in_arrival_order():
 
 
 @pytest.mark.parametrize(("make", "message"), [(None, "soups folder not found"), ("empty", "no pole adapters")])
-def test_serve_refuses_a_bad_soups_folder_in_one_line(tmp_path, make, message):
+def test_serve_refuses_a_bad_soups_folder_in_one_line(tmp_path, make, message, cli):
     folder = tmp_path / "soups"
     if make:
         folder.mkdir()
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    command = [str(Path(sys.executable).parent / "personalm"), "serve", "--soups", str(folder), "--port", "9"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    proc = cli.run("serve", "--soups", str(folder), "--port", "9", timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -100,7 +93,7 @@ def test_a_cancelled_waiter_leaves_the_gate_usable():
 
 
 @pytest.fixture(scope="module")
-def soup_server(tmp_path_factory, embedded_model, embedder):
+def soup_server(tmp_path_factory, embedded_model, embedder, soups_folder):
     root = soups_folder(embedded_model.model, tmp_path_factory.mktemp("soups"), POLES)
     catalog = Catalog(slots=4, max_len=256)
     catalog.attach(BASE, embedded_model)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_support import cli_json
 from safetensors.torch import load_file
 
 from personalm.errors import PersonalmError
@@ -221,9 +220,9 @@ def test_soups_train_with_our_trainer_writes_a_kept_adapter(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_dpo_runs_both_trainers_on_the_same_pairs(tmp_path):
+def test_bench_dpo_runs_both_trainers_on_the_same_pairs(tmp_path, cli):
     args = ["bench", "dpo", "--steps", "2", "--batch-size", "2", "--max-length", "96", "--threads", "1", "--json"]
-    summary = cli_json(*args, cwd=tmp_path)
+    summary = cli.json(*args, cwd=tmp_path)
     assert {"ours_pairs_s", "trl_pairs_s", "speedup", "ours_reward_accuracy", "trl_reward_accuracy"} <= set(summary)
     assert summary["ours_pairs_s"] > 0 and summary["trl_pairs_s"] > 0 and summary["pairs"] == 4
     assert summary["speedup"] == pytest.approx(summary["ours_pairs_s"] / summary["trl_pairs_s"], rel=0.02)

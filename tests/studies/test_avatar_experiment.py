@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from avatar_support import WordHashEmbedder
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.retrieval import Hit, Recall
@@ -115,9 +114,9 @@ def test_held_out_prompts_split_cue_and_reference(tmp_path):
     )
 
 
-def test_whole_run_on_synthetic_data(tmp_path):
+def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder):
     make_data(tmp_path / "data")
-    embedder = WordHashEmbedder()
+    embedder = word_hash_embedder()
     memory = AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
@@ -153,9 +152,9 @@ def test_prefeval_split_keeps_test_apart_and_fixed(tmp_path):
     assert all(c.options[c.answer] == c.item.options[0] for c in test + validation)
 
 
-def test_prefeval_only_reuses_the_likeness_part(tmp_path):
+def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder):
     make_data(tmp_path / "data")
-    embedder = WordHashEmbedder()
+    embedder = word_hash_embedder()
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
         prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, prefeval_only=True,

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from avatar_support import WordHashEmbedder
-from typer.testing import CliRunner
 
 from personalm.studies.bench import retrieval, retrieval_data
-from personalm.cli.app import app
 
 TOPICS = ["rivers", "taxes", "schools", "farms", "railroads", "soldiers", "tariffs", "harbors", "courts", "mines"]
 
@@ -30,14 +27,14 @@ def write_data(root) -> None:
                                 for i, t in enumerate(TOPICS)))  # fmt: skip
 
 
-def test_corpus_is_deterministic_and_tiles_the_unembedded(tmp_path, monkeypatch):
+def test_corpus_is_deterministic_and_tiles_the_unembedded(tmp_path, monkeypatch, word_hash_embedder):
     monkeypatch.setenv("PERSONALM_HOME", str(tmp_path / "home"))
     write_data(tmp_path / "data")
     calls = []
 
     def embed(texts):
         calls.append(len(texts))
-        return WordHashEmbedder().embed(texts)
+        return word_hash_embedder().embed(texts)
 
     first = retrieval_data.build(tmp_path / "data", 300, 10, 100, embed)
     second = retrieval_data.build(tmp_path / "data", 300, 10, 100, embed)
@@ -50,18 +47,15 @@ def test_corpus_is_deterministic_and_tiles_the_unembedded(tmp_path, monkeypatch)
     assert "fact" in first.kinds and "utterance" in first.kinds
 
 
-def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch):
+def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch, cli, word_hash_embedder):
     monkeypatch.setenv("PERSONALM_HOME", str(tmp_path / "home"))
     write_data(tmp_path / "data")
-    monkeypatch.setattr(retrieval, "_minilm", WordHashEmbedder().embed)
+    monkeypatch.setattr(retrieval, "_minilm", word_hash_embedder().embed)
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(
-        app,
-        ["bench", "retrieval", "--memories", "300", "--queries", "10", "--embedded", "100",
-         "--data", str(tmp_path / "data"), "--out", str(out), "--json"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    numbers = json.loads(result.output.strip().splitlines()[-1])
+    result = cli.invoke("bench", "retrieval", "--memories", "300", "--queries", "10", "--embedded", "100",
+                        "--data", str(tmp_path / "data"), "--out", str(out), "--json")  # fmt: skip
+    assert result.returncode == 0, str(result)
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
     assert numbers == json.loads(out.read_text())
     for key in ("hybrid_p95_ms", "chroma_p95_ms", "ingest_per_s", "chroma_ingest_per_s", "dense_recall_at_10",
                 "p95_ms", "peer_p95_ms", "dense_p95_ms", "hybrid_p50_ms", "chroma_p50_ms"):  # fmt: skip

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import pytest
 
-from personalm.cli.app import main
 from personalm.errors import PersonalmError
 from personalm.models.base import Generation, Prompt, SamplingParams, TextModel, TokenScores
 from personalm.synth import modes, parsers, run, tasks, verify
@@ -231,16 +230,15 @@ def test_math_verification_keeps_problems_with_two_agreeing_answers():
     assert out[2]["verification"]["answers"] == [] and not out[2]["verification"]["kept"]
 
 
-def _cli_error(capsys, *args: str) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        main(["synth", *args])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
+def _cli_error(cli, *args: str) -> str:
+    result = cli.invoke("synth", *args)
+    assert result.returncode == 2
+    err = result.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     return err
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_cli_errors(tmp_path, cli):
     personas = tmp_path / "p.jsonl"
     personas.write_text('{"persona": "A baker."}\n')
     no_column = tmp_path / "q.jsonl"
@@ -248,16 +246,16 @@ def test_cli_errors(tmp_path, capsys):
     template = tmp_path / "bad.j2"
     template.write_text("Hello {{ persona \n")
     out = str(tmp_path / "o.jsonl")
-    assert "unknown task 'poem'" in _cli_error(capsys, "-p", str(personas), "-t", "poem", "-o", out)
+    assert "unknown task 'poem'" in _cli_error(cli, "-p", str(personas), "-t", "poem", "-o", out)
     assert "bad.j2:1: template syntax error" in _cli_error(
-        capsys, "-p", str(personas), "-t", "custom", "--template", str(template), "-o", out
+        cli, "-p", str(personas), "-t", "custom", "--template", str(template), "-o", out
     )
-    assert "q.jsonl:1: expected column 'persona'" in _cli_error(capsys, "-p", str(no_column), "-t", "math", "-o", out)
+    assert "q.jsonl:1: expected column 'persona'" in _cli_error(cli, "-p", str(no_column), "-t", "math", "-o", out)
     assert "unknown mode 'two-shot'" in _cli_error(
-        capsys, "-p", str(personas), "-t", "math", "--mode", "two-shot", "-o", out
+        cli, "-p", str(personas), "-t", "math", "--mode", "two-shot", "-o", out
     )
-    assert "needs --demos" in _cli_error(capsys, "-p", str(personas), "-t", "math", "--mode", "few-shot", "-o", out)
-    assert "needs --personas" in _cli_error(capsys, "-t", "math")
+    assert "needs --demos" in _cli_error(cli, "-p", str(personas), "-t", "math", "--mode", "few-shot", "-o", out)
+    assert "needs --personas" in _cli_error(cli, "-t", "math")
     assert not (tmp_path / "o.jsonl").exists()
 
 

@@ -8,8 +8,6 @@ import pytest
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'personalm[ray]')")
 
-from personalm.cli.app import main  # noqa: E402
-
 pytestmark = pytest.mark.slow
 
 
@@ -21,7 +19,7 @@ def ray_session():
     ray.shutdown()
 
 
-def test_synth_on_ray_matches_local(ray_session, tmp_path, capsys):
+def test_synth_on_ray_matches_local(ray_session, tmp_path, cli):
     personas = tmp_path / "p.jsonl"
     personas.write_text(
         '{"id": "bee", "persona": "A beekeeper in Vermont"}\n{"id": "nurse", "persona": "A night-shift nurse"}\n'
@@ -30,22 +28,19 @@ def test_synth_on_ray_matches_local(ray_session, tmp_path, capsys):
     for engine in ("local", "ray"):
         out = tmp_path / f"{engine}.jsonl"
         args = ["synth", "-p", str(personas), "-t", "instruction", "-o", str(out), "--max-tokens", "12"]
-        with pytest.raises(SystemExit) as exit_:
-            main([*args, "--engine", engine, "--no-cache"])
-        assert exit_.value.code == 0
+        done = cli.invoke(*args, "--engine", engine, "--no-cache")
+        assert done.returncode == 0
         outputs[engine] = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["persona_id"] for r in outputs["ray"]] == ["bee", "nurse"]
     for local, remote in zip(outputs["local"], outputs["ray"], strict=True):
         assert remote["output"] == local["output"] and remote["model_id"] == local["model_id"]
         assert remote["sampling"] == local["sampling"] and remote["finish_reason"] == local["finish_reason"]
-    capsys.readouterr()
 
 
-def test_unknown_engine_is_a_clear_error(tmp_path, capsys):
+def test_unknown_engine_is_a_clear_error(tmp_path, cli):
     personas = tmp_path / "p.jsonl"
     personas.write_text('{"id": "a", "persona": "A sailor"}\n')
-    with pytest.raises(SystemExit) as exit_:
-        main(["synth", "-p", str(personas), "-t", "math", "-o", str(tmp_path / "o.jsonl"), "--engine", "spark"])
-    assert exit_.value.code == 2
-    assert "unknown engine 'spark'" in capsys.readouterr().err
+    done = cli.invoke("synth", "-p", str(personas), "-t", "math", "-o", str(tmp_path / "o.jsonl"), "--engine", "spark")
+    assert done.returncode == 2
+    assert "unknown engine 'spark'" in done.stderr
     assert not (tmp_path / "o.jsonl").exists()

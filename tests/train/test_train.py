@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_support import CLI, cli_json
 from safetensors.torch import load_file
 
 from personalm.errors import PersonalmError
@@ -98,19 +97,20 @@ def test_frozen_linear_matches_a_plain_linear_forward_and_backward(quant, tolera
 
 def _sft(data: Path, out: Path, *extra: str, steps: int = 6) -> list[str]:
     return [
-        *CLI, "train", "sft", str(data), "-o", str(out),
+        "train", "sft", str(data), "-o", str(out),
         "--max-steps", str(steps), "--batch-size", "4", "--max-len", "64", "--save-every", "2", "--seed", "3", *extra,
     ]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_adapter(tmp_path):
+def test_a_killed_run_resumes_to_the_same_adapter(tmp_path, cli):
     data = _write_chats(tmp_path / "d.jsonl", 16)
-    whole = subprocess.run(_sft(data, tmp_path / "whole", steps=10), capture_output=True, text=True, timeout=600)
+    whole = cli.run(*_sft(data, tmp_path / "whole", steps=10))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_sft(data, killed, steps=10), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [*cli.command, *_sft(data, killed, steps=10)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not list((killed / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
         assert proc.poll() is None, "training ended before it could be killed"
@@ -118,7 +118,7 @@ def test_a_killed_run_resumes_to_the_same_adapter(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "adapter_config.json").exists()
-    resumed = subprocess.run(_sft(data, killed, steps=10), capture_output=True, text=True, timeout=600)
+    resumed = cli.run(*_sft(data, killed, steps=10))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from step" in resumed.stderr
 
@@ -132,22 +132,22 @@ def test_a_killed_run_resumes_to_the_same_adapter(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_errors_and_a_trained_adapter_loads_for_generation(tmp_path):
+def test_cli_errors_and_a_trained_adapter_loads_for_generation(tmp_path, cli):
     from personalm.models.base import SamplingParams
     from personalm.models.registry import load_model
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    run = subprocess.run(_sft(bad, tmp_path / "x"), capture_output=True, text=True, timeout=300)
+    run = cli.run(*_sft(bad, tmp_path / "x"), timeout=300)
     assert run.returncode == 2 and "bad.jsonl:1: no assistant turn" in run.stderr and "Traceback" not in run.stderr
-    beta = subprocess.run(_sft(bad, tmp_path / "y", "--loss", "dpo", "--beta", "0"), capture_output=True, text=True)
+    beta = cli.run(*_sft(bad, tmp_path / "y", "--loss", "dpo", "--beta", "0"))
     assert beta.returncode == 2 and "--beta 0.0: must be positive" in beta.stderr and "Traceback" not in beta.stderr
 
     data = _write_chats(tmp_path / "d.jsonl", 8)
     out = tmp_path / "adapter"
-    ok = subprocess.run(_sft(data, out, "--quant", "int8"), capture_output=True, text=True, timeout=600)
+    ok = cli.run(*_sft(data, out, "--quant", "int8"))
     assert ok.returncode == 0, ok.stderr[-2000:]
-    again = subprocess.run(_sft(data, out), capture_output=True, text=True, timeout=300)
+    again = cli.run(*_sft(data, out), timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     model = load_model(adapter=out)
     text = model.generate([[{"role": "user", "content": "What is rain?"}]], SamplingParams(max_tokens=8))[0].text
@@ -156,8 +156,8 @@ def test_cli_errors_and_a_trained_adapter_loads_for_generation(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_train_runs_both_trainers_on_the_same_batch(tmp_path: Path) -> None:
+def test_bench_train_runs_both_trainers_on_the_same_batch(tmp_path: Path, cli) -> None:
     args = ["bench", "train", "--steps", "2", "--batch-size", "1", "--seq-len", "128", "--rank", "2", "--json"]
-    summary = cli_json(*args, cwd=tmp_path)
+    summary = cli.json(*args, cwd=tmp_path)
     assert {"ours_tok_s", "trl_tok_s", "speedup", "peak_fraction"} <= set(summary)
     assert summary["ours_tok_s"] > 0 and summary["trl_tok_s"] > 0 and 0 < summary["peak_fraction"] < 1

@@ -1,9 +1,11 @@
-"""Tiny random LoRA adapters on the embedded model, laid out like `personalm soups train` writes them."""
+"""Serve fixtures: tiny random LoRA pole adapters laid out as `personalm soups train` writes them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 TARGETS = ("q_proj", "v_proj")
@@ -28,9 +30,15 @@ def random_adapter(model, out: Path, seed: int, rank: int = 4, scale: float = 0.
     return out
 
 
-def soups_folder(model, root: Path, poles: list[str], pmorl: bool = True) -> Path:
+def build_soups_folder(model, root: Path, poles: list[str], pmorl: bool = True) -> Path:
     """One adapter per pole (and `pmorl`), each from its own seed."""
     names = [*poles, "pmorl"] if pmorl else poles
     for seed, name in enumerate(names, start=1):
         random_adapter(model, root / name, seed)
     return root
+
+
+@pytest.fixture(scope="session")
+def soups_folder() -> Callable[..., Path]:
+    """Writes a soups folder: `soups_folder(model, root, poles)` (module-scoped servers use it too)."""
+    return build_soups_folder
