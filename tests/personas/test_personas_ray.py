@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'personalm[ray]')")
 
+from personalm.executors import Executor  # noqa: E402
+from personalm.executors.ray import RayExecutor  # noqa: E402
 from personalm.models.registry import DEFAULT_MODEL  # noqa: E402
 from personalm.personas import mining  # noqa: E402
 from personalm.personas.dedup import DedupOptions, dedup_table  # noqa: E402
-from personalm.executors import Executor  # noqa: E402
-from personalm.executors.ray import RayExecutor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

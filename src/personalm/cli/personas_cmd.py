@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from personalm.progress import stderr
 from personalm.errors import PersonalmError
+from personalm.progress import stderr
 from personalm.tables import output_format
 
 app = typer.Typer(help="Persona Hub: text-to-persona, persona expansion, dedup, search, sample.", no_args_is_help=True)
@@ -40,8 +40,8 @@ def dedup(
     engine: str = ENGINE,
 ) -> None:
     """Two-stage near-duplicate removal; every dropped row names the kept row it duplicates."""
-    from personalm.personas.dedup import DedupOptions, dedup_table
     from personalm.executors import get_executor
+    from personalm.personas.dedup import DedupOptions, dedup_table
     from personalm.personas.io import read_personas, sidecar_path, write_table
 
     output_format(out)
@@ -172,9 +172,9 @@ def extract(
     engine: str = ENGINE,
 ) -> None:
     """Text-to-persona: who would read / write / like / dislike each text."""
+    from personalm.executors import get_executor
     from personalm.personas import mining
     from personalm.personas.corpus import read_corpus
-    from personalm.executors import get_executor
     from personalm.personas.prompts import VARIANTS
 
     output_format(out)
@@ -215,8 +215,8 @@ def expand(
     engine: str = ENGINE,
 ) -> None:
     """Persona-to-persona: who is close to each persona (colleague, family, caregiver, ...), N rounds."""
-    from personalm.personas import mining
     from personalm.executors import get_executor
+    from personalm.personas import mining
     from personalm.personas.io import read_personas
     from personalm.personas.prompts import RELATIONS
 

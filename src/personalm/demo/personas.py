@@ -9,9 +9,9 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from personalm.executors import Executor
 from personalm.models.base import TextModel
 from personalm.personas import diversity, mining
-from personalm.executors import Executor
 from personalm.personas.dedup import DedupOptions, dedup_table
 from personalm.tables import write_rows
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from personalm.provenance import versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
+from personalm.provenance import versions
 from personalm.train.data import Dataset, batch_tokens, bucketed_batches, collate, load_examples, load_pairs
 from personalm.train.frozen_base import freeze_base_layers
 from personalm.train.losses import contrast_of, get_loss, loss_units, needs_pairs, supervised_rows

@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 from scipy import sparse
 
-from personalm.studies.bench import dedup_data
-from personalm.personas import embedding_stage, minhash_stage
 from personalm.executors import Executor
+from personalm.personas import embedding_stage, minhash_stage
 from personalm.personas.greedy import Decision
 from personalm.personas.tokens import PUNCTUATION
+from personalm.studies.bench import dedup_data
 
 THRESHOLD = 0.9
 SAMPLE = 2000
