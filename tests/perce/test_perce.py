@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from personalm.errors import PersonalmError
-from personalm.perce.contrast import PerContrast, selected, supervised_logits
-from personalm.train.data import IGNORE, collate, load_examples, tokenize_contrast, with_persona, without_persona
-from personalm.train.losses import PerCELoss, cross_entropy, get_loss, perce_weights
+from personalm.perce.contrast import PerContrast, tokenize_contrast, without_persona
+from personalm.perce.loss import PerCELoss, perce_weights
+from personalm.train.data import IGNORE, collate, load_examples, with_persona
+from personalm.train.losses import contrast_of, cross_entropy, get_loss, selected, supervised_logits
 
 PERSONA = "I have a cat named Whiskers. Knitting is my passion."
 CHAT = [
@@ -50,7 +51,7 @@ def test_truncated_examples_keep_the_bare_rendering_aligned(tmp_path, tokenizer)
     long_reply = "Whiskers and I knit scarves every evening. " * 6
     rows = [{"persona": PERSONA, "messages": [CHAT[0], {"role": "assistant", "content": long_reply}]}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dataset = load_examples(path, tokenizer, 60, contrast=True)
+    dataset = load_examples(path, tokenizer, 60, contrast=tokenize_contrast)
     example = dataset.examples[0]
     assert dataset.truncated == 1 and len(example.input_ids) == 60
     kept = [t for t in example.labels if t != IGNORE]
@@ -64,7 +65,7 @@ def test_contrast_needs_a_persona_on_every_row(tmp_path, tokenizer):
     path.write_text(json.dumps({"persona": PERSONA, "messages": CHAT}) + "\n" + json.dumps({"messages": CHAT}) + "\n")
     assert len(load_examples(path, tokenizer, 256).examples) == 2
     with pytest.raises(PersonalmError, match=r"d\.jsonl:2: no 'persona' field"):
-        load_examples(path, tokenizer, 256, contrast=True)
+        load_examples(path, tokenizer, 256, contrast=PerCELoss.contrast)
     path.write_text(json.dumps({"persona": 3, "messages": CHAT}) + "\n")
     with pytest.raises(PersonalmError, match=r":1: 'persona' must be a non-empty string"):
         load_examples(path, tokenizer, 256)
@@ -142,6 +143,7 @@ def test_no_gradient_flows_through_the_weights():
 
 def test_loss_registry_builds_perce_with_its_bounds():
     loss = get_loss("perce", clip_min=0.5, clip_max=8.0)
+    assert isinstance(loss, PerCELoss) and contrast_of(loss) is tokenize_contrast
     assert (loss.clip_min, loss.clip_max) == (0.5, 8.0)
     assert get_loss("ce", clip_min=0.5) is cross_entropy
     with pytest.raises(PersonalmError, match="must not exceed"):

@@ -1,4 +1,4 @@
-"""The Ray Data engine on a local Ray instance gives the same results as the in-process engine."""
+"""The Ray Data executor on a local Ray instance gives the same results as the in-process executor."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'personalm[ray]')")
 
+from personalm.executors import Executor  # noqa: E402
+from personalm.executors.ray import RayExecutor  # noqa: E402
 from personalm.models.registry import DEFAULT_MODEL  # noqa: E402
 from personalm.personas import mining  # noqa: E402
 from personalm.personas.dedup import DedupOptions, dedup_table  # noqa: E402
-from personalm.executors import Engine  # noqa: E402
-from personalm.executors.ray import RayEngine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,21 +33,21 @@ PERSONAS = [
 
 
 @pytest.fixture(scope="module")
-def ray_engine():
+def ray_executor():
     import ray
 
-    engine = RayEngine()
-    yield engine
+    executor = RayExecutor()
+    yield executor
     ray.shutdown()
 
 
-def test_dedup_on_ray_matches_local(ray_engine):
+def test_dedup_on_ray_matches_local(ray_executor):
     rng = np.random.default_rng(0)
     texts = PERSONAS + [f"A {w} who collects {v} stamps" for w, v in rng.choice(["baker", "pilot", "judge"], (30, 2))]
     table = pa.table({"id": [str(i) for i in range(len(texts))], "persona": texts})
     options = DedupOptions(minhash_threshold=0.9, embedding_threshold=0.85)
-    local = dedup_table(table, options, Engine())
-    remote = dedup_table(table, options, ray_engine)
+    local = dedup_table(table, options, Executor())
+    remote = dedup_table(table, options, ray_executor)
     assert remote.kept.column("id").to_pylist() == local.kept.column("id").to_pylist()
     for column in ("id", "duplicate_of", "stage"):
         assert remote.dropped.column(column).to_pylist() == local.dropped.column(column).to_pylist()
@@ -55,11 +55,11 @@ def test_dedup_on_ray_matches_local(ray_engine):
     assert local.summary["dropped_minhash"] >= 3 and local.summary["dropped_embedding"] >= 1
 
 
-def test_extract_on_ray_matches_local(ray_engine, tmp_path: Path):
+def test_extract_on_ray_matches_local(ray_executor, tmp_path: Path):
     texts = [("bees", "Bees need water near the hive in summer."), ("tax", "File the VAT return by the 7th.")]
     options = mining.MiningOptions(max_tokens=20, temperature=0.0)
     results = []
-    for engine, cache in ((Engine(), tmp_path / "a.sqlite"), (ray_engine, tmp_path / "b.sqlite")):
-        with engine.generator(DEFAULT_MODEL, str(cache), None, 1) as (generate, model_id):
+    for executor, cache in ((Executor(), tmp_path / "a.sqlite"), (ray_executor, tmp_path / "b.sqlite")):
+        with executor.generator(DEFAULT_MODEL, str(cache), None, 1) as (generate, model_id):
             results.append(mining.extract(texts, generate, model_id, ("read",), options))
     assert json.dumps(results[0]) == json.dumps(results[1])

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from personalm.errors import PersonalmError
+from personalm.executors import ExecutorModel, get_executor
 from personalm.models.base import Generation, Prompt, SamplingParams, TextModel, TokenScores
 from personalm.synth import modes, parsers, run, tasks, verify
 from personalm.synth.modes import Demo
@@ -200,6 +201,20 @@ def test_synthesize_rows_and_summary():
     assert run.summary(rows)["valid_rate"] == 1.0
     with pytest.raises(PersonalmError, match="needs demonstrations"):
         run.synthesize(PERSONAS, tasks.get_task("math"), model, run.SynthOptions("few-shot"))
+
+
+def test_synthesis_runs_on_an_executors_batch_function():
+    """What `--engine ray` synthesizes with: an ExecutorModel over the executor's generate function."""
+    script = ScriptModel()
+    model = ExecutorModel(lambda batch, params: script.generate(batch, params), "script")
+    done = []
+    rows = run.synthesize(PERSONAS, tasks.get_task("instruction"), model, run.SynthOptions(), progress=done.append)
+    assert [r["persona_id"] for r in rows] == ["a", "b"] and all(r["valid"] for r in rows) and sum(done) == 2
+    assert model.generate([]) == [] and len(script.calls) == 1
+    with pytest.raises(PersonalmError, match="use --engine local"):
+        model.score([[{"role": "user", "content": "hi"}]], ["yes"])
+    with pytest.raises(PersonalmError, match="unknown engine 'spark'; expected one of local, ray"):
+        get_executor("spark")
 
 
 def test_dialogue_alternates_speakers_in_batched_turns():

@@ -1,4 +1,4 @@
-"""`personalm synth --engine ray` on a local Ray instance writes the same rows as the local engine."""
+"""`personalm synth --engine ray` on a local Ray instance writes the same rows as the local executor."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import personalm.train
 from personalm.errors import PersonalmError
 from personalm.train.data import IGNORE, load_examples, tokenize_chat
 from personalm.train.frozen_base import FrozenLinear
@@ -32,6 +34,18 @@ def _write_chats(path: Path, count: int = 16) -> Path:
 @pytest.fixture(scope="module")
 def tokenizer(embedded_model):
     return embedded_model.tokenizer
+
+
+def test_train_never_imports_perce():
+    """PerCE registers its loss into train's registry; no import statement in train reaches perce."""
+    imported = set()
+    for source in Path(personalm.train.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    assert imported and not [name for name in imported if name.startswith("personalm.perce")]
 
 
 def test_only_assistant_turns_are_supervised(tokenizer):

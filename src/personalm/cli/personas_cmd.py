@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from personalm.progress import stderr
 from personalm.errors import PersonalmError
+from personalm.progress import stderr
 from personalm.tables import output_format
 
 app = typer.Typer(help="Persona Hub: text-to-persona, persona expansion, dedup, search, sample.", no_args_is_help=True)
@@ -40,8 +40,8 @@ def dedup(
     engine: str = ENGINE,
 ) -> None:
     """Two-stage near-duplicate removal; every dropped row names the kept row it duplicates."""
+    from personalm.executors import get_executor
     from personalm.personas.dedup import DedupOptions, dedup_table
-    from personalm.executors import get_engine
     from personalm.personas.io import read_personas, sidecar_path, write_table
 
     output_format(out)
@@ -50,7 +50,7 @@ def dedup(
     except ValueError as err:
         raise PersonalmError(str(err)) from None
     table = read_personas(input, column)
-    result = dedup_table(table, options, get_engine(engine), column=column)
+    result = dedup_table(table, options, get_executor(engine), column=column)
     dropped_path = sidecar_path(out)
     write_table(dropped_path, result.dropped)
     write_table(out, result.kept)
@@ -172,9 +172,9 @@ def extract(
     engine: str = ENGINE,
 ) -> None:
     """Text-to-persona: who would read / write / like / dislike each text."""
+    from personalm.executors import get_executor
     from personalm.personas import mining
     from personalm.corpus import read_texts
-    from personalm.executors import get_engine
     from personalm.personas.prompts import VARIANTS
 
     output_format(out)
@@ -183,7 +183,7 @@ def extract(
         raise PersonalmError(f"--variant {bad[0]}: expected one of {', '.join(VARIANTS)}")
     options = _mining_options(granularity, max_tokens, temperature, seed, batch)
     texts = read_texts(corpus, column)
-    with get_engine(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
+    with get_executor(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
         rows, rejects = mining.extract(texts, generate, model_id, list(dict.fromkeys(variant)), options)
     rejects_path = _write_mined(out, rows, rejects)
     stderr.print(
@@ -215,8 +215,8 @@ def expand(
     engine: str = ENGINE,
 ) -> None:
     """Persona-to-persona: who is close to each persona (colleague, family, caregiver, ...), N rounds."""
+    from personalm.executors import get_executor
     from personalm.personas import mining
-    from personalm.executors import get_engine
     from personalm.personas.io import read_personas
     from personalm.personas.prompts import RELATIONS
 
@@ -227,7 +227,7 @@ def expand(
         row.setdefault("origin", "import")
         row["round"] = row.get("round") or 0
         seeds.append(row)
-    with get_engine(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
+    with get_executor(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
         grown, rejects = mining.expand(
             seeds, generate, model_id, rounds, fanout, relation or RELATIONS, options,
             on_round=lambda r, k: stderr.print(f"round {r}: {k} new personas", markup=False),

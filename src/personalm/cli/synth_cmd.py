@@ -74,9 +74,9 @@ def synth(
     """Synthesize one output per persona for a task; rows carry prompt, output, parsed fields and flags."""
     if ctx.invoked_subcommand is not None:
         return
+    from personalm.executors import get_executor
     from personalm.personas.io import read_personas
     from personalm.synth import modes, run
-    from personalm.synth.executor_model import synthesis_model
     from personalm.synth.verify import VerifyOptions
     from personalm.synth.verify import verify as verify_rows
 
@@ -92,7 +92,7 @@ def synth(
     options = run.SynthOptions(mode, tuple(constraint), max_tokens, temperature, seed=seed, turns=turns)
     demo_rows = modes.read_demos(demos) if demos is not None else []
     rows_in = read_personas(personas).to_pylist()[:limit]
-    with synthesis_model(engine, model, cache, api_key, concurrency) as loaded:
+    with get_executor(engine).text_model(model, cache, api_key, concurrency) as loaded:
         if hasattr(loaded, "chunk_size"):
             loaded.chunk_size = batch
         if mode == "persona-few-shot":

@@ -45,6 +45,7 @@ def sft(
     overwrite: bool = typer.Option(False, help="Train again over a finished adapter in OUT."),
 ) -> None:
     """Train a LoRA adapter; re-run the same command after a kill to resume."""
+    import personalm.perce  # noqa: F401 - registers --loss perce (train itself never imports perce)
     from personalm.train.loop import TrainConfig, train
     from personalm.train.losses import get_loss
 

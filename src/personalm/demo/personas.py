@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from personalm.eval import diversity
+from personalm.executors import Executor
 from personalm.models.base import TextModel
 from personalm.personas import mining
 from personalm.personas.dedup import DedupOptions, dedup_table
-from personalm.executors import Engine
 from personalm.tables import write_rows
 
 DEMO_TEXTS = [
@@ -41,18 +41,18 @@ def run(model: TextModel, out: Path, console: Console) -> None:
     for row in grown[:3]:
         console.print(f"  [cyan]{row['parent_id']}[/] -> {row['relation']}: {row['persona']}")
     everyone = personas + grown
+    executor = Executor()
     table = pa.Table.from_pylist([{"id": r["id"], "persona": r["persona"]} for r in everyone])
-    result = dedup_table(table, DedupOptions(embedding_threshold=0.8), Engine())
+    result = dedup_table(table, DedupOptions(embedding_threshold=0.8), executor)
     s = result.summary
     console.print(
         f"dedup: kept {s['kept_rows']} of {s['input_rows']} (MinHash dropped {s['dropped_minhash']}, "
         f"embeddings at cosine >= 0.8 dropped {s['dropped_embedding']})"
     )
-    engine = Engine()
     report = Table("set", "rows", "mean pairwise cosine", "distinct-2", "Vendi")
     for name, rows in (("all personas", table), ("after dedup", result.kept)):
         texts = rows.column("persona").to_pylist()
-        m = diversity.measure(texts, engine.embed(texts, None))
+        m = diversity.measure(texts, executor.embed(texts, None))
         report.add_row(name, str(m["rows"]), str(m["mean_pairwise_cosine"]), str(m["distinct_2"]), str(m["vendi"]))
     console.print(report)
     write_rows(out / "personas.jsonl", everyone)

@@ -1,8 +1,13 @@
-"""The Ray Data engine: the same per-batch functions as the local engine, run as Ray tasks/actors.
+"""The Ray Data executor: the same per-batch functions as the local executor, run as Ray tasks/actors.
 
 Rows carry their input position (`_i`) through Ray and are put back in order on the driver, so
-every later decision sees exactly what the local engine would. Connects to RAY_ADDRESS when set,
+every later decision sees exactly what the local executor would. Connects to RAY_ADDRESS when set,
 otherwise starts a local Ray instance.
+
+Synthesis generates through the same Ray Data batches behind the TextModel interface
+(`ExecutorModel`). Samples are seeded by a prompt's occurrence within one call; Ray splits a call
+into batches, so only a prompt repeated across batches (never the case for distinct personas) can
+be sampled differently from the local run.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from personalm.errors import PersonalmError
+from personalm.executors import Executor, ExecutorModel
+from personalm.models.base import TextModel
 from personalm.personas import minhash_stage
-from personalm.executors import Engine
 from personalm.personas.mining import Generate
 from personalm.personas.tokens import TokenSets
 
@@ -79,7 +85,7 @@ def _ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: int(row["_i"]))
 
 
-class RayEngine(Engine):
+class RayExecutor(Executor):
     """Ray Data execution of the data-parallel steps."""
 
     name = "ray"
@@ -140,3 +146,9 @@ class RayEngine(Engine):
             return [Generation(**json.loads(r["generation"])) for r in rows]
 
         yield generate, model_id
+
+    @contextmanager
+    def text_model(self, model: str, cache: bool | str, api_key: str | None, concurrency: int) -> Iterator[TextModel]:
+        """A TextModel that generates on Ray (scoring needs `--engine local`); closed on exit."""
+        with self.generator(model, cache, api_key, concurrency) as (generate, model_id):
+            yield ExecutorModel(generate, model_id)

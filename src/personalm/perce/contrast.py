@@ -2,9 +2,9 @@
 
 PIR(y_i) = log p(y_i | persona, x, y_<i) − log p(y_i | x, y_<i): the same model scores the same reply
 twice, once with the persona in the system message and once without it (a causal intervention on
-the context). The two renderings come from `train.data.tokenize_contrast`, so the supervised
-(reply) tokens are identical and PIR lines up token by token. Works with any causal LM module: a
-`LocalModel`'s (adapter merged) or the trainer's PEFT model.
+the context). The two renderings come from `tokenize_contrast`, so the supervised (reply) tokens
+are identical and PIR lines up token by token; PerCE trains on the same two renderings. Works with
+any causal LM module: a `LocalModel`'s (adapter merged) or the trainer's PEFT model.
 """
 
 from __future__ import annotations
@@ -16,35 +16,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from personalm.models.hf import logits_at
-from personalm.train.data import IGNORE, last_reply_only, pad, tokenize_contrast
+from personalm.errors import PersonalmError
+from personalm.train.data import IGNORE, pad, split_system, tokenize_chat, with_persona
+from personalm.train.losses import selected, supervised_logits
 
 DEFAULT_TOKEN_BUDGET = 8192
 
 
-def selected(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits (n, vocab) at the positions that predict a supervised label, and those labels (n,).
+def without_persona(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The chat with only its own system text (kept even when empty, so the templates agree)."""
+    base, rest = split_system(messages)
+    return [{"role": "system", "content": base}, *rest]
 
-    Row-major order, so two renderings of the same replies give the same label sequence."""
-    keep = labels[:, 1:] != IGNORE
-    return logits[:, :-1][keep], labels[:, 1:][keep]
+
+def tokenize_contrast(
+    tokenizer, messages: list[dict[str, str]], persona: str | None
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(ids, labels) with the persona and (ids, labels) without; the supervised tokens agree.
+    A `train.data.Contrast`: PerCE loads its training examples through it."""
+    if persona is None:
+        raise PersonalmError("no 'persona' field (PerCE contrasts each reply with and without it)")
+    ids, labels = tokenize_chat(tokenizer, with_persona(messages, persona))
+    bare_ids, bare_labels = tokenize_chat(tokenizer, without_persona(messages))
+    if [t for t in labels if t != IGNORE] != [t for t in bare_labels if t != IGNORE]:
+        raise PersonalmError("the chat template renders the replies differently without the persona")
+    return ids, labels, bare_ids, bare_labels
+
+
+def last_reply_only(labels: list[int]) -> list[int]:
+    """Labels with every assistant turn but the last one masked (score one reply in its context)."""
+    end = len(labels)
+    while end and labels[end - 1] == IGNORE:
+        end -= 1
+    start = end
+    while start and labels[start - 1] != IGNORE:
+        start -= 1
+    return [IGNORE] * start + labels[start:]
 
 
 def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     """log p of every supervised label, flat in row-major order (only those rows of the vocab softmax)."""
     rows, targets = selected(logits, labels)
     return -F.cross_entropy(rows.float(), targets, reduction="none")
-
-
-def supervised_logits(
-    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
-) -> tuple[Tensor, Tensor]:
-    """`selected(model(...).logits, labels)` with the output head run only at the positions that
-    predict a supervised label, so prompt tokens cost no vocabulary-wide matmul or softmax."""
-    keep = labels[:, 1:] != IGNORE
-    positions = torch.zeros_like(labels, dtype=torch.bool)
-    positions[:, :-1] = keep
-    return logits_at(model, input_ids, attention_mask, positions), labels[:, 1:][keep]
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from personalm.executors import Executor
 from personalm.personas import embedding_stage, minhash_stage
-from personalm.executors import Engine
 
 DEDUP_COLUMNS = ("duplicate_of", "stage", "similarity")
 
@@ -46,7 +46,7 @@ class DedupResult:
 def dedup_table(
     table: pa.Table,
     options: DedupOptions,
-    engine: Engine,
+    executor: Executor,
     column: str = "persona",
     vectors: np.ndarray | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -56,7 +56,7 @@ def dedup_table(
     n = table.num_rows
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     texts = table.column(column)
-    feats = engine.minhash_features(texts, options.num_perm)
+    feats = executor.minhash_features(texts, options.num_perm)
     first = minhash_stage.dedup(feats, options.minhash_threshold)
     stage1_s = time.perf_counter() - started
 
@@ -73,7 +73,7 @@ def dedup_table(
     if options.embedding_threshold is not None and len(survivors) > 1:
         start2 = time.perf_counter()
         if vectors is None:
-            survivor_vectors = engine.embed(texts.take(pa.array(survivors)).to_pylist(), options.embedder)
+            survivor_vectors = executor.embed(texts.take(pa.array(survivors)).to_pylist(), options.embedder)
         else:
             survivor_vectors = vectors[survivors]
         advance = (lambda k: progress("embedding dedup", k, len(survivors))) if progress else None
@@ -100,7 +100,7 @@ def dedup_table(
         "minhash_threshold": options.minhash_threshold,
         "embedding_threshold": options.embedding_threshold,
         "num_perm": options.num_perm,
-        "engine": engine.name,
+        "engine": executor.name,
         "minhash_seconds": round(stage1_s, 3),
         "embedding_seconds": round(stage2_s, 3),
     }

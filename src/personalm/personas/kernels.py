@@ -3,7 +3,7 @@
 Each kernel replaces a chain of numpy/Arrow passes that each walked the whole corpus again:
 tokenizing ASCII rows straight from the Arrow byte buffer, per-row word sets, the vocabulary,
 the signature minimum, the LSH band keys, the band collisions and the exact Jaccard of the
-candidates. All of them release the GIL (`nogil`), so the engine's batch threads run them in
+candidates. All of them release the GIL (`nogil`), so the local executor's threads run them in
 parallel, and they are compiled once and cached on disk (`cache=True`).
 """
 

@@ -2,9 +2,9 @@
 
 An example is a row with a `messages` list of {"role", "content"} (roles system/user/assistant) and,
 optionally, a `persona` string: the profile of the person the replies are personal to. The persona
-goes into the system message (after the row's own system text, if any, under "Your persona:"); for
-PerCE the same chat is also tokenized without it (the system message keeps only the row's own
-text, possibly empty), so the two renderings differ in the persona text alone.
+goes into the system message (after the row's own system text, if any, under "Your persona:"). A
+loss that compares two renderings of each chat (PerCE: with and without the persona) passes its
+`Contrast`, which returns both; their supervised tokens must agree.
 Each assistant turn is supervised: its tokens are what the chat template adds after the
 generation prompt of the turns before it (content, end-of-turn marker). Everything else gets label
 -100. Over-long examples follow `overlong`: "truncate" keeps the first `max_len` tokens (an example
@@ -21,6 +21,7 @@ per pair (`collate_pairs`), the shared prompt once.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,16 @@ ROLES = {"system", "user", "assistant"}
 OVERLONG_POLICIES = ("truncate", "drop", "error")
 PERSONA_HEADER = "Your persona:"
 
+Contrast = Callable[[object, list[dict[str, str]], str | None], tuple[list[int], list[int], list[int], list[int]]]
+"""(tokenizer, messages, persona or None) -> (ids, labels) to train on and a second (ids, labels) of
+the same chat with the same supervised tokens; raises PersonalmError for a row it cannot render."""
+
 
 @dataclass
 class Example:
-    """Token ids and labels; `contrast_*` is the same chat without the persona (PerCE only),
-    `rejected_*` the rejected completion of a preference pair (then ids/labels are the chosen one)."""
+    """Token ids and labels; `contrast_*` is the loss's second rendering of the chat (`Contrast`, e.g.
+    without the persona for PerCE), `rejected_*` the rejected completion of a preference pair (then
+    ids/labels are the chosen one)."""
 
     line: int
     input_ids: list[int]
@@ -97,38 +103,10 @@ def with_persona(messages: list[dict[str, str]], persona: str) -> list[dict[str,
     return [{"role": "system", "content": f"{base}\n\n{block}" if base else block}, *rest]
 
 
-def without_persona(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The chat with only its own system text (kept even when empty, so the templates agree)."""
-    base, rest = split_system(messages)
-    return [{"role": "system", "content": base}, *rest]
-
-
 def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
     if messages and messages[0]["role"] == "system":
         return messages[0]["content"], list(messages[1:])
     return "", list(messages)
-
-
-def tokenize_contrast(
-    tokenizer, messages: list[dict[str, str]], persona: str
-) -> tuple[list[int], list[int], list[int], list[int]]:
-    """(ids, labels) with the persona and (ids, labels) without; the supervised tokens agree."""
-    ids, labels = tokenize_chat(tokenizer, with_persona(messages, persona))
-    bare_ids, bare_labels = tokenize_chat(tokenizer, without_persona(messages))
-    if [t for t in labels if t != IGNORE] != [t for t in bare_labels if t != IGNORE]:
-        raise PersonalmError("the chat template renders the replies differently without the persona")
-    return ids, labels, bare_ids, bare_labels
-
-
-def last_reply_only(labels: list[int]) -> list[int]:
-    """Labels with every assistant turn but the last one masked (score one reply in its context)."""
-    end = len(labels)
-    while end and labels[end - 1] == IGNORE:
-        end -= 1
-    start = end
-    while start and labels[start - 1] != IGNORE:
-        start -= 1
-    return [IGNORE] * start + labels[start:]
 
 
 def cut_to_supervised(ids: list[int], labels: list[int], count: int) -> tuple[list[int], list[int]]:
@@ -197,9 +175,9 @@ def load_examples(
     max_len: int,
     overlong: str = "truncate",
     column: str = "messages",
-    contrast: bool = False,
+    contrast: Contrast | None = None,
 ) -> Dataset:
-    """Tokenized examples; `contrast` (PerCE) requires a persona per row and adds the bare chat."""
+    """Tokenized examples; with a `contrast` each carries the loss's second rendering of its chat."""
     check_overlong(overlong)
     source = str(path)
     dataset = Dataset([])
@@ -208,13 +186,12 @@ def load_examples(
         persona = row.get("persona")
         if persona is not None and (not isinstance(persona, str) or not persona.strip()):
             raise PersonalmError("'persona' must be a non-empty string", source=source, line=line)
-        if contrast and persona is None:
-            raise PersonalmError(
-                "no 'persona' field (PerCE contrasts each reply with and without it)", source=source, line=line
-            )
         bare_ids = bare_labels = None
-        if contrast:
-            ids, labels, bare_ids, bare_labels = tokenize_contrast(tokenizer, messages, persona)
+        if contrast is not None:
+            try:
+                ids, labels, bare_ids, bare_labels = contrast(tokenizer, messages, persona)
+            except PersonalmError as err:
+                raise PersonalmError(str(err), source=source, line=line) from None
         else:
             ids, labels = tokenize_chat(tokenizer, with_persona(messages, persona) if persona else messages)
         fitted = fit_to_max_len([(ids, labels)], max_len, overlong, dataset, "example has {n} tokens", source, line)
@@ -306,7 +283,7 @@ def bucketed_batches(examples: list[Example], batch_size: int, seed: int, epoch:
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors; padding is masked out of attention and labels. Examples that carry
-    the chat without the persona add `contrast_input_ids/labels/attention_mask`. Preference pairs
+    a second rendering (`Contrast`) add `contrast_input_ids/labels/attention_mask`. Preference pairs
     go through `collate_pairs`."""
     if all(e.rejected_ids is not None for e in examples):
         return collate_pairs(examples, pad_id)

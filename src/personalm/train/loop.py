@@ -1,7 +1,8 @@
 """The LoRA training loop: a plain PyTorch loop over a PEFT model (nanoGPT-style, no Trainer).
 
-One loop for every loss in `train.losses`: token losses (SFT: CE, PerCE) on chat examples and pair
-losses (DPO) on preference pairs, which load with `data.load_pairs` and average over pairs.
+One loop for every loss in the `train.losses` registry: token losses (SFT: CE, and PerCE, which
+personalm.perce registers) on chat examples and pair losses (DPO) on preference pairs, which load
+with `data.load_pairs` and average over pairs.
 
 Checkpoints hold the adapter, optimizer, scheduler, RNG states and the data position, so a killed
 run started again with the same command continues exactly where its last checkpoint left it.
@@ -21,13 +22,13 @@ from typing import Any
 
 import torch
 
-from personalm.provenance import versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
+from personalm.provenance import versions
 from personalm.train.data import Dataset, batch_tokens, bucketed_batches, collate, load_examples, load_pairs
 from personalm.train.frozen_base import freeze_base_layers
-from personalm.train.losses import get_loss, loss_units, needs_contrast, needs_pairs, supervised_rows
+from personalm.train.losses import contrast_of, get_loss, loss_units, needs_pairs, supervised_rows
 
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
@@ -133,9 +134,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     if needs_pairs(loss_fn):
         dataset = load_pairs(config.data, tokenizer, config.max_len, config.overlong)
     else:
-        dataset = load_examples(
-            config.data, tokenizer, config.max_len, config.overlong, contrast=needs_contrast(loss_fn)
-        )
+        dataset = load_examples(config.data, tokenizer, config.max_len, config.overlong, contrast=contrast_of(loss_fn))
     if dataset.truncated or dataset.dropped:
         kind = "pair(s)" if needs_pairs(loss_fn) else "example(s)"
         log(f"{dataset.truncated} {kind} truncated to {config.max_len} tokens, {dataset.dropped} dropped")

@@ -3,9 +3,11 @@
 tokens, token count), so gradient accumulation can average over every token of a step exactly.
 
 A loss may also have `prepare(model, batch)` (called before the training forward, e.g. PerCE's
-extra no-persona pass, which puts what it needs into the batch) and `step_stats()` (a dict logged
-per optimizer step into train_log.jsonl, then reset). Registered classes are built with the run's
-loss options (each takes the ones its constructor names); plain functions take none.
+extra no-persona pass, which puts what it needs into the batch), `step_stats()` (a dict logged
+per optimizer step into train_log.jsonl, then reset) and `contrast` (a `data.Contrast`: each example
+is then loaded with a second rendering, batched as `contrast_*`). Registered classes are built with
+the run's loss options (each takes the ones its constructor names); plain functions take none.
+Losses that live outside train (PerCE, in personalm.perce) add themselves with `register_loss`.
 
 A pair loss (`pairs = True`, DPO) trains on preference pairs: its batch holds one row per pair
 (`data.collate_pairs`), its tokens come from `supervised_rows`, and a step averages it over pairs
@@ -23,8 +25,7 @@ from torch import Tensor
 
 from personalm.errors import PersonalmError
 from personalm.models.hf import logits_at
-from personalm.perce.contrast import bare_logprobs, supervised_logits
-from personalm.train.data import IGNORE
+from personalm.train.data import IGNORE, Contrast
 
 LossFn = Callable[[Tensor, Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
 
@@ -33,56 +34,23 @@ def cross_entropy(rows: Tensor, targets: Tensor, batch: dict[str, Tensor]) -> tu
     return F.cross_entropy(rows, targets, reduction="sum"), torch.tensor(len(targets))
 
 
-def perce_weights(pir: Tensor, clip_min: float, clip_max: float) -> Tensor:
-    """w_i = clip(PIR_i, m, M): generic tokens keep at least m, persona tokens are up-weighted."""
-    return pir.clamp(min=clip_min, max=clip_max)
+def selected(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits (n, vocab) at the positions that predict a supervised label, and those labels (n,).
+
+    Row-major order, so two renderings of the same replies give the same label sequence."""
+    keep = labels[:, 1:] != IGNORE
+    return logits[:, :-1][keep], labels[:, 1:][keep]
 
 
-class PerCELoss:
-    """PerCE = −(1/n) Σ w_i log p(y_i | persona, x, y_<i), with w_i = clip(PIR_i, m, M).
-
-    The weights are recomputed every step with the current model and detached: log p with the
-    persona comes from the training forward itself, log p without it from one extra no-grad
-    forward (`prepare`), so a step costs one forward more than CE and no extra backward.
-    """
-
-    needs_contrast = True
-
-    def __init__(self, clip_min: float = 0.8, clip_max: float = 5.0):
-        if not clip_min <= clip_max:
-            raise PersonalmError(f"--clip-min {clip_min} must not exceed --clip-max {clip_max}")
-        self.clip_min, self.clip_max = clip_min, clip_max
-        self._weights: list[Tensor] = []
-        self._nll: list[Tensor] = []
-
-    def prepare(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> None:
-        if "contrast_input_ids" not in batch:
-            raise PersonalmError("--loss perce needs examples with a 'persona' field")
-        batch["logp_without"] = bare_logprobs(model, batch)
-
-    def __call__(self, rows: Tensor, targets: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        nll = F.cross_entropy(rows.float(), targets, reduction="none")
-        pir = -nll.detach() - batch["logp_without"]
-        weights = perce_weights(pir, self.clip_min, self.clip_max)
-        self._weights.append(weights)
-        self._nll.append(nll.detach())
-        return (weights * nll).sum(), torch.tensor(len(targets))
-
-    def step_stats(self) -> dict[str, float]:
-        """Weight distribution over the step's tokens (mean, min, max, fraction at each bound) and
-        the plain CE of the same tokens, comparable with a CE run's loss."""
-        if not self._weights:
-            return {}
-        weights, nll = torch.cat(self._weights), torch.cat(self._nll)
-        self._weights, self._nll = [], []
-        return {
-            "ce": round(float(nll.mean()), 4),
-            "weight_mean": round(float(weights.mean()), 4),
-            "weight_min": round(float(weights.min()), 4),
-            "weight_max": round(float(weights.max()), 4),
-            "frac_clip_min": round(float((weights <= self.clip_min).float().mean()), 4),
-            "frac_clip_max": round(float((weights >= self.clip_max).float().mean()), 4),
-        }
+def supervised_logits(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`selected(model(...).logits, labels)` with the output head run only at the positions that
+    predict a supervised label, so prompt tokens cost no vocabulary-wide matmul or softmax."""
+    keep = labels[:, 1:] != IGNORE
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = keep
+    return logits_at(model, input_ids, attention_mask, positions), labels[:, 1:][keep]
 
 
 def supervised_rows(model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -165,10 +133,11 @@ class DPOLoss:
         }
 
 
-LOSSES: dict[str, LossFn | type] = {"ce": cross_entropy, "perce": PerCELoss, "dpo": DPOLoss}
+LOSSES: dict[str, LossFn | type] = {"ce": cross_entropy, "dpo": DPOLoss}
 
 
 def register_loss(name: str, loss: LossFn | type) -> None:
+    """Make `loss` available as `--loss name`: how a package outside train adds its loss (perce does on import)."""
     LOSSES[name] = loss
 
 
@@ -183,9 +152,9 @@ def get_loss(name: str, **options: Any) -> LossFn:
     return entry(**{key: value for key, value in options.items() if key in accepted})
 
 
-def needs_contrast(loss: LossFn) -> bool:
-    """Whether the loss needs each example rendered without its persona too."""
-    return bool(getattr(loss, "needs_contrast", False))
+def contrast_of(loss: LossFn) -> Contrast | None:
+    """How the loss wants each example rendered a second time (`data.Contrast`), or None."""
+    return getattr(loss, "contrast", None)
 
 
 def needs_pairs(loss: LossFn) -> bool:

@@ -26,11 +26,11 @@ import numpy as np
 import pyarrow as pa
 from scipy import sparse
 
-from personalm.studies.bench import dedup_data
+from personalm.executors import Executor
 from personalm.personas import embedding_stage, minhash_stage
-from personalm.executors import Engine
 from personalm.personas.greedy import Decision
 from personalm.personas.tokens import PUNCTUATION
+from personalm.studies.bench import dedup_data
 
 THRESHOLD = 0.9
 SAMPLE = 2000
@@ -59,8 +59,8 @@ def peer_minhash(texts: pa.Array, threshold: float, num_perm: int) -> tuple[np.n
 
 
 def ours_minhash(texts: pa.Array, threshold: float, num_perm: int) -> Decision:
-    """Stage 1 exactly as `personalm personas dedup` runs it (local engine)."""
-    return minhash_stage.dedup(Engine().minhash_features(texts, num_perm), threshold)
+    """Stage 1 exactly as `personalm personas dedup` runs it (local executor)."""
+    return minhash_stage.dedup(Executor().minhash_features(texts, num_perm), threshold)
 
 
 def _timed(fn: Callable[[], Any], memory: bool = True, repeats: int = 1) -> tuple[Any, float, float | None]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from personalm.provenance import machine, versions
+from personalm.perce.contrast import tokenize_contrast
 from personalm.perce.persona_chat import load_conversations, window_rows
 from personalm.tables import write_rows
 from personalm.train.data import load_examples
@@ -35,7 +36,7 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "batch.jsonl"
         write_rows(path, rows)
-        dataset = load_examples(path, tokenizer, max_len, contrast=True)
+        dataset = load_examples(path, tokenizer, max_len, contrast=tokenize_contrast)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
