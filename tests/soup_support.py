@@ -1,7 +1,9 @@
-"""Tiny random LoRA adapters on the embedded model, laid out like `personalm soups train` writes them."""
+"""Tiny random LoRA adapters: on the embedded model, laid out like `personalm soups train` writes them,
+and PEFT-made ones on a tiny random Llama for the merge math."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -34,3 +36,31 @@ def soups_folder(model, root: Path, poles: list[str], pmorl: bool = True) -> Pat
     for seed, name in enumerate(names, start=1):
         random_adapter(model, root / name, seed)
     return root
+
+
+def tiny_base() -> torch.nn.Module:
+    """A two-layer random Llama: every linear kind of the real model, in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def peft_adapter(base, out: Path, seed: int, rank: int, alpha: int, **options) -> Path:
+    """An adapter on every linear layer of `base`, saved by PEFT itself, with random A and B."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear", init_lora_weights=False, **options)
+    model = get_peft_model(copy.deepcopy(base), config)
+    model.save_pretrained(out)
+    return out

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from personalm.adapters import is_adapter_dir
 from personalm.provenance import machine, versions
 from personalm.errors import PersonalmError
 from personalm.models.base import SamplingParams
@@ -209,7 +210,7 @@ def _train(folder: Path, data: Path, arm: str, seed: int, bounds: tuple[float, f
     from personalm.progress import progress_bar
     from personalm.train.loop import TrainConfig, train
 
-    if not (folder / "adapter_config.json").is_file():
+    if not is_adapter_dir(folder):
         train_config = TrainConfig(
             data=str(data), out=str(folder), model=config.model, rank=config.rank, alpha=2 * config.rank,
             lr=config.lr, max_steps=config.steps, batch_size=config.batch_size, max_len=config.max_len,
