@@ -117,7 +117,8 @@ def test_more_than_plain_lora_is_unsupported_by_our_reader(good, tmp_path):
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "adapter_config.json").write_text(json.dumps(read_config(good)))
-    save_file({"base_model.model.lm_head.modules_to_save.weight": torch.zeros(2, 2)}, str(extra / "adapter_model.safetensors"))
+    tensors = {"base_model.model.lm_head.modules_to_save.weight": torch.zeros(2, 2)}
+    save_file(tensors, str(extra / "adapter_model.safetensors"))
     with pytest.raises(UnsupportedAdapter, match="not a LoRA factor"):
         load_adapter(extra)
     validate(extra)  # still a valid PEFT adapter: PEFT can apply it

@@ -29,8 +29,11 @@ LORA = "LORA"
 _LORA_KEYS = {"r": "a positive integer rank", "lora_alpha": "a number"}
 _PEFT_PREFIX = "base_model.model."
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
-_PEFT_ONLY = {"use_dora": "DoRA adapters are not a sum of low-rank deltas", "layer_replication": "layer replication",
-              "lora_bias": "LoRA biases"}  # fmt: skip
+_PEFT_ONLY = {
+    "use_dora": "DoRA adapters are not a sum of low-rank deltas",
+    "layer_replication": "layer replication",
+    "lora_bias": "LoRA biases",
+}
 
 
 class UnsupportedAdapter(PersonalmError):

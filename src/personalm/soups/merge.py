@@ -117,10 +117,8 @@ def merge_to_dir(
         if method == EXACT:
             save_factors(exact_factors(adapters, weights), adapters[next(iter(weights))].config, tmp)
         else:
-            combine_with_peft(
-                {n: adapters[n].path for n in weights}, weights, _peft_base(adapters, weights, base), tmp, method,
-                density,
-            )  # fmt: skip
+            paths = {n: adapters[n].path for n in weights}
+            combine_with_peft(paths, weights, _peft_base(adapters, weights, base), tmp, method, density)
         meta = {
             "method": method,
             "density": density,
