@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import io
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from personalm.errors import PersonalmError
 
@@ -194,3 +196,42 @@ class WordHashEmbedder:
 def word_hash_embedder() -> Callable[..., WordHashEmbedder]:
     """Makes a `WordHashEmbedder` (512 dimensions unless told)."""
     return WordHashEmbedder
+
+def make_tiny_base() -> torch.nn.Module:
+    """A two-layer random Llama: every linear kind of the real model, in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def save_peft_adapter(base, out: Path, seed: int, rank: int, alpha: int, **options) -> Path:
+    """An adapter on every linear layer of `base`, saved by PEFT itself, with random A and B."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear", init_lora_weights=False, **options)
+    model = get_peft_model(copy.deepcopy(base), config)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> Callable[[], torch.nn.Module]:
+    """Makes a fresh tiny random Llama (seeded, so every call gives the same weights)."""
+    return make_tiny_base
+
+
+@pytest.fixture(scope="session")
+def peft_adapter() -> Callable[..., Path]:
+    """Saves a random LoRA adapter made by PEFT: (base, out, seed, rank, alpha, **LoraConfig options)."""
+    return save_peft_adapter

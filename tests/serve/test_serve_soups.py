@@ -16,7 +16,7 @@ from personalm.serve.auth import KeyStore
 from personalm.serve.background import BackgroundServer
 from personalm.serve.catalog import Catalog
 from personalm.serve.soups import SoupModels, WeightGate
-from personalm.soups.merge import exact_factors, load_adapter, soup_applied
+from personalm.adapters import exact_factors, load_adapter, soup_applied
 
 ADMIN = "admin-secret"
 BASE = "smollm2-135m-instruct"

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
+from personalm.adapters import exact_deltas, load_adapter, soup_applied
 from personalm.models.base import SamplingParams
 from personalm.models.registry import load_model
 from personalm.soups.collect import CollectConfig, collect
 from personalm.soups.dpo import DPOSettings, train_adapter
 from personalm.eval.judges import ProgrammaticJudge
-from personalm.soups.merge import exact_deltas, load_adapter, load_soup
+from personalm.soups.merge import load_soup
 from personalm.soups.preferences import Preferences
 
 pytestmark = pytest.mark.slow
@@ -42,8 +43,6 @@ def test_tiny_soup_end_to_end(tmp_path):
 
 
 def test_soup_applied_changes_generation_and_restores_it():
-    from personalm.soups.merge import soup_applied
-
     params = SamplingParams(max_tokens=6)
     with load_model() as model:
         before = model.generate(["Name a colour."], params)[0].text

@@ -143,10 +143,11 @@ def merge_bench(
     as_json: bool = AS_JSON,
 ) -> None:
     """Exact soup merge into a loaded base vs PEFT add_weighted_adapter(cat)+merge vs one P-MORL training run."""
-    from personalm.studies.bench import merge
+    from personalm.adapters import list_adapters
     from personalm.soups.merge import parse_weights
+    from personalm.studies.bench import merge
 
-    names = [d.name for d in adapters.iterdir() if (d / "adapter_config.json").is_file()] if adapters.is_dir() else []
+    names = list(list_adapters(adapters))
     result = merge.run(
         adapters, parse_weights(weights, names), model, repeats, log=lambda m: stderr.print(m, markup=False)
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from personalm.adapters import list_adapters
 from personalm.progress import progress_bar, stderr, training_bar
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
@@ -48,7 +49,7 @@ def resolve_adapters(adapter: list[str], adapters_dir: Path | None) -> dict[str,
     if adapters_dir is not None:
         if not adapters_dir.is_dir():
             raise PersonalmError("not a directory", source=str(adapters_dir))
-        specs = {d.name: d for d in sorted(adapters_dir.iterdir()) if (d / "adapter_config.json").is_file()}
+        specs = list_adapters(adapters_dir)
     specs.update(_adapter_specs(adapter))
     if not specs:
         raise PersonalmError("no adapters given (use --adapter NAME=DIR or --adapters-dir DIR)")

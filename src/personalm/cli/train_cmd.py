@@ -46,13 +46,14 @@ def sft(
 ) -> None:
     """Train a LoRA adapter; re-run the same command after a kill to resume."""
     import personalm.perce  # noqa: F401 - registers --loss perce (train itself never imports perce)
+    from personalm.adapters import is_adapter_dir
     from personalm.train.loop import TrainConfig, train
     from personalm.train.losses import get_loss
 
     if quant not in {"fp32", "int8"}:
         raise PersonalmError(f"--quant {quant}: expected fp32 or int8")
     get_loss(loss, clip_min=clip_min, clip_max=clip_max, beta=beta)
-    if (out / "adapter_config.json").is_file() and not overwrite:
+    if is_adapter_dir(out) and not overwrite:
         raise PersonalmError(f"{out}: already holds a finished adapter (pass --overwrite to train again)")
     config = TrainConfig(
         data=str(data), out=str(out), model=model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, lr=lr,

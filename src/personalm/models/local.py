@@ -1,4 +1,5 @@
-"""A local Hugging Face causal LM (the embedded default, any model directory, plus a LoRA adapter)."""
+"""A local Hugging Face causal LM (the embedded default, any model directory), optionally with a LoRA
+adapter merged into its weights through the adapter layer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from personalm.adapters import merge_into, validate
 from personalm.errors import PersonalmError
 from personalm.models.base import (
     Generation,
@@ -64,11 +66,13 @@ class LocalModel(TextModel):
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise PersonalmError(f"{self.path}: not a Hugging Face model directory (no config.json)")
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).eval()
         self.adapter = Path(adapter) if adapter else None
         if self.adapter is not None:
-            self._apply_adapter(self.adapter)
+            validate(self.adapter)  # before the base loads: a broken adapter fails in a moment
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).eval()
+        if self.adapter is not None:
+            self.model = merge_into(self.model, self.adapter).eval()  # inference then costs what the base costs
         self.max_batch = max_batch
         self.name = name or self.path.name
         digest = _weights_digest(self.path)
@@ -78,14 +82,6 @@ class LocalModel(TextModel):
         self.eos_ids = self._eos_ids()
         self._kernel: LlamaKernel | None = None
         self._weights: LlamaWeights | None = None
-
-    def _apply_adapter(self, adapter: Path) -> None:
-        """Merge a PEFT LoRA adapter into the weights: inference then costs what the base costs."""
-        from peft import PeftModel
-
-        if not (adapter / "adapter_config.json").is_file():
-            raise PersonalmError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
-        self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload().eval()
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personalm.adapters import list_adapters, validate
 from personalm.errors import PersonalmError
 from personalm.models.llama_kernel import supports
 from personalm.models.local import LocalModel
@@ -34,10 +35,7 @@ class UnknownModel(LookupError):
 
 def saved_adapters() -> dict[str, Path]:
     """Adapters saved under PERSONALM_HOME/adapters/NAME (PEFT format)."""
-    root = home() / "adapters"
-    if not root.is_dir():
-        return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "adapter_config.json").is_file()}
+    return list_adapters(home() / "adapters")
 
 
 class Catalog:
@@ -55,8 +53,7 @@ class Catalog:
                 raise PersonalmError(f"unknown model '{name}' (expected a local model name or directory)")
             self.entries[name] = Entry(name, "base", name)
         for name, path in (saved_adapters() | (adapters or {})).items():
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise PersonalmError(f"{path}: not a PEFT adapter directory (no adapter_config.json)")
+            validate(path)  # a broken adapter fails the start, not a request
             self.entries[name] = Entry(name, "adapter", next(iter(self.entries)), Path(path))
         self._loaded: dict[str, tuple[LocalModel, ServingEngine | None]] = {}
         self._lock = threading.Lock()

@@ -25,6 +25,16 @@ from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from personalm.adapters import (
+    Adapter,
+    LoraFactors,
+    check_shapes,
+    exact_factors,
+    is_adapter_dir,
+    load_adapter,
+    soup_applied,
+    validate,
+)
 from personalm.errors import PersonalmError
 from personalm.models.llama_kernel import supports
 from personalm.models.local import LocalModel
@@ -32,15 +42,7 @@ from personalm.models.registry import resolve_local
 from personalm.serve.catalog import Catalog, Entry
 from personalm.serve.batch_worker import EngineError, ServingEngine
 from personalm.soups.collect import PMORL
-from personalm.soups.merge import (
-    Adapter,
-    LoraFactors,
-    cache_key,
-    check_named_weights,
-    exact_factors,
-    load_adapter,
-    soup_applied,
-)
+from personalm.soups.merge import cache_key, check_named_weights
 from personalm.soups.preferences import Preferences
 
 SOUP = "soup"
@@ -104,11 +106,11 @@ class SoupModels:
         if not self.root.is_dir():
             raise PersonalmError("soups folder not found", source=str(self.root))
         self.adapters: dict[str, Adapter] = {
-            p.key: load_adapter(self.root / p.key, p.key)
-            for p in self.prefs.poles
-            if (self.root / p.key / "adapter_config.json").is_file()
+            p.key: load_adapter(self.root / p.key, p.key) for p in self.prefs.poles if is_adapter_dir(self.root / p.key)
         }
-        self.pmorl = self.root / PMORL if (self.root / PMORL / "adapter_config.json").is_file() else None
+        self.pmorl = self.root / PMORL if is_adapter_dir(self.root / PMORL) else None
+        if self.pmorl is not None:
+            validate(self.pmorl)  # a broken adapter fails the start, not a request
         if not self.adapters and self.pmorl is None:
             known = ", ".join(p.key for p in self.prefs.poles)
             raise PersonalmError(f"no pole adapters ({known}) and no {PMORL} adapter", source=str(self.root))
@@ -179,16 +181,7 @@ class SoupModels:
     def _check_shapes(self, model: LocalModel) -> None:
         """Fail on an adapter trained on another model before any weight is touched."""
         for adapter in self.adapters.values():
-            for module, f in adapter.modules.items():
-                try:
-                    shape = tuple(model.model.get_submodule(module).weight.shape)
-                except AttributeError:
-                    raise PersonalmError(f"the base model has no module {module!r}", source=str(adapter.path)) from None
-                want = (f.A.shape[1], f.B.shape[0]) if f.fan_in_fan_out else (f.B.shape[0], f.A.shape[1])
-                if shape != want:
-                    raise PersonalmError(
-                        f"module {module!r}: adapter {want} != weight {shape}", source=str(adapter.path)
-                    )
+            check_shapes(model.model, adapter.modules, str(adapter.path))
 
     @property
     def batched(self) -> bool:

@@ -5,7 +5,7 @@ loop (`train.loop` with `train.losses.DPOLoss`: frozen fast base, checkpoints a 
 from); `trl` runs TRL's DPOTrainer with a PEFT config. Both use the base model with the adapter
 switched off as the reference, so each run holds one copy of the weights. `personalm bench dpo`
 measures the two on the same pairs. Runs are resumable per adapter: an adapter directory that
-already holds adapter_config.json and dpo.json is kept and skipped.
+already holds a finished adapter and dpo.json is kept and skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from personalm.adapters import is_adapter_dir
 from personalm.provenance import versions
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
@@ -62,7 +63,7 @@ def train_adapter(
 ) -> dict:
     """Train one DPO LoRA adapter into `out`; returns {pairs, steps, seconds, final_loss, ...}."""
     out = Path(out)
-    if (out / "adapter_config.json").is_file() and (out / "dpo.json").is_file():
+    if is_adapter_dir(out) and (out / "dpo.json").is_file():
         log(f"{out}: already trained, kept")
         return json.loads((out / "dpo.json").read_text())
     if resolve_local(settings.model) is None:

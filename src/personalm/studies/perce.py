@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from personalm.adapters import is_adapter_dir
 from personalm.errors import PersonalmError
 from personalm.eval.persona import persona_recall, precision_at_k
 from personalm.eval.prefeval import choice_accuracy, load_prefeval
@@ -204,7 +205,7 @@ def _train(folder: Path, data: Path, arm: str, seed: int, bounds: tuple[float, f
     from personalm.progress import progress_bar
     from personalm.train.loop import TrainConfig, train
 
-    if not (folder / "adapter_config.json").is_file():
+    if not is_adapter_dir(folder):
         train_config = TrainConfig(
             data=str(data), out=str(folder), model=config.model, rank=config.rank, alpha=2 * config.rank,
             lr=config.lr, max_steps=config.steps, batch_size=config.batch_size, max_len=config.max_len,

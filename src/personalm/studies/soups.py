@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from personalm import report
+from personalm.adapters import Adapter, exact_factors, is_adapter_dir, load_adapter, soup_applied
 from personalm.errors import PersonalmError
 from personalm.eval.judges import PairJudge, ProgrammaticJudge
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
 from personalm.soups.collect import PMORL, chat
-from personalm.soups.merge import Adapter, exact_factors, load_adapter, soup_applied
 from personalm.soups.preferences import Pole, Preferences, combination_name
 from personalm.soups.prompts import load_prompts, split_prompts
 from personalm.studies.harness import Study
@@ -60,10 +60,9 @@ def soup_weights(combo: Sequence[Pole], weighting: str) -> dict[str, float]:
 
 
 def load_pole_adapters(root: Path, prefs: Preferences) -> tuple[dict[str, Adapter], Path]:
-    missing = [p.key for p in prefs.poles if not (root / p.key / "adapter_config.json").is_file()]
-    if missing or not (root / PMORL / "adapter_config.json").is_file():
-        need = missing + ([] if (root / PMORL / "adapter_config.json").is_file() else [PMORL])
-        raise PersonalmError(f"missing adapters: {', '.join(need)} (run `personalm soups train`)", source=str(root))
+    missing = [key for key in [*(p.key for p in prefs.poles), PMORL] if not is_adapter_dir(root / key)]
+    if missing:
+        raise PersonalmError(f"missing adapters: {', '.join(missing)} (run `personalm soups train`)", source=str(root))
     return {p.key: load_adapter(root / p.key, p.key) for p in prefs.poles}, root / PMORL
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from personalm import report
+from personalm.adapters import is_adapter_dir
 from personalm.eval.tone import ToneScorer
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
@@ -148,7 +149,7 @@ def train_adapter(
 ) -> Path:
     """Train (or reuse, or resume) the adapter on the first `size` examples at this margin."""
     adapter = study.cache("adapters") / f"lora{size}-m{margin:g}-{quant}"
-    if (adapter / "adapter_config.json").is_file():
+    if is_adapter_dir(adapter):
         return adapter
     data = study.out / "data" / f"train_{size}_m{margin:g}.jsonl"
     write_rows(data, [{"messages": e["messages"]} for e in examples[:size]])

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from personalm.adapters import apply_factors, exact_factors, is_adapter_dir, load_adapter
 from personalm.provenance import machine, versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import resolve_local
 from personalm.soups.collect import PMORL
-from personalm.soups.merge import apply_factors, exact_factors, load_adapter
 
 
 def run(adapters_dir: Path, weights: dict[str, float], model: str, repeats: int, log: Callable[[str], None]) -> dict:
@@ -33,7 +33,7 @@ def run(adapters_dir: Path, weights: dict[str, float], model: str, repeats: int,
         raise PersonalmError(f"unknown model '{model}'")
     paths = {name: adapters_dir / name for name in weights}
     for name, p in paths.items():
-        if not (p / "adapter_config.json").is_file():
+        if not is_adapter_dir(p):
             raise PersonalmError(f"no adapter '{name}'", source=str(adapters_dir))
     base = transformers_offline().AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     pristine = copy.deepcopy(base.state_dict())
