@@ -133,8 +133,8 @@ def test_keys_minted_while_open_stop_working_once_an_admin_key_is_set(tmp_path):
     with BackgroundServer(create_app(Catalog(), keys)) as url:
         assert httpx.get(f"{url}/v1/models", headers=bearer(early)).status_code == 401
         assert httpx.get(f"{url}/v1/models", headers=bearer(later)).status_code == 200
-        listed = {k["name"]: k["minted_open"] for k in httpx.get(f"{url}/admin/keys", headers=bearer(ADMIN)).json()["data"]}
-    assert listed == {"early": True, "later": False}
+        listed = httpx.get(f"{url}/admin/keys", headers=bearer(ADMIN)).json()["data"]
+    assert {k["name"]: k["minted_open"] for k in listed} == {"early": True, "later": False}
 
 
 def test_an_open_server_answers_loopback_host_names_only(tmp_path):
