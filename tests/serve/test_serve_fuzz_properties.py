@@ -28,6 +28,7 @@ from personalm.serve.catalog import Catalog
 pytestmark = pytest.mark.slow
 ADMIN = "admin-secret"
 MODEL = "smollm2-135m-instruct"
+OTHER_MODELS = ["avatar:alice", "avatar:bob", "avatar:nosuch", "word-hash-512", "default"]
 EXAMPLES_PER_OPERATION = 25
 EXAMPLES_PER_BODY_OPERATION = 40
 
@@ -49,7 +50,7 @@ MESSAGE = st.fixed_dictionaries(
 )
 VALID = {
     # Field name -> values a well-meaning client sends (small answers: at most 3 tokens).
-    "model": st.just(MODEL) | st.sampled_from(["avatar:alice", "avatar:bob", "avatar:nosuch", "word-hash-512", "default"]),
+    "model": st.just(MODEL) | st.sampled_from(OTHER_MODELS),
     "messages": st.lists(MESSAGE, min_size=1, max_size=3) | st.just([{"role": "user", "content": "Hi?"}]),
     "prompt": st.sampled_from(["The sky is", ["Water is", "Fire is"]]),
     "max_tokens": st.integers(1, 3),
@@ -114,8 +115,9 @@ class Streams(threading.Thread):
             seed = 0
             while not self.stop.is_set():
                 seed += 1
-                body = {"model": MODEL, "max_tokens": 48, "temperature": 0.9, "seed": seed, "stream": True,
-                        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}]}  # fmt: skip
+                ask = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
+                body = {"model": MODEL, "messages": ask, "max_tokens": 48, "temperature": 0.9, "seed": seed,
+                        "stream": True}  # fmt: skip
                 finish, failed, done = None, False, False
                 with http.stream("POST", "/v1/chat/completions", json=body) as res:
                     for line in res.iter_lines():
@@ -236,4 +238,4 @@ def test_no_fuzzed_request_gets_a_5xx_or_disturbs_a_running_stream(fuzzed):
     assert all(status == 200 and finish in ("stop", "length") and not failed and done
                for status, finish, failed, done in streams.endings), streams.endings  # fmt: skip
     statuses = Counter(status for sent in calls.values() for status in sent)
-    print(f"fuzzed {statuses.total()} requests in {fuzzing_s:.0f} s ({dict(statuses)}) beside {len(streams.endings)} streams")
+    print(f"fuzzed {statuses.total()} requests in {fuzzing_s:.0f} s ({dict(statuses)}), {len(streams.endings)} streams")

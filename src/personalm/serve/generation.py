@@ -126,7 +126,8 @@ async def complete(
     choices = [_choice(i, text, reason, chat) for i, (text, reason, _) in enumerate(results)]
     usage = _usage(sum(len(r[0]) for r in runs), sum(r[2] for r in results))
     kind = "chat.completion" if chat else "text_completion"
-    return {"id": rid, "object": kind, "created": int(time.time()), "model": shown_id, "choices": choices} | usage | extra
+    head = {"id": rid, "object": kind, "created": int(time.time()), "model": shown_id, "choices": choices}
+    return head | usage | extra
 
 
 async def _complete_unbatched(model, model_id, prompts, params, rid, chat):

@@ -70,8 +70,10 @@ class LoopbackHostOnly:
         if scope["type"] == "http":
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             if not is_loopback_host(host):
-                message = (f"Host {host!r} is not a loopback name; this server runs without an admin key, so it "
-                           "answers only http://127.0.0.1 or http://localhost (give it an admin key to serve others)")  # fmt: skip
+                message = (
+                    f"Host {host!r} is not a loopback name; this server runs without an admin key, so it answers "
+                    "only http://127.0.0.1 or http://localhost (give it an admin key to serve others)"
+                )
                 return await _refuse(send, 403, message, "host_not_allowed")
         return await self.app(scope, receive, send)
 
