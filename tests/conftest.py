@@ -197,6 +197,7 @@ def word_hash_embedder() -> Callable[..., WordHashEmbedder]:
     """Makes a `WordHashEmbedder` (512 dimensions unless told)."""
     return WordHashEmbedder
 
+
 def make_tiny_base() -> torch.nn.Module:
     """A two-layer random Llama: every linear kind of the real model, in milliseconds."""
     from transformers import LlamaConfig, LlamaForCausalLM

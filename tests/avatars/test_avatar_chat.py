@@ -87,6 +87,18 @@ def test_unsupported_question_gets_dont_know_without_the_model(memory):
     ]
 
 
+def test_prepare_holds_the_support_rule_the_server_uses(memory):
+    memory.remember("ada", "I prefer green tea.")
+    chat = AvatarChat(memory, "ada", ScriptedModel())
+    unknown = chat.prepare("What is the boiling point of tungsten in kelvin?")
+    assert not unknown.supported and unknown.messages is None
+    known = chat.prepare("What tea do you drink?")
+    assert known.supported and known.messages[-1] == {"role": "user", "content": "What tea do you drink?"}
+    assert "I prefer green tea." in known.messages[0]["content"]
+    assert [h.memory.text for h in known.recall.facts] == ["I prefer green tea."]
+    assert chat.prepare("Tungsten boils at a very high temperature.").supported  # not a question
+
+
 def test_system_prompt_keeps_exemplars_apart_from_facts():
     recall = Recall([Hit(Memory(1, "utterance", "Well, my friends."), 0, 0.5)], [hit("I like tea.", 0.5)])
     text = system_prompt("Ada", "Ada is kind.", recall)

@@ -108,9 +108,28 @@ def test_profile_round_trip(store):
 
 
 def test_bad_avatar_names_are_refused(store):
-    for name in ["", "../etc", "a b", "x" * 65]:
+    for name in ["", "../etc", "a b", "x" * 65, "ada\n", "ada\r\n", "\nada"]:
         with pytest.raises(PersonalmError, match="avatar name"):
             store.count(name)
+
+
+def test_integers_past_int64_are_refused_with_a_usable_error(store, mem, unit):
+    ids = store.add("ada", [mem(TEXTS[0], 0)])
+    huge = 2**70
+    calls = [
+        lambda: store.list("ada", offset=2**63),
+        lambda: store.list("ada", limit=huge),
+        lambda: store.delete("ada", [huge]),
+        lambda: store.get("ada", [ids[0], -(2**63) - 1]),
+        lambda: store.embeddings("ada", [huge]),
+        lambda: store.update("ada", huge, "x", "k", unit(1)),
+        lambda: store.vector_search("ada", unit(0), huge),
+        lambda: store.keyword_search("ada", "moon", huge),
+    ]
+    for call in calls:
+        with pytest.raises(PersonalmError, match="out of range"):
+            call()
+    assert store.count("ada") == 1 and store.list("ada", offset=2**63 - 1) == []
 
 
 def test_sqlite_sees_writes_of_another_connection(tmp_path, mem, unit):

@@ -25,6 +25,19 @@ QUESTION = re.compile(
 
 
 @dataclass
+class Prepared:
+    """What memory says about one user message: the recall, and the messages for the model, or
+    None when memory does not cover a question (the reply is then DONT_KNOW, without the model)."""
+
+    recall: Recall
+    messages: list[Message] | None
+
+    @property
+    def supported(self) -> bool:
+        return self.messages is not None
+
+
+@dataclass
 class ChatTurn:
     reply: str
     recall: Recall
@@ -92,17 +105,23 @@ class AvatarChat:
         shots = exemplar_turns(recall)
         return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
 
-    def send(self, user: str) -> ChatTurn:
+    def prepare(self, user: str) -> Prepared:
+        """Retrieval and the support rule: a question no memory supports gets no prompt. The one
+        place the rule lives (`send` and the server's avatar chat both come through here)."""
         recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts)
         supported = recall.support >= self.min_support or not is_question(user)
-        if supported:
+        return Prepared(recall, self.compose(user, recall) if supported else None)
+
+    def send(self, user: str) -> ChatTurn:
+        prepared = self.prepare(user)
+        if prepared.messages is not None:
             seed = self.params.seed + len(self.history)
             params = SamplingParams(**{**self.params.to_dict(), "seed": seed})
-            reply = self.model.generate([self.compose(user, recall)], params)[0].text.strip() or DONT_KNOW
+            reply = self.model.generate([prepared.messages], params)[0].text.strip() or DONT_KNOW
         else:
             reply = DONT_KNOW
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         updates = []
         if self.extractor is not None:
             updates = apply_facts(self.memory, self.avatar, self.extractor.extract(user), ts=time.time())
-        return ChatTurn(reply, recall, supported, updates)
+        return ChatTurn(reply, prepared.recall, prepared.supported, updates)

@@ -24,13 +24,14 @@ from personalm.avatars.store import (
     SourceRecord,
     as_vector,
     check_avatar,
+    check_int64,
     check_kinds,
     query_terms,
 )
 from personalm.errors import PersonalmError
 from personalm.eval.text import STOPWORDS
 
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 COLUMNS = "id, kind, text, source, context, ts, created_at, key"
 
 
@@ -44,7 +45,7 @@ class PostgresStore:
     def __init__(self, dsn: str, dimension: int = 384, schema: str = "personalm"):
         import psycopg
 
-        if not SCHEMA_NAME.match(schema):
+        if not SCHEMA_NAME.fullmatch(schema):
             raise PersonalmError(f"schema name {schema!r}: use lower-case letters, digits and '_'")
         self.dsn, self.schema, self.dimension = dsn, schema, dimension
         try:
@@ -127,6 +128,7 @@ class PostgresStore:
 
     def keyword_search(self, avatar: str, query: str, k: int, kinds: Sequence[str] = KINDS) -> list[tuple[int, float]]:
         kinds = check_kinds(kinds)
+        check_int64("k", [k])
         terms = [t for t in query_terms(query) if t not in STOPWORDS] or query_terms(query)
         if not terms or k <= 0:
             return []
@@ -141,6 +143,7 @@ class PostgresStore:
         self, avatar: str, vector: np.ndarray, k: int, kinds: Sequence[str] = KINDS
     ) -> list[tuple[int, float]]:
         kinds = check_kinds(kinds)
+        check_int64("k", [k])
         query = _vector_text(as_vector(vector, self.dimension))
         if k <= 0:
             return []
@@ -152,6 +155,7 @@ class PostgresStore:
         return [(int(i), float(score)) for i, score in rows]
 
     def get(self, avatar: str, ids: Sequence[int]) -> list[Memory]:
+        check_int64("memory id", ids)
         if not ids:
             return []
         rows = self._rows(
@@ -162,6 +166,7 @@ class PostgresStore:
         return [found[i] for i in ids if i in found]
 
     def embeddings(self, avatar: str, ids: Sequence[int]) -> np.ndarray:
+        check_int64("memory id", ids)
         rows = dict(
             self._rows(
                 f"SELECT id, embedding::text FROM {self.schema}.memories WHERE avatar = %s AND id = ANY(%s)",
@@ -173,6 +178,8 @@ class PostgresStore:
 
     def list(self, avatar: str, kind: str | None = None, limit: int = 100, offset: int = 0) -> list[Memory]:
         kinds = check_kinds([kind] if kind else KINDS)
+        check_int64("limit", [limit])
+        check_int64("offset", [offset])
         rows = self._rows(
             f"SELECT {COLUMNS} FROM {self.schema}.memories WHERE avatar = %s AND kind = ANY(%s)"
             " ORDER BY id LIMIT %s OFFSET %s",
@@ -190,6 +197,7 @@ class PostgresStore:
 
     def update(self, avatar: str, memory_id: int, text: str, key: str, embedding: np.ndarray) -> bool:
         check_avatar(avatar)
+        check_int64("memory id", [memory_id])
         vector, s = _vector_text(as_vector(embedding, self.dimension)), self.schema
         with self._lock, self._db.transaction():
             taken = self._db.execute(
@@ -208,6 +216,7 @@ class PostgresStore:
             return bool(cursor.rowcount)
 
     def delete(self, avatar: str, ids: Sequence[int]) -> int:
+        check_int64("memory id", ids)
         if not ids:
             return 0
         with self._lock:

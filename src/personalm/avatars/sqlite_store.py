@@ -35,6 +35,7 @@ from personalm.avatars.store import (
     SourceRecord,
     as_vector,
     check_avatar,
+    check_int64,
     check_kinds,
 )
 from personalm.errors import PersonalmError
@@ -184,6 +185,7 @@ class SQLiteStore:
 
     def keyword_search(self, avatar: str, query: str, k: int, kinds: Sequence[str] = KINDS) -> list[tuple[int, float]]:
         codes = [KINDS.index(kind) for kind in check_kinds(kinds)]
+        check_int64("k", [k])
         with self._lock:
             return self._index(check_avatar(avatar)).keyword_search(query, k, codes)
 
@@ -191,6 +193,7 @@ class SQLiteStore:
         self, avatar: str, vector: np.ndarray, k: int, kinds: Sequence[str] = KINDS
     ) -> list[tuple[int, float]]:
         codes = [KINDS.index(kind) for kind in check_kinds(kinds)]
+        check_int64("k", [k])
         query = as_vector(vector, self.dimension)
         with self._lock:
             return self._index(check_avatar(avatar)).vector_search(query, k, codes)
@@ -234,6 +237,7 @@ class SQLiteStore:
             self._db.execute("COMMIT")
 
     def get(self, avatar: str, ids: Sequence[int]) -> list[Memory]:
+        check_int64("memory id", ids)
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
@@ -244,6 +248,7 @@ class SQLiteStore:
         return [found[i] for i in ids if i in found]
 
     def embeddings(self, avatar: str, ids: Sequence[int]) -> np.ndarray:
+        check_int64("memory id", ids)
         if not ids:
             return np.zeros((0, self.dimension), dtype=np.float32)
         marks = ",".join("?" * len(ids))
@@ -261,6 +266,8 @@ class SQLiteStore:
 
     def list(self, avatar: str, kind: str | None = None, limit: int = 100, offset: int = 0) -> list[Memory]:
         kinds = check_kinds([kind] if kind else KINDS)
+        check_int64("limit", [limit])
+        check_int64("offset", [offset])
         marks = ",".join("?" * len(kinds))
         rows = self._read(
             f"SELECT {COLUMNS} FROM memories WHERE avatar = ? AND kind IN ({marks}) ORDER BY id LIMIT ? OFFSET ?",
@@ -278,6 +285,7 @@ class SQLiteStore:
 
     def update(self, avatar: str, memory_id: int, text: str, key: str, embedding: np.ndarray) -> bool:
         vector = as_vector(embedding, self.dimension)
+        check_int64("memory id", [memory_id])
         with self._write(avatar) as seq:
             try:
                 cursor = self._db.execute(
@@ -295,6 +303,7 @@ class SQLiteStore:
             return bool(cursor.rowcount)
 
     def delete(self, avatar: str, ids: Sequence[int]) -> int:
+        check_int64("memory id", ids)
         if not ids:
             return 0
         marks = ",".join("?" * len(ids))

@@ -21,12 +21,14 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 """utterance: the person's own words, verbatim (style exemplars and knowledge);
 fact: a statement about the person (preference, event, trait), extracted or told."""
 
-AVATAR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AVATAR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_INT64 = 2**63 - 1
+"""The largest integer SQLite and PostgreSQL (bigint) store: ids, limits and offsets stay within it."""
 
 
 def check_avatar(name: str) -> str:
     """Avatar names are short identifiers: they end up in keys, paths and URL scopes."""
-    if not isinstance(name, str) or not AVATAR_NAME.match(name):
+    if not isinstance(name, str) or not AVATAR_NAME.fullmatch(name):
         raise PersonalmError(
             f"avatar name {name!r}: use 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"
         )
@@ -141,6 +143,13 @@ def open_store(url: str | Path | None = None, dimension: int = 384) -> MemorySto
     from personalm.avatars.sqlite_store import SQLiteStore
 
     return SQLiteStore(url, dimension=dimension)
+
+
+def check_int64(what: str, values: Sequence[int]) -> None:
+    """Refuse integers the database cannot hold (it would raise an overflow, not a usable error)."""
+    for value in values:
+        if not -MAX_INT64 - 1 <= value <= MAX_INT64:
+            raise PersonalmError(f"{what} {value}: out of range (a 64-bit integer, at most {MAX_INT64})")
 
 
 def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:

@@ -5,6 +5,10 @@ longest first, the prefix all prompts share computed once); the server (`serve/`
 as they arrive, calls `step` in its engine thread and streams each step's tokens. Finished or
 cancelled rows leave at once and their slots are refilled with a batched prefill, so a long answer
 never holds a half-empty batch hostage. Each request carries its own sampling parameters.
+
+A request that fails ends alone: a prefill that fails is retried one prompt at a time, so only the
+prompt that fails by itself gets an error event (finish reason "error"); a decode step that fails
+ends the rows it was decoding, and queued requests still run.
 """
 
 from __future__ import annotations
@@ -57,11 +61,13 @@ class _Row:
 
 @dataclass
 class StepEvent:
-    """A row that got a token this step; `finish_reason` is set when the row has left."""
+    """A row that got a token this step; `finish_reason` is set when the row has left ("error", with
+    `error` saying why, when it failed)."""
 
     handle: int
     token_ids: list[int]
     finish_reason: str | None
+    error: str | None = None
 
 
 class ContinuousBatcher:
@@ -96,6 +102,8 @@ class ContinuousBatcher:
 
     def submit(self, request: DecodeRequest) -> int:
         """Queue a request; its handle names it in the events `step` returns."""
+        if not request.prompt_ids:
+            raise ValueError("empty prompt: no token to continue from")
         if len(request.prompt_ids) >= self.kernel.max_len:
             raise ValueError(f"prompt of {len(request.prompt_ids)} tokens does not fit {self.kernel.max_len}")
         row = _Row(next(self._handles), request)
@@ -127,10 +135,14 @@ class ContinuousBatcher:
             decoding = self.active[:count]
             tokens = torch.tensor([row.generated[-1] for row in decoding])
             positions = torch.tensor([row.position for row in decoding])
-            logits = self.kernel.decode(tokens, positions)
-            for row, token in zip(decoding, self._choose(logits, decoding), strict=True):
-                row.generated.append(token)
-            events.extend(StepEvent(row.handle, list(row.generated), None) for row in decoding)
+            try:
+                chosen = self._choose(self.kernel.decode(tokens, positions), decoding)
+            except Exception as err:  # noqa: BLE001 - the rows of this forward pass end; the others go on
+                events.extend(self._fail({row.handle for row in decoding}, err))
+            else:
+                for row, token in zip(decoding, chosen, strict=True):
+                    row.generated.append(token)
+                events.extend(StepEvent(row.handle, list(row.generated), None) for row in decoding)
         self._retire(events)
         return events
 
@@ -147,6 +159,9 @@ class ContinuousBatcher:
         try:
             while self.busy:
                 for event in self.step():
+                    if event.error is not None:
+                        self.cancel(set(index_of))
+                        raise RuntimeError(f"generation failed: {event.error}")
                     if event.finish_reason is not None:
                         results[index_of[event.handle]] = DecodeResult(event.token_ids, event.finish_reason)
                         if progress:
@@ -167,15 +182,33 @@ class ContinuousBatcher:
             if batch and longest * (len(batch) + 1) > PREFILL_TOKEN_BUDGET:
                 break
             batch.append(self.queue.popleft())
+        try:
+            self._prefill(batch)
+        except Exception:  # noqa: BLE001 - find the prompt that fails alone; the others are admitted
+            for row in batch:
+                try:
+                    self._prefill([row])
+                except Exception as err:  # noqa: BLE001
+                    events.append(_failure(row, err))
+        events.extend(StepEvent(row.handle, list(row.generated), None) for row in batch if row.generated)
+
+    def _prefill(self, rows: list[_Row]) -> None:
+        """Prefill `rows` into the slots after the active ones; they join the active rows only
+        when the prefill and their first token succeeded."""
         first = len(self.active)
         if self.prefix is not None:
-            self.kernel.load_prefix(self.prefix, first, len(batch))
+            self.kernel.load_prefix(self.prefix, first, len(rows))
         offset = self.prefix_len
-        logits = self.kernel.prefill(first, [row.prompt[offset:] for row in batch], offset)
-        for row, token in zip(batch, self._choose(logits, batch), strict=True):
+        logits = self.kernel.prefill(first, [row.prompt[offset:] for row in rows], offset)
+        for row, token in zip(rows, self._choose(logits, rows), strict=True):
             row.generated.append(token)
-        self.active.extend(batch)
-        events.extend(StepEvent(row.handle, list(row.generated), None) for row in batch)
+        self.active.extend(rows)
+
+    def _fail(self, handles: set[int], err: Exception) -> list[StepEvent]:
+        """End these rows with an error event each, freeing their slots."""
+        rows = {row.handle: row for row in [*self.queue, *self.active] if row.handle in handles}
+        self.cancel(handles)
+        return [_failure(row, err) for row in rows.values()]
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         """Next tokens, choosing together the rows that share sampling settings."""
@@ -235,3 +268,7 @@ class ContinuousBatcher:
         if slot < len(self.active):
             self.kernel.move_slot(len(self.active), slot, last.position + 1)
             self.active[slot] = last
+
+
+def _failure(row: _Row, err: Exception) -> StepEvent:
+    return StepEvent(row.handle, list(row.generated), "error", f"{type(err).__name__}: {err}")

@@ -1,8 +1,9 @@
-"""Dynamic batching for the server: one engine thread per local model steps a ContinuousBatcher.
+"""Dynamic batching for the server: one worker thread per local model steps a ContinuousBatcher.
 
 Requests that arrive while others decode join the next step (they share its forward passes);
 each step's tokens go back to the asyncio side through per-request queues. A request whose client
-went away is cancelled between two steps, so it stops consuming compute at once.
+went away is cancelled between two steps, so it stops consuming compute at once. A request that
+fails (the batcher reports it in an error event) fails alone: the others keep streaming.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ class Ticket:
 ADMIT_WAIT_S = 0.3
 
 
-class EngineError(RuntimeError):
-    """The engine thread failed while running a request."""
+class GenerationError(RuntimeError):
+    """A request could not be generated (it failed in the batch worker, or its soup could not be merged)."""
 
 
-class ServingEngine:
-    """Owns a KV cache of `slots` sequences of `max_len` tokens next to the model's own one."""
+class BatchWorker:
+    """The thread that batches one model's requests; owns a KV cache of `slots` sequences of
+    `max_len` tokens next to the model's own one."""
 
     def __init__(self, model: LocalModel, slots: int = 32, max_len: int = 1024):
         self.model = model
@@ -48,13 +50,13 @@ class ServingEngine:
         self._tickets: dict[int, Ticket] = {}
         self._handles: dict[Ticket, int] = {}
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"engine-{model.name}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"batch-worker-{model.name}", daemon=True)
         self._thread.start()
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams, generator=None) -> AsyncIterator[StepEvent]:
         """Yield this request's events (token ids so far, finish reason on the last one).
 
-        Closing the iterator early (client gone) cancels the request in the engine.
+        Closing the iterator early (client gone) cancels the request in the worker.
         """
         ticket = Ticket(asyncio.get_running_loop())
         self._inbox.put(("submit", ticket, DecodeRequest(prompt_ids, generator, params)))
@@ -64,7 +66,10 @@ class ServingEngine:
                 event = await ticket.events.get()
                 if isinstance(event, BaseException):
                     finished = True
-                    raise EngineError(str(event)) from event
+                    raise GenerationError(str(event)) from event
+                if event.error is not None:
+                    finished = True
+                    raise GenerationError(event.error)
                 yield event
                 if event.finish_reason is not None:
                     finished = True
@@ -75,7 +80,7 @@ class ServingEngine:
 
     def weights_edited(self, modules) -> None:
         """Re-pack the kernel's copy of the weights of `modules`, edited in place (a soup merge).
-        Only while no request is in flight: the caller guarantees the engine is idle."""
+        Only while no request is in flight: the caller guarantees the worker is idle."""
         self.batcher.kernel.weights.refresh(self.model.model, modules)
 
     def close(self) -> None:
@@ -129,7 +134,8 @@ class ServingEngine:
             self._handles.pop(ticket, None)
 
     def _fail_all(self, err: Exception) -> None:
-        """Drop every request (the batcher state is unknown after a failure) and tell the clients."""
+        """Drop every request and tell the clients: the batcher failed outside any one request's
+        error handling, so its state is unknown."""
         self.batcher.cancel(set(self._tickets))
         for ticket in list(self._tickets.values()):
             ticket.loop.call_soon_threadsafe(ticket.events.put_nowait, err)

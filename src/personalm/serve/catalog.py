@@ -17,7 +17,7 @@ from personalm.models.llama_kernel import supports
 from personalm.models.local import LocalModel
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.paths import home
-from personalm.serve.batch_worker import ServingEngine
+from personalm.serve.batch_worker import BatchWorker
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Catalog:
         for name, path in (saved_adapters() | (adapters or {})).items():
             validate(path)  # a broken adapter fails the start, not a request
             self.entries[name] = Entry(name, "adapter", next(iter(self.entries)), Path(path))
-        self._loaded: dict[str, tuple[LocalModel, ServingEngine | None]] = {}
+        self._loaded: dict[str, tuple[LocalModel, BatchWorker | None]] = {}
         self._lock = threading.Lock()
 
     def get(self, model_id: str) -> Entry:
@@ -67,16 +67,16 @@ class Catalog:
         """Serve an already loaded model under a catalog id (no second copy in memory)."""
         self.get(model_id)
         with self._lock:
-            engine = ServingEngine(model, self.slots, self.max_len) if supports(model.model) else None
+            engine = BatchWorker(model, self.slots, self.max_len) if supports(model.model) else None
             self._loaded[model_id] = (model, engine)
 
-    def load(self, model_id: str) -> tuple[LocalModel, ServingEngine | None]:
+    def load(self, model_id: str) -> tuple[LocalModel, BatchWorker | None]:
         """The model and its engine (None for architectures the batching kernel does not support)."""
         entry = self.get(model_id)
         with self._lock:
             if model_id not in self._loaded:
                 model = LocalModel(resolve_local(entry.base), adapter=entry.adapter, name=entry.id)
-                engine = ServingEngine(model, self.slots, self.max_len) if supports(model.model) else None
+                engine = BatchWorker(model, self.slots, self.max_len) if supports(model.model) else None
                 self._loaded[model_id] = (model, engine)
             return self._loaded[model_id]
 

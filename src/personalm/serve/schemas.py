@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI-compatible API, validated strictly (wrong types → 400, never 500)."""
+"""Request bodies of the OpenAI-compatible API, validated strictly: wrong types are refused (400),
+never coerced ("10" is not a number, "yes" not a boolean), and never reach a route as a 500."""
 
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ Weight = Annotated[float, Strict(), Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
 class SamplingFields(BaseModel):
     """The sampling fields chat and text completions share (OpenAI defaults)."""
 
-    model_config = ConfigDict(extra="ignore", validate_default=True)
+    model_config = ConfigDict(strict=True, extra="ignore", validate_default=True)
 
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
@@ -70,13 +75,13 @@ class CompletionRequest(SamplingFields):
     @classmethod
     def _prompt(cls, value: str | list[str]) -> list[str]:
         prompts = [value] if isinstance(value, str) else value
-        if not prompts or any(len(p) > MAX_TEXT_CHARS for p in prompts):
-            raise ValueError(f"prompt: 1 to {MAX_ITEMS} strings of at most {MAX_TEXT_CHARS} characters")
+        if not prompts or any(not p or len(p) > MAX_TEXT_CHARS for p in prompts):
+            raise ValueError(f"prompt: 1 to {MAX_ITEMS} non-empty strings of at most {MAX_TEXT_CHARS} characters")
         return prompts
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     model: str = Field(min_length=1, max_length=256)
     input: str | list[str]
@@ -92,5 +97,7 @@ class EmbeddingRequest(BaseModel):
 
 
 class KeyRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     scope: str = Field(pattern=r"^(user|avatar:[A-Za-z0-9_.-]{1,64})$")

@@ -40,7 +40,7 @@ from personalm.models.llama_kernel import supports
 from personalm.models.local import LocalModel
 from personalm.models.registry import resolve_local
 from personalm.serve.catalog import Catalog, Entry
-from personalm.serve.batch_worker import EngineError, ServingEngine
+from personalm.serve.batch_worker import BatchWorker, GenerationError
 from personalm.soups.collect import PMORL
 from personalm.soups.merge import cache_key, check_named_weights
 from personalm.soups.preferences import Preferences
@@ -116,7 +116,7 @@ class SoupModels:
             raise PersonalmError(f"no pole adapters ({known}) and no {PMORL} adapter", source=str(self.root))
         self._factors: OrderedDict[str, dict[str, LoraFactors]] = OrderedDict()
         self._model: LocalModel | None = None
-        self._engine: ServingEngine | None = None
+        self._engine: BatchWorker | None = None
         self._merged = ExitStack()
         self._touched: set[str] = set()
         self._load_lock = threading.Lock()
@@ -208,7 +208,7 @@ class SoupModels:
         return self._factors[key]
 
     @asynccontextmanager
-    async def session(self, weights: Mapping[str, float]) -> AsyncIterator[ServingEngine | None]:
+    async def session(self, weights: Mapping[str, float]) -> AsyncIterator[BatchWorker | None]:
         """Hold the soup of `weights` while generating: yields its engine (None without the kernel)."""
         if self._gate is None:
             self._gate = WeightGate(self._switch)
@@ -219,7 +219,7 @@ class SoupModels:
         try:
             await asyncio.to_thread(self._apply, key, weights)
         except Exception as err:  # noqa: BLE001 - the waiting client hears about it as an engine failure
-            raise EngineError(f"merging the soup failed: {err}") from err
+            raise GenerationError(f"merging the soup failed: {err}") from err
 
     def _apply(self, key: str, weights: Mapping[str, float]) -> None:
         """Swap the merged soup (the engine is idle: the gate let no request in). Runs in a worker
@@ -239,7 +239,7 @@ class SoupModels:
                 self._engine.close()
                 self._engine = None
         if supports(model.model):
-            self._engine = ServingEngine(model, self.slots, self.max_len)
+            self._engine = BatchWorker(model, self.slots, self.max_len)
 
     def close(self) -> None:
         if self._engine is not None:

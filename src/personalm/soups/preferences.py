@@ -22,7 +22,7 @@ from pathlib import Path
 
 from personalm.errors import PersonalmError
 
-_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*\Z")  # \Z: "$" would let a trailing newline through
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The server's routers, one per part of the API; each is built around the `Served` it answers from."""
