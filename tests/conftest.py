@@ -192,7 +192,7 @@ class WordHashEmbedder:
         return out / np.where(norms == 0, 1, norms)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def word_hash_embedder() -> Callable[..., WordHashEmbedder]:
     """Makes a `WordHashEmbedder` (512 dimensions unless told)."""
     return WordHashEmbedder
