@@ -88,6 +88,20 @@ def _decode_lines(handle: IO[bytes], source: str) -> Iterator[tuple[int, str]]:
         yield number, (line[:-2] + "\n" if line.endswith("\r\n") else line)
 
 
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (a template, a description); a missing file, a folder or a bad
+    byte is one PersonalmError naming the file (and the line of the bad byte)."""
+    source = str(path)
+    if not Path(path).is_file():
+        raise PersonalmError("no such file", source=source)
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise PersonalmError(f"not UTF-8 text ({err.reason} at byte {err.start + 1})", source=source, line=line) from None
+
+
 def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:
     try:
         table = pq.read_table(path)

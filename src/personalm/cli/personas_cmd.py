@@ -42,7 +42,7 @@ def dedup(
     """Two-stage near-duplicate removal; every dropped row names the kept row it duplicates."""
     from personalm.personas.dedup import DedupOptions, dedup_table
     from personalm.executors import get_engine
-    from personalm.personas.io import read_personas, sidecar_path, write_table
+    from personalm.personas.io import read_personas, write_dedup_outputs
 
     output_format(out)
     try:
@@ -51,9 +51,7 @@ def dedup(
         raise PersonalmError(str(err)) from None
     table = read_personas(input, column)
     result = dedup_table(table, options, get_engine(engine), column=column)
-    dropped_path = sidecar_path(out)
-    write_table(dropped_path, result.dropped)
-    write_table(out, result.kept)
+    dropped_path = write_dedup_outputs(out, result.kept, result.dropped)
     s = result.summary
     stderr.print(
         f"kept {s['kept_rows']} of {s['input_rows']} personas -> {out}; dropped {s['dropped_minhash']} by MinHash "

@@ -191,6 +191,33 @@ def fit_to_max_len(
     return [(ids[:max_len], labels[:max_len]) for ids, labels in sequences]
 
 
+def read_examples(
+    path: str | Path, column: str = "messages", contrast: bool = False
+) -> list[tuple[int, list[dict[str, str]], str | None]]:
+    """(line, messages, persona) of every row, validated without a tokenizer (so a bad file is
+    reported before any model loads)."""
+    source = str(path)
+    rows = []
+    for line, row in read_rows(path, input_format(source, None)):
+        messages = validate_messages(require(row, column, list, source, line), source, line)
+        persona = row.get("persona")
+        if persona is not None and (not isinstance(persona, str) or not persona.strip()):
+            raise PersonalmError("'persona' must be a non-empty string", source=source, line=line)
+        if contrast and persona is None:
+            raise PersonalmError(
+                "no 'persona' field (PerCE contrasts each reply with and without it)", source=source, line=line
+            )
+        if persona is None and messages[0]["role"] == "assistant":
+            raise PersonalmError(
+                "messages[0] is an assistant turn with nothing before it; start with the user (or system) "
+                "message it answers",
+                source=source,
+                line=line,
+            )
+        rows.append((line, messages, persona))
+    return rows
+
+
 def load_examples(
     path: str | Path,
     tokenizer,
@@ -203,15 +230,7 @@ def load_examples(
     check_overlong(overlong)
     source = str(path)
     dataset = Dataset([])
-    for line, row in read_rows(path, input_format(source, None)):
-        messages = validate_messages(require(row, column, list, source, line), source, line)
-        persona = row.get("persona")
-        if persona is not None and (not isinstance(persona, str) or not persona.strip()):
-            raise PersonalmError("'persona' must be a non-empty string", source=source, line=line)
-        if contrast and persona is None:
-            raise PersonalmError(
-                "no 'persona' field (PerCE contrasts each reply with and without it)", source=source, line=line
-            )
+    for line, messages, persona in read_examples(path, column, contrast):
         bare_ids = bare_labels = None
         if contrast:
             ids, labels, bare_ids, bare_labels = tokenize_contrast(tokenizer, messages, persona)
@@ -239,6 +258,8 @@ def read_pairs(path: str | Path) -> list[tuple[int, list[dict], list[dict], list
     pairs = []
     for line, row in read_rows(path, input_format(source, None)):
         prompt = require(row, "prompt", list, source, line)
+        if not prompt:
+            raise PersonalmError("'prompt' is empty (the messages the answers reply to)", source=source, line=line)
         chats = []
         for column in ("chosen", "rejected"):
             side = require(row, column, list, source, line)
