@@ -99,7 +99,9 @@ def read_text(path: str | Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise PersonalmError(f"not UTF-8 text ({err.reason} at byte {err.start + 1})", source=source, line=line) from None
+        raise PersonalmError(
+            f"not UTF-8 text ({err.reason} at byte {err.start + 1})", source=source, line=line
+        ) from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:

@@ -59,6 +59,7 @@ def test_every_row_is_checked_before_the_model_loads(tmp_path: Path, rows, loss,
 
 
 def test_an_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
-    data = write(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    data = write(tmp_path / "d.jsonl", [{"messages": chat}])
     (tmp_path / "a").write_text("not a folder")
     assert "not a directory" in one_error_line(run_main("train", "sft", str(data), "-o", str(tmp_path / "a")))

@@ -141,7 +141,7 @@ def open_store(url: str | Path | None = None, dimension: int = 384, must_exist: 
         return PostgresStore(url, dimension=dimension)
     from personalm.avatars.sqlite_store import SQLiteStore
 
-    if must_exist and not Path(url).exists():
+    if must_exist and (not Path(url).exists() or Path(url).is_file() and Path(url).stat().st_size == 0):
         raise PersonalmError(
             "no such memory store (add memories with `personalm avatar ingest NAME FILES`)", source=url
         )

@@ -271,11 +271,12 @@ def experiment_cmd(
     ),
 ) -> None:
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
+    from personalm.cli.inputs import data_folder
     from personalm.studies.avatars import ExperimentConfig, headline_rows, run
-    from personalm.paths import data_dir
 
+    needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
     config = ExperimentConfig(
-        data=data or data_dir(), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
+        data=data_folder(data, required=needed), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
         memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
         seed=seed, prefeval_only=prefeval_only,

@@ -29,6 +29,8 @@ def _load_task(task: str, world: str | None, reasoning: str, template: Path | No
     from personalm.synth.tasks import get_task
 
     text = read_text(template) if template is not None else None
+    if text is not None and not text.strip():
+        raise PersonalmError("the template is empty", source=str(template))
     return get_task(task, world=_world(world), kind=reasoning, template=text, template_source=str(template))
 
 
