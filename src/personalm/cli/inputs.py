@@ -29,7 +29,7 @@ def data_folder(
     for name in required:
         if not (folder / name).exists():
             raise PersonalmError(
-                "no such file or folder in the data folder (pass --data or set PERSONALM_DATA)", source=str(folder / name)
+                "no such file or folder (pass --data or set PERSONALM_DATA)", source=str(folder / name)
             )
     for name in [*required, *optional]:
         path = folder / name
