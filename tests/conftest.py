@@ -154,17 +154,30 @@ class Cli:
         assert done.returncode == 0, done.stderr[-2000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    def invoke(self, *args: str) -> CliResult:
+    def invoke(self, *args: str, stdin: str = "") -> CliResult:
         from personalm.cli.app import main
 
         out, err = io.StringIO(), io.StringIO()
         code = 0
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main(list(args))
-            except SystemExit as done:
-                code = done.code if isinstance(done.code, int) else int(done.code is not None)
+        saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin)
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                try:
+                    main(list(args))
+                except SystemExit as done:
+                    code = done.code if isinstance(done.code, int) else int(done.code is not None)
+        finally:
+            sys.stdin = saved_stdin
         return CliResult(code, out.getvalue(), err.getvalue())
+
+    @staticmethod
+    def one_error_line(result: CliResult) -> str:
+        """The single `error: ...` line of a user error (exit 2, no traceback), or an assertion saying what is wrong."""
+        assert result.returncode == 2, str(result)
+        assert "Traceback" not in result.stdout + result.stderr, str(result)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), str(result)
+        return lines[0]
 
 
 @pytest.fixture(scope="session")

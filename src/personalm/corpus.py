@@ -39,7 +39,8 @@ def decode(data: bytes, source: str | Path) -> str:
         raise PersonalmError(f"not UTF-8 text ({err.reason} at byte {at + 1})", source=str(source), line=line) from None
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
+    path = Path(path)
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -48,8 +49,8 @@ def read_bytes(path: Path) -> bytes:
         raise PersonalmError(f"cannot read ({err.strerror})", source=str(path)) from None
 
 
-def read_text(path: Path) -> str:
-    """A text file's content (newlines as written)."""
+def read_text(path: str | Path) -> str:
+    """A text file's content (newlines as written): a corpus file, a template, a description."""
     return decode(read_bytes(path), path)
 
 

@@ -38,6 +38,7 @@ def training_bar(description: str = "training") -> Iterator[Callable[[int, int, 
         TextColumn("loss {task.fields[loss]:.4f}"),
         TimeRemainingColumn(),
         console=stderr,
+        disable=not stderr.is_terminal,
     ) as bar:
         task = bar.add_task(description, total=None, loss=float("nan"))
         yield lambda step, total, loss: bar.update(task, completed=step, total=total, loss=loss)

@@ -42,9 +42,10 @@ def _split_long(sentence: str, max_chars: int) -> list[str]:
             current = word
         else:
             current = f"{current} {word}" if current else word
-        while len(current) > max_chars:
-            pieces.append(current[:max_chars])
-            current = current[max_chars:]
+        if len(current) > max_chars:  # one word longer than a chunk: cut it, keeping 1..max_chars chars
+            whole = (len(current) - 1) // max_chars * max_chars
+            pieces += [current[i : i + max_chars] for i in range(0, whole, max_chars)]
+            current = current[whole:]
     return pieces + ([current] if current else [])
 
 

@@ -73,6 +73,15 @@ def utterances(source: Source, key: str, chunking: Chunking) -> list[NewMemory]:
     return out
 
 
+def first_of_each_key(memories: list[NewMemory]) -> list[NewMemory]:
+    """One memory per content hash, the first (as the store keeps the first): a repeated chunk,
+    e.g. thousands from one long line without sentence breaks, is embedded once, not every time."""
+    first: dict[str, NewMemory] = {}
+    for memory in memories:
+        first.setdefault(memory.key, memory)
+    return list(first.values())
+
+
 def ingest(
     store: MemoryStore,
     embed: Callable[[Sequence[str]], np.ndarray],
@@ -97,10 +106,11 @@ def ingest(
                 progress(1)
             continue
         memories = utterances(source, key, chunking)
-        vectors = embed([m.text for m in memories])
-        for memory, vector in zip(memories, vectors, strict=True):
+        distinct = first_of_each_key(memories)
+        vectors = embed([m.text for m in distinct])
+        for memory, vector in zip(distinct, vectors, strict=True):
             memory.embedding = vector
-        added = store.add(avatar, memories, SourceRecord(key, str(source.path), len(memories)))
+        added = store.add(avatar, distinct, SourceRecord(key, str(source.path), len(distinct)))
         report.added += len(added)
         report.duplicates += len(memories) - len(added)
         if progress:

@@ -130,9 +130,10 @@ class MemoryStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str | Path | None = None, dimension: int = 384) -> MemoryStore:
+def open_store(url: str | Path | None = None, dimension: int = 384, must_exist: bool = False) -> MemoryStore:
     """A store by URL: `postgresql://...` for PostgreSQL + pgvector, else a SQLite file path
-    (default PERSONALM_HOME/avatars/memory.db)."""
+    (default PERSONALM_HOME/avatars/memory.db). `must_exist`: a missing SQLite file is an error
+    (commands that only read memory must not leave an empty store behind)."""
     from personalm.paths import home
 
     url = str(url) if url else str(home() / "avatars" / "memory.db")
@@ -142,7 +143,14 @@ def open_store(url: str | Path | None = None, dimension: int = 384) -> MemorySto
         return PostgresStore(url, dimension=dimension)
     from personalm.avatars.sqlite_store import SQLiteStore
 
-    return SQLiteStore(url, dimension=dimension)
+    if must_exist and (not Path(url).exists() or Path(url).is_file() and Path(url).stat().st_size == 0):
+        raise PersonalmError(
+            "no such memory store (add memories with `personalm avatar ingest NAME FILES`)", source=url
+        )
+    try:
+        return SQLiteStore(url, dimension=dimension)
+    except OSError as err:
+        raise PersonalmError(f"cannot open the memory store ({err.strerror or err})", source=url) from None
 
 
 def check_int64(what: str, values: Sequence[int]) -> None:

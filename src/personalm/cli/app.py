@@ -24,6 +24,11 @@ from personalm.cli import (
 from personalm.progress import stderr
 from personalm.errors import PersonalmError
 
+try:  # typer >= 0.2x raises its own copy of click's exceptions; older releases raise click's
+    from typer import TyperException as ClickError
+except ImportError:
+    from click import ClickException as ClickError
+
 app = typer.Typer(
     name="personalm",
     help="Make language models personal: personas, synthesis, tone adapters, PerCE, soups, avatars.",
@@ -51,10 +56,32 @@ EXIT_USER_ERROR = 2
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, prog_name="personalm", standalone_mode=False)
     except PersonalmError as err:
-        stderr.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USER_ERROR)
+        _fail(str(err))
+    except ClickError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":
+            sys.exit(EXIT_USER_ERROR)  # typer has already printed the help
+        _fail(_click_line(err), err.exit_code)
+    except typer.Abort:
+        stderr.print("aborted", markup=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         stderr.print("interrupted; finished work is kept in the cache, re-run to resume", markup=False)
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _click_line(err: ClickError) -> str:
+    """A usage error (bad option value, missing argument, unknown command) on one line, naming the command."""
+    ctx = getattr(err, "ctx", None)
+    message = " ".join(err.format_message().split())
+    if ctx is None:
+        return message
+    return f"{ctx.command_path}: {message} (see {ctx.command_path} --help)"
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -16,13 +16,18 @@ from personalm.progress import progress_bar, stderr
 
 app = typer.Typer(help="Avatars of real people: memory of their own words, retrieval, chat.", no_args_is_help=True)
 
+# Ids, offsets and counts are SQLite (and PostgreSQL bigint) integers: larger ones are refused here.
+INT64_MAX = 2**63 - 1
 STORE_HELP = "Memory store: a SQLite file or postgresql://... (default PERSONALM_AVATAR_STORE or PERSONALM_HOME/avatars/memory.db)."
 
 
-def _memory(store: str | None):
-    from personalm.avatars.api import AvatarMemory
+def _memory(store: str | None, create: bool = False):
+    """The avatar memory; only `ingest` (create=True) may start a new store."""
+    from personalm.avatars.api import DEFAULT_DIMENSION, AvatarMemory
+    from personalm.avatars.store import open_store
 
-    return AvatarMemory(store or os.environ.get("PERSONALM_AVATAR_STORE"))
+    url = store or os.environ.get("PERSONALM_AVATAR_STORE")
+    return AvatarMemory(open_store(url, DEFAULT_DIMENSION, must_exist=not create))
 
 
 def _when(ts: float | None) -> str:
@@ -50,9 +55,9 @@ def ingest_cmd(
     from personalm.avatars.store import check_avatar
 
     check_avatar(name)
-    memory = _memory(store)
     chunking = Chunking(chunk_chars, overlap)
     files = discover(sources)
+    memory = _memory(store, create=True)
     with progress_bar(f"ingesting into {name}", len(files)) as advance:
         report = memory.ingest(name, sources, speaker, chunking, advance)
     stderr.print(
@@ -68,8 +73,8 @@ def ingest_cmd(
 def list_cmd(
     name: str = typer.Argument(None, help="An avatar: list its memories. None: list the avatars."),
     kind: str = typer.Option(None, help="utterance or fact."),
-    limit: int = typer.Option(20, min=1),
-    offset: int = typer.Option(0, min=0),
+    limit: int = typer.Option(20, min=1, max=INT64_MAX),
+    offset: int = typer.Option(0, min=0, max=INT64_MAX),
     store: str = typer.Option(None, help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
@@ -90,7 +95,7 @@ def list_cmd(
 def search_cmd(
     name: str = typer.Argument(...),
     query: str = typer.Argument(...),
-    k: int = typer.Option(5, "-k", min=1),
+    k: int = typer.Option(5, "-k", min=1, max=INT64_MAX),
     kind: str = typer.Option(None, help="utterance or fact (default both)."),
     recency: float = typer.Option(0.0, min=0.0, help="Weight of a newest-first list in the fusion (0: off)."),
     store: str = typer.Option(None, help=STORE_HELP),
@@ -111,7 +116,9 @@ def search_cmd(
 @app.command("forget")
 def forget_cmd(
     name: str = typer.Argument(...),
-    ids: list[int] = typer.Argument(None, help="Memory ids to delete (see `avatar list NAME`)."),
+    ids: list[int] = typer.Argument(
+        None, min=1, max=INT64_MAX, help="Memory ids to delete (see `avatar list NAME`)."
+    ),
     everything: bool = typer.Option(False, "--all", help="Delete the whole avatar."),
     store: str = typer.Option(None, help=STORE_HELP),
 ) -> None:
@@ -264,11 +271,12 @@ def experiment_cmd(
     ),
 ) -> None:
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
+    from personalm.cli.inputs import data_folder
     from personalm.studies.avatar_experiment import ExperimentConfig, headline_rows, run
-    from personalm.paths import data_dir
 
+    needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
     config = ExperimentConfig(
-        data=data or data_dir(), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
+        data=data_folder(data, required=needed), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
         memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
         seed=seed, prefeval_only=prefeval_only,
@@ -292,7 +300,7 @@ def experiment_cmd(
 def sft_data_cmd(
     name: str = typer.Argument(...),
     out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl or .parquet with a `messages` column."),
-    limit: int = typer.Option(0, min=0, help="At most this many examples (0: all)."),
+    limit: int = typer.Option(0, min=0, max=INT64_MAX, help="At most this many examples (0: all)."),
     store: str = typer.Option(None, help=STORE_HELP),
 ) -> None:
     """Export the person's utterances as chat examples for `personalm train sft` (a personal adapter)."""

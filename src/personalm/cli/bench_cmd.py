@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from personalm.cli.inputs import PERSONAS_FILE, data_folder
+from personalm.errors import PersonalmError
 from personalm.progress import stderr
 from personalm.models.registry import DEFAULT_MODEL
-from personalm.paths import data_dir
 
 app = typer.Typer(help="Performance benchmarks against the libraries users would use instead.", no_args_is_help=True)
 
@@ -35,8 +36,9 @@ def generate_bench(
     """Ours (continuous batching) vs HF generate one-at-a-time vs llama.cpp, tokens/s and ratios."""
     from personalm.studies.bench import generate
 
+    folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
     result = generate.run(
-        prompts, max_tokens, data or data_dir(), model, llamacpp, log=lambda m: stderr.print(m, markup=False)
+        prompts, max_tokens, folder, model, llamacpp, log=lambda m: stderr.print(m, markup=False)
     )
     table = Table("contender", "tokens", "seconds", "tokens/s", "ours is")
     table.add_row(
@@ -85,8 +87,9 @@ def serve_bench(
     """Streaming clients on loopback against `personalm serve` vs the same requests one at a time."""
     from personalm.studies.bench import serve
 
+    folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
     result = serve.run(
-        clients, seconds, sequential_seconds, max_tokens, data or data_dir(), model,
+        clients, seconds, sequential_seconds, max_tokens, folder, model,
         log=lambda m: stderr.print(m, markup=False),
     )  # fmt: skip
     table = Table("phase", "requests", "tokens", "seconds", "tokens/s", "TTFT p50 ms", "TTFT p95 ms", "errors")
@@ -117,8 +120,9 @@ def perce_bench(
     """Trainer step time of PerCE vs plain CE on the same batch (PerCE adds one no-grad forward)."""
     from personalm.studies.bench import perce
 
+    folder = data_folder(data, required=["persona_chat/valid.csv"])
     result = perce.run(
-        data or data_dir(), model, batch_size, max_len, repeats, log=lambda m: stderr.print(m, markup=False)
+        folder, model, batch_size, max_len, repeats, log=lambda m: stderr.print(m, markup=False)
     )
     table = Table("loss", "step s (median)", "tokens/s")
     table.add_row("CE", str(result["ce_step_s"]), str(result["ce_tok_s"]))
@@ -147,7 +151,11 @@ def merge_bench(
     from personalm.soups.merge import parse_weights
     from personalm.studies.bench import merge
 
+    if not adapters.is_dir():
+        raise PersonalmError("no such folder (the one `personalm soups train` writes)", source=str(adapters))
     names = list(list_adapters(adapters))
+    if not names:
+        raise PersonalmError("no adapters in this folder (run `personalm soups train`)", source=str(adapters))
     result = merge.run(
         adapters, parse_weights(weights, names), model, repeats, log=lambda m: stderr.print(m, markup=False)
     )
@@ -187,8 +195,9 @@ def train_bench(
     """Our LoRA trainer vs TRL's SFTTrainer: tokens/s, ratio and fraction of the fp32 peak."""
     from personalm.studies.bench import train
 
+    folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
     result = train.run(
-        steps, batch_size, seq_len, rank, data or data_dir(), model, log=lambda m: stderr.print(m, markup=False)
+        steps, batch_size, seq_len, rank, folder, model, log=lambda m: stderr.print(m, markup=False)
     )
     table = Table("trainer", "tokens", "seconds", "tokens/s", "peak fraction", "ours is")
     table.add_row("personalm train sft", str(result["ours_tokens"]), str(result["ours_s"]), str(result["ours_tok_s"]),
@@ -244,10 +253,10 @@ def dedup_bench(
     from personalm.studies.bench import dedup, dedup_report
     from personalm.studies.harness import Study
 
-    data = data or data_dir()
-    settings = {"rows": rows, "vectors": vectors, "subset": subset, "seed": seed, "data": data}
+    folder = data_folder(data, required=[PERSONAS_FILE])
+    settings = {"rows": rows, "vectors": vectors, "subset": subset, "seed": seed, "data": folder}
     study = Study(report, settings) if report else None
-    result = dedup.run(data, rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False))
+    result = dedup.run(folder, rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False))
     table = Table("measure", "personalm", "peer", "ratio")
     for row in dedup_report.headline(result):
         table.add_row(*row)
@@ -274,8 +283,9 @@ def synth_bench(
     """Our batched synthesis vs one persona one request at a time (local and over HTTP), tokens/s and ratios."""
     from personalm.studies.bench import synth
 
+    folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
     result = synth.run(
-        personas, sequential, concurrency, max_tokens, task, data or data_dir(), model, http,
+        personas, sequential, concurrency, max_tokens, task, folder, model, http,
         log=lambda m: stderr.print(m, markup=False),
     )  # fmt: skip
     table = Table("runner", "rows", "tokens", "seconds", "tokens/s", "ours is")
@@ -323,8 +333,9 @@ def retrieval_bench(
     """Our SQLite memory store (hybrid and dense) vs Chroma (dense), same embeddings and k: latency, ingest, recall."""
     from personalm.studies.bench import retrieval
 
+    folder = data_folder(data, required=["speeches", PERSONAS_FILE])
     result = retrieval.run(
-        data or data_dir(), memories, queries, embedded, k, candidates, seed, rounds,
+        folder, memories, queries, embedded, k, candidates, seed, rounds,
         log=lambda m: stderr.print(m, markup=False),
     )  # fmt: skip
     table = Table("contender", "p50 ms", "p95 ms", f"recall@{k}", "ingest /s", "ours is (p95)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from personalm.progress import progress_bar
+from personalm.progress import progress_bar, stderr
 from personalm.errors import PersonalmError
 from personalm.models.embedder import Embedder
 from personalm.tables import input_format, output_format, read_rows, require, write_rows
@@ -42,6 +42,7 @@ def embed(
     if not texts:
         raise PersonalmError("no texts found (empty input)", source=source)
     embedder = Embedder(model, batch_size=batch_size)
+    _warn_overlong(embedder, texts, [line for line, _ in rows], source)
     with progress_bar("embedding", len(texts)) as advance:
         vectors = embedder.embed(texts, advance)
     if as_matrix:
@@ -58,3 +59,21 @@ def embed(
             ],
         )
     typer.echo(f"wrote {len(texts)} embeddings ({embedder.dimension}-d, {embedder.name}) to {out}", err=True)
+
+
+SHOWN_LINES = 10
+
+
+def _warn_overlong(embedder: Embedder, texts: list[str], lines: list[int], source: str) -> None:
+    """Say which texts the model will cut to its window (it embeds only their first tokens)."""
+    window = embedder.model.max_seq_length
+    lengths = embedder.model.tokenizer(texts, truncation=True, max_length=window + 1, return_length=True)["length"]
+    over = [line for line, n in zip(lines, lengths, strict=True) if n > window]
+    if not over:
+        return
+    shown = ", ".join(map(str, over[:SHOWN_LINES])) + (", ..." if len(over) > SHOWN_LINES else "")
+    stderr.print(
+        f"warning: {source}: {len(over)} of {len(texts)} texts are longer than the model's {window} tokens; "
+        f"only their first {window} tokens are embedded (lines {shown})",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip

@@ -11,7 +11,6 @@ from rich.console import Console
 from personalm.progress import stderr
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
-from personalm.paths import data_dir
 
 app = typer.Typer(help="Token-level personalization: PerContrast / PerCE.", no_args_is_help=True)
 
@@ -111,11 +110,13 @@ def experiment(
     """CE vs PerCE on persona-chat: same model, adapter config, data, steps and seeds; held-out eval."""
     from rich.table import Table
 
+    from personalm.cli.inputs import data_folder
     from personalm.studies.perce import ExperimentConfig, parse_sweep, run
     from personalm.studies.perce_report import headline_rows
 
+    needed = ["persona_chat/valid.csv"] + (["prefeval/mcq_options"] if prefeval_items else [])
     config = ExperimentConfig(
-        out=str(out), data=str(data or data_dir()), model=model, seeds=seeds,
+        out=str(out), data=str(data_folder(data, required=needed)), model=model, seeds=seeds,
         train_conversations=train_conversations, test_turns=test_turns, prefeval_items=prefeval_items,
         pir_examples=pir_examples, k=k, steps=steps, batch_size=batch_size, lr=lr, rank=rank, window=window,
         max_len=max_len, max_tokens=max_tokens, clip_min=clip_min, clip_max=clip_max, split_seed=split_seed,

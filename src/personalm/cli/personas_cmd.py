@@ -42,7 +42,7 @@ def dedup(
     """Two-stage near-duplicate removal; every dropped row names the kept row it duplicates."""
     from personalm.executors import get_executor
     from personalm.personas.dedup import DedupOptions, dedup_table
-    from personalm.personas.io import read_personas, sidecar_path, write_table
+    from personalm.personas.io import read_personas, write_dedup_outputs
 
     output_format(out)
     try:
@@ -51,9 +51,7 @@ def dedup(
         raise PersonalmError(str(err)) from None
     table = read_personas(input, column)
     result = dedup_table(table, options, get_executor(engine), column=column)
-    dropped_path = sidecar_path(out)
-    write_table(dropped_path, result.dropped)
-    write_table(out, result.kept)
+    dropped_path = write_dedup_outputs(out, result.kept, result.dropped)
     s = result.summary
     stderr.print(
         f"kept {s['kept_rows']} of {s['input_rows']} personas -> {out}; dropped {s['dropped_minhash']} by MinHash "
@@ -182,6 +180,8 @@ def extract(
     if bad:
         raise PersonalmError(f"--variant {bad[0]}: expected one of {', '.join(VARIANTS)}")
     options = _mining_options(granularity, max_tokens, temperature, seed, batch)
+    if not corpus.exists():
+        raise PersonalmError("no such file or folder", source=str(corpus))
     texts = read_texts(corpus, column)
     with get_executor(engine).generator(model, cache, api_key, concurrency) as (generate, model_id):
         rows, rejects = mining.extract(texts, generate, model_id, list(dict.fromkeys(variant)), options)
@@ -248,10 +248,13 @@ def diversity_cmd(
     seed: int = typer.Option(0, help="Seed of the pair sample for the mean cosine."),
 ) -> None:
     """Mean pairwise cosine, distinct-n and Vendi score of each persona set, with a plot and an HTML page."""
+    from personalm.personas.io import read_personas
     from personalm.studies.personas_diversity import diversity_report
 
     if label and len(label) != len(inputs):
         raise PersonalmError(f"got {len(label)} --label for {len(inputs)} inputs; give one per input or none")
+    for path in inputs:  # every file is checked before the embedder loads
+        read_personas(path)
     result = diversity_report(inputs, out, label or None, embedder, seed)
     for name, row in result["sets"].items():
         typer.echo(json.dumps({"set": name} | {k: v for k, v in row.items() if k != "file"}))

@@ -22,6 +22,18 @@ def _adapters(specs: list[str]) -> dict[str, Path]:
     return adapters
 
 
+def _keys(path: Path, admin_key: str | None):
+    """The API key store, or one line saying why the file cannot be one (a folder, not SQLite)."""
+    import sqlite3
+
+    from personalm.serve.auth import KeyStore
+
+    try:
+        return KeyStore(path, admin_key)
+    except (sqlite3.Error, OSError) as err:
+        raise PersonalmError(f"not a usable API key store ({err})", source=str(path)) from None
+
+
 def _loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -61,7 +73,6 @@ def serve(
 
     from personalm.avatars.api import AvatarMemory
     from personalm.serve.app import create_app
-    from personalm.serve.auth import KeyStore
     from personalm.serve.catalog import Catalog
 
     catalog = Catalog(model or None, _adapters(adapter or []), slots=max_batch, max_len=max_len)
@@ -73,7 +84,7 @@ def serve(
         base = next(iter(catalog.entries))
         soup_models = SoupModels(soups, base, Preferences.load(preferences), slots=max_batch, max_len=max_len)
         soup_models.register(catalog)
-    keys = KeyStore(keys_db or home() / "serve" / "keys.db", admin_key or os.environ.get("PERSONALM_ADMIN_KEY"))
+    keys = _keys(keys_db or home() / "serve" / "keys.db", admin_key or os.environ.get("PERSONALM_ADMIN_KEY"))
     memory = AvatarMemory(avatar_store)
     try:
         app = create_app(catalog, keys, memory=memory, soups=soup_models)

@@ -11,6 +11,7 @@ import typer
 from personalm.progress import progress_bar, stderr
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
+from personalm.corpus import read_text
 from personalm.tables import output_format, write_rows
 
 app = typer.Typer(help="Persona-driven data synthesis: every Persona Hub task, three prompting modes.")
@@ -21,18 +22,16 @@ MODEL_HELP = "Model name, local directory or openai:MODEL@URL (an OpenAI-compati
 def _world(world: str | None) -> str | None:
     """--world is the description itself, or a file holding it."""
     if world and Path(world).is_file():
-        return Path(world).read_text(encoding="utf-8")
+        return read_text(world)
     return world
 
 
 def _load_task(task: str, world: str | None, reasoning: str, template: Path | None):
     from personalm.synth.tasks import get_task
 
-    text = None
-    if template is not None:
-        if not template.is_file():
-            raise PersonalmError("no such file", source=str(template))
-        text = template.read_text(encoding="utf-8")
+    text = read_text(template) if template is not None else None
+    if text is not None and not text.strip():
+        raise PersonalmError("the template is empty", source=str(template))
     return get_task(task, world=_world(world), kind=reasoning, template=text, template_source=str(template))
 
 

@@ -22,6 +22,18 @@ def _log(message: str) -> None:
     stderr.print(message, markup=False, highlight=False)
 
 
+def _check_inputs(source: Path, text_column: str, scorer: str, labelled: Path | None) -> None:
+    """Read the corpus and the labelled examples once before any model loads (a bad file costs no load)."""
+    from personalm.corpus import read_texts
+    from personalm.eval.tone import read_labelled
+
+    if not source.exists():
+        raise PersonalmError("no such file or folder", source=str(source))
+    read_texts(source, text_column, whole_file=True)
+    if scorer == "embedding":
+        read_labelled(str(labelled) if labelled else None)
+
+
 def _scorer(name: str, embedder, labelled: Path | None, judge: str | None):
     from personalm.eval.tone import make_scorer
     from personalm.models.registry import load_model
@@ -63,6 +75,7 @@ def build(
 
     if quant not in {"fp32", "int8"}:
         raise PersonalmError(f"--quant {quant}: expected fp32 or int8")
+    _check_inputs(source, text_column, scorer, labelled)
     embedder = Embedder()
     tone_scorer = _scorer(scorer, embedder, labelled, judge)
     config = ToneBuildConfig(
@@ -143,6 +156,7 @@ def experiment(
     corpus = source or data_dir() / "speeches"
     if not corpus.exists():
         raise PersonalmError("no such corpus (pass --source or set PERSONALM_DATA)", source=str(corpus))
+    _check_inputs(corpus, "text", scorer, labelled)
     embedder = Embedder()
     config = ToneExperimentConfig(
         source=str(corpus), out=str(out), sizes=size_list, curve_size=curve_size, test=test, epochs=epochs, lr=lr,

@@ -47,14 +47,22 @@ def sft(
     """Train a LoRA adapter; re-run the same command after a kill to resume."""
     import personalm.perce  # noqa: F401 - registers --loss perce (train itself never imports perce)
     from personalm.adapters import is_adapter_dir
+    from personalm.train.data import check_overlong, read_examples, read_pairs
     from personalm.train.loop import TrainConfig, train
-    from personalm.train.losses import get_loss
+    from personalm.train.losses import contrast_of, get_loss, needs_pairs
 
     if quant not in {"fp32", "int8"}:
         raise PersonalmError(f"--quant {quant}: expected fp32 or int8")
-    get_loss(loss, clip_min=clip_min, clip_max=clip_max, beta=beta)
+    check_overlong(overlong)
+    loss_fn = get_loss(loss, clip_min=clip_min, clip_max=clip_max, beta=beta)
+    if out.exists() and not out.is_dir():
+        raise PersonalmError("not a directory (the adapter is a folder)", source=str(out))
     if is_adapter_dir(out) and not overwrite:
         raise PersonalmError(f"{out}: already holds a finished adapter (pass --overwrite to train again)")
+    # Every row is checked here, before the model loads: a bad file costs no model load.
+    rows = read_pairs(data) if needs_pairs(loss_fn) else read_examples(data, require_persona=contrast_of(loss_fn) is not None)
+    if not rows:
+        raise PersonalmError("no training examples (empty input)", source=str(data))
     config = TrainConfig(
         data=str(data), out=str(out), model=model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, lr=lr,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_len=max_len,

@@ -101,20 +101,30 @@ class LLMJudge:
 SCORERS = ("flesch", "embedding", "llm-judge")
 
 
+def read_labelled(path: str | None) -> tuple[list[str], list[int]]:
+    """(texts, labels) of the classifier's examples: a JSONL/Parquet of {text, label 0/1}."""
+    from personalm.errors import PersonalmError
+    from personalm.tables import read_rows, require
+
+    if not path:
+        raise PersonalmError("--scorer embedding needs --labelled FILE (rows with `text` and `label` 0/1)")
+    texts, labels = [], []
+    for line, row in read_rows(path):
+        texts.append(require(row, "text", str, path, line))
+        labels.append(int(require(row, "label", (int, bool), path, line)))
+    if not texts:
+        raise PersonalmError("no labelled examples (empty input)", source=path)
+    return texts, labels
+
+
 def make_scorer(name: str, embedder=None, labelled: str | None = None, judge: TextModel | None = None) -> ToneScorer:
     """Build a scorer by name; `labelled` is a JSONL/Parquet of {text, label} for the classifier."""
     from personalm.errors import PersonalmError
-    from personalm.tables import read_rows, require
 
     if name == "flesch":
         return FleschScorer()
     if name == "embedding":
-        if not labelled:
-            raise PersonalmError("--scorer embedding needs --labelled FILE (rows with `text` and `label` 0/1)")
-        texts, labels = [], []
-        for line, row in read_rows(labelled):
-            texts.append(require(row, "text", str, labelled, line))
-            labels.append(int(require(row, "label", (int, bool), labelled, line)))
+        texts, labels = read_labelled(labelled)
         try:
             return EmbeddingToneClassifier(embedder).fit(texts, labels)
         except ValueError as err:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personalm.errors import PersonalmError
+from personalm.corpus import read_text
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*\Z")  # \Z: "$" would let a trailing newline through
 
@@ -148,9 +149,7 @@ def _dimension(name: object, poles: object, source: str) -> Dimension:
 
 def _read_file(path: Path) -> dict[str, dict[str, str]]:
     """Read `dimensions:` as a list of {name, poles} (or a mapping name → poles) from YAML/JSON."""
-    if not path.is_file():
-        raise PersonalmError("preference file not found", source=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)

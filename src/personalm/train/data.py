@@ -169,6 +169,33 @@ def fit_to_max_len(
     return [(ids[:max_len], labels[:max_len]) for ids, labels in sequences]
 
 
+def read_examples(
+    path: str | Path, column: str = "messages", require_persona: bool = False
+) -> list[tuple[int, list[dict[str, str]], str | None]]:
+    """(line, messages, persona) of every row, validated without a tokenizer (so a bad file is
+    reported before any model loads); a loss with a contrast (PerCE) requires a persona per row."""
+    source = str(path)
+    rows = []
+    for line, row in read_rows(path, input_format(source, None)):
+        messages = validate_messages(require(row, column, list, source, line), source, line)
+        persona = row.get("persona")
+        if persona is not None and (not isinstance(persona, str) or not persona.strip()):
+            raise PersonalmError("'persona' must be a non-empty string", source=source, line=line)
+        if require_persona and persona is None:
+            raise PersonalmError(
+                "no 'persona' field (this loss contrasts each reply with and without it)", source=source, line=line
+            )
+        if persona is None and messages[0]["role"] == "assistant":
+            raise PersonalmError(
+                "messages[0] is an assistant turn with nothing before it; start with the user (or system) "
+                "message it answers",
+                source=source,
+                line=line,
+            )
+        rows.append((line, messages, persona))
+    return rows
+
+
 def load_examples(
     path: str | Path,
     tokenizer,
@@ -181,11 +208,7 @@ def load_examples(
     check_overlong(overlong)
     source = str(path)
     dataset = Dataset([])
-    for line, row in read_rows(path, input_format(source, None)):
-        messages = validate_messages(require(row, column, list, source, line), source, line)
-        persona = row.get("persona")
-        if persona is not None and (not isinstance(persona, str) or not persona.strip()):
-            raise PersonalmError("'persona' must be a non-empty string", source=source, line=line)
+    for line, messages, persona in read_examples(path, column, require_persona=contrast is not None):
         bare_ids = bare_labels = None
         if contrast is not None:
             try:
@@ -216,6 +239,8 @@ def read_pairs(path: str | Path) -> list[tuple[int, list[dict], list[dict], list
     pairs = []
     for line, row in read_rows(path, input_format(source, None)):
         prompt = require(row, "prompt", list, source, line)
+        if not prompt:
+            raise PersonalmError("'prompt' is empty (the messages the answers reply to)", source=source, line=line)
         chats = []
         for column in ("chosen", "rejected"):
             side = require(row, column, list, source, line)
