@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Cli, CliResult as Result
+    from conftest import Cli
+    from conftest import CliResult as Result
 
 MODEL_NAME = "smollm2-135m-instruct"
 OLD_CONTENT = b'{"old": "output, must survive a failed run"}\n'

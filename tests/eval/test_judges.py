@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from personalm.errors import PersonalmError
-from personalm.models.base import TextModel, TokenScores
 from personalm.eval.judges import LLMJudge, ProgrammaticJudge
+from personalm.models.base import TextModel, TokenScores
 from personalm.soups.preferences import Pole, Preferences
 
 PREFS = Preferences.default()

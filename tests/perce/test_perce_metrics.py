@@ -10,8 +10,8 @@ import pytest
 from personalm.errors import PersonalmError
 from personalm.paths import data_dir
 from personalm.perce.contrast import TokenInfluence
-from personalm.studies.perce import ExperimentConfig, aggregate, parse_sweep, sweep_name, sweep_table
 from personalm.studies.harness import Study
+from personalm.studies.perce import ExperimentConfig, aggregate, parse_sweep, sweep_name, sweep_table
 from personalm.studies.perce_report import markdown_table, write_report
 
 PERSONA = "I love to bake cookies.\nI have two dogs."

@@ -8,9 +8,9 @@ also use, must all finish normally."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 import threading
 import time
+from collections import Counter
 from urllib.parse import quote
 
 import httpx

@@ -10,13 +10,13 @@ import time
 import httpx
 import pytest
 
+from personalm.adapters import exact_factors, load_adapter, soup_applied
 from personalm.models.base import SamplingParams
 from personalm.serve.app import create_app
 from personalm.serve.auth import KeyStore
 from personalm.serve.background import BackgroundServer
 from personalm.serve.catalog import Catalog
 from personalm.serve.soups import SoupModels, WeightGate
-from personalm.adapters import exact_factors, load_adapter, soup_applied
 
 ADMIN = "admin-secret"
 BASE = "smollm2-135m-instruct"

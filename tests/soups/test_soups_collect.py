@@ -7,12 +7,12 @@ import json
 import pytest
 
 from personalm.errors import PersonalmError
+from personalm.eval.judges import ProgrammaticJudge
 from personalm.models.base import Generation, TextModel
 from personalm.soups.collect import PMORL, CollectConfig, collect, dpo_sets
-from personalm.studies.soups import soup_weights
-from personalm.eval.judges import ProgrammaticJudge
 from personalm.soups.preferences import Preferences
 from personalm.soups.prompts import load_prompts, split_prompts
+from personalm.studies.soups import soup_weights
 
 PREFS = Preferences.default()
 TEXTS = [

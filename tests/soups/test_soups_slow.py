@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from personalm.adapters import exact_deltas, load_adapter, soup_applied
+from personalm.eval.judges import ProgrammaticJudge
 from personalm.models.base import SamplingParams
 from personalm.models.registry import load_model
 from personalm.soups.collect import CollectConfig, collect
 from personalm.soups.dpo import DPOSettings, train_adapter
-from personalm.eval.judges import ProgrammaticJudge
 from personalm.soups.merge import load_soup
 from personalm.soups.preferences import Preferences
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from personalm.paths import data_dir
 from personalm.studies.bench import dedup
 from personalm.studies.bench.dedup_data import PERSONAS_FILE
-from personalm.paths import data_dir
 
 
 def test_minhash_bench_is_exact_and_finds_the_planted_duplicates():

@@ -21,8 +21,8 @@ from personalm.cli import (
     tone_cmd,
     train_cmd,
 )
-from personalm.progress import stderr
 from personalm.errors import PersonalmError
+from personalm.progress import stderr
 
 try:  # typer >= 0.2x raises its own copy of click's exceptions; older releases raise click's
     from typer import TyperException as ClickError

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from personalm.cli.inputs import PERSONAS_FILE, data_folder
 from personalm.errors import PersonalmError
-from personalm.progress import stderr
 from personalm.models.registry import DEFAULT_MODEL
+from personalm.progress import stderr
 
 app = typer.Typer(help="Performance benchmarks against the libraries users would use instead.", no_args_is_help=True)
 

@@ -146,9 +146,9 @@ def _tone_before_after(console: Console, base, adapter: Path) -> None:
 
 def _explain_step(console: Console, model, out: Path) -> None:
     """PerContrast on a held-out persona-chat reply: which tokens the persona made likely."""
+    from personalm.eval.persona import persona_recall
     from personalm.paths import data_dir
     from personalm.perce.contrast import PerContrast
-    from personalm.eval.persona import persona_recall
     from personalm.perce.explain import Explained, terminal_text, top_tokens, write_html
     from personalm.perce.persona_chat import load_conversations, reply_rows, split
 

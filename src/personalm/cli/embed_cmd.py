@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from personalm.progress import progress_bar, stderr
 from personalm.errors import PersonalmError
 from personalm.models.embedder import Embedder
+from personalm.progress import progress_bar, stderr
 from personalm.tables import input_format, output_format, read_rows, require, write_rows
 
 

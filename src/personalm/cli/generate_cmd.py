@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 
-from personalm.progress import progress_bar
 from personalm.errors import PersonalmError
 from personalm.models.base import Prompt, SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
+from personalm.progress import progress_bar
 from personalm.tables import Row, input_format, output_format, read_rows, require, write_rows
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from personalm.corpus import read_text
 from personalm.errors import PersonalmError
 from personalm.paths import data_dir
-from personalm.corpus import read_text
 from personalm.tables import read_rows
 
 PERSONAS_FILE = "personahub/tool_personas.jsonl"

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from personalm.progress import stderr
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
+from personalm.progress import stderr
 
 app = typer.Typer(help="Token-level personalization: PerContrast / PerCE.", no_args_is_help=True)
 

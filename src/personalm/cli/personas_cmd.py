@@ -170,9 +170,9 @@ def extract(
     engine: str = ENGINE,
 ) -> None:
     """Text-to-persona: who would read / write / like / dislike each text."""
+    from personalm.corpus import read_texts
     from personalm.executors import get_executor
     from personalm.personas import mining
-    from personalm.corpus import read_texts
     from personalm.personas.prompts import VARIANTS
 
     output_format(out)

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from personalm.adapters import list_adapters
-from personalm.progress import progress_bar, stderr, training_bar
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
+from personalm.progress import progress_bar, stderr, training_bar
 
 app = typer.Typer(help="Personalized Soups: preference feedback, DPO adapters per pole, merging by user weights.",
                   no_args_is_help=True)  # fmt: skip
@@ -72,9 +72,9 @@ def collect_cmd(
     seed: int = typer.Option(0),
 ) -> None:
     """Sample responses and label pairs one preference at a time; write per-pole and P-MORL DPO sets."""
+    from personalm.eval.judges import make_judge
     from personalm.models.registry import load_model
     from personalm.soups.collect import CollectConfig, collect
-    from personalm.eval.judges import make_judge
     from personalm.soups.preferences import Preferences
     from personalm.soups.prompts import load_prompts, split_prompts
 
@@ -163,9 +163,9 @@ def experiment_cmd(
     seed: int = typer.Option(0),
 ) -> None:
     """Win rates of the soup vs the prompted base and vs P-MORL for all combinations; Pareto front."""
+    from personalm.eval.judges import make_judge
     from personalm.models.registry import load_model
     from personalm.studies.soups import ExperimentConfig, run
-    from personalm.eval.judges import make_judge
 
     config = ExperimentConfig(adapters=str(adapters), out=str(out), model=model, prompts=str(prompts) if prompts else None,
                               held_out=held_out, limit=limit, max_tokens=max_tokens, weighting=weighting, pareto=pareto,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import typer
 
-from personalm.progress import progress_bar, stderr
+from personalm.corpus import read_text
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
-from personalm.corpus import read_text
+from personalm.progress import progress_bar, stderr
 from personalm.tables import output_format, write_rows
 
 app = typer.Typer(help="Persona-driven data synthesis: every Persona Hub task, three prompting modes.")

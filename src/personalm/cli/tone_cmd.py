@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
-from personalm.progress import stderr
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.paths import data_dir
+from personalm.progress import stderr
 
 app = typer.Typer(help="Tone adapters: simulated data, training, and the prompting-vs-LoRA experiment.",
                   no_args_is_help=True)  # fmt: skip

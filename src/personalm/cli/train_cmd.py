@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from personalm.progress import stderr, training_bar
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
+from personalm.progress import stderr, training_bar
 
 app = typer.Typer(help="Fine-tune adapters.", no_args_is_help=True)
 

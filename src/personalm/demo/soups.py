@@ -9,11 +9,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from personalm.adapters import exact_factors, load_adapter, soup_applied
 from personalm.eval.judges import ProgrammaticJudge
 from personalm.models.base import SamplingParams
 from personalm.soups.collect import CollectConfig, collect
 from personalm.soups.dpo import DPOSettings, train_adapter
-from personalm.adapters import exact_factors, load_adapter, soup_applied
 from personalm.soups.preferences import Preferences
 from personalm.soups.prompts import BUILTIN_PROMPTS
 from personalm.tables import write_rows

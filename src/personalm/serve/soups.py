@@ -39,8 +39,8 @@ from personalm.errors import PersonalmError
 from personalm.models.llama_kernel import supports
 from personalm.models.local import LocalModel
 from personalm.models.registry import resolve_local
-from personalm.serve.catalog import Catalog, Entry
 from personalm.serve.batch_worker import BatchWorker, GenerationError
+from personalm.serve.catalog import Catalog, Entry
 from personalm.soups.collect import PMORL
 from personalm.soups.merge import cache_key, check_named_weights
 from personalm.soups.preferences import Preferences

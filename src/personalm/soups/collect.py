@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from personalm.provenance import versions
 from personalm.eval.judges import PairJudge
 from personalm.models.base import SamplingParams, TextModel
+from personalm.provenance import versions
 from personalm.soups.preferences import Preferences, combination_name
 from personalm.tables import write_rows
 

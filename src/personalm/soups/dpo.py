@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from personalm.adapters import is_adapter_dir
-from personalm.provenance import versions
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
+from personalm.provenance import versions
 from personalm.train.data import read_pairs
 from personalm.train.trl_setup import cpu_args, load_fp32, lora_all_linear
 

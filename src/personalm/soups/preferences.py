@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from personalm.errors import PersonalmError
 from personalm.corpus import read_text
+from personalm.errors import PersonalmError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*\Z")  # \Z: "$" would let a trailing newline through
 

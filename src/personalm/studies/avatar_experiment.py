@@ -93,8 +93,8 @@ def run(
     """Both experiments (or PrefEval only, the likeness part taken from the results.json already
     there); writes results.json, avatar.png and report.html into config.out. Generations are cached
     there, so a killed run resumes (a given model/memory is used as is)."""
-    from personalm.provenance import machine, versions
     from personalm.models import load_model
+    from personalm.provenance import machine, versions
 
     if config.distractors < 10:
         raise PersonalmError(f"--distractors {config.distractors}: use at least 10")

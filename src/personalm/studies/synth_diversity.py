@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from personalm import report
+from personalm.eval.diversity import measure, similarity_by_bin
 from personalm.models.base import ProgressCallback, TextModel
 from personalm.models.registry import DEFAULT_MODEL
-from personalm.eval.diversity import measure, similarity_by_bin
 from personalm.studies.harness import Study
 from personalm.synth.run import Row, SynthOptions, synthesize
 from personalm.synth.tasks import Task

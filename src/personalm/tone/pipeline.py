@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from personalm.provenance import versions
 from personalm.eval.tone import ToneScorer
 from personalm.models.base import SamplingParams, TextModel
+from personalm.provenance import versions
 from personalm.report import write_json
 from personalm.tables import write_rows
 from personalm.tone import prompts

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from personalm.provenance import load_average, machine, versions
 from personalm.errors import PersonalmError
 from personalm.eval.judges import ProgrammaticJudge
 from personalm.models.registry import DEFAULT_MODEL
+from personalm.provenance import load_average, machine, versions
 from personalm.soups.collect import PMORL, CollectConfig, collect
 from personalm.soups.dpo import DPOSettings, train_adapter
 from personalm.soups.preferences import Preferences

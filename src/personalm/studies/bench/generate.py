@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from personalm.provenance import fp32_matmul_peak_gflops, machine, versions
-from personalm.studies.bench.peers import hf_one_at_a_time
-from personalm.studies.bench.workloads import synthesis_prompts
 from personalm.models.base import SamplingParams
 from personalm.models.embedded import gguf_path
 from personalm.models.local import LocalModel
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
+from personalm.provenance import fp32_matmul_peak_gflops, machine, versions
+from personalm.studies.bench.peers import hf_one_at_a_time
+from personalm.studies.bench.workloads import synthesis_prompts
 
 
 def _flops_per_token(model: torch.nn.Module) -> tuple[int, int]:

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from personalm.adapters import apply_factors, exact_factors, is_adapter_dir, load_adapter
-from personalm.provenance import machine, versions
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import resolve_local
+from personalm.provenance import machine, versions
 from personalm.soups.collect import PMORL
 
 

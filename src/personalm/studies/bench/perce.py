@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from personalm.provenance import machine, versions
 from personalm.perce.contrast import tokenize_contrast
 from personalm.perce.persona_chat import load_conversations, window_rows
+from personalm.provenance import machine, versions
 from personalm.tables import write_rows
 from personalm.train.data import load_examples
 from personalm.train.loop import TrainConfig, _optimizer_step, build_model

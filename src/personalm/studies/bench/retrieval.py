@@ -25,8 +25,8 @@ from personalm.avatars.ingest import memory_key
 from personalm.avatars.retrieval import hybrid_search
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.avatars.store import NewMemory
-from personalm.studies.bench import retrieval_data
 from personalm.provenance import load_average, machine, versions
+from personalm.studies.bench import retrieval_data
 
 BATCH = 1000
 AVATAR = "bench"
@@ -88,8 +88,8 @@ def run(
 
 
 def _minilm(texts: list[str]) -> np.ndarray:
-    from personalm.progress import progress_bar
     from personalm.models.embedder import Embedder
+    from personalm.progress import progress_bar
 
     with progress_bar("embedding (once, then cached)", len(texts)) as advance:
         return Embedder().embed(texts, progress=advance)

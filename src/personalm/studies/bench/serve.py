@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from personalm.provenance import machine, versions
-from personalm.studies.bench.workloads import synthesis_prompts
 from personalm.models.registry import DEFAULT_MODEL, load_model
+from personalm.provenance import machine, versions
 from personalm.serve.app import create_app
 from personalm.serve.auth import KeyStore
 from personalm.serve.background import BackgroundServer
 from personalm.serve.catalog import Catalog
+from personalm.studies.bench.workloads import synthesis_prompts
 
 REQUEST_POOL = 2048
 

@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from personalm.provenance import machine, versions
-from personalm.studies.bench.peers import hf_one_at_a_time
-from personalm.studies.bench.workloads import personas as load_personas
 from personalm.errors import PersonalmError
 from personalm.models.base import TextModel
 from personalm.models.local import LocalModel
 from personalm.models.registry import DEFAULT_MODEL, load_model
+from personalm.provenance import machine, versions
+from personalm.studies.bench.peers import hf_one_at_a_time
+from personalm.studies.bench.workloads import personas as load_personas
 from personalm.synth.modes import chat
 from personalm.synth.run import Row, SynthOptions, synthesize
 from personalm.synth.tasks import Task, get_task

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.provenance import fp32_matmul_peak_gflops, machine, versions
 from personalm.studies.bench.workloads import personas as load_personas
-from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.train.data import tokenize_chat
 from personalm.train.loop import TrainConfig, build_model, train
 from personalm.train.trl_setup import cpu_args, load_fp32, lora_all_linear
