@@ -174,7 +174,7 @@ def test_a_request_that_fails_in_the_worker_ends_alone(embedded_model):
             async for _ in worker.stream(poison, SamplingParams(max_tokens=24)):
                 pass
         last = first
-        async for last in events:
+        async for last in events:  # noqa: B007 - the last event is read after the loop
             pass
         return last.finish_reason, str(failed.value)
 
