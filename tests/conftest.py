@@ -249,3 +249,12 @@ def tiny_base() -> Callable[[], torch.nn.Module]:
 def peft_adapter() -> Callable[..., Path]:
     """Saves a random LoRA adapter made by PEFT: (base, out, seed, rank, alpha, **LoraConfig options)."""
     return save_peft_adapter
+
+
+@pytest.fixture(scope="module")
+def peft_soup(tmp_path_factory, tiny_base, peft_adapter) -> tuple[torch.nn.Module, list[Path]]:
+    """A tiny base and three PEFT adapters on it (ranks 4, 2 with rsLoRA, 4): (base, their folders)."""
+    root = tmp_path_factory.mktemp("peft-soup")
+    base = tiny_base()
+    specs = [(1, 4, 8, {}), (2, 2, 16, {"use_rslora": True}), (3, 4, 4, {})]
+    return base, [peft_adapter(base, root / f"adapter{seed}", seed, rank, alpha, **o) for seed, rank, alpha, o in specs]

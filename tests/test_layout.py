@@ -75,3 +75,32 @@ def test_only_the_adapter_layer_names_the_adapter_config_file():
         if "adapter_config.json" in file.read_text(encoding="utf-8") and file.relative_to(ROOT).parts[0] != "adapters"
     ]
     assert not offenders, offenders
+
+
+def definitions(name: str) -> list[str]:
+    """Where a top-level function, class or constant called `name` is defined in the package."""
+    found = []
+    for file in sorted(ROOT.rglob("*.py")):
+        for node in ast.parse(file.read_text(encoding="utf-8")).body:
+            defined = (
+                [node.name]
+                if isinstance(node, ast.FunctionDef | ast.ClassDef)
+                else [t.id for t in node.targets if isinstance(t, ast.Name)]
+                if isinstance(node, ast.Assign)
+                else []
+            )
+            if name in defined:
+                found.append(str(file.relative_to(ROOT)))
+    return found
+
+
+def test_one_prefeval_loader_one_corpus_reader_one_provenance_module():
+    assert definitions("load_prefeval") == ["eval/prefeval.py"]
+    assert definitions("read_texts") == ["corpus.py"]
+    assert definitions("TEXT_SUFFIXES") == ["corpus.py"]
+    assert definitions("versions") == definitions("machine") == ["provenance.py"]
+
+
+def test_one_html_report_writer():
+    writers = [str(f.relative_to(ROOT)) for f in sorted(ROOT.rglob("*.py")) if "<html" in f.read_text(encoding="utf-8")]
+    assert writers == ["report.py"]

@@ -23,16 +23,10 @@ from personalm.errors import PersonalmError
 
 
 @pytest.fixture(scope="module")
-def soup(tmp_path_factory, tiny_base, peft_adapter):
-    root = tmp_path_factory.mktemp("adapters")
-    base = tiny_base()
-    paths = {
-        "a": peft_adapter(base, root / "a", 1, rank=4, alpha=8),
-        "b": peft_adapter(base, root / "b", 2, rank=2, alpha=16, use_rslora=True),
-        "c": peft_adapter(base, root / "c", 3, rank=4, alpha=4),
-    }
-    adapters = {name: load_adapter(path, name) for name, path in paths.items()}
-    return base, paths, adapters
+def soup(peft_soup):
+    base, folders = peft_soup
+    paths = dict(zip(('a', 'b', 'c'), folders, strict=True))
+    return base, paths, {name: load_adapter(path, name) for name, path in paths.items()}
 
 
 def peft_merged(base, path) -> torch.nn.Module:

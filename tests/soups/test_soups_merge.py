@@ -14,16 +14,10 @@ from personalm.soups.merge import cached_merge, merge_to_dir, parse_weights
 
 
 @pytest.fixture(scope="module")
-def soup(tmp_path_factory, tiny_base, peft_adapter):
-    root = tmp_path_factory.mktemp("adapters")
-    base = tiny_base()
-    paths = {
-        "expertise.elementary": peft_adapter(base, root / "a", 1, rank=4, alpha=8),
-        "style.friendly": peft_adapter(base, root / "b", 2, rank=2, alpha=16, use_rslora=True),
-        "informativeness.concise": peft_adapter(base, root / "c", 3, rank=4, alpha=4),
-    }
-    adapters = {name: load_adapter(path, name) for name, path in paths.items()}
-    return base, paths, adapters
+def soup(peft_soup):
+    base, folders = peft_soup
+    paths = dict(zip(('expertise.elementary', 'style.friendly', 'informativeness.concise'), folders, strict=True))
+    return base, paths, {name: load_adapter(path, name) for name, path in paths.items()}
 
 
 def test_saved_exact_soup_is_a_peft_adapter_with_the_same_weights(soup, tmp_path):

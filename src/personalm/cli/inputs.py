@@ -12,7 +12,7 @@ from personalm.paths import data_dir
 from personalm.tables import read_rows
 
 PERSONAS_FILE = "personahub/tool_personas.jsonl"
-TEXT_SUFFIXES = {".txt", ".md", ".csv", ".json"}
+CHECKED_AS_TEXT = {".txt", ".md", ".markdown", ".csv", ".json"}  # data files read whole as UTF-8
 
 
 def data_folder(
@@ -45,5 +45,5 @@ def _check_text(path: Path) -> None:
     if suffix == ".jsonl":
         for _ in read_rows(path):
             pass
-    elif suffix in TEXT_SUFFIXES:
+    elif suffix in CHECKED_AS_TEXT:
         read_text(path)
