@@ -49,7 +49,7 @@ $(VENV)/.setup-test: $(VENV)/.setup
 	  mkdir -p $(WHEELHOUSE) && CMAKE_BUILD_PARALLEL_LEVEL=2 \
 	  CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" \
 	  CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" \
-	  $(BIN)/pip wheel -q --no-deps $(LLAMACPP) -w $(WHEELHOUSE); }
+	  $(BIN)/pip wheel -q --no-cache-dir --no-deps $(LLAMACPP) -w $(WHEELHOUSE); }
 	$(BIN)/pip install -q --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl
 	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e ".[test,llamacpp]"
 	scripts/ensure-chromium.sh
