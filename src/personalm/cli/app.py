@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         stderr.print("interrupted; finished work is kept in the cache, re-run to resume", markup=False)
         sys.exit(130)
-    if isinstance(code, int) and code:
-        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)  # as typer's standalone mode does: callers see SystemExit
 
 
 def _click_line(err: ClickError) -> str:
