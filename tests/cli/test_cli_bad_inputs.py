@@ -273,7 +273,12 @@ class ModelLoaded(Exception):
 
 
 @pytest.fixture
-def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_models(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Replace every model loader with one that fails the case, and undo it everywhere afterwards.
+
+    A module first imported during a case (a command's lazy import) binds the replacement by
+    name; monkeypatch does not know that binding, so teardown puts the original back there too.
+    """
     import sys
 
     from personalm.models import registry
@@ -281,16 +286,27 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
     from personalm.models.local import LocalModel
     from personalm.train import loop
 
-    def refuse(*args, **kwargs):
-        raise ModelLoaded
+    def personalm_modules() -> list:
+        return [m for name, m in list(sys.modules.items()) if name.startswith("personalm") and m is not None]
 
+    refusals: dict[int, tuple[Callable, Callable]] = {}
     for original in (registry.load_model, loop.build_model):
-        for module in [m for name, m in sys.modules.items() if name.startswith("personalm") and m is not None]:
+
+        def refuse(*args, **kwargs):
+            raise ModelLoaded
+
+        refusals[id(refuse)] = (refuse, original)
+        for module in personalm_modules():
             for attr, value in list(vars(module).items()):
                 if value is original:
                     monkeypatch.setattr(module, attr, refuse)
     monkeypatch.setattr(LocalModel, "__init__", refuse)
     monkeypatch.setattr(Embedder, "__init__", refuse)
+    yield
+    for module in personalm_modules():
+        for attr, value in list(vars(module).items()):
+            if id(value) in refusals and refusals[id(value)][0] is value:
+                setattr(module, attr, refusals[id(value)][1])
 
 
 def bad_input(folder: Path, spec: Input, kind: str) -> Path:
