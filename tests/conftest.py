@@ -231,6 +231,12 @@ def keyword_critic() -> KeywordCritic:
     return KeywordCritic()
 
 
+@pytest.fixture(scope="session")
+def keyword_critic_type() -> type[KeywordCritic]:
+    """The class itself, for module-scoped servers."""
+    return KeywordCritic
+
+
 def make_tiny_base() -> torch.nn.Module:
     """A two-layer random Llama: every linear kind of the real model, in milliseconds."""
     from transformers import LlamaConfig, LlamaForCausalLM
