@@ -85,6 +85,8 @@ ROWS: dict[str, Row] = {
                                "--keys-db", "k.db", suffix=".yaml"),
             "avatar_store": cmd("serve", "--port", "9", "--keys-db", "k.db", "--avatar-store", "{bad}", suffix=".db",
                                 valid={"missing": NEW_STORE, "empty": NEW_STORE, "non-utf8": "a database is binary"}),
+            "critic": cmd("serve", "--port", "9", "--keys-db", "k.db", "--critic", "{bad}", kind="dir",
+                          inner="meta.json"),
         },
     ),
     "explain": Row({"data": cmd("explain", "{bad}")}, {"adapter": ADAPTER, "html": OUTPUT}),
@@ -171,9 +173,11 @@ ROWS: dict[str, Row] = {
                                         valid={"non-utf8": "a database is binary"})}),
     "avatar chat": Row(
         {"store": cmd("avatar", "chat", "ada", "-M", "hi", "--store", "{bad}", suffix=".db",
-                      valid={"non-utf8": "a database is binary"})},
+                      valid={"non-utf8": "a database is binary"}),
+         "critic": cmd("avatar", "chat", "ada", "-M", "hi", "--critic", "{bad}", kind="dir", inner="meta.json")},
         {"adapter": ADAPTER},
     ),
+    "avatar preferences": Row(),
     "avatar experiment": Row(
         {"data": cmd("avatar", "experiment", "--data", "{bad}", "-o", "report", kind="dir", inner="speeches/x/a.txt")},
         {"out": OUTPUT},

@@ -157,6 +157,31 @@ def profile_cmd(
     )
 
 
+@app.command("preferences")
+def preferences_cmd(
+    name: str = typer.Argument(...),
+    apply: bool = typer.Option(
+        None, "--apply/--no-apply", help="Turn preference-aware answering on or off for this avatar's chats."
+    ),
+    candidates: int = typer.Option(None, min=1, max=16, help="Answers sampled per turn; the critic keeps the best."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Show or set the avatar's default for preference-aware answering (chat and server requests may override it)."""
+    from personalm.avatars.preferences import PreferenceSettings, avatar_settings, save_avatar_settings
+    from personalm.errors import PersonalmError
+
+    memory = _memory(store)
+    if name not in memory.names():
+        raise PersonalmError(f"avatar '{name}' does not exist; run `personalm avatar ingest {name} FILES` first")
+    settings = avatar_settings(memory.store, name)
+    if apply is not None or candidates is not None:
+        settings = PreferenceSettings(
+            apply=settings.apply if apply is None else apply, candidates=candidates or settings.candidates
+        )
+        save_avatar_settings(memory.store, name, settings)
+    typer.echo(json.dumps({"avatar": name} | settings.to_dict()))
+
+
 def _refresh_profile(memory, name: str, model: str | None, force: bool, loaded=None) -> None:
     """Rewrite the profile with text-to-persona when forced or when memory grew enough."""
     from personalm.avatars.profile import profile_is_stale, refresh_profile
@@ -201,26 +226,41 @@ def chat_cmd(
     max_tokens: int = typer.Option(128, min=1),
     seed: int = typer.Option(0),
     store: str = typer.Option(None, help=STORE_HELP),
+    preferences: bool = typer.Option(
+        None,
+        "--preferences/--no-preferences",
+        help="Answer with the best of --candidates for your stated preferences (default: the avatar's setting, "
+        "see `avatar preferences`).",
+    ),
+    candidates: int = typer.Option(None, min=1, max=16, help="Answers sampled per turn with --preferences."),
+    critic: Path = typer.Option(None, help="Preference critic folder (default PERSONALM_HOME/critic)."),
 ) -> None:
     """Talk with the avatar; you are taken to be the person, so facts you state are remembered."""
     import sys
 
     from personalm.avatars.chat import AvatarChat
     from personalm.avatars.facts import ModelFactExtractor, RuleFactExtractor
+    from personalm.avatars.preferences import PreferenceSettings, avatar_settings, load_critic
     from personalm.errors import PersonalmError
     from personalm.models import SamplingParams, load_model
 
     if extractor not in {"model", "rules"}:
         raise PersonalmError(f"--extractor {extractor}: expected model or rules")
+    preference_critic = load_critic(critic) if critic is not None else None
     memory = _memory(store)
     if memory.count(name) == 0:
         raise PersonalmError(f"avatar '{name}' has no memories; run `personalm avatar ingest {name} FILES` first")
+    stored = avatar_settings(memory.store, name)
+    settings = PreferenceSettings(apply=stored.apply if preferences is None else preferences,
+                                  candidates=candidates or stored.candidates)  # fmt: skip
+    if settings.apply and preference_critic is None:
+        preference_critic = load_critic()
     lm = load_model(model, adapter=adapter) if model else load_model(adapter=adapter)
     facts = None
     if learn:
         facts = ModelFactExtractor(lm) if extractor == "model" else RuleFactExtractor()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, seed=seed)
-    chat = AvatarChat(memory, name, lm, facts, params)
+    chat = AvatarChat(memory, name, lm, facts, params, critic=preference_critic, preferences=settings)
     interactive = not message and sys.stdin.isatty()
     lines = message or (line.rstrip("\n") for line in sys.stdin)
     if interactive:
@@ -235,6 +275,9 @@ def chat_cmd(
             for hit in turn.recall.facts + turn.recall.exemplars:
                 stderr.print(f"  [{hit.memory.kind} {hit.similarity:.2f}] {hit.memory.text}", markup=False)
         typer.echo(f"{chat.who}: {turn.reply}")
+        if turn.choice is not None and turn.choice.preferences:
+            stderr.print(f"  preferences applied (best of {len(turn.choice.answers)}): "
+                         + "; ".join(turn.choice.preferences), markup=False)  # fmt: skip
         for update in turn.updates:
             if show_memory or update.op != "NONE":
                 target = f" (was: {update.target_text})" if update.target_text and update.op != "NONE" else ""
