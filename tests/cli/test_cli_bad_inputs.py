@@ -179,7 +179,8 @@ ROWS: dict[str, Row] = {
     ),
     "avatar preferences": Row(),
     "avatar experiment": Row(
-        {"data": cmd("avatar", "experiment", "--data", "{bad}", "-o", "report", kind="dir", inner="speeches/x/a.txt")},
+        {"data": cmd("avatar", "experiment", "--data", "{bad}", "-o", "report", kind="dir", inner="speeches/x/a.txt"),
+         "critic": cmd("avatar", "experiment", "--critic", "{bad}", "-o", "report", kind="dir", inner="meta.json")},
         {"out": OUTPUT},
     ),
     "avatar sft-data": Row({"store": cmd("avatar", "sft-data", "ada", "-o", "s.jsonl", "--store", "{bad}", suffix=".db",
