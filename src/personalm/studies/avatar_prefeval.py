@@ -214,26 +214,39 @@ def question_chat(case: PrefCase) -> list[Message]:
     return [{"role": "user", "content": case.item.question}]
 
 
-def multiple_choice(critic: Critic, model: TextModel, cases: list[PrefCase], limit: int, memory: bool) -> np.ndarray:
+def option_likelihoods(model: TextModel, cases: list[PrefCase], memory: bool) -> np.ndarray:
+    """The model's mean token log-probability of every option (one row per question) as the reply
+    to the avatar's prompt (with memory) or to the bare question, in one score call."""
+    if not cases:
+        return np.zeros((0, 4))
+    prompts = [c.prompt if memory else question_chat(c) for c in cases]
+    scores = model.score([p for p in prompts for _ in range(4)], [o for c in cases for o in c.options])
+    return np.array([s.mean for s in scores]).reshape(len(cases), 4)
+
+
+def multiple_choice(
+    critic: Critic, cases: list[PrefCase], limit: int, memory: bool, likelihoods: np.ndarray
+) -> np.ndarray:
     """1.0 where the option chosen is the one that respects the preference: with memory, by the
-    critic on the first `limit` retrieved preferences; without, by the model's likelihood alone."""
+    critic on the first `limit` retrieved preferences (ties: `likelihoods`); without, nothing is
+    stated and the likelihoods alone choose."""
     right = []
-    for case in cases:
+    for case, row in zip(cases, likelihoods, strict=True):
         stated = case.preferences[:limit] if memory else []
-        prompt = case.prompt if memory else question_chat(case)
-        picked = choose(critic, stated, case.item.question, case.options,
-                        model_likelihood(model, prompt, case.options))  # fmt: skip
+        picked = choose(critic, stated, case.item.question, case.options, lambda indices, row=row: row[indices])
         right.append(float(picked.index == case.answer))
     return np.array(right)
 
 
-def choose_limit(critic: Critic, model: TextModel, cases: list[PrefCase], log: Log) -> tuple[int, list[dict]]:
+def choose_limit(critic: Critic, cases: list[PrefCase], likelihoods: np.ndarray, log: Log) -> tuple[int, list[dict]]:
     """How many retrieved preferences the critic reads: the best validation accuracy (ties: more)."""
-    rows = [{"preferences": k, "acc_memory": float(multiple_choice(critic, model, cases, k, True).mean())}
+    rows = [{"preferences": k, "acc_memory": float(multiple_choice(critic, cases, k, True, likelihoods).mean())}
             for k in PREFERENCE_LIMITS]  # fmt: skip
     best = max(rows, key=lambda r: r["acc_memory"])
-    log(f"prefeval: the critic reads the top {best['preferences']} retrieved preferences "
-        f"(validation accuracy {best['acc_memory']:.3f})")  # fmt: skip
+    log(
+        f"prefeval: the critic reads the top {best['preferences']} retrieved preferences "
+        f"(validation accuracy {best['acc_memory']:.3f})"
+    )
     return best["preferences"], rows
 
 
@@ -364,13 +377,13 @@ def prefeval(
 
     fusion, fusion_rows = choose_fusion(memory, validation, val_questions, log)
     recall_cases(memory, model, validation, fusion)
-    limit, limit_rows = choose_limit(critic, model, validation, log)
+    limit, limit_rows = choose_limit(critic, validation, option_likelihoods(model, validation, True), log)
 
     test_retrieval = retrieve(memory, test, test_questions, fusion)
     recall_at_5 = recall_cases(memory, model, test, fusion)
     log(f"prefeval: test recall@5 {recall_at_5:.2f}; choosing among the options")
-    with_memory = multiple_choice(critic, model, test, limit, True)
-    without = multiple_choice(critic, model, test, limit, False)
+    with_memory = multiple_choice(critic, test, limit, True, option_likelihoods(model, test, True))
+    without = multiple_choice(critic, test, limit, False, option_likelihoods(model, test, False))
 
     judge = ModelJudge(judge_model) if judge_model is not None else EmbeddingJudge(memory.embed)
     free = test[: config.free_items] if config.free_items else test
