@@ -214,33 +214,57 @@ def question_chat(case: PrefCase) -> list[Message]:
     return [{"role": "user", "content": case.item.question}]
 
 
-def option_likelihoods(model: TextModel, cases: list[PrefCase], memory: bool) -> np.ndarray:
+def bare_likelihoods(model: TextModel, cases: list[PrefCase]) -> np.ndarray:
     """The model's mean token log-probability of every option (one row per question) as the reply
-    to the avatar's prompt (with memory) or to the bare question, in one score call."""
+    to the bare question, in one score call: the choice without memory."""
     if not cases:
         return np.zeros((0, 4))
-    prompts = [c.prompt if memory else question_chat(c) for c in cases]
-    scores = model.score([p for p in prompts for _ in range(4)], [o for c in cases for o in c.options])
+    scores = model.score([question_chat(c) for c in cases for _ in range(4)], [o for c in cases for o in c.options])
     return np.array([s.mean for s in scores]).reshape(len(cases), 4)
 
 
+class PromptLikelihoods:
+    """The model's mean token log-probability of options as the reply to the avatar's prompt,
+    computed only for the options a choice asks about (critic ties) and kept."""
+
+    def __init__(self, model: TextModel):
+        self.model = model
+        self.kept: dict[tuple[int, int], float] = {}
+
+    def __call__(self, position: int, case: PrefCase) -> Callable[[list[int]], list[float]]:
+        def score(indices: list[int]) -> list[float]:
+            missing = [i for i in indices if (position, i) not in self.kept]
+            if missing:
+                found = model_likelihood(self.model, case.prompt, case.options)(missing)
+                self.kept.update(((position, i), v) for i, v in zip(missing, found, strict=True))
+            return [self.kept[(position, i)] for i in indices]
+
+        return score
+
+
 def multiple_choice(
-    critic: Critic, cases: list[PrefCase], limit: int, memory: bool, likelihoods: np.ndarray
+    critic: Critic, cases: list[PrefCase], limit: int, likelihoods: PromptLikelihoods | np.ndarray
 ) -> np.ndarray:
-    """1.0 where the option chosen is the one that respects the preference: with memory, by the
-    critic on the first `limit` retrieved preferences (ties: `likelihoods`); without, nothing is
-    stated and the likelihoods alone choose."""
+    """1.0 where the option chosen is the one that respects the preference. With memory
+    (`PromptLikelihoods`), the critic chooses on the first `limit` retrieved preferences (ties: the
+    likelihoods); without (an array of bare-question likelihoods), nothing is stated and the
+    likelihoods alone choose."""
+    memory = isinstance(likelihoods, PromptLikelihoods)
     right = []
-    for case, row in zip(cases, likelihoods, strict=True):
-        stated = case.preferences[:limit] if memory else []
-        picked = choose(critic, stated, case.item.question, case.options, lambda indices, row=row: row[indices])
+    for position, case in enumerate(cases):
+        if memory:
+            stated, likelihood = case.preferences[:limit], likelihoods(position, case)
+        else:
+            stated, likelihood = [], lambda indices, row=likelihoods[position]: row[indices]
+        picked = choose(critic, stated, case.item.question, case.options, likelihood)
         right.append(float(picked.index == case.answer))
     return np.array(right)
 
 
-def choose_limit(critic: Critic, cases: list[PrefCase], likelihoods: np.ndarray, log: Log) -> tuple[int, list[dict]]:
+def choose_limit(critic: Critic, model: TextModel, cases: list[PrefCase], log: Log) -> tuple[int, list[dict]]:
     """How many retrieved preferences the critic reads: the best validation accuracy (ties: more)."""
-    rows = [{"preferences": k, "acc_memory": float(multiple_choice(critic, cases, k, True, likelihoods).mean())}
+    likelihoods = PromptLikelihoods(model)
+    rows = [{"preferences": k, "acc_memory": float(multiple_choice(critic, cases, k, likelihoods).mean())}
             for k in PREFERENCE_LIMITS]  # fmt: skip
     best = max(rows, key=lambda r: r["acc_memory"])
     log(
@@ -377,13 +401,13 @@ def prefeval(
 
     fusion, fusion_rows = choose_fusion(memory, validation, val_questions, log)
     recall_cases(memory, model, validation, fusion)
-    limit, limit_rows = choose_limit(critic, validation, option_likelihoods(model, validation, True), log)
+    limit, limit_rows = choose_limit(critic, model, validation, log)
 
     test_retrieval = retrieve(memory, test, test_questions, fusion)
     recall_at_5 = recall_cases(memory, model, test, fusion)
     log(f"prefeval: test recall@5 {recall_at_5:.2f}; choosing among the options")
-    with_memory = multiple_choice(critic, test, limit, True, option_likelihoods(model, test, True))
-    without = multiple_choice(critic, test, limit, False, option_likelihoods(model, test, False))
+    with_memory = multiple_choice(critic, test, limit, PromptLikelihoods(model))
+    without = multiple_choice(critic, test, limit, bare_likelihoods(model, test))
 
     judge = ModelJudge(judge_model) if judge_model is not None else EmbeddingJudge(memory.embed)
     free = test[: config.free_items] if config.free_items else test
