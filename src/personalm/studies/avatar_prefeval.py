@@ -18,11 +18,14 @@ Free answers. The model answers each test question with the retrieved preference
 candidates by the critic). A different scorer than the critic judges whether an answer respects the
 preference, so the critic is never graded by itself:
 
-* embedding rule (default): the answer respects the preference when its MiniLM cosine to the nearest
-  respecting reference (the item's respecting option, and its explanation of what a respecting
-  answer does) is higher than to the nearest violating option. It is validated on the options
-  themselves, each judged with itself left out of the references: the respecting option must come
-  out respecting, each violating option violating (`judge_validation` in the results);
+* embedding rule (default): the answer respects the preference when its mean MiniLM cosine to the
+  respecting references (the item's respecting option, and its explanation of what a respecting
+  answer does) is higher than its mean cosine to the three violating options. It is validated on the
+  options themselves, each judged with itself left out of the references: the respecting option must
+  come out respecting, each violating option violating (`judge_validation` in the results). The
+  rule was picked among eight (nearest or mean reference, with or without the explanation or the
+  preference, MiniLM cosine or word overlap) by that leave-self-out balanced accuracy on the options
+  of the critic's train and validation topics (0.61; the next best 0.60), never on its test topics;
 * `--judge MODEL`: an LLM asked whether the answer respects the preference (log P(Yes) vs log P(No)).
 
 Every rate carries a 95% bootstrap interval; memory vs no memory and preference-aware vs plain are
@@ -287,10 +290,10 @@ def difference(a: Sequence[float], b: Sequence[float], seed: int) -> dict[str, A
 
 
 class EmbeddingJudge:
-    """Respects when nearer (MiniLM cosine) to a respecting reference (the respecting option, the
-    item's explanation) than to every violating option."""
+    """Respects when nearer on average (MiniLM cosine) to the respecting references (the respecting
+    option, the item's explanation) than to the violating options."""
 
-    name = "embedding rule (MiniLM nearest reference)"
+    name = "embedding rule (mean MiniLM cosine to respecting vs violating references)"
 
     def __init__(self, embed: Callable[[list[str]], np.ndarray]):
         self.embed = embed
@@ -302,7 +305,7 @@ class EmbeddingJudge:
         for answer, respecting, violating in zip(answers, good, bad, strict=True):
             near = [float(vectors[answer] @ vectors[r]) for r in respecting]
             far = [float(vectors[answer] @ vectors[v]) for v in violating]
-            out.append(max(near, default=-1.0) > max(far, default=-1.0))
+            out.append(float(np.mean(near)) > float(np.mean(far)) if near and far else False)
         return np.array(out, dtype=float)
 
     def respects(self, cases: list[PrefCase], answers: list[str]) -> np.ndarray:
