@@ -125,6 +125,26 @@ ROWS: dict[str, Row] = {
         {"data": cmd("bench", "retrieval", "--data", "{bad}", kind="dir", inner="personahub/tool_personas.jsonl")},
         {"out": OUTPUT},
     ),
+    "bench critic": Row(
+        {
+            "data": cmd("bench", "critic", "--data", "{bad}", kind="dir", inner="prefeval/mcq_options/t.json"),
+            "critic": cmd("bench", "critic", "--critic", "{bad}", kind="dir", inner="meta.json"),
+        },
+        {"out": OUTPUT},
+    ),
+    "critic train": Row(
+        {"data": cmd("critic", "train", "--data", "{bad}", "--quick", "-o", "report", kind="dir",
+                     inner="prefeval/mcq_options/t.json")},
+        {"out": OUTPUT, "artifact": OUTPUT},
+    ),
+    "critic score": Row(
+        {
+            "input_file": cmd("critic", "score", "--input", "{bad}", "--critic", "critic"),
+            "critic_dir": cmd("critic", "score", "-p", "I dislike tea.", "-q", "What to drink?", "Green tea.",
+                              "--critic", "{bad}", kind="dir", inner="meta.json"),
+        },
+        {"out": OUTPUT},
+    ),
     "train sft": Row({"data": cmd("train", "sft", "{bad}", "-o", "adapter")}, {"out": OUTPUT}),
     "tone build": Row(
         {
