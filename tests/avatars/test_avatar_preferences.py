@@ -4,6 +4,7 @@ stored default, and the one clear error without a trained critic."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from personalm.avatars.api import AvatarMemory
@@ -153,3 +154,19 @@ def test_settings_column_on_both_backends(make_store, unit):
     store.set_settings("ada", {"preferences": {"apply": True, "candidates": 2}})
     assert store.get_settings("ada") == {"preferences": {"apply": True, "candidates": 2}}
     assert "ada" in store.avatar_names() and store.get_settings("bob") == {}
+
+
+@pytest.mark.slow
+def test_the_real_critic_loads_and_its_best_answer_is_returned(tmp_path, memory):
+    from personalm.critic import PreferenceCritic
+
+    PreferenceCritic.initial(seed=0).save(tmp_path / "critic")  # untrained weights: the wiring, not the skill
+    critic = load_critic(tmp_path / "critic")
+    memory.remember("ada", "I avoid dairy because of lactose intolerance.")
+    replies = ["Cheese and milk, always.", "Anything without dairy.", "Pizza with extra mozzarella."]
+    chat = AvatarChat(memory, "ada", CandidateModel(*replies), critic=critic,
+                      preferences=PreferenceSettings(apply=True, candidates=3), min_support=0.0)  # fmt: skip
+    turn = chat.send("Which dairy foods do you like?")
+    scores = critic.score(turn.choice.preferences, "Which dairy foods do you like?", replies)
+    assert turn.choice.answers == replies and turn.choice.scores == pytest.approx(scores.tolist())
+    assert turn.reply == replies[int(np.argmax(scores))]

@@ -108,17 +108,14 @@ def with_preferences(messages: Sequence[Message], preferences: Sequence[str]) ->
 
 def load_critic(path: str | Path | None = None) -> Critic:
     """The trained critic at `path` (default PERSONALM_HOME/critic), or one error naming the fix."""
-    try:
-        from personalm.critic import PreferenceCritic, default_critic_dir
-    except ImportError as err:
-        raise PersonalmError(f"the preference critic is not available ({err}); {TRAIN_HINT}") from None
+    from personalm.critic import PreferenceCritic, default_critic_dir
+
     folder = Path(path) if path else default_critic_dir()
-    if not folder.is_dir():
-        raise PersonalmError(f"no trained preference critic at {folder}; {TRAIN_HINT}")
+    PreferenceCritic.check_dir(folder)  # a missing or foreign folder: an error that names `personalm critic train`
     try:
         return PreferenceCritic.load(folder)
-    except (PersonalmError, OSError, ValueError, KeyError) as err:
-        raise PersonalmError(f"the preference critic at {folder} does not load ({err}); {TRAIN_HINT}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise PersonalmError(f"the preference critic does not load ({err}); {TRAIN_HINT}", source=str(folder)) from None
 
 
 @dataclass
