@@ -365,10 +365,11 @@ class ModelJudge:
 def free_answers(
     model: TextModel, critic: Critic, cases: list[PrefCase], limit: int, candidates: int, params: SamplingParams
 ) -> tuple[list[str], list[str]]:
-    """Plain and preference-aware answers with the retrieved preferences in the system turn. The
-    candidates of every question come from one generate call (candidate i of a question is its
+    """Plain and preference-aware answers with every retrieved stated preference in the system turn
+    (as the avatar chat shows the model every retrieved fact); the critic reads the first `limit`.
+    The candidates of every question come from one generate call (candidate i of a question is its
     i-th identical prompt, so candidate 0 is the plain answer); the critic keeps one per question."""
-    prompts = [with_preferences(question_chat(c), c.preferences[:limit]) for c in cases]
+    prompts = [with_preferences(question_chat(c), c.preferences) for c in cases]
     texts = [g.text.strip() for g in model.generate([p for p in prompts for _ in range(candidates)], params)]
     plain, aware = [], []
     for i, (case, prompt) in enumerate(zip(cases, prompts, strict=True)):
