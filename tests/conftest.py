@@ -211,6 +211,32 @@ def word_hash_embedder() -> Callable[..., WordHashEmbedder]:
     return WordHashEmbedder
 
 
+class KeywordCritic:
+    """A stand-in preference critic for logic tests: an answer scores 1.0 when it shares a word of
+    four or more letters with every stated preference, else 0.0. Records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str, list[str]]] = []
+        self.meta = {"topics": {"train": [], "validation": [], "test": []}, "base": "keyword", "settings": {}}
+
+    def score(self, preferences: Sequence[str], question: str, answers: Sequence[str]) -> np.ndarray:
+        self.calls.append((list(preferences), question, list(answers)))
+        wanted = [set(re.findall(r"[a-z]{4,}", p.lower())) for p in preferences]
+        words = [set(re.findall(r"[a-z]{4,}", a.lower())) for a in answers]
+        return np.array([float(all(w & said for w in wanted)) for said in words])
+
+
+@pytest.fixture
+def keyword_critic() -> KeywordCritic:
+    return KeywordCritic()
+
+
+@pytest.fixture(scope="session")
+def keyword_critic_type() -> type[KeywordCritic]:
+    """The class itself, for module-scoped servers."""
+    return KeywordCritic
+
+
 def make_tiny_base() -> torch.nn.Module:
     """A two-layer random Llama: every linear kind of the real model, in milliseconds."""
     from transformers import LlamaConfig, LlamaForCausalLM

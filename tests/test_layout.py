@@ -12,7 +12,7 @@ from pathlib import Path
 import personalm
 
 ROOT = Path(personalm.__file__).resolve().parent
-LIBRARY = ("models", "adapters", "eval", "executors", "personas", "synth", "train", "tone", "perce", "soups", "avatars", "serve")
+LIBRARY = ("models", "adapters", "eval", "executors", "personas", "synth", "train", "tone", "perce", "soups", "avatars", "serve", "critic")
 ABOVE = ("personalm.studies", "personalm.cli", "personalm.demo")
 
 

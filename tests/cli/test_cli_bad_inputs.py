@@ -85,6 +85,8 @@ ROWS: dict[str, Row] = {
                                "--keys-db", "k.db", suffix=".yaml"),
             "avatar_store": cmd("serve", "--port", "9", "--keys-db", "k.db", "--avatar-store", "{bad}", suffix=".db",
                                 valid={"missing": NEW_STORE, "empty": NEW_STORE, "non-utf8": "a database is binary"}),
+            "critic": cmd("serve", "--port", "9", "--keys-db", "k.db", "--critic", "{bad}", kind="dir",
+                          inner="meta.json"),
         },
     ),
     "explain": Row({"data": cmd("explain", "{bad}")}, {"adapter": ADAPTER, "html": OUTPUT}),
@@ -121,6 +123,26 @@ ROWS: dict[str, Row] = {
     ),
     "bench retrieval": Row(
         {"data": cmd("bench", "retrieval", "--data", "{bad}", kind="dir", inner="personahub/tool_personas.jsonl")},
+        {"out": OUTPUT},
+    ),
+    "bench critic": Row(
+        {
+            "data": cmd("bench", "critic", "--data", "{bad}", kind="dir", inner="prefeval/mcq_options/t.json"),
+            "critic": cmd("bench", "critic", "--critic", "{bad}", kind="dir", inner="meta.json"),
+        },
+        {"out": OUTPUT},
+    ),
+    "critic train": Row(
+        {"data": cmd("critic", "train", "--data", "{bad}", "--quick", "-o", "report", kind="dir",
+                     inner="prefeval/mcq_options/t.json")},
+        {"out": OUTPUT, "artifact": OUTPUT},
+    ),
+    "critic score": Row(
+        {
+            "input_file": cmd("critic", "score", "--input", "{bad}", "--critic", "critic"),
+            "critic_dir": cmd("critic", "score", "-p", "I dislike tea.", "-q", "What to drink?", "Green tea.",
+                              "--critic", "{bad}", kind="dir", inner="meta.json"),
+        },
         {"out": OUTPUT},
     ),
     "train sft": Row({"data": cmd("train", "sft", "{bad}", "-o", "adapter")}, {"out": OUTPUT}),
@@ -171,11 +193,14 @@ ROWS: dict[str, Row] = {
                                         valid={"non-utf8": "a database is binary"})}),
     "avatar chat": Row(
         {"store": cmd("avatar", "chat", "ada", "-M", "hi", "--store", "{bad}", suffix=".db",
-                      valid={"non-utf8": "a database is binary"})},
+                      valid={"non-utf8": "a database is binary"}),
+         "critic": cmd("avatar", "chat", "ada", "-M", "hi", "--critic", "{bad}", kind="dir", inner="meta.json")},
         {"adapter": ADAPTER},
     ),
+    "avatar preferences": Row(),
     "avatar experiment": Row(
-        {"data": cmd("avatar", "experiment", "--data", "{bad}", "-o", "report", kind="dir", inner="speeches/x/a.txt")},
+        {"data": cmd("avatar", "experiment", "--data", "{bad}", "-o", "report", kind="dir", inner="speeches/x/a.txt"),
+         "critic": cmd("avatar", "experiment", "--critic", "{bad}", "-o", "report", kind="dir", inner="meta.json")},
         {"out": OUTPUT},
     ),
     "avatar sft-data": Row({"store": cmd("avatar", "sft-data", "ada", "-o", "s.jsonl", "--store", "{bad}", suffix=".db",

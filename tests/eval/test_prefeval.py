@@ -47,16 +47,18 @@ def test_choice_accuracy_shuffles_options_and_reads_the_first_as_right():
     assert np.isnan(choice_accuracy(model, [], seed=1)) and len(model.calls) == 1
 
 
-def test_loader_keeps_four_option_items_in_file_order_or_draws_some(tmp_path):
+def test_loader_keeps_items_in_file_order_or_draws_some(tmp_path):
     rows = [
-        {"preference": "p", "question": "q", "classification_task_options": ["a", "b", "c", "d"]},
-        {"preference": "p", "question": "q", "classification_task_options": ["a", "b"]},
-        {"preference": "", "question": "q", "classification_task_options": ["a", "b", "c", "d"]},
+        {"preference": "p", "question": "q", "classification_task_options": ["a", "b", "c", "d"],
+         "explanation": "why"},
         {"preference": "p2", "question": "q2", "classification_task_options": ["e", "f", "g", "h"]},
-    ]
+    ]  # fmt: skip
     (tmp_path / "topic.json").write_text(json.dumps(rows))
     items = load_prefeval(tmp_path)
-    assert [(i.topic, i.preference, i.options[0]) for i in items] == [("topic", "p", "a"), ("topic", "p2", "e")]
+    assert [(i.topic, i.preference, i.options[0], i.explanation) for i in items] == [
+        ("topic", "p", "a", "why"),
+        ("topic", "p2", "e", ""),
+    ]
     assert len(load_prefeval(tmp_path, 1, seed=3)) == 1
     real = data_dir() / "prefeval" / "mcq_options"
     if real.is_dir():
@@ -69,6 +71,29 @@ def test_loader_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text('[\n{"preference": }\n]')
     with pytest.raises(PersonalmError, match=r"bad.json:2: invalid JSON"):
         load_prefeval(tmp_path)
+
+
+GOOD = {"preference": "p", "question": "q", "classification_task_options": ["a", "b", "c", "d"]}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"items": [GOOD]}, "topic.json: unknown PrefEval layout"),
+        ([GOOD, ["p", "q"]], "topic.json: item 2: unknown PrefEval layout"),
+        ([{"prompt": "p", "answer": "a"}], "topic.json: item 1: unknown PrefEval layout"),
+        ([GOOD | {"preference": ""}], "topic.json: item 1: empty preference"),
+        ([GOOD | {"preference": "   "}], "topic.json: item 1: empty preference"),
+        ([GOOD | {"question": None}], "topic.json: item 1: empty question"),
+        ([GOOD | {"classification_task_options": ["a", "b"]}], "topic.json: item 1: classification_task_options"),
+        ([GOOD | {"classification_task_options": ["a", "b", "c", 4]}], "item 1: classification_task_options"),
+    ],
+)
+def test_another_layout_or_an_empty_preference_is_one_error(tmp_path, content, message):
+    (tmp_path / "topic.json").write_text(json.dumps(content))
+    with pytest.raises(PersonalmError, match=message) as caught:
+        load_prefeval(tmp_path)
+    assert "\n" not in str(caught.value)
 
 
 class _CountingModel:

@@ -26,6 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+PREFERENCE = "I prefer organic vegetables grown without pesticides."
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,9 @@ def small_server(tmp_path_factory, embedded_model, embedder):
 
 
 @pytest.fixture(scope="module")
-def page_server(tmp_path_factory, embedded_model, embedder, soups_folder):
-    """A server with soups (tiny random pole adapters) and an avatar with memories, for the page."""
+def page_server(tmp_path_factory, embedded_model, embedder, soups_folder, keyword_critic_type):
+    """A server with soups (tiny random pole adapters), an avatar with memories and a stated
+    preference, and a stand-in preference critic, for the page."""
     root = tmp_path_factory.mktemp("page")
     catalog = Catalog(slots=4, max_len=512)
     catalog.attach("smollm2-135m-instruct", embedded_model)
@@ -50,11 +52,15 @@ def page_server(tmp_path_factory, embedded_model, embedder, soups_folder):
                        max_len=512)  # fmt: skip
     soups.register(catalog)
     memory = AvatarMemory(root / "memory.db", embedder)
-    app = create_app(catalog, KeyStore(root / "keys.db", ADMIN), lambda: embedder, memory=memory, soups=soups)
+    app = create_app(catalog, KeyStore(root / "keys.db", ADMIN), lambda: embedder, memory=memory, soups=soups,
+                     critic=keyword_critic_type)  # fmt: skip
     with BackgroundServer(app) as url:
         text = "I grow tomatoes and basil on my balcony every summer. I reread Middlemarch every winter."
+        admin = {"Authorization": f"Bearer {ADMIN}"}
         r = httpx.post(f"{url}/v1/avatars/alice/ingest", json={"filename": "alice.txt", "content": text},
-                       headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)  # fmt: skip
+                       headers=admin, timeout=120)  # fmt: skip
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{url}/v1/avatars/alice/memories", json={"text": PREFERENCE}, headers=admin, timeout=120)
         assert r.status_code == 201, r.text
         yield url
     catalog.close()
@@ -128,10 +134,18 @@ def test_chat_page_soup_sliders_and_avatar_memories_in_chromium(page_server):
         ask(page, "What do you grow on your balcony?", 1)
         memories = page.locator("#memories li").all_text_contents()
         page.screenshot(path=str(ARTIFACTS / "chat_page_avatar.png"), full_page=True)
+        assert page.locator(".applied").count() == 0  # preferences off: nothing applied, nothing shown
+        page.check("#prefs")
+        page.fill("#candidates", "3")
+        ask(page, "Which vegetables do you grow on your balcony?", 2)
+        page.wait_for_selector(".applied li")
+        applied = page.locator(".applied").last.text_content()
+        page.screenshot(path=str(ARTIFACTS / "chat_page_preferences.png"), full_page=True)
+    assert "best of 3 answers" in applied and PREFERENCE in applied, applied
     assert soup_answer is not None
     assert status.startswith("soup with expertise.elementary=0.5, expertise.phd=0, style.friendly=0.8")
     assert memories and any("tomatoes" in m for m in memories), memories
-    for name in ("chat_page_soup.png", "chat_page_avatar.png"):
+    for name in ("chat_page_soup.png", "chat_page_avatar.png", "chat_page_preferences.png"):
         assert (ARTIFACTS / name).stat().st_size > 1000
 
 

@@ -1,5 +1,5 @@
-"""The avatar experiment's pieces, and a whole run on small synthetic data with a scripted model
-(the real model's run is the committed report under reports/avatar/)."""
+"""The avatar experiment's pieces, and a whole run on small synthetic data with a scripted model and
+a stand-in preference critic (the real model's run is the committed report under reports/avatar/)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,16 @@ from personalm.studies.avatar_likeness import (
     split_person,
     spread,
 )
-from personalm.studies.avatar_prefeval import prefeval_split
+from personalm.studies.avatar_prefeval import EmbeddingJudge, PrefCase, critic_topics, prefeval_split
+
+TOPICS = {"train": [], "validation": ["travel"], "test": ["food"]}
+
+
+@pytest.fixture
+def critic(keyword_critic):
+    """The keyword critic, trained (as it were) on no topic, validated on travel, tested on food."""
+    keyword_critic.meta["topics"] = TOPICS
+    return keyword_critic
 
 STYLES = {
     "ann_a": "Verily, harvest number {i} is bountiful, and verily the river runs clear.",
@@ -70,7 +79,8 @@ def make_data(root):
     for topic, noun in (("food", "pasta"), ("travel", "mountains")):
         items = [
             {"preference": f"I love {noun} number {i}.", "question": f"What {topic} should I pick for evening {i}?",
-             "classification_task_options": [f"{noun} number {i}", "something else", "another thing", "nothing"]}
+             "classification_task_options": [f"{noun} number {i}", "something else", "another thing", "nothing"],
+             "explanation": f"Suggest {noun} number {i}."}
             for i in range(6)
         ]  # fmt: skip
         (root / "prefeval" / "mcq_options" / f"{topic}.json").write_text(json.dumps(items))
@@ -114,7 +124,7 @@ def test_held_out_prompts_split_cue_and_reference(tmp_path):
     )
 
 
-def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder):
+def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     make_data(tmp_path / "data")
     embedder = word_hash_embedder()
     memory = AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
@@ -122,10 +132,18 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder):
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
         prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12,
     )  # fmt: skip
-    results = run(config, model=EchoStyleModel(), memory=memory)
+    results = run(config, model=EchoStyleModel(), memory=memory, critic=critic)
     for key in ("attribution_acc_rag", "attribution_acc_norag", "prefeval_acc_memory", "prefeval_acc_nomemory",
-                "retrieval_recall_at_5", "attribution_acc_profile", "similarity_rag", "rag_copy_rate"):  # fmt: skip
+                "retrieval_recall_at_5", "attribution_acc_profile", "similarity_rag", "rag_copy_rate",
+                "free_answer_respect_plain", "free_answer_respect_preferences"):  # fmt: skip
         assert 0.0 <= results[key] <= 1.0, key
+    for key in ("prefeval_acc_memory", "prefeval_acc_nomemory", "prefeval_acc_difference", "free_answer_difference"):
+        low, high = results[f"{key}_ci"]
+        assert low <= results[key] <= high, key
+    assert results["prefeval_items"] == 6 and results["free_answer_items"] == 6
+    assert results["prefeval"]["topics"]["test"] == ["food"] and set(results["prefeval"]["by_topic"]) == {"food"}
+    # the keyword critic finds the option that shares the words of the retrieved preference
+    assert results["prefeval_acc_memory"] == 1.0 and results["prefeval_acc_difference_ci"][0] > 0
     # The echo model repeats retrieved exemplars: with retrieval every answer is in the person's style.
     assert results["attribution_acc_rag"] == 1.0 and results["rag_copy_rate"] > 0.5
     assert results["attribution_acc_norag"] < 1.0
@@ -135,24 +153,54 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder):
     assert saved["attribution_acc_rag"] == results["attribution_acc_rag"]
     assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
     assert "Preference memory" in (tmp_path / "out" / "report.html").read_text()
+    assert saved["provenance"]["settings"]["critic"] is None
 
 
-def test_prefeval_split_keeps_test_apart_and_fixed(tmp_path):
-    """The test cases do not depend on the validation size, and validation shares no question
-    and no preference with them."""
+def test_prefeval_split_keeps_to_the_critics_topics_and_is_fixed(tmp_path, critic):
+    """Test cases come from the critic's test topics only, validation from its validation topics,
+    and the test cases do not depend on the validation size."""
     make_data(tmp_path)
     items = load_prefeval(tmp_path / "prefeval" / "mcq_options")
-    config = ExperimentConfig(data=tmp_path, out=tmp_path / "out", prefeval_items=6, distractors=12)
-    test, validation, _ = prefeval_split(replace(config, prefeval_validation_items=6), items)
-    test_again, fewer, _ = prefeval_split(replace(config, prefeval_validation_items=2), items)
+    topics = critic_topics(critic, items, "data")
+    config = ExperimentConfig(data=tmp_path, out=tmp_path / "out", prefeval_items=0, distractors=12)
+    test, validation, _ = prefeval_split(replace(config, prefeval_validation_items=6), items, topics)
+    test_again, fewer, _ = prefeval_split(replace(config, prefeval_validation_items=2), items, topics)
     assert [(c.texts, c.options, c.answer) for c in test] == [(c.texts, c.options, c.answer) for c in test_again]
-    assert len(validation) == 6 and len(fewer) == 2
-    for key in ("question", "preference"):
-        assert not {getattr(c.item, key) for c in test} & {getattr(c.item, key) for c in validation}
+    assert len(test) == 6 and len(validation) == 6 and len(fewer) == 2
+    assert {c.item.topic for c in test} == {"food"} and {c.item.topic for c in validation} == {"travel"}
     assert all(c.options[c.answer] == c.item.options[0] for c in test + validation)
 
 
-def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder):
+@pytest.mark.parametrize(
+    ("topics", "message"),
+    [
+        ({"train": ["food"], "validation": ["travel"], "test": []}, "no test topics"),
+        ({"train": ["food"], "validation": ["travel"], "test": ["food"]}, "trained on test topics"),
+        ({"train": [], "validation": ["travel"], "test": ["cooking"]}, r"topics \['cooking'\] are not in this data"),
+        ({"train": [], "validation": [], "test": ["food"]}, "no validation topics"),
+    ],
+)
+def test_a_critic_whose_topics_do_not_fit_the_data_is_one_error(tmp_path, critic, topics, message):
+    make_data(tmp_path)
+    items = load_prefeval(tmp_path / "prefeval" / "mcq_options")
+    critic.meta["topics"] = topics
+    with pytest.raises(PersonalmError, match=message):
+        critic_topics(critic, items, "data")
+
+
+def test_the_free_answer_judge_on_options_and_answers(tmp_path, word_hash_embedder):
+    make_data(tmp_path)
+    items = load_prefeval(tmp_path / "prefeval" / "mcq_options")
+    cases = [PrefCase(i, [], i.options, 0) for i in items]
+    judge = EmbeddingJudge(word_hash_embedder().embed)
+    answers = [f"I would suggest {c.item.options[0]} tonight." for c in cases] + ["something else then"] * len(cases)
+    judged = judge.respects(cases + cases, answers)
+    assert judged[: len(cases)].all() and not judged[len(cases) :].any()
+    checked = judge.validate(cases)
+    assert checked["items"] == len(cases) and checked["respecting_options_judged_respecting"] == 1.0
+
+
+def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder, critic):
     make_data(tmp_path / "data")
     embedder = word_hash_embedder()
     config = ExperimentConfig(
@@ -160,20 +208,22 @@ def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder):
         prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, prefeval_only=True,
     )  # fmt: skip
     with pytest.raises(PersonalmError, match="needs an earlier results.json"):
-        run(config, model=EchoStyleModel(), memory=AvatarMemory(SQLiteStore(tmp_path / "a.db", 512), embedder))
+        run(config, model=EchoStyleModel(), memory=AvatarMemory(SQLiteStore(tmp_path / "a.db", 512), embedder),
+            critic=critic)  # fmt: skip
     first = run(replace(config, prefeval_only=False), model=EchoStyleModel(),
-                memory=AvatarMemory(SQLiteStore(tmp_path / "b.db", 512), embedder))  # fmt: skip
+                memory=AvatarMemory(SQLiteStore(tmp_path / "b.db", 512), embedder), critic=critic)  # fmt: skip
     again = run(replace(config, prefeval_validation_items=4), model=EchoStyleModel(),
-                memory=AvatarMemory(SQLiteStore(tmp_path / "c.db", 512), embedder))  # fmt: skip
+                memory=AvatarMemory(SQLiteStore(tmp_path / "c.db", 512), embedder), critic=critic)  # fmt: skip
     assert again["likeness"] == first["likeness"] and again["attribution_acc_rag"] == first["attribution_acc_rag"]
     assert (
-        again["likeness_run"]["seconds"] == first["seconds"] and again["prefeval"]["split"]["validation"]["items"] == 4
+        again["likeness_run"]["seconds"] == first["seconds"] and again["prefeval"]["validation_items"] == 4
     )
-    names = [row["scorer"] for row in again["prefeval"]["scorers"]["validation"]]
-    assert again["prefeval"]["scorers"]["chosen_memory"] in names and "channel" in names
+    read = again["prefeval"]["preferences_read"]
+    assert read["chosen"] in [row["preferences"] for row in read["validation"]]
     with pytest.raises(PersonalmError, match="seed 0"):
         run(
             replace(config, seed=1),
             model=EchoStyleModel(),
             memory=AvatarMemory(SQLiteStore(tmp_path / "d.db", 512), embedder),
+            critic=critic,
         )

@@ -10,7 +10,7 @@ import numpy as np
 
 from personalm.avatars.chunking import Chunking
 from personalm.avatars.ingest import IngestReport, TextEmbedder, ingest, memory_key
-from personalm.avatars.retrieval import Hit, Recall, hybrid_search
+from personalm.avatars.retrieval import PLAIN_RRF, Fusion, Hit, Recall, hybrid_search
 from personalm.avatars.store import KINDS, Memory, MemoryStore, NewMemory, check_avatar, check_kinds, open_store
 
 DEFAULT_DIMENSION = 384  # all-MiniLM-L6-v2
@@ -54,13 +54,22 @@ class AvatarMemory:
         check_avatar(avatar)
         return hybrid_search(self.store, avatar, query, self.embed([query])[0], k, check_kinds(kinds), recency=recency)
 
-    def recall(self, avatar: str, query: str, exemplars: int = 3, facts: int = 5, recency: float = 0.0) -> Recall:
+    def recall(
+        self,
+        avatar: str,
+        query: str,
+        exemplars: int = 3,
+        facts: int = 5,
+        recency: float = 0.0,
+        fusion: Fusion = PLAIN_RRF,
+    ) -> Recall:
         """Style exemplars (verbatim utterances) and facts for a conversation, retrieved apart."""
         check_avatar(avatar)
         vector = self.embed([query])[0]
+        search = {"recency": recency, "fusion": fusion}
         return Recall(
-            exemplars=hybrid_search(self.store, avatar, query, vector, exemplars, ("utterance",), recency=recency),
-            facts=hybrid_search(self.store, avatar, query, vector, facts, ("fact",), recency=recency),
+            exemplars=hybrid_search(self.store, avatar, query, vector, exemplars, ("utterance",), **search),
+            facts=hybrid_search(self.store, avatar, query, vector, facts, ("fact",), **search),
         )
 
     def remember(self, avatar: str, text: str, kind: str = "fact", ts: float | None = None) -> int | None:

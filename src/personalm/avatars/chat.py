@@ -1,6 +1,8 @@
 """Answering as the person: profile + retrieved facts + style exemplars + recent turns, with an
 honest "I don't know" when memory does not cover a question, and memory updates after each
-exchange (the one chatting is taken to be the person, telling their avatar about themselves)."""
+exchange (the one chatting is taken to be the person, telling their avatar about themselves).
+With preference-aware answering on, the stated preferences among the retrieved facts pick the
+answer among n sampled candidates (avatars.preferences)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,18 @@ from dataclasses import dataclass, field
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.facts import FactExtractor
 from personalm.avatars.memory_update import Update, apply_facts
+from personalm.avatars.preferences import (
+    TRAIN_HINT,
+    Choice,
+    Critic,
+    PreferenceSettings,
+    answer_with_preferences,
+    avatar_settings,
+    stated_preferences,
+)
 from personalm.avatars.profile import display_name
-from personalm.avatars.retrieval import Recall
+from personalm.avatars.retrieval import PLAIN_RRF, Fusion, Recall
+from personalm.errors import PersonalmError
 from personalm.models.base import Message, SamplingParams, TextModel
 
 DONT_KNOW = "I don't know. Nothing I remember covers that."
@@ -26,11 +38,14 @@ QUESTION = re.compile(
 
 @dataclass
 class Prepared:
-    """What memory says about one user message: the recall, and the messages for the model, or
-    None when memory does not cover a question (the reply is then DONT_KNOW, without the model)."""
+    """What memory says about one user message: the recall, the stated preferences among the
+    retrieved facts, and the messages for the model, or None when memory does not cover a question
+    (the reply is then DONT_KNOW, without the model)."""
 
+    question: str
     recall: Recall
     messages: list[Message] | None
+    preferences: list[str] = field(default_factory=list)
 
     @property
     def supported(self) -> bool:
@@ -43,6 +58,7 @@ class ChatTurn:
     recall: Recall
     supported: bool
     updates: list[Update] = field(default_factory=list)
+    choice: Choice | None = None  # set when the answer was chosen for the stated preferences
 
 
 def system_prompt(who: str, profile: str | None, recall: Recall) -> str:
@@ -78,7 +94,8 @@ def is_question(text: str) -> bool:
 
 
 class AvatarChat:
-    """One conversation with an avatar; `send` answers and then updates memory."""
+    """One conversation with an avatar; `send` answers and then updates memory. `preferences`
+    (default: the avatar's stored setting) turns preference-aware answering on; it needs `critic`."""
 
     def __init__(
         self,
@@ -90,11 +107,18 @@ class AvatarChat:
         exemplars: int = 3,
         facts: int = 5,
         min_support: float = MIN_SUPPORT,
+        critic: Critic | None = None,
+        preferences: PreferenceSettings | None = None,
+        fusion: Fusion = PLAIN_RRF,
     ):
         self.memory, self.avatar, self.model = memory, avatar, model
         self.extractor = extractor
         self.params = params or SamplingParams(max_tokens=128, temperature=0.7, top_p=0.9, stop=("\n\n\n",))
         self.exemplars, self.facts, self.min_support = exemplars, facts, min_support
+        self.critic, self.fusion = critic, fusion
+        self.preferences = preferences if preferences is not None else avatar_settings(memory.store, avatar)
+        if self.preferences.apply and critic is None:
+            raise PersonalmError(f"preference-aware answering needs a preference critic; {TRAIN_HINT}")
         self.history: list[Message] = []
         self.who = display_name(avatar)
 
@@ -106,22 +130,30 @@ class AvatarChat:
         return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
 
     def prepare(self, user: str) -> Prepared:
-        """Retrieval and the support rule: a question no memory supports gets no prompt. The one
-        place the rule lives (`send` and the server's avatar chat both come through here)."""
-        recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts)
+        """Retrieval, the support rule and the stated preferences: a question no memory supports
+        gets no prompt. The one place the rule lives (`send` and the server's avatar chat both come
+        through here)."""
+        recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts, fusion=self.fusion)
         supported = recall.support >= self.min_support or not is_question(user)
-        return Prepared(recall, self.compose(user, recall) if supported else None)
+        messages = self.compose(user, recall) if supported else None
+        return Prepared(user, recall, messages, stated_preferences(recall))
 
     def send(self, user: str) -> ChatTurn:
         prepared = self.prepare(user)
+        choice = None
         if prepared.messages is not None:
             seed = self.params.seed + len(self.history)
             params = SamplingParams(**{**self.params.to_dict(), "seed": seed})
-            reply = self.model.generate([prepared.messages], params)[0].text.strip() or DONT_KNOW
+            if self.preferences.apply:
+                choice = answer_with_preferences(self.model, self.critic, prepared.messages, user,
+                                                 prepared.preferences, params, self.preferences.candidates)  # fmt: skip
+                reply = choice.answer or DONT_KNOW
+            else:
+                reply = self.model.generate([prepared.messages], params)[0].text.strip() or DONT_KNOW
         else:
             reply = DONT_KNOW
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         updates = []
         if self.extractor is not None:
             updates = apply_facts(self.memory, self.avatar, self.extractor.extract(user), ts=time.time())
-        return ChatTurn(reply, prepared.recall, prepared.supported, updates)
+        return ChatTurn(reply, prepared.recall, prepared.supported, updates, choice)

@@ -64,8 +64,9 @@ class PostgresStore:
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)")
             self._db.execute(
                 f"CREATE TABLE IF NOT EXISTS {s}.avatars (name text PRIMARY KEY, profile text, profile_count int,"
-                " profile_at double precision, profile_extra jsonb)"
+                " profile_at double precision, profile_extra jsonb, settings jsonb)"
             )
+            self._db.execute(f"ALTER TABLE {s}.avatars ADD COLUMN IF NOT EXISTS settings jsonb")
             self._db.execute(
                 f"CREATE TABLE IF NOT EXISTS {s}.memories (id bigserial PRIMARY KEY, avatar text NOT NULL,"
                 " kind text NOT NULL, text text NOT NULL, source text NOT NULL DEFAULT '',"
@@ -254,6 +255,19 @@ class PostgresStore:
                 " profile_count = excluded.profile_count, profile_at = excluded.profile_at,"
                 " profile_extra = excluded.profile_extra",
                 (avatar, profile.text, profile.memory_count, time.time(), json.dumps(profile.extra)),
+            )
+
+    def get_settings(self, avatar: str) -> dict:
+        rows = self._rows(f"SELECT settings FROM {self.schema}.avatars WHERE name = %s", (check_avatar(avatar),))
+        return (rows[0][0] or {}) if rows else {}
+
+    def set_settings(self, avatar: str, settings: dict) -> None:
+        check_avatar(avatar)
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO {self.schema}.avatars (name, settings) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET settings = excluded.settings",
+                (avatar, json.dumps(settings)),
             )
 
     def avatar_names(self) -> list[str]:

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS avatars (
     profile TEXT,
     profile_count INTEGER,
     profile_at REAL,
-    profile_extra TEXT
+    profile_extra TEXT,
+    settings TEXT
 );
 CREATE TABLE IF NOT EXISTS memories (
     id INTEGER PRIMARY KEY,
@@ -105,10 +106,13 @@ class SQLiteStore:
         self.dimension = self._check_dimension(dimension)
 
     def _migrate(self) -> None:
-        """Stores written before the change sequence existed get its column (their rows: seq 0)."""
+        """Stores written before the change sequence existed get its column (their rows: seq 0), and
+        stores from before avatar settings their column."""
         columns = [r[1] for r in self._db.execute("PRAGMA table_info(memories)")]
         if "seq" not in columns:
             self._db.execute("ALTER TABLE memories ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+        if "settings" not in [r[1] for r in self._db.execute("PRAGMA table_info(avatars)")]:
+            self._db.execute("ALTER TABLE avatars ADD COLUMN settings TEXT")
         self._db.execute("CREATE INDEX IF NOT EXISTS memories_avatar_seq ON memories (avatar, seq)")
 
     def _check_dimension(self, dimension: int) -> int:
@@ -339,6 +343,14 @@ class SQLiteStore:
                 "UPDATE avatars SET profile = ?, profile_count = ?, profile_at = ?, profile_extra = ? WHERE name = ?",
                 (profile.text, profile.memory_count, time.time(), json.dumps(profile.extra), avatar),
             )
+
+    def get_settings(self, avatar: str) -> dict:
+        rows = self._read("SELECT settings FROM avatars WHERE name = ?", (check_avatar(avatar),))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+
+    def set_settings(self, avatar: str, settings: dict) -> None:
+        with self._write(avatar):
+            self._db.execute("UPDATE avatars SET settings = ? WHERE name = ?", (json.dumps(settings), avatar))
 
     def avatar_names(self) -> list[str]:
         return [r[0] for r in self._read("SELECT name FROM avatars ORDER BY name", ())]

@@ -124,6 +124,11 @@ class MemoryStore(Protocol):
 
     def set_profile(self, avatar: str, profile: Profile) -> None: ...
 
+    def get_settings(self, avatar: str) -> dict:
+        """The avatar's stored settings (its answering defaults); {} when none were set."""
+
+    def set_settings(self, avatar: str, settings: dict) -> None: ...
+
     def avatar_names(self) -> list[str]:
         """Names only (for `avatar list` and admin views); never memories."""
 

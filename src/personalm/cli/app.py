@@ -9,6 +9,7 @@ import typer
 from personalm.cli import (
     avatar_cmd,
     bench_cmd,
+    critic_cmd,
     demo_cmd,
     embed_cmd,
     generate_cmd,
@@ -31,7 +32,7 @@ except ImportError:
 
 app = typer.Typer(
     name="personalm",
-    help="Make language models personal: personas, synthesis, tone adapters, PerCE, soups, avatars.",
+    help="Make language models personal: personas, synthesis, tone adapters, PerCE, soups, avatars, critic.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -50,6 +51,7 @@ app.command("serve")(serve_cmd.serve)
 app.add_typer(perce_cmd.app, name="perce")
 app.command("explain")(perce_cmd.explain)
 app.add_typer(soups_cmd.app, name="soups")
+app.add_typer(critic_cmd.app, name="critic")
 
 EXIT_USER_ERROR = 2
 

@@ -157,6 +157,31 @@ def profile_cmd(
     )
 
 
+@app.command("preferences")
+def preferences_cmd(
+    name: str = typer.Argument(...),
+    apply: bool = typer.Option(
+        None, "--apply/--no-apply", help="Turn preference-aware answering on or off for this avatar's chats."
+    ),
+    candidates: int = typer.Option(None, min=1, max=16, help="Answers sampled per turn; the critic keeps the best."),
+    store: str = typer.Option(None, help=STORE_HELP),
+) -> None:
+    """Show or set the avatar's default for preference-aware answering (chat and server requests may override it)."""
+    from personalm.avatars.preferences import PreferenceSettings, avatar_settings, save_avatar_settings
+    from personalm.errors import PersonalmError
+
+    memory = _memory(store)
+    if name not in memory.names():
+        raise PersonalmError(f"avatar '{name}' does not exist; run `personalm avatar ingest {name} FILES` first")
+    settings = avatar_settings(memory.store, name)
+    if apply is not None or candidates is not None:
+        settings = PreferenceSettings(
+            apply=settings.apply if apply is None else apply, candidates=candidates or settings.candidates
+        )
+        save_avatar_settings(memory.store, name, settings)
+    typer.echo(json.dumps({"avatar": name} | settings.to_dict()))
+
+
 def _refresh_profile(memory, name: str, model: str | None, force: bool, loaded=None) -> None:
     """Rewrite the profile with text-to-persona when forced or when memory grew enough."""
     from personalm.avatars.profile import profile_is_stale, refresh_profile
@@ -201,26 +226,41 @@ def chat_cmd(
     max_tokens: int = typer.Option(128, min=1),
     seed: int = typer.Option(0),
     store: str = typer.Option(None, help=STORE_HELP),
+    preferences: bool = typer.Option(
+        None,
+        "--preferences/--no-preferences",
+        help="Answer with the best of --candidates for your stated preferences (default: the avatar's setting, "
+        "see `avatar preferences`).",
+    ),
+    candidates: int = typer.Option(None, min=1, max=16, help="Answers sampled per turn with --preferences."),
+    critic: Path = typer.Option(None, help="Preference critic folder (default PERSONALM_HOME/critic)."),
 ) -> None:
     """Talk with the avatar; you are taken to be the person, so facts you state are remembered."""
     import sys
 
     from personalm.avatars.chat import AvatarChat
     from personalm.avatars.facts import ModelFactExtractor, RuleFactExtractor
+    from personalm.avatars.preferences import PreferenceSettings, avatar_settings, load_critic
     from personalm.errors import PersonalmError
     from personalm.models import SamplingParams, load_model
 
     if extractor not in {"model", "rules"}:
         raise PersonalmError(f"--extractor {extractor}: expected model or rules")
+    preference_critic = load_critic(critic) if critic is not None else None
     memory = _memory(store)
     if memory.count(name) == 0:
         raise PersonalmError(f"avatar '{name}' has no memories; run `personalm avatar ingest {name} FILES` first")
+    stored = avatar_settings(memory.store, name)
+    settings = PreferenceSettings(apply=stored.apply if preferences is None else preferences,
+                                  candidates=candidates or stored.candidates)  # fmt: skip
+    if settings.apply and preference_critic is None:
+        preference_critic = load_critic()
     lm = load_model(model, adapter=adapter) if model else load_model(adapter=adapter)
     facts = None
     if learn:
         facts = ModelFactExtractor(lm) if extractor == "model" else RuleFactExtractor()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, seed=seed)
-    chat = AvatarChat(memory, name, lm, facts, params)
+    chat = AvatarChat(memory, name, lm, facts, params, critic=preference_critic, preferences=settings)
     interactive = not message and sys.stdin.isatty()
     lines = message or (line.rstrip("\n") for line in sys.stdin)
     if interactive:
@@ -235,6 +275,9 @@ def chat_cmd(
             for hit in turn.recall.facts + turn.recall.exemplars:
                 stderr.print(f"  [{hit.memory.kind} {hit.similarity:.2f}] {hit.memory.text}", markup=False)
         typer.echo(f"{chat.who}: {turn.reply}")
+        if turn.choice is not None and turn.choice.preferences:
+            stderr.print(f"  preferences applied (best of {len(turn.choice.answers)}): "
+                         + "; ".join(turn.choice.preferences), markup=False)  # fmt: skip
         for update in turn.updates:
             if show_memory or update.op != "NONE":
                 target = f" (was: {update.target_text})" if update.target_text and update.op != "NONE" else ""
@@ -260,39 +303,67 @@ def experiment_cmd(
     memory_chunks: int = typer.Option(300, min=10, help="Memory chunks per person (spread over the memory period)."),
     prompts: int = typer.Option(4, min=1, help="Held-out prompts per person."),
     max_tokens: int = typer.Option(64, min=8),
-    prefeval_items: int = typer.Option(100, min=1, help="PrefEval test questions (sampled over all topics)."),
+    prefeval_items: int = typer.Option(
+        0, min=0, help="PrefEval test questions, drawn from the critic's test topics (0: all of them)."
+    ),
     validation_items: int = typer.Option(
-        100, min=1, help="PrefEval validation questions (fusion and option scorer are chosen on them)."
+        100, min=1, help="PrefEval validation questions, from the critic's validation topics (settings chosen on them)."
     ),
     distractors: int = typer.Option(50, min=10, help="Distractor memories stored with each preference."),
+    free_items: int = typer.Option(0, min=0, help="Free-answer questions (0: every test question)."),
+    candidates: int = typer.Option(4, min=1, max=16, help="Candidates per free answer (preference-aware answering)."),
+    critic: Path = typer.Option(None, help="The trained preference critic (default PERSONALM_HOME/critic)."),
+    judge: str = typer.Option(None, help="A larger model judging the free answers (default: the embedding rule)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A small run: 4 persons, 40 test and 40 validation questions, 20 free answers."
+    ),
     seed: int = typer.Option(0),
     prefeval_only: bool = typer.Option(
         False, "--prefeval-only", help="Rerun PrefEval only; keep the likeness part of OUT/results.json."
     ),
 ) -> None:
-    """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory."""
+    """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory on the critic's unseen topics."""
+    from personalm.avatars.preferences import load_critic
     from personalm.cli.inputs import data_folder
     from personalm.studies.avatar_experiment import ExperimentConfig, headline_rows, run
 
     needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
+    folder = data_folder(data, required=needed)
+    loaded = load_critic(critic)
+    if quick:
+        persons, memory_chunks, prompts = persons or 4, min(memory_chunks, 100), min(prompts, 2)
+        prefeval_items, validation_items = prefeval_items or 40, min(validation_items, 40)
+        free_items = free_items or 20
     config = ExperimentConfig(
-        data=data_folder(data, required=needed), out=out, model=model, persons=persons, memory_fraction=memory_fraction,
+        data=folder, out=out, model=model, persons=persons, memory_fraction=memory_fraction,
         memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
-        seed=seed, prefeval_only=prefeval_only,
+        seed=seed, prefeval_only=prefeval_only, critic=critic, free_items=free_items, candidates=candidates,
+        judge=judge,
     )  # fmt: skip
-    results = run(config, log=lambda m: stderr.print(m, markup=False))
+    results = run(config, log=lambda m: stderr.print(m, markup=False), critic=loaded)
     table = Table("answers by", "attribution accuracy", "similarity to real passage")
     for row in headline_rows(results):
         table.add_row(*row)
     console = Console()
     console.print(table)
+
+    def ci(key: str) -> str:
+        low, high = results[f"{key}_ci"]
+        return f"{results[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+    pref = results["prefeval"]
     console.print(
         f"chance {results['chance_attribution']:.3f}; RAG 8-gram copy rate {results['rag_copy_rate']:.3f}\n"
-        f"PrefEval accuracy with memory {results['prefeval_acc_memory']:.3f}, without {results['prefeval_acc_nomemory']:.3f}"
-        f" (chance 0.25, test; scorers {results['prefeval']['scorers']['chosen_memory']} / "
-        f"{results['prefeval']['scorers']['chosen_nomemory']} chosen on validation); retrieval recall@5 "
-        f"{results['retrieval_recall_at_5']:.3f} ({results['prefeval']['fusion']['label']})\nreport: {out / 'report.html'}"
+        f"PrefEval on the critic's unseen topics ({results['prefeval_items']} questions, chance 0.25): with memory "
+        f"{ci('prefeval_acc_memory')}, without {ci('prefeval_acc_nomemory')}, difference "
+        f"{ci('prefeval_acc_difference')}; retrieval recall@5 {results['retrieval_recall_at_5']:.3f} "
+        f"({pref['fusion']['label']})\n"
+        f"free answers respecting the preference ({results['free_answer_items']} questions, judged by "
+        f"{pref['free_answers']['judge']}): plain {ci('free_answer_respect_plain')}, best of {candidates} "
+        f"{ci('free_answer_respect_preferences')}, difference {ci('free_answer_difference')}\n"
+        f"report: {out / 'report.html'}",
+        markup=False,
     )
 
 

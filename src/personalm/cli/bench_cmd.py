@@ -107,6 +107,54 @@ def serve_bench(
     _finish(result, out, as_json)
 
 
+@app.command("critic")
+def critic_bench(
+    critic: Path = typer.Option(None, "--critic", help="Critic artifact folder (default: PERSONALM_HOME/critic)."),
+    data: Path = typer.Option(
+        None, help="Data folder with prefeval/mcq_options (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    pairs: int = typer.Option(512, min=8, help="(preference, answer) pairs scored batched and by the peer."),
+    single: int = typer.Option(64, min=1, help="Pairs scored one at a time (the peer's sample)."),
+    turns: int = typer.Option(12, min=1, help="Chat turns timed with and without the critic."),
+    candidates: int = typer.Option(4, min=1, help="Candidate answers per turn with the critic (n)."),
+    max_tokens: int = typer.Option(48, min=1, help="Token budget of each candidate answer."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local model that writes the answers."),
+    seed: int = typer.Option(0),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Critic pairs/s (batched vs one at a time vs sentence-transformers CrossEncoder), load time, and
+    the latency n candidates + critic add to a chat turn (p50, p95)."""
+    from personalm.critic.data import prefeval_items
+    from personalm.critic.model import PreferenceCritic, default_critic_dir
+    from personalm.studies.bench import critic as bench
+
+    folder = data_folder(data, required=["prefeval/mcq_options"])
+    prefeval_items(folder)
+    artifact = critic or default_critic_dir()
+    PreferenceCritic.check_dir(artifact)
+    result = bench.run(
+        artifact, folder, pairs, single, turns, candidates, max_tokens, model, seed,
+        log=lambda m: stderr.print(m, markup=False),
+    )  # fmt: skip
+    table = Table("critic scoring", "pairs", "pairs/s", "ours is")
+    table.add_row(result["ours"], str(result["pairs"]), str(result["ours_pairs_s"]), "")
+    table.add_row(result["peer_one_at_a_time"], str(result["one_at_a_time_pairs"]),
+                  str(result["one_at_a_time_pairs_s"]), f"{result['speedup_vs_one_at_a_time']}x")  # fmt: skip
+    table.add_row(result["peer_cross_encoder"], str(result["pairs"]), str(result["cross_encoder_pairs_s"]),
+                  f"{result['speedup_vs_cross_encoder']}x")  # fmt: skip
+    turns_table = Table("chat turn", "p50 ms", "p95 ms")
+    turns_table.add_row("1 candidate, no critic", str(result["plain_p50_ms"]), str(result["plain_p95_ms"]))
+    turns_table.add_row(f"{result['candidates']} candidates (one call) + critic", str(result["with_critic_p50_ms"]),
+                        str(result["with_critic_p95_ms"]))  # fmt: skip
+    turns_table.add_row("added", str(result["added_p50_ms"]), str(result["added_p95_ms"]))
+    console = Console()
+    console.print(table)
+    console.print(turns_table)
+    console.print(f"artifact load {result['load_s']} s; 1-min load average {result['load_average_1m']}")
+    _finish(result, out, as_json)
+
+
 @app.command("perce")
 def perce_bench(
     batch_size: int = typer.Option(8, min=1, help="Persona-chat windows in the batch."),

@@ -65,10 +65,18 @@ def serve(
         "serves models `soup` and `pmorl`, which take `preference_weights`.",
     ),
     preferences: Path = typer.Option(None, help="YAML/JSON of extra preference dimensions (as for `soups train`)."),
+    critic: Path = typer.Option(
+        None,
+        help="Preference critic (`personalm critic train`) for chat requests with `preferences` "
+        "(default PERSONALM_HOME/critic, loaded on first use; a given one is checked at start).",
+    ),
 ) -> None:
     """Serve models, adapters, soups and avatars over an OpenAI-compatible API, with a chat page at /."""
     if not admin_key and not _loopback(host):
         raise PersonalmError(f"--host {host}: an open server (no --admin-key) may only listen on loopback")
+    from personalm.avatars.preferences import load_critic
+
+    loaded = load_critic(critic) if critic is not None else None
     import uvicorn
 
     from personalm.avatars.api import AvatarMemory
@@ -87,7 +95,8 @@ def serve(
     keys = _keys(keys_db or home() / "serve" / "keys.db", admin_key or os.environ.get("PERSONALM_ADMIN_KEY"))
     memory = AvatarMemory(avatar_store)
     try:
-        app = create_app(catalog, keys, memory=memory, soups=soup_models)
+        app = create_app(catalog, keys, memory=memory, soups=soup_models,
+                         critic=(lambda: loaded) if loaded is not None else None)  # fmt: skip
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         catalog.close()

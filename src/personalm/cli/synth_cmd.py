@@ -40,7 +40,7 @@ def synth(
     ctx: typer.Context,
     personas: Path = typer.Option(None, "--personas", "-p", help="Personas: .jsonl/.parquet with a 'persona' column."),
     task: str = typer.Option(
-        None, "--task", "-t", help="math, reasoning, instruction, knowledge, npc, tool, dialogue or custom."
+        None, "--task", "-t", help="math, reasoning, instruction, knowledge, npc, tool, preference, dialogue or custom."
     ),
     mode: str = typer.Option("zero-shot", "--mode", help="zero-shot, few-shot or persona-few-shot."),
     out: Path = typer.Option(None, "--out", "-o", help="Output rows (.jsonl or .parquet), written atomically."),

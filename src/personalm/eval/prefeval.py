@@ -44,17 +44,23 @@ CONTENT_FREE = "Answer:"
 
 @dataclass
 class PrefEvalItem:
-    """A PrefEval question: the preference, the question, and four options (first respects it)."""
+    """A PrefEval question: the preference, the question, and four options (first respects it),
+    with the dataset's explanation of what a respecting answer does (empty when not given)."""
 
     topic: str
     preference: str
     question: str
     options: list[str]
+    explanation: str = ""
+
+
+LAYOUT = "a JSON list of objects with preference, question and classification_task_options (4 options)"
 
 
 def load_prefeval(folder: str | Path, count: int | None = None, seed: int = 0) -> list[PrefEvalItem]:
-    """The items of every topic file (prefeval/mcq_options/*.json) that have a preference, a
-    question and four options: all of them in file order, or `count` drawn with `seed`."""
+    """The items of every topic file (prefeval/mcq_options/*.json): all of them in file order, or
+    `count` drawn with `seed`. A file of another layout, or an item with an empty preference or
+    question or without four options, is an error naming the file and row (never skipped)."""
     folder = Path(folder)
     files = sorted(folder.glob("*.json"))
     if not files:
@@ -67,19 +73,32 @@ def load_prefeval(folder: str | Path, count: int | None = None, seed: int = 0) -
             raise PersonalmError(f"not UTF-8 text (byte {err.start + 1})", source=str(path)) from None
         except json.JSONDecodeError as err:
             raise PersonalmError(f"invalid JSON ({err.msg})", source=str(path), line=err.lineno) from None
-        for row in rows:
-            options = row.get("classification_task_options")
-            preference, question = row.get("preference"), row.get("question")
-            if isinstance(options, list) and len(options) == 4 and _text(preference) and _text(question):
-                items.append(PrefEvalItem(path.stem, preference, question, [str(o) for o in options]))
+        if not isinstance(rows, list):
+            raise PersonalmError(f"unknown PrefEval layout: expected {LAYOUT}", source=str(path))
+        items += [_item(path, number, row) for number, row in enumerate(rows, start=1)]
     if count is None:
         return items
     random.Random(seed).shuffle(items)
     return items[:count]
 
 
+def _item(path: Path, number: int, row: object) -> PrefEvalItem:
+    where = f"item {number}: "
+    if not isinstance(row, dict) or not {"preference", "question", "classification_task_options"} <= set(row):
+        raise PersonalmError(where + f"unknown PrefEval layout: expected {LAYOUT}", source=str(path))
+    for key in ("preference", "question"):
+        if not _text(row[key]):
+            raise PersonalmError(where + f"empty {key}", source=str(path))
+    options = row["classification_task_options"]
+    if not isinstance(options, list) or len(options) != 4 or not all(_text(o) for o in options):
+        raise PersonalmError(where + "classification_task_options: expected 4 non-empty options", source=str(path))
+    explanation = row.get("explanation")
+    return PrefEvalItem(path.stem, row["preference"], row["question"], list(options),
+                        explanation if isinstance(explanation, str) else "")  # fmt: skip
+
+
 def _text(value: object) -> bool:
-    return isinstance(value, str) and bool(value)
+    return isinstance(value, str) and bool(value.strip())
 
 
 @dataclass

@@ -28,17 +28,20 @@ def create_app(
     embedder_factory: Callable[[], Any] | None = None,
     memory: AvatarMemory | None = None,
     soups: SoupModels | None = None,
+    critic: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """Build the app around a model catalog, a key store and (optionally) avatar memory and soups,
-    all owned by the caller. With memory, every avatar is the model `avatar:NAME`; with soups
-    (a SoupModels, registered in the catalog), `soup` and `pmorl` take `preference_weights`.
-    An open key store (no admin key) answers only requests addressed to a loopback host name."""
+    all owned by the caller. With memory, every avatar is the model `avatar:NAME`, and chat requests
+    may ask for preference-aware answering, whose critic `critic()` loads on first use (default: the
+    trained one in PERSONALM_HOME/critic); with soups (a SoupModels, registered in the catalog),
+    `soup` and `pmorl` take `preference_weights`. An open key store (no admin key) answers only
+    requests addressed to a loopback host name."""
     app = FastAPI(title="personalm", version="0.1.0", description="OpenAI-compatible API of personalm")
     app.add_middleware(BodySizeLimit)
     if keys.open:
         app.add_middleware(LoopbackHostOnly)
     install_error_handlers(app)
-    served = Served(catalog, keys, memory, soups, embedder_factory)
+    served = Served(catalog, keys, memory, soups, embedder_factory, critic)
     for router in (page.router(), models.router(served), completions.router(served), embeddings.router(served),
                    admin.router(served)):  # fmt: skip
         app.include_router(router)

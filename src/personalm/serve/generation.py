@@ -109,9 +109,21 @@ async def complete(
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    results = await _generate_all(request, run, runs)
+    choices = [_choice(i, text, reason, chat) for i, (text, reason, _) in enumerate(results)]
+    usage = _usage(sum(len(r[0]) for r in runs), sum(r[2] for r in results))
+    kind = "chat.completion" if chat else "text_completion"
+    head = {"id": rid, "object": kind, "created": int(time.time()), "model": shown_id, "choices": choices}
+    return head | usage | extra
+
+
+async def _generate_all(request: Request, run: Target, runs: list) -> list[tuple[str, str, int]]:
+    """Every (ids, params, generator) run on the target's worker at once, so they batch together;
+    a client that goes away cancels them. Returns (text, finish_reason, completion tokens) each."""
+
     async def generate() -> list[tuple[str, str, int]]:
         async with run.session() as worker:  # a soup request may wait here for its weights
-            return await asyncio.gather(*(_collect(worker, model, *r) for r in runs))
+            return await asyncio.gather(*(_collect(worker, run.model, *r) for r in runs))
 
     done = asyncio.ensure_future(generate())
     while not done.done():
@@ -120,14 +132,29 @@ async def complete(
             done.cancel()  # waiting or generating, the request stops here
             raise ApiError(499, "client closed the request", "client_closed")
     try:
-        results = done.result()
+        return done.result()
     except GenerationError as err:
         raise ApiError(500, f"generation failed: {err}", "engine_error") from err
-    choices = [_choice(i, text, reason, chat) for i, (text, reason, _) in enumerate(results)]
-    usage = _usage(sum(len(r[0]) for r in runs), sum(r[2] for r in results))
-    kind = "chat.completion" if chat else "text_completion"
-    head = {"id": rid, "object": kind, "created": int(time.time()), "model": shown_id, "choices": choices}
-    return head | usage | extra
+
+
+async def sample(
+    request: Request, run: Target, ids: list[int], prompt: Any, body: SamplingFields, limit: int | None, n: int
+) -> list[tuple[str, str, int]]:
+    """n answers to one prompt in one batch, row i seeded by (seed, prompt, i): the candidates
+    `model.generate([prompt] * n)` gives. Returns (text, finish_reason, completion tokens) each."""
+    if not ids:
+        raise ApiError(400, "prompt is empty: give at least one token of text")
+    if len(ids) >= run.budget:
+        raise ApiError(400, f"prompt of {len(ids)} tokens does not fit the {run.budget}-token context")
+    params = SamplingParams(max_tokens=min(limit or DEFAULT_MAX_TOKENS, run.budget - len(ids)),
+                            temperature=body.temperature, top_p=body.top_p, seed=body.seed or 0, stop=body.stop)  # fmt: skip
+    if not run.batched:
+        async with run.session():
+            generations = await asyncio.to_thread(run.model.generate, [prompt] * n, params)
+        return [(g.text, g.finish_reason, g.completion_tokens) for g in generations]
+    key = prompt_key(prompt)
+    runs = [(ids, params, None if params.greedy else row_generator(params.seed, key, i)) for i in range(n)]
+    return await _generate_all(request, run, runs)
 
 
 async def _complete_unbatched(model, model_id, prompts, params, rid, chat):
@@ -139,19 +166,31 @@ async def _complete_unbatched(model, model_id, prompts, params, rid, chat):
     return {"id": rid, "object": kind, "created": int(time.time()), "model": model_id, "choices": choices} | usage
 
 
-def fixed_reply(text: str, body: ChatRequest, extra: dict[str, Any]):
-    """A reply decided without the model (an avatar's "I don't know"), streamed or not."""
-    rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+def fixed_reply(
+    text: str,
+    body: ChatRequest,
+    extra: dict[str, Any],
+    final: dict[str, Any] | None = None,
+    reason: str = "stop",
+    tokens: tuple[int, int] = (0, 0),
+):
+    """A reply whose text is decided before it is sent (an avatar's "I don't know", the answer kept
+    among candidates), streamed or not: `extra` goes in the first chunk, `final` (the preferences
+    applied) in the last; `tokens` is the (prompt, completion) usage it cost."""
+    rid, created, final = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time()), final or {}
     if not body.stream:
         return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [_choice(0, text, "stop", True)]} | _usage(0, 0) | extra  # fmt: skip
+                "choices": [_choice(0, text, reason, True)]} | _usage(*tokens) | extra | final  # fmt: skip
+    usage = body.stream_options is not None and body.stream_options.include_usage
 
     async def events() -> AsyncIterator[str]:
         head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
-        deltas = [({"role": "assistant", "content": ""}, None), ({"content": text}, None), ({}, "stop")]
-        for n, (delta, reason) in enumerate(deltas):
-            chunk = head | {"choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
-            yield f"data: {json.dumps(chunk | extra if n == 0 else chunk)}\n\n"
+        deltas = [({"role": "assistant", "content": ""}, None), ({"content": text}, None), ({}, reason)]
+        for n, (delta, finish) in enumerate(deltas):
+            chunk = head | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            yield f"data: {json.dumps(chunk | (extra if n == 0 else final if n == len(deltas) - 1 else {}))}\n\n"
+        if usage:
+            yield f"data: {json.dumps(head | {'choices': []} | _usage(*tokens))}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

@@ -7,8 +7,9 @@ client got wrong; the only 5xx is a failed generation.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from personalm.errors import PersonalmError
 from personalm.serve.auth import KeyStore, Principal
 from personalm.serve.catalog import Catalog
 
@@ -58,13 +60,29 @@ def install_error_handlers(app: FastAPI) -> None:
 @dataclass
 class Served:
     """What the routers answer from, all owned by the caller of `create_app`. `principal` and
-    `admin` are the key checks, used as FastAPI dependencies."""
+    `admin` are the key checks, used as FastAPI dependencies. `critic_loader` loads the preference
+    critic (default: the trained one in PERSONALM_HOME/critic) on the first request that asks."""
 
     catalog: Catalog
     keys: KeyStore
     memory: AvatarMemory | None = None
     soups: SoupModels | None = None
     embedder_factory: Callable[[], Any] | None = None
+    critic_loader: Callable[[], Any] | None = None
+    _critic: Any = field(default=None, init=False, repr=False)
+    _critic_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def preference_critic(self) -> Any:
+        """The critic, loaded once; without a trained one, a 400 that says how to train it."""
+        from personalm.avatars.preferences import load_critic
+
+        with self._critic_lock:
+            if self._critic is None:
+                try:
+                    self._critic = (self.critic_loader or load_critic)()
+                except PersonalmError as err:
+                    raise ApiError(400, f"preferences: {err}", "critic_unavailable") from None
+            return self._critic
 
     def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
+from personalm.avatars.preferences import MAX_CANDIDATES
+
 MAX_TOKENS_LIMIT = 1024
 MAX_TEXT_CHARS = 32_000
 MAX_ITEMS = 256
@@ -59,12 +61,34 @@ class SamplingFields(BaseModel):
         return stops
 
 
+class PreferenceOptions(BaseModel):
+    """Preference-aware answering (sent in `extra_body`): sample `candidates` answers and return the
+    one the preference critic ranks highest for the user's stated preferences in memory."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    apply: bool = True
+    candidates: int | None = Field(
+        default=None, ge=1, le=MAX_CANDIDATES, description="Answers sampled (default: the avatar's setting, else 4)."
+    )
+    avatar: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Models other than `avatar:NAME`: the avatar whose memory holds the user's preferences.",
+    )
+
+
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_ITEMS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     preference_prompt: bool = Field(
         default=True,
         description="Models `soup` and `pmorl`: state the preferences in the system message, as in training.",
+    )
+    preferences: PreferenceOptions | None = Field(
+        default=None,
+        description='Preference-aware answering, e.g. {"candidates": 4, "apply": true}; the response\'s '
+        "`preferences` field (in a stream: the final chunk) names the preferences applied.",
     )
 
 

@@ -1,7 +1,7 @@
 """`personalm avatar experiment`: does retrieval make an avatar sound like *this* person
 (studies.avatar_likeness), and does memory make it respect what the person said they prefer
-(studies.avatar_prefeval)? This module holds the settings, runs both parts and writes
-results.json, avatar.png and report.html.
+(studies.avatar_prefeval, with the preference critic)? This module holds the settings, runs both
+parts on the study harness and writes results.json, avatar.png and report.html.
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from personalm import report
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.ingest import memory_key
+from personalm.avatars.preferences import Critic, load_critic
 from personalm.avatars.profile import display_name
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.errors import PersonalmError
 from personalm.models.base import TextModel
 from personalm.studies.avatar_likeness import CONDITIONS, LABELS, likeness
 from personalm.studies.avatar_prefeval import prefeval
+from personalm.studies.harness import Study
 
 
 @dataclass
@@ -36,11 +40,16 @@ class ExperimentConfig:
     exemplars: int = 3
     max_tokens: int = 64
     temperature: float = 0.5
-    prefeval_items: int = 100
+    prefeval_items: int = 0  # 0: every question of the critic's test topics
     prefeval_validation_items: int = 100
     distractors: int = 50
     seed: int = 0
     prefeval_only: bool = False  # reuse the likeness part of OUT/results.json, rerun PrefEval only
+    critic: Path | None = None  # the trained preference critic (default PERSONALM_HOME/critic)
+    free_items: int = 0  # free-answer questions (0: every test question)
+    candidates: int = 4  # answers sampled per free-answer question for preference-aware answering
+    candidate_temperature: float = 0.7
+    judge: str | None = None  # a larger model judging the free answers (default: the embedding rule)
 
 
 Log = Callable[[str], None]
@@ -89,29 +98,35 @@ def run(
     log: Log = lambda m: None,
     model: TextModel | None = None,
     memory: AvatarMemory | None = None,
+    critic: Critic | None = None,
 ) -> dict:
     """Both experiments (or PrefEval only, the likeness part taken from the results.json already
     there); writes results.json, avatar.png and report.html into config.out. Generations are cached
-    there, so a killed run resumes (a given model/memory is used as is)."""
+    there, so a killed run resumes (a given model/memory/critic is used as is)."""
     from personalm.models import load_model
-    from personalm.provenance import machine, versions
 
     if config.distractors < 10:
         raise PersonalmError(f"--distractors {config.distractors}: use at least 10")
+    if critic is None:
+        critic = load_critic(config.critic)
     earlier = earlier_likeness(config) if config.prefeval_only else None
-    config.out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    study = Study(config.out, config, packages=("personalm", "torch", "transformers", "sentence-transformers",
+                                                "scikit-learn", "numpy"))  # fmt: skip
     work = work_dir(config)
     if model is None:
         model = load_model(config.model or "smollm2-135m-instruct", cache=config.out / ".cache" / "generations.db")
     if memory is None:
         memory = AvatarMemory(SQLiteStore(work / "memory.db", 384))
+    judge = load_model(config.judge, cache=config.out / ".cache" / "generations.db") if config.judge else None
     try:
         like = earlier[0] if earlier else likeness(config, model, memory, log)
-        pref = prefeval(config, model, memory, log)
+        pref = prefeval(config, model, memory, critic, log, judge)
     finally:
         memory.close()
         model.close()
+        if judge is not None:
+            judge.close()
+    free = pref["free_answers"]
     results = {
         "attribution_acc_rag": like["attribution_acc_rag"],
         "attribution_acc_norag": like["attribution_acc_norag"],
@@ -122,7 +137,20 @@ def run(
         "similarity_profile": like["similarity_profile"],
         "rag_copy_rate": like["rag_copy_rate"],
         "prefeval_acc_memory": pref["prefeval_acc_memory"],
+        "prefeval_acc_memory_ci": pref["prefeval_acc_memory_ci"],
         "prefeval_acc_nomemory": pref["prefeval_acc_nomemory"],
+        "prefeval_acc_nomemory_ci": pref["prefeval_acc_nomemory_ci"],
+        "prefeval_acc_difference": pref["prefeval_acc_difference"]["mean"],
+        "prefeval_acc_difference_ci": pref["prefeval_acc_difference"]["ci"],
+        "prefeval_items": pref["items"],
+        "prefeval_validation_items": pref["validation_items"],
+        "free_answer_items": free["items"],
+        "free_answer_respect_plain": free["respect_plain"]["mean"],
+        "free_answer_respect_plain_ci": free["respect_plain"]["ci"],
+        "free_answer_respect_preferences": free["respect_preferences"]["mean"],
+        "free_answer_respect_preferences_ci": free["respect_preferences"]["ci"],
+        "free_answer_difference": free["difference"]["mean"],
+        "free_answer_difference_ci": free["difference"]["ci"],
         "retrieval_recall_at_5": pref["retrieval_recall_at_5"],
         "chance_attribution": 1.0 / like["persons"],
         "chance_prefeval": 0.25,
@@ -130,18 +158,20 @@ def run(
         "prefeval": pref,
         "model": model.model_id,
         "embedder": memory.embedder.name,
+        "critic": {
+            "path": str(config.critic) if config.critic else "default",
+            "topics": pref["topics"],
+            "base": (getattr(critic, "meta", None) or {}).get("base"),
+        },  # fmt: skip
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "seed": config.seed,
-        "versions": versions("personalm", "torch", "transformers", "sentence-transformers", "scikit-learn", "numpy"),
-        "machine": machine(),
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - study.started, 1),
     }
     if earlier:
         results["likeness_run"] = earlier[1]
-    report.write_json(config.out / "results.json", results)
     plot(results, config.out / "avatar.png")
-    write_report(results, config.out / "report.html")
-    return results
+    return study.finish(results, "Personal avatars: likeness and preference memory", report_parts(results),
+                        shown=("config", "seed"))  # fmt: skip
 
 
 def plot(results: dict, path: Path) -> None:
@@ -156,10 +186,20 @@ def plot(results: dict, path: Path) -> None:
     axes[0].legend(fontsize=8)
     axes[1].bar(names, [results[f"similarity_{c}"] for c in CONDITIONS], color=colors)
     axes[1].set_title("MiniLM similarity to the real passage")
-    axes[2].bar(["with memory", "without"], [results["prefeval_acc_memory"], results["prefeval_acc_nomemory"]],
-                color=[colors[0], colors[1]])  # fmt: skip
+    pref = [
+        ("with memory", "prefeval_acc_memory"),
+        ("without", "prefeval_acc_nomemory"),
+        ("free: plain", "free_answer_respect_plain"),
+        ("free: best of n", "free_answer_respect_preferences"),
+    ]
+    means = [results[k] for _, k in pref]
+    spans = np.array(
+        [[m - results[f"{k}_ci"][0], results[f"{k}_ci"][1] - m] for m, (_, k) in zip(means, pref, strict=True)]
+    ).T
+    axes[2].bar([label for label, _ in pref], means, yerr=spans, capsize=4,
+                color=[colors[0], colors[1], colors[1], colors[0]])  # fmt: skip
     axes[2].axhline(0.25, ls="--", c="k", lw=1)
-    axes[2].set_title(f"PrefEval test accuracy (recall@5 {results['retrieval_recall_at_5']:.2f})")
+    axes[2].set_title(f"PrefEval, unseen topics (recall@5 {results['retrieval_recall_at_5']:.2f}; 95% CI)")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
@@ -173,9 +213,15 @@ def headline_rows(results: dict) -> list[tuple[str, str, str]]:
     return rows + [("real held-out passages", f"{results['attribution_acc_real']:.3f}", "1.000")]
 
 
-def write_report(results: dict, path: Path) -> Path:
+def interval(results: dict, key: str) -> str:
+    low, high = results[f"{key}_ci"]
+    return f"{results[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def report_parts(results: dict) -> list[str]:
+    """The page: likeness, then preference memory with every rate's 95% interval."""
     like, pref = results["likeness"], results["prefeval"]
-    split = pref["split"]
+    free = pref["free_answers"]
     headline = [
         {"answers by": a, "attribution accuracy": b, "similarity to real passage": c}
         for a, b, c in headline_rows(results)
@@ -189,18 +235,19 @@ def write_report(results: dict, path: Path) -> Path:
         | {LABELS[c]: e[c] for c in CONDITIONS}
         for e in like["examples"]
     ]
-    parts = [
+    topics = pref["topics"]
+    return [
         report.paragraph(
             f"Model {results['model']}, embedder {results['embedder']}, seed {results['seed']}, "
             f"{like['persons']} persons, {like['prompts']} held-out prompts, {pref['items']} PrefEval "
-            f"questions, {results['seconds']} s"
+            f"test questions, {results['seconds']} s"
             + (
                 f" (PrefEval only; the likeness part is from an earlier run of {results['likeness_run']['seconds']} s)."
                 if "likeness_run" in results
                 else "."
             )
         ),
-        report.image(path.with_name("avatar.png"), "attribution accuracy, similarity and PrefEval accuracy"),
+        report.image(Path("avatar.png"), "attribution accuracy, similarity and PrefEval accuracy"),
         report.section(
             f"Likeness (chance {results['chance_attribution']:.3f})",
             report.table(headline),
@@ -212,28 +259,52 @@ def write_report(results: dict, path: Path) -> Path:
         report.section(
             "Preference memory (PrefEval, chance 0.25)",
             report.paragraph(
-                f"Test: {split['test']['items']} questions (seed {split['test']['seed']}); every choice below was "
-                f"made on {split['validation']['items']} validation questions (seed {split['validation']['seed']}) "
-                f"that share no question and no preference with the test questions. Retrieval: {pref['fusion']['label']}; "
-                f"option scorer with memory: {pref['scorers']['chosen_memory']}, without: "
-                f"{pref['scorers']['chosen_nomemory']} (the best of each condition on validation)."
+                f"Test: {pref['items']} questions of the topics the preference critic never saw ({', '.join(topics['test'])}). "
+                f"Every choice was made on {pref['validation_items']} questions of its validation topics "
+                f"({', '.join(topics['validation'])}): retrieval {pref['fusion']['label']}; the critic reads the top "
+                f"{pref['preferences_read']['chosen']} retrieved preferences. Each preference is stored among "
+                f"{pref['distractors']} distractor facts; the avatar chat retrieves {pref['retrieved_facts']} facts and "
+                "recognises the stated preferences among them; the critic picks an option (ties: the model's "
+                "likelihood). Without memory nothing is stated and the model's likelihood picks. Mean [95% bootstrap "
+                "interval]; the difference is paired over the same questions."
             ),
             report.table(
                 [
                     {
-                        "test: with memory": results["prefeval_acc_memory"],
-                        "test: without memory": results["prefeval_acc_nomemory"],
-                        "test: retrieval recall@5": results["retrieval_recall_at_5"],
+                        "with memory": interval(results, "prefeval_acc_memory"),
+                        "without memory": interval(results, "prefeval_acc_nomemory"),
+                        "difference": interval(results, "prefeval_acc_difference"),
+                        "retrieval recall@5": f"{results['retrieval_recall_at_5']:.3f}",
+                        "questions": pref["items"],
                     }
                 ]
+            ),  # fmt: skip
+            report.paragraph("Per topic:"),
+            report.table([{"topic": t} | row for t, row in pref["by_topic"].items()]),
+            report.paragraph(
+                f"Free answers ({free['items']} test questions, {free['candidates']} candidates at temperature "
+                f"{free['temperature']}, judged by the {free['judge']}, not by the critic): share of answers that "
+                "respect the preference, plain (retrieved preferences in the prompt) vs preference-aware (the "
+                "critic's best of the candidates)."
             ),
-            report.paragraph("Option scorers on validation:"),
-            report.table(pref["scorers"]["validation"]),
+            report.table(
+                [
+                    {
+                        "plain": interval(results, "free_answer_respect_plain"),
+                        "preference-aware": interval(results, "free_answer_respect_preferences"),
+                        "difference": interval(results, "free_answer_difference"),
+                        "questions": free["items"],
+                    }
+                ]
+            ),  # fmt: skip
+            report.paragraph("The judge on the multiple-choice options themselves (each left out of its references):"),
+            report.table([free["judge_validation"]]),
+            report.table(free["examples"]),
+            report.paragraph("Retrieved preferences the critic reads, on validation:"),
+            report.table(pref["preferences_read"]["validation"]),
             report.paragraph("Reciprocal-rank fusion on validation (retrieval of the stated preference):"),
             report.table(pref["fusion"]["validation"]),
         ),
         report.section("Per person (attribution accuracy)", report.table(per_person)),
         report.section("Examples", report.table(examples)),
     ]
-    settings = {"config": results["config"], "seed": results["seed"], "versions": results["versions"]}
-    return report.write_page(path, "Personal avatars: likeness and preference memory", parts, settings)

@@ -18,6 +18,7 @@ from personalm.synth import parsers
 
 REASONING_KINDS = ("logical", "spatial")
 NPC_KEYS = ("name", "role", "appearance", "backstory", "goal")
+PREFERENCE_KEYS = ("preference", "question", "good answer", "bad answer 1", "bad answer 2", "bad answer 3")
 
 _CONSTRAINTS = "{% if constraints %}\nRequirements: {{ constraints | join('; ') }}.{% endif %}"
 _PERSONA_LINE = "{% if persona %}\n\nPersona: {{ persona }}{% endif %}"
@@ -62,6 +63,19 @@ TEMPLATES = {
         '"name", "description", "function_name", "input_args", "return", "depend". Fill in your own values:\n'
         '{"name": "...", "description": "...", "function_name": "snake_case_name", "input_args": "...", '
         '"return": "...", "depend": "..."}'
+    ),
+    "preference": (
+        "Write a test of whether an AI assistant respects a user's stated preference"
+        "{% if persona %}, for a user who is the following persona{% endif %}."
+        + _PERSONA_LINE
+        + _CONSTRAINTS
+        + "\n\nWrite exactly these six lines:\n"
+        "Preference: something the user dislikes, avoids or cannot have, said in the first person\n"
+        "Question: a later request where the usual answer would go against that preference\n"
+        "Good answer: a short suggestion that respects the preference\n"
+        "Bad answer 1: a short usual suggestion that goes against it\n"
+        "Bad answer 2: another suggestion that goes against it\n"
+        "Bad answer 3: a third suggestion that goes against it"
     ),
     "dialogue": (
         "You are {{ persona }}. You are talking with {{ partner }}."
@@ -128,6 +142,19 @@ def _npc(text: str) -> tuple[dict[str, Any], list[str]]:
     return parsed, [f"missing_key:{k}" for k in ("name", "role") if not parsed[k]]
 
 
+def _preference(text: str) -> tuple[dict[str, Any], list[str]]:
+    """The six lines of a critic item; flagged when one is missing or an answer repeats another."""
+    found = parsers.key_values(text, PREFERENCE_KEYS)
+    parsed = {key: found.get(key, "").strip() for key in PREFERENCE_KEYS}
+    flags = [f"missing_key:{key}" for key in PREFERENCE_KEYS if not parsed[key]]
+    answers = [parsed[key].lower() for key in PREFERENCE_KEYS[2:] if parsed[key]]
+    if len(set(answers)) < len(answers):
+        flags.append("repeated_answer")
+    if parsed["preference"] and parsed["preference"].lower() == parsed["question"].lower():
+        flags.append("question_repeats_preference")
+    return parsed, flags
+
+
 def _tool(text: str) -> tuple[dict[str, Any], list[str]]:
     return parsers.parse_tool(text)
 
@@ -139,6 +166,7 @@ _PARSERS = {
     "knowledge": (_knowledge, 30),
     "npc": (_npc, 8),
     "tool": (_tool, 5),
+    "preference": (_preference, 20),
     "dialogue": (_no_structure, 5),
 }
 TASKS = (*_PARSERS, "custom")

@@ -1,5 +1,6 @@
-"""Avatars over the API: the avatar chat (model `avatar:NAME`) and the memory routes under
-/v1/avatars (ingest, remember, list, search, delete), each call scoped to one avatar.
+"""Avatars over the API: the avatar chat (model `avatar:NAME`), preference-aware answering (for an
+avatar, or for any model with `preferences.avatar` naming whose memory to read), and the routes under
+/v1/avatars (ingest, remember, list, search, delete, the preferences default), each scoped to one avatar.
 
 Isolation does not rely on prompts: every route passes the avatar named in the path to the store,
 whose every query filters by it, and a key scoped to `avatar:NAME` is refused any other name before
@@ -22,11 +23,21 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from personalm.avatars.chat import DONT_KNOW, AvatarChat
+from personalm.avatars.preferences import (
+    MAX_CANDIDATES,
+    MAX_PREFERENCES,
+    PreferenceSettings,
+    avatar_settings,
+    choose,
+    model_likelihood,
+    save_avatar_settings,
+    stated_preferences,
+)
 from personalm.avatars.retrieval import Hit
 from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar
 from personalm.errors import PersonalmError
 from personalm.serve.auth import Principal
-from personalm.serve.generation import complete, fixed_reply, model_target
+from personalm.serve.generation import Target, complete, fixed_reply, model_target, sample
 from personalm.serve.http import ApiError, Served
 from personalm.serve.schemas import MAX_TEXT_CHARS, ChatRequest
 
@@ -50,6 +61,15 @@ class RememberRequest(BaseModel):
     kind: Kind = "fact"
 
 
+class PreferencesDefault(BaseModel):
+    """An avatar's default for preference-aware answering (a request's `preferences` overrides it)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    apply: bool
+    candidates: int = Field(default=4, ge=1, le=MAX_CANDIDATES)
+
+
 def memory_json(memory: Memory) -> dict[str, Any]:
     return {"id": memory.id, "kind": memory.kind, "text": memory.text, "context": memory.context,
             "source": memory.source, "timestamp": memory.ts, "created_at": memory.created_at}  # fmt: skip
@@ -59,10 +79,19 @@ def hit_json(hit: Hit) -> dict[str, Any]:
     return memory_json(hit.memory) | {"score": round(hit.score, 6), "similarity": round(hit.similarity, 4)}
 
 
+def settings_for(stored: PreferenceSettings, body: ChatRequest) -> PreferenceSettings:
+    """The request's `preferences` over the avatar's stored default."""
+    asked = body.preferences
+    if asked is None:
+        return stored
+    return PreferenceSettings(apply=asked.apply, candidates=asked.candidates or stored.candidates)
+
+
 async def avatar_chat(served: Served, request: Request, body: ChatRequest, messages, limit: int | None,
                       who: Principal):  # fmt: skip
-    """Retrieval in the store (scoped to this avatar) and the support rule, both through the avatar
-    chat; then the base model answers in their voice, or the avatar says it does not know."""
+    """Retrieval in the store (scoped to this avatar), the support rule and the stated preferences,
+    all through the avatar chat; then the base model answers in their voice (with preferences on:
+    the best of n candidates), or the avatar says it does not know."""
     name = body.model[len(AVATAR_PREFIX) :]
     if not who.may_use_avatar(name):
         raise ApiError(403, f"this key may not use model '{body.model}'", "permission_denied")
@@ -71,18 +100,68 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
         raise ApiError(404, f"model '{body.model}' does not exist; GET /v1/models lists them", "model_not_found")
     if messages[-1]["role"] != "user":
         raise ApiError(400, "messages: an avatar answers the last message, which must be the user's")
+    if body.preferences is not None and body.preferences.avatar not in (None, name):
+        raise ApiError(400, f"preferences.avatar: model '{body.model}' answers from its own memory only")
+    try:
+        settings = settings_for(await asyncio.to_thread(avatar_settings, memory.store, name), body)
+    except PersonalmError as err:
+        raise ApiError(400, str(err)) from None
+    critic = await asyncio.to_thread(served.preference_critic) if settings.apply else None
     base = await model_target(served.catalog, next(e.id for e in served.catalog.entries.values() if e.kind == "base"))
-    talk = AvatarChat(memory, name, base.model)
+    talk = AvatarChat(memory, name, base.model, critic=critic, preferences=settings)
     talk.history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
     prepared = await asyncio.to_thread(talk.prepare, messages[-1]["content"])  # reads memories and profile
     retrieved = [hit_json(h) | {"role": "exemplar"} for h in prepared.recall.exemplars]
     retrieved += [hit_json(h) | {"role": "fact"} for h in prepared.recall.facts]
     extra = {"retrieved": retrieved, "supported": prepared.supported}
     if prepared.messages is None:
-        return fixed_reply(DONT_KNOW, body, extra)
+        final = {"preferences": {"applied": [], "candidates": 0, "chosen": None, "scores": None}}
+        return fixed_reply(DONT_KNOW, body, extra, final if settings.apply else None)
+    if settings.apply:
+        return await preference_reply(request, base, prepared.messages, prepared.question, prepared.preferences,
+                                      critic, settings.candidates, body, limit, extra)  # fmt: skip
     ids = base.model.encode_prompt(prepared.messages)
     return await complete(request, base, [(ids, prepared.messages)], body, limit, chat=True, shown_id=body.model,
                           extra=extra)  # fmt: skip
+
+
+async def memory_preferences(served: Served, body: ChatRequest, messages, who: Principal) -> tuple[list, Any]:
+    """A model served with memory: the stated preferences that `preferences.avatar`'s memory holds
+    for the last user message, and the critic. The same isolation as an avatar chat."""
+    name = body.preferences.avatar
+    if name is None:
+        raise ApiError(400, "preferences.avatar: name the avatar whose memory holds the user's stated preferences")
+    memory = served.memory
+    if memory is None:
+        raise ApiError(400, "preferences: this server has no avatar memory (start it with --avatar-store)")
+    if not who.may_use_avatar(name):
+        raise ApiError(403, f"this key may not reach avatar '{name}'", "permission_denied")
+    if name not in await asyncio.to_thread(memory.names):
+        raise ApiError(404, f"avatar '{name}' does not exist; GET /v1/avatars lists them", "not_found")
+    if messages[-1]["role"] != "user":
+        raise ApiError(400, "messages: preferences apply to the last message, which must be the user's")
+    critic = await asyncio.to_thread(served.preference_critic)
+    recall = await asyncio.to_thread(memory.recall, name, messages[-1]["content"], 0, MAX_PREFERENCES)
+    return stated_preferences(recall), critic
+
+
+async def preference_reply(request: Request, run: Target, prompt, question: str, preferences: list[str], critic,
+                           n: int, body: ChatRequest, limit: int | None, extra: dict[str, Any] | None = None):  # fmt: skip
+    """n candidates in one batch, the one the critic ranks highest (ties: the model's likelihood)
+    returned whole or as a stream whose final chunk names the preferences applied. With nothing
+    stated, or with greedy decoding, there is nothing to choose among: one answer is sampled."""
+    count = n if preferences and body.temperature > 0 else 1
+    ids = run.model.encode_prompt(prompt)
+    results = await sample(request, run, ids, prompt, body, limit, count)
+    texts = [text for text, _, _ in results]
+    likelihood = model_likelihood(run.model, prompt, texts)
+    try:
+        choice = await asyncio.to_thread(choose, critic, preferences, question, texts, likelihood)
+    except PersonalmError as err:
+        raise ApiError(500, f"the preference critic failed: {err}", "engine_error") from None
+    tokens = (len(ids) * count, sum(r[2] for r in results))
+    return fixed_reply(choice.answer, body, extra or {}, {"preferences": choice.to_dict()},
+                       results[choice.index][1], tokens)  # fmt: skip
 
 
 def router(served: Served) -> APIRouter:
@@ -128,6 +207,25 @@ def router(served: Served) -> APIRouter:
                     "already_ingested": bool(report.skipped_files)}  # fmt: skip
 
         return await call(run)
+
+    @routes.get("/{name}/preferences")
+    async def preferences_default(name: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        allowed(name, who)
+        if name not in await call(memory.names):
+            raise ApiError(404, f"avatar '{name}' does not exist", "not_found")
+        return {"avatar": name} | (await call(avatar_settings, memory.store, name)).to_dict()
+
+    @routes.put("/{name}/preferences")
+    async def set_preferences_default(
+        name: str, body: PreferencesDefault, who: Principal = Depends(principal)
+    ) -> dict[str, Any]:
+        """The avatar's default for preference-aware answering (a chat request may override it)."""
+        allowed(name, who)
+        if name not in await call(memory.names):
+            raise ApiError(404, f"avatar '{name}' does not exist", "not_found")
+        settings = PreferenceSettings(apply=body.apply, candidates=body.candidates)
+        await call(save_avatar_settings, memory.store, name, settings)
+        return {"avatar": name} | settings.to_dict()
 
     @routes.post("/{name}/memories", status_code=201)
     async def remember(name: str, body: RememberRequest, who: Principal = Depends(principal)) -> dict[str, Any]:

@@ -1,16 +1,19 @@
 """POST /v1/chat/completions and /v1/completions: base models, adapters, soups (`soup`, `pmorl`,
-which take `preference_weights`) and avatars (`avatar:NAME`, answered by the avatar chat)."""
+which take `preference_weights`) and avatars (`avatar:NAME`, answered by the avatar chat). Chat takes
+`preferences` (preference-aware answering): an avatar reads its own memory, another model the memory
+of the avatar that `preferences.avatar` names."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
+from personalm.avatars.preferences import DEFAULT_CANDIDATES, with_preferences
 from personalm.errors import PersonalmError
 from personalm.serve.auth import Principal
 from personalm.serve.catalog import Entry, UnknownModel
 from personalm.serve.generation import complete, model_target, soup_target
 from personalm.serve.http import ApiError, Served
-from personalm.serve.routes.avatars import AVATAR_PREFIX, avatar_chat
+from personalm.serve.routes.avatars import AVATAR_PREFIX, avatar_chat, memory_preferences, preference_reply
 from personalm.serve.schemas import ChatRequest, CompletionRequest, SamplingFields
 
 PREFERENCE_KINDS = ("soup", "pmorl")
@@ -51,6 +54,15 @@ def router(served: Served) -> APIRouter:
             return await avatar_chat(served, request, body, messages, limit, who)
         entry = entry_for(body.model, who)
         weights = preference_weights(entry, body)
+        if body.preferences is not None and body.preferences.apply:
+            if weights is not None or entry.kind in PREFERENCE_KINDS:
+                raise ApiError(400, f"preferences: model '{entry.id}' takes preference_weights; use a base model, "
+                               "an adapter or an avatar")  # fmt: skip
+            preferences, critic = await memory_preferences(served, body, messages, who)
+            run = await model_target(catalog, entry.id)
+            n = body.preferences.candidates or DEFAULT_CANDIDATES
+            return await preference_reply(request, run, with_preferences(messages, preferences),
+                                          messages[-1]["content"], preferences, critic, n, body, limit)  # fmt: skip
         if weights is None:
             run = await model_target(catalog, entry.id)
             ids = run.model.encode_prompt(messages)
