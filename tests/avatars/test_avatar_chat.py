@@ -36,8 +36,8 @@ def test_decide_on_fixed_similarities():
     assert decide("I prefer coffee now.", [hit("I prefer tea.", 0.71)]).op == "UPDATE"
     assert decide("I prefer window seats.", [hit("I prefer tea.", 0.32)]).op == "ADD"
     assert decide("I play the piano.", [hit("I play tennis.", 0.53)]).op == "ADD"
-    deleted = decide("I don't play tennis anymore.", [hit("I play tennis.", 0.83, 7)])
-    assert (deleted.op, deleted.target) == ("DELETE", 7)
+    negated = decide("I don't play tennis anymore.", [hit("I play tennis.", 0.83, 7)])
+    assert (negated.op, negated.target) == ("UPDATE", 7) and negated.rule.startswith("negation")
     assert decide("I don't eat meat.", []).op == "ADD"
     assert slot("My favourite colour is blue.") == ("fav:favourite colour", True)
 
@@ -67,8 +67,17 @@ def test_scripted_conversation_updates_memory(memory):
             "My favourite colour is blue.",
         ]
     ]
-    assert ops == [["ADD"], ["ADD", "ADD"], ["NONE"], ["UPDATE"], ["DELETE"], ["ADD"]]
-    assert facts(memory) == ["I live in Paris.", "I prefer coffee in the morning now.", "My favourite colour is blue."]
+    assert ops == [["ADD"], ["ADD", "ADD"], ["NONE"], ["UPDATE"], ["UPDATE"], ["ADD"]]
+    assert facts(memory) == [
+        "I don't play tennis anymore.",  # the negation supersedes the old fact; both are kept
+        "I live in Paris.",
+        "I prefer coffee in the morning now.",
+        "My favourite colour is blue.",
+    ]
+    coffee = next(m for m in memory.list("ada", kind="fact") if "coffee" in m.text)
+    tea = memory.history("ada", coffee.id)
+    assert [(m.text, m.status) for m in tea] == [("I prefer tea in the morning.", "superseded"),
+                                                 ("I prefer coffee in the morning now.", "current")]  # fmt: skip
 
 
 def test_unsupported_question_gets_dont_know_without_the_model(memory):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.facts import FactExtractor
-from personalm.avatars.memory_update import Update, apply_facts
+from personalm.avatars.memory_update import Update, learn
 from personalm.avatars.profile import display_name
 from personalm.avatars.retrieval import Recall
 from personalm.models.base import Message, SamplingParams, TextModel
@@ -43,6 +43,8 @@ class ChatTurn:
     recall: Recall
     supported: bool
     updates: list[Update] = field(default_factory=list)
+    extracted: list[str] = field(default_factory=list)
+    extractor: str = ""
 
 
 def system_prompt(who: str, profile: str | None, recall: Recall) -> str:
@@ -105,10 +107,11 @@ class AvatarChat:
         shots = exemplar_turns(recall)
         return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
 
-    def prepare(self, user: str) -> Prepared:
+    def prepare(self, user: str, as_of: float | None = None) -> Prepared:
         """Retrieval and the support rule: a question no memory supports gets no prompt. The one
-        place the rule lives (`send` and the server's avatar chat both come through here)."""
-        recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts)
+        place the rule lives (`send` and the server's avatar chat both come through here).
+        `as_of`: answer from what memory believed then."""
+        recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts, as_of=as_of)
         supported = recall.support >= self.min_support or not is_question(user)
         return Prepared(recall, self.compose(user, recall) if supported else None)
 
@@ -121,7 +124,8 @@ class AvatarChat:
         else:
             reply = DONT_KNOW
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-        updates = []
-        if self.extractor is not None:
-            updates = apply_facts(self.memory, self.avatar, self.extractor.extract(user), ts=time.time())
-        return ChatTurn(reply, prepared.recall, prepared.supported, updates)
+        if self.extractor is None:
+            return ChatTurn(reply, prepared.recall, prepared.supported)
+        learned = learn(self.memory, self.avatar, user, self.extractor, ts=time.time())
+        return ChatTurn(reply, prepared.recall, prepared.supported, learned.updates, learned.extracted,
+                        learned.extractor)  # fmt: skip
