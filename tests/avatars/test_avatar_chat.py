@@ -80,6 +80,32 @@ def test_scripted_conversation_updates_memory(memory):
                                                  ("I prefer coffee in the morning now.", "current")]  # fmt: skip
 
 
+def test_learning_reports_what_it_extracted_forgets_on_request_and_records_the_turn(memory):
+    from personalm.avatars.facts import ModelFactExtractor, split_retractions
+    from personalm.avatars.memory_update import learn
+
+    assert split_retractions("Hi. Please forget that I said I have a dog. I like tea.") == (
+        "Hi. I like tea.", ["I have a dog."])  # fmt: skip
+    assert split_retractions("Forget where I live.") == ("", ["I live."])
+    rules = RuleFactExtractor()
+    nothing = learn(memory, "ada", "What a lovely day, isn't it?", rules)
+    assert (nothing.extracted, nothing.extractor, nothing.updates) == ([], "rules", [])
+    first = learn(memory, "ada", "I have a dog named Rex. I live in Paris.", rules)
+    assert [u.op for u in first.updates] == ["ADD", "ADD"] and first.extractor == "rules"
+    rex = first.updates[0].memory_id
+    assert memory.store.get("ada", [rex])[0].origin == "chat: I have a dog named Rex. I live in Paris."
+    forgot = learn(memory, "ada", "Please forget that I have a dog named Rex.", rules)
+    assert forgot.extracted == [] and [(u.op, u.target) for u in forgot.updates] == [("DELETE", rex)]
+    assert memory.store.get("ada", [rex])[0].status == "retracted"
+    assert facts(memory) == ["I live in Paris."]
+    model = ScriptedModel("- I live in Rome now.", "- none")
+    moved = learn(memory, "ada", "Actually I live in Rome now.", ModelFactExtractor(model))
+    assert moved.extractor == "model" and moved.updates[0].op == "UPDATE" and moved.updates[0].decided_by == "model"
+    assert memory.store.get("ada", [moved.updates[0].memory_id])[0].rule.endswith("extracted by model")
+    fallback = learn(memory, "ada", "I grow basil.", ModelFactExtractor(model))
+    assert (fallback.extracted, fallback.extractor) == (["I grow basil."], "rules-fallback")
+
+
 def test_unsupported_question_gets_dont_know_without_the_model(memory):
     memory.remember("ada", "I prefer green tea.")
     model = ScriptedModel("I drink green tea, of course.")
