@@ -68,7 +68,11 @@ def test_strict_isolation_between_avatars(store, mem, unit):
     assert store.get("bob", ada) == [] and len(store.embeddings("bob", ada)) == 0
     assert store.delete("bob", ada) == 0 and store.count("ada") == 4
     assert store.update("bob", ada[0], mem("hijacked", 5)) is None
-    assert store.restore("bob", ada[0]) is None and store.history("bob", ada[0]) == [] and store.head("bob", ada[0]) is None
+    assert (
+        store.restore("bob", ada[0]) is None
+        and store.history("bob", ada[0]) == []
+        and store.head("bob", ada[0]) is None
+    )
     assert store.get("ada", [ada[0]])[0].text == TEXTS[0] and store.history("ada", ada[0])[0].status == "current"
     assert store.delete_avatar("bob") == 1 and store.count("ada") == 4
     assert store.avatar_names() == ["ada"]

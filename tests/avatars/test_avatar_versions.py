@@ -296,7 +296,11 @@ def test_a_postgres_schema_written_before_versions_migrates_on_open(pg_dsn, unit
         ]
         rome = store.update("ada", rows[1].id, NewMemory("fact", "I live in Rome.", "I live in Rome.", unit(2)))
         back = store.update("ada", rome, NewMemory("fact", "I live in Paris.", "I live in Paris.", unit(1)))
-        assert [m.text for m in store.history("ada", back)] == ["I live in Paris.", "I live in Rome.", "I live in Paris."]
+        assert [m.text for m in store.history("ada", back)] == [
+            "I live in Paris.",
+            "I live in Rome.",
+            "I live in Paris.",
+        ]
         store.close()
         store = PostgresStore(dsn, dimension=unit.dim, schema=schema)  # opening again changes nothing
         assert store.list("ada")[1].rule == "" and store.count("ada") == 2

@@ -78,7 +78,13 @@ class AvatarMemory:
         return hybrid_search(self.store, avatar, query, vector, k, check_kinds(kinds), recency=recency, as_of=as_of)
 
     def recall(
-        self, avatar: str, query: str, exemplars: int = 3, facts: int = 5, recency: float = 0.0, as_of: float | None = None
+        self,
+        avatar: str,
+        query: str,
+        exemplars: int = 3,
+        facts: int = 5,
+        recency: float = 0.0,
+        as_of: float | None = None,
     ) -> Recall:
         """Style exemplars (verbatim utterances) and facts for a conversation, retrieved apart."""
         check_avatar(avatar)

@@ -132,5 +132,7 @@ class ModelFactExtractor:
         out = []
         for message, reply in zip(messages, replies, strict=True):
             facts = parse_fact_lines(reply.text, message)
-            out.append(Extraction(facts, "model") if facts else Extraction(self.fallback.extract(message), "rules-fallback"))
+            out.append(
+                Extraction(facts, "model") if facts else Extraction(self.fallback.extract(message), "rules-fallback")
+            )
         return out

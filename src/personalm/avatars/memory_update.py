@@ -173,7 +173,9 @@ def apply_facts(
     return updates
 
 
-def learn(memory: AvatarMemory, avatar: str, message: str, extractor: FactExtractor, ts: float | None = None) -> Learned:
+def learn(
+    memory: AvatarMemory, avatar: str, message: str, extractor: FactExtractor, ts: float | None = None
+) -> Learned:
     """What the person said in one message, into memory: requests to forget retract, the facts
     extracted from the rest are decided and applied; the chat turn is their origin."""
     rest, forget = split_retractions(message)

@@ -446,7 +446,8 @@ class SQLiteStore:
         check_int64("memory id", [memory_id])
         with self._lock:
             row = self._db.execute(
-                "SELECT COALESCE(chain, id) FROM memories WHERE avatar = ? AND id = ?", (check_avatar(avatar), memory_id)
+                "SELECT COALESCE(chain, id) FROM memories WHERE avatar = ? AND id = ?",
+                (check_avatar(avatar), memory_id),
             ).fetchone()
             if row is None:
                 return []
@@ -524,4 +525,3 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-

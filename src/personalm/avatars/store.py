@@ -238,7 +238,9 @@ def check_int64(what: str, values: Sequence[int]) -> None:
 
 def check_time(what: str, value: float | None) -> float | None:
     """A finite time in seconds since the epoch (or None)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    ):
         raise PersonalmError(f"{what} {value!r}: expected seconds since the epoch")
     return None if value is None else float(value)
 
