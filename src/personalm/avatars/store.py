@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol, get_args, runtime_checkable
 
@@ -243,6 +244,21 @@ def check_time(what: str, value: float | None) -> float | None:
     ):
         raise PersonalmError(f"{what} {value!r}: expected seconds since the epoch")
     return None if value is None else float(value)
+
+
+def parse_time(text: str) -> float:
+    """A moment given by a person: seconds since the epoch, or an ISO 8601 date or date-time (UTC
+    unless it names a zone), e.g. 2024-03-01 or 2024-03-01T12:00:00+02:00."""
+    text = text.strip()
+    try:
+        return check_time("time", float(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise PersonalmError(f"time {text!r}: give seconds since the epoch or an ISO date like 2024-03-01") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
