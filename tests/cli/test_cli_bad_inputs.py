@@ -178,6 +178,14 @@ ROWS: dict[str, Row] = {
         {"data": cmd("avatar", "experiment", "--data", "{bad}", "-o", "report", kind="dir", inner="speeches/x/a.txt")},
         {"out": OUTPUT},
     ),
+    "avatar memories": Row({"store": cmd("avatar", "memories", "ada", "--store", "{bad}", suffix=".db",
+                                         valid={"non-utf8": "a database is binary"})}),
+    "avatar undo": Row({"store": cmd("avatar", "undo", "ada", "--store", "{bad}", suffix=".db",
+                                     valid={"non-utf8": "a database is binary"})}),
+    "avatar memory-test": Row(
+        {"data": cmd("avatar", "memory-test", "--data", "{bad}", "--quick", kind="dir", inner="persona_chat/valid.csv")},
+        {"out": OUTPUT},
+    ),
     "avatar sft-data": Row({"store": cmd("avatar", "sft-data", "ada", "-o", "s.jsonl", "--store", "{bad}", suffix=".db",
                                          valid={"non-utf8": "a database is binary"})}, {"out": OUTPUT}),
     "synth": Row(

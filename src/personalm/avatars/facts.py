@@ -15,7 +15,8 @@ from personalm.eval.text import STOPWORDS
 from personalm.models.base import SamplingParams, TextModel
 
 LEAD_INS = re.compile(
-    r"^(?:(?:actually|well|also|so|oh|and|but|by the way|btw|anyway|honestly|ok|okay|yes|no|hmm)\b[,!.]?\s*)+",
+    r"^(?:(?:actually|well|also|so|oh|and|but|by the way|btw|anyway|honestly|ok|okay|yes|no|hmm|as i said|like i said)"
+    r"\b[,!.]?\s*)+",
     re.IGNORECASE,
 )
 FIRST_PERSON = re.compile(r"^(?:i|i'm|i've|i'd|i'll|my|mine)\b", re.IGNORECASE)

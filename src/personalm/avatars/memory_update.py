@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.facts import FactExtractor, split_retractions
 from personalm.avatars.ingest import memory_key
@@ -132,7 +134,8 @@ def decide_retraction(fact: str, similar: list[Hit]) -> Update:
     return Update("NONE", fact, rule="asked to forget, but no stored fact matches")
 
 
-def _similar(memory: AvatarMemory, avatar: str, fact: str):
+def similar_facts(memory: AvatarMemory, avatar: str, fact: str) -> tuple[np.ndarray, list[Hit]]:
+    """The fact's vector and the most similar current facts, most similar first."""
     vector = memory.embed([fact])[0]
     similar = hybrid_search(memory.store, avatar, fact, vector, CANDIDATES, ("fact",))
     similar.sort(key=lambda h: -h.similarity)
@@ -152,12 +155,12 @@ def apply_facts(
     effect of earlier ones); every change records `origin` and its rule."""
     updates = []
     for fact in forget:
-        update = decide_retraction(fact, _similar(memory, avatar, fact)[1])
+        update = decide_retraction(fact, similar_facts(memory, avatar, fact)[1])
         if update.op == "DELETE":
             memory.store.delete(avatar, [update.target], origin, update.rule)
         updates.append(update)
     for fact in facts:
-        vector, similar = _similar(memory, avatar, fact)
+        vector, similar = similar_facts(memory, avatar, fact)
         update = decide(fact, similar)
         update.decided_by = decided_by
         rule = f"{update.rule}; extracted by {decided_by}" if decided_by else update.rule
