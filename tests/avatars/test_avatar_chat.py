@@ -51,6 +51,8 @@ def test_rule_extractor_and_grounded_model_facts():
     assert extract("What is the time?") == []
     reply = "- I live in Paris.\n- I am a famous astronaut.\n- none\nSome chatter"
     assert parse_fact_lines(reply, "I live in Paris with my cat.") == ["I live in Paris."]
+    assert parse_fact_lines("I moved to Lisbon.", "I moved to Lisbon.") == ["I moved to Lisbon."]  # no bullet
+    assert parse_fact_lines("I'm a freelance writer, happy to assist.", "Hi! What do you do?") == []
 
 
 def test_scripted_conversation_updates_memory(memory):

@@ -56,6 +56,10 @@ def page_server(tmp_path_factory, embedded_model, embedder, soups_folder):
         r = httpx.post(f"{url}/v1/avatars/alice/ingest", json={"filename": "alice.txt", "content": text},
                        headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)  # fmt: skip
         assert r.status_code == 201, r.text
+        for said in ("I live in Paris.", "I moved to Lisbon."):  # a fact that replaced an older one
+            r = httpx.post(f"{url}/v1/avatars/alice/memories", json={"text": said, "extract": True},
+                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)  # fmt: skip
+            assert r.status_code == 201, r.text
         yield url
     catalog.close()
     soups.close()
@@ -128,9 +132,13 @@ def test_chat_page_soup_sliders_and_avatar_memories_in_chromium(page_server):
         ask(page, "What do you grow on your balcony?", 1)
         memories = page.locator("#memories li").all_text_contents()
         page.screenshot(path=str(ARTIFACTS / "chat_page_avatar.png"), full_page=True)
+        ask(page, "Where do you live?", 2)
+        page.wait_for_selector("#memories .replaced", timeout=30_000)
+        replaced = page.locator("#memories li:has(.replaced)").first.text_content()
     assert soup_answer is not None
     assert status.startswith("soup with expertise.elementary=0.5, expertise.phd=0, style.friendly=0.8")
     assert memories and any("tomatoes" in m for m in memories), memories
+    assert "I moved to Lisbon." in replaced and 'replaced "I live in Paris."' in replaced and "learned 20" in replaced
     for name in ("chat_page_soup.png", "chat_page_avatar.png"):
         assert (ARTIFACTS / name).stat().st_size > 1000
 

@@ -95,15 +95,13 @@ def content_words(text: str) -> set[str]:
 
 
 def parse_fact_lines(reply: str, message: str, min_grounding: float = 0.6) -> list[str]:
-    """Facts from a model reply: '- ' lines in the first person whose content words mostly
-    appear in the message (small models invent facts; those are dropped)."""
+    """Facts from a model reply: lines in the first person ('- ' bullets as asked, or bare: the
+    embedded model often answers a one-fact message with the fact alone) whose content words
+    mostly appear in the message (small models invent facts; those are dropped)."""
     said = content_words(message)
     facts = []
     for line in reply.splitlines():
-        line = line.strip()
-        if not line.startswith(("-", "*", "•")):
-            continue
-        fact = normalize_fact(line.lstrip("-*• "))
+        fact = normalize_fact(line.strip().lstrip("-*• "))
         words = content_words(fact)
         if not FIRST_PERSON.match(fact) or not words or len(fact) > MAX_FACT_CHARS:
             continue

@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from personalm import report
 from personalm.avatars.api import AvatarMemory
@@ -60,6 +62,7 @@ from personalm.errors import PersonalmError
 from personalm.eval.bootstrap import bootstrap_mean, paired_bootstrap
 from personalm.eval.prefeval import CONTENT_FREE, load_prefeval
 from personalm.models.base import Message, TextModel
+from personalm.models.hf import logits_at
 from personalm.studies.harness import Study
 
 Log = Callable[[str], None]
@@ -293,6 +296,27 @@ class Extracted:
         return self.found[message].facts
 
 
+class Remembered:
+    """An embedder that embeds in batches once (`warm`) and serves repeats from memory: the memory
+    update embeds one fact at a time, which costs MiniLM a call each."""
+
+    def __init__(self, embedder: Any):
+        self.embedder, self.name, self.cache = embedder, embedder.name, {}
+
+    @property
+    def dimension(self) -> int:
+        return self.embedder.dimension
+
+    def warm(self, texts: list[str]) -> None:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.embedder.embed(missing), strict=True))
+
+    def embed(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        self.warm(list(texts))
+        return np.stack([self.cache[t] for t in texts])
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = START
@@ -392,15 +416,84 @@ def contexts(condition: str, probes: list[Probe], memories: dict[str, AvatarMemo
     return out
 
 
-def choose(
-    model: TextModel, probes: list[Probe], seen: list[list[Message] | None], prior: dict[str, float]
-) -> list[int]:
+def shared_context_scores(model: Any, contexts: list[list[Message]], options: list[list[str]]) -> list[list[float]]:
+    """Total log-probability of each option after its context, every option of one context in
+    one row: the context runs once and a 4D mask lets each option see the context and itself only,
+    its positions continuing from the context (as `train.data.collate_pairs` packs DPO pairs), so
+    each option scores what context + option alone would. Rows are batched up to a token budget."""
+    rows = []
+    for context, choices in zip(contexts, options, strict=True):
+        ids = model.encode_prompt(context)
+        rows.append((ids, [model.tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in choices]))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + sum(map(len, rows[i][1])))
+    out: list[list[float]] = [[] for _ in rows]
+    batch: list[int] = []
+    for i in [*order, None]:
+        width = None if i is None else len(rows[i][0]) + sum(map(len, rows[i][1]))
+        if batch and (i is None or width * (len(batch) + 1) > SCORE_TOKENS):
+            with torch.inference_mode():
+                _score_rows(model, [rows[j] for j in batch], batch, out)
+            batch = []
+        if i is not None:
+            batch.append(i)
+    return out
+
+
+SCORE_TOKENS = 8192
+"""Tokens per scoring forward (rows x width): bounds the activations of one batch."""
+
+
+def _score_rows(model: Any, rows: list[tuple[list[int], list[list[int]]]], indices: list[int], out: list) -> None:
+    """One batch of packed rows: each option's total log-probability into `out` at its index."""
+    width = max(len(ctx) + sum(map(len, opts)) for ctx, opts in rows)
+    pad = model.tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    at_row, at_col, labels, which = [], [], [], []
+    for r, (ctx, opts) in enumerate(rows):
+        seq, pos, seg = list(ctx), list(range(len(ctx))), [0] * len(ctx)
+        for k, opt in enumerate(opts, start=1):
+            start = len(seq)
+            for t, token in enumerate(opt):
+                at_row.append(r)
+                at_col.append(len(ctx) - 1 if t == 0 else start + t - 1)
+                labels.append(token)
+                which.append((r, k - 1))
+            seq += opt
+            pos += range(len(ctx), len(ctx) + len(opt))
+            seg += [k] * len(opt)
+        ids[r, : len(seq)] = torch.tensor(seq)
+        positions[r, : len(seq)] = torch.tensor(pos)
+        segment[r, : len(seq)] = torch.tensor(seg)
+    query, key = segment[:, :, None], segment[:, None, :]
+    visible = ((key == query) | (key == 0)) & (key >= 0) & (positions[:, None, :] <= positions[:, :, None])
+    visible |= torch.eye(width, dtype=torch.bool)
+    logits = logits_at(model.model, ids, visible[:, None], (torch.tensor(at_row), torch.tensor(at_col)), positions)
+    token = (-F.cross_entropy(logits.float(), torch.tensor(labels), reduction="none")).tolist()
+    totals: dict[tuple[int, int], float] = {}
+    for key_, value in zip(which, token, strict=True):
+        totals[key_] = totals.get(key_, 0.0) + value
+    for r, index in enumerate(indices):
+        out[index] = [totals[(r, k)] for k in range(len(rows[r][1]))]
+
+
+def prior_scores(model: Any, texts: list[str], per_row: int = 16) -> dict[str, float]:
+    """log P(option | a content-free question) of every option text (calibration, Holtzman et al.)."""
+    free = [{"role": "user", "content": CONTENT_FREE}]
+    groups = [texts[i : i + per_row] for i in range(0, len(texts), per_row)]
+    scores = shared_context_scores(model, [free] * len(groups), groups)
+    return {t: v for group, row in zip(groups, scores, strict=True) for t, v in zip(group, row, strict=True)}
+
+
+def choose(model: Any, probes: list[Probe], seen: list[list[Message] | None], prior: dict[str, float]) -> list[int]:
     """The option each probe's answer picks: best calibrated likelihood, or "I don't know." unasked."""
-    asks = [(i, option) for i, context in enumerate(seen) if context is not None for option in probes[i].options]
-    scores = model.score([seen[i] for i, _ in asks], [" " + o for _, o in asks]) if asks else []
-    by_probe: dict[int, list[float]] = {}
-    for (i, option), score in zip(asks, scores, strict=True):
-        by_probe.setdefault(i, []).append(score.total - prior[option])
+    asked = [i for i, context in enumerate(seen) if context is not None]
+    scores = shared_context_scores(model, [seen[i] for i in asked], [probes[i].options for i in asked])
+    by_probe = {
+        i: [s - prior[o] for s, o in zip(row, probes[i].options, strict=True)]
+        for i, row in zip(asked, scores, strict=True)
+    }
     return [int(np.argmax(by_probe[i])) if i in by_probe else p.options.index(DONT_KNOW) for i, p in enumerate(probes)]
 
 
@@ -447,11 +540,14 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
     by_avatar = {h.avatar: h for h in histories}
     fingerprint = hashlib.sha256(json.dumps(study.settings, sort_keys=True).encode()).hexdigest()[:12]
     log(f"memory test: {len(histories)} people, {sum(len(h.turns) for h in histories)} messages, {len(probes)} probes")
-    embedder = Embedder()
+    embedder = Remembered(Embedder())
     with load_model(config.model) if config.model else load_model() as model:
         found = {k: Extraction(*v) for k, v in study.unit(
             f"{fingerprint}/extractions", lambda: {k: [e.facts, e.path] for k, e in
                                                   extract_all(model, histories, log).items()}).items()}  # fmt: skip
+        facts = [f for e in found.values() for f in e.facts]
+        forgets = [f for h in histories for t in h.turns for f in split_retractions(t.text)[1]]
+        embedder.warm(facts + forgets + [p.question for p in probes])
         with tempfile.TemporaryDirectory(prefix="personalm-memory-test-") as tmp:
             clocks = {c: Clock() for c in ("versioned", "overwrite")}
             memories = {c: AvatarMemory(SQLiteStore(Path(tmp) / f"{c}.db", embedder.dimension, clocks[c]), embedder)
@@ -459,9 +555,7 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
             log("memory test: telling every message to both memories")
             built = {c: build(memories[c], clocks[c], histories, found, c == "versioned") for c in memories}
             checks = {c: memory_checks(memories[c], Path(tmp) / f"{c}.db", histories, found) for c in memories}
-            texts = sorted({o for p in probes for o in p.options})
-            free = [[{"role": "user", "content": CONTENT_FREE}]] * len(texts)
-            prior = {o: s.total for o, s in zip(texts, model.score(free, [" " + o for o in texts]), strict=True)}
+            prior = prior_scores(model, sorted({o for p in probes for o in p.options}))
             picks = {}
             for condition in CONDITIONS:
                 log(f"memory test: answering {len(probes)} probes from {condition}")
