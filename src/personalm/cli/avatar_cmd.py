@@ -393,7 +393,7 @@ def memory_test_cmd(
         Path("reports/memory-test"), "--out", "-o", help="Folder for results.json and report.html."
     ),
     quick: bool = typer.Option(False, "--quick", help="6 people, 4 conversations each (a smoke run)."),
-    people: int = typer.Option(40, "--people", min=1, max=1000, help="People (persona_chat profiles) scripted."),
+    people: int = typer.Option(16, "--people", min=1, max=1000, help="People (persona_chat profiles) scripted."),
     conversations: int = typer.Option(5, min=3, max=50, help="Conversations per person (one a week)."),
     window: int = typer.Option(
         2048, min=256, max=1_000_000, help="Tokens of past messages the stuffing baseline keeps."
@@ -410,7 +410,7 @@ def memory_test_cmd(
     from personalm.cli.inputs import data_folder
     from personalm.studies.memory_test import REQUIRED, MemoryTestConfig, rows, run
 
-    config = MemoryTestConfig(data=data_folder(data, required=REQUIRED), out=out, model=model, personas=people,
+    config = MemoryTestConfig(data=data_folder(data, required=REQUIRED), out=out, model=model, people=people,
                               conversations=conversations, window=window, seed=seed, quick=quick)  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False))
     if as_json:

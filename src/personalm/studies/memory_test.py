@@ -39,6 +39,7 @@ import json
 import random
 import sqlite3
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -97,7 +98,7 @@ class MemoryTestConfig:
     data: Path
     out: Path = Path("reports/memory-test")
     model: str | None = None
-    personas: int = 40
+    people: int = 16
     conversations: int = 5
     window: int = 2048
     seed: int = 0
@@ -218,7 +219,7 @@ def scripts(config: MemoryTestConfig) -> list[Script]:
     prefs = {t: sorted(set(p)) for t, p in prefs.items() if len(set(p)) >= 3}
     if not prefs:
         raise PersonalmError("no usable PrefEval preferences", source=str(config.data / "prefeval"))
-    chosen = rng.sample(people, min(config.personas, len(people)))
+    chosen = rng.sample(people, min(config.people, len(people)))
     return [script(f"person{i}", profile, said, prefs, rng, config.conversations)
             for i, (profile, said) in enumerate(chosen)]  # fmt: skip
 
@@ -262,7 +263,7 @@ def script(avatar: str, profile: list[str], said: list[str], prefs: dict[str, li
         options = [fact.asserted, fact.denied, DONT_KNOW]
         out.probes.append(Probe(avatar, "retracted", fact.question, options, -1, asserted=0,
                                 detail=f"{kind}, {'forget' if forget else 'negation'}"))  # fmt: skip
-    for topic in rng.sample(sorted(prefs), 2):
+    for topic in rng.sample(sorted(prefs), min(2, len(prefs))):
         mine, *others = rng.sample(prefs[topic], 3)
         stated = rng.randrange(0, last)
         plan[stated].append(mine)
@@ -526,12 +527,22 @@ def summarize(probes: list[Probe], picks: dict[str, list[int]], seed: int) -> tu
     return summary, differences
 
 
+def extractions(study: Study, fingerprint: str, model: TextModel, histories: list[Script], log: Log
+                ) -> dict[str, Extraction]:  # fmt: skip
+    """The model's extraction of every message, once per settings (kept in the study's cache)."""
+
+    def compute() -> dict[str, list]:
+        return {text: [e.facts, e.path] for text, e in extract_all(model, histories, log).items()}
+
+    return {text: Extraction(*kept) for text, kept in study.unit(f"{fingerprint}/extractions", compute).items()}
+
+
 def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, Any]:
     from personalm.models import load_model
     from personalm.models.embedder import Embedder
 
     if config.quick:
-        config = MemoryTestConfig(**{**asdict(config), "personas": min(config.personas, 6), "conversations": 4})
+        config = MemoryTestConfig(**{**asdict(config), "people": min(config.people, 6), "conversations": 4})
     if config.conversations < 3:
         raise PersonalmError("the memory test needs at least 3 conversations per person")
     study = Study(config.out, config, packages=("personalm", "torch", "transformers"))
@@ -540,11 +551,19 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
     by_avatar = {h.avatar: h for h in histories}
     fingerprint = hashlib.sha256(json.dumps(study.settings, sort_keys=True).encode()).hexdigest()[:12]
     log(f"memory test: {len(histories)} people, {sum(len(h.turns) for h in histories)} messages, {len(probes)} probes")
+    seconds: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        seconds[name] = round(time.perf_counter() - mark, 1)
+        mark = time.perf_counter()
+
     embedder = Remembered(Embedder())
     with load_model(config.model) if config.model else load_model() as model:
-        found = {k: Extraction(*v) for k, v in study.unit(
-            f"{fingerprint}/extractions", lambda: {k: [e.facts, e.path] for k, e in
-                                                  extract_all(model, histories, log).items()}).items()}  # fmt: skip
+        lap("load")
+        found = extractions(study, fingerprint, model, histories, log)
+        lap("extract")
         facts = [f for e in found.values() for f in e.facts]
         forgets = [f for h in histories for t in h.turns for f in split_retractions(t.text)[1]]
         embedder.warm(facts + forgets + [p.question for p in probes])
@@ -555,6 +574,7 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
             log("memory test: telling every message to both memories")
             built = {c: build(memories[c], clocks[c], histories, found, c == "versioned") for c in memories}
             checks = {c: memory_checks(memories[c], Path(tmp) / f"{c}.db", histories, found) for c in memories}
+            lap("remember")
             prior = prior_scores(model, sorted({o for p in probes for o in p.options}))
             picks = {}
             for condition in CONDITIONS:
@@ -562,6 +582,7 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
                 seen = contexts(condition, probes, memories, by_avatar, model, config.window)
                 picks[condition] = study.unit(f"{fingerprint}/picks/{condition}",
                                               lambda seen=seen: choose(model, probes, seen, prior))  # fmt: skip
+                lap(f"answer_{condition}")
             for memory in memories.values():
                 memory.close()
     summary, differences = summarize(probes, picks, config.seed)
@@ -571,6 +592,7 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
         "messages": sum(len(h.turns) for h in histories),
         "probes": dict(Counter(p.kind for p in probes)),
         "window": config.window,
+        "model": model.model_id,
         "scorer": f"total log P(option | context, question) - log P(option | {CONTENT_FREE!r})",
         "conditions": summary,
         "differences": differences,
@@ -580,10 +602,11 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
             "as_of": summary["versioned"]["as_of"],
             "retracted_asserted": summary["versioned"]["retracted"],
         },
+        "seconds": seconds,
         "examples": [asdict(p) | {c: p.options[picks[c][i]] for c in CONDITIONS} for i, p in enumerate(probes[:12])],
     }
-    return study.finish(results, "Memory test: changed, retracted and repeated facts over many conversations",
-                        page(study, results))  # fmt: skip
+    title = "Memory test: changed, retracted and repeated facts over many conversations"
+    return study.finish(results, title, page(study, results))
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, str]]:
