@@ -113,7 +113,13 @@ class PostgresStore:
         """The version columns and indexes (idempotent); a table that held rows before versions
         were kept loses UNIQUE (avatar, key) and marks those rows, once."""
         s, db = self.schema, self._db
-        db.execute(f"ALTER TABLE {s}.memories " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c}" for c in VERSION_COLUMNS))
+        have = {r[0] for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'memories'",
+            (s,),
+        ).fetchall()}  # fmt: skip
+        missing = [c for c in VERSION_COLUMNS if c.split()[0] not in have]
+        if missing:  # ALTER TABLE locks the table even when it changes nothing: only when needed
+            db.execute(f"ALTER TABLE {s}.memories " + ", ".join(f"ADD COLUMN {c}" for c in missing))
         db.execute(f"CREATE SEQUENCE IF NOT EXISTS {s}.changes")
         marked = db.execute(f"SELECT 1 FROM {s}.meta WHERE key = 'versions'").fetchone()
         if not marked:

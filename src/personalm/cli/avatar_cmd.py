@@ -122,14 +122,15 @@ def forget_cmd(
     everything: bool = typer.Option(False, "--all", help="Delete the whole avatar."),
     store: str = typer.Option(None, help=STORE_HELP),
 ) -> None:
-    """Delete memories of one avatar, or the avatar itself."""
+    """Retract memories of one avatar (no longer believed, kept in their history), or erase the avatar."""
     from personalm.errors import PersonalmError
 
     memory = _memory(store)
     if everything:
         stderr.print(f"{name}: deleted with {memory.delete_avatar(name)} memories", markup=False)
     elif ids:
-        stderr.print(f"{name}: {memory.delete(name, ids)} memories deleted", markup=False)
+        stderr.print(f"{name}: {memory.delete(name, ids)} memories retracted (kept in their history; "
+                     "`avatar undo NAME ID` restores one)", markup=False)  # fmt: skip
     else:
         raise PersonalmError("give memory ids to delete, or --all")
 
