@@ -38,6 +38,9 @@ def test_decide_on_fixed_similarities():
     assert decide("I play the piano.", [hit("I play tennis.", 0.53)]).op == "ADD"
     negated = decide("I don't play tennis anymore.", [hit("I play tennis.", 0.83, 7)])
     assert (negated.op, negated.target) == ("UPDATE", 7) and negated.rule.startswith("negation")
+    dog = decide("I don't have a dog anymore.", [hit("I have a dog named Rex.", 0.53, 8)])  # its words are all in it
+    assert (dog.op, dog.target) == ("UPDATE", 8) and "same slot verb:have" in dog.rule
+    assert decide("I don't have a car anymore.", [hit("I have a dog named Rex.", 0.4)]).op == "ADD"
     assert decide("I don't eat meat.", []).op == "ADD"
     assert slot("My favourite colour is blue.") == ("fav:favourite colour", True)
 

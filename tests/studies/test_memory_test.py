@@ -79,13 +79,18 @@ def test_versioned_memory_keeps_what_overwrite_loses(tmp_path, word_hash_embedde
         path = tmp_path / f"{condition}.db"
         memory = AvatarMemory(SQLiteStore(path, embedder.dimension, clock), embedder)
         built[condition] = mt.build(memory, clock, histories, found, condition == "versioned")
-        checks[condition] = mt.memory_checks(memory, path, histories, found)
+        duplicates = built[condition].pop("duplicates")
+        checks[condition] = mt.memory_checks(memory, path, histories, found, duplicates)
+        states = [mt.memory_state(memory, p, condition == "versioned") for h in histories for p in h.probes
+                  if p.kind in mt.STATE_KINDS]  # fmt: skip
+        checks[condition]["state"] = sum(states) / len(states)
         memory.close()
     versioned, overwrite = checks["versioned"], checks["overwrite"]
-    assert versioned["stated_facts_kept"] == versioned["stated_facts"] > 0  # nothing stated is lost
+    assert versioned["stated_facts_lost"] == 0 < versioned["stated_facts"]  # nothing stated is lost
+    assert versioned["state"] > overwrite["state"]  # it holds the right beliefs more often (as_of above all)
     assert versioned["recorded_twice"] == 0 and versioned["integrity"] == []
     assert versioned["versions"] > versioned["current"]  # superseded and retracted versions are kept
-    assert overwrite["stated_facts_kept"] < overwrite["stated_facts"]  # a negation's fact was dropped
+    assert overwrite["stated_facts_lost"] > 0  # a negation's fact was dropped
     assert built["versioned"]["operations"].get("DELETE", 0) > 0  # requests to forget retract
     paths = built["versioned"]["extraction_paths"]  # "none": a message that only asked to forget
     assert set(paths) == {"rules", "none"} and sum(paths.values()) == sum(len(h.turns) for h in histories)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from personalm.avatars.api import AvatarMemory
-from personalm.avatars.facts import FactExtractor, split_retractions
+from personalm.avatars.facts import FactExtractor, content_words, split_retractions
 from personalm.avatars.ingest import memory_key
 from personalm.avatars.retrieval import Hit, hybrid_search
 from personalm.avatars.store import NewMemory
@@ -109,10 +109,16 @@ def decide(fact: str, similar: list[Hit]) -> Update:
                           f"duplicate: similarity {hit.similarity:.2f} >= {DUPLICATE}")  # fmt: skip
     same_slot = [h for h in similar if new_slot and slot(h.memory.text)[0] == new_slot]
     if NEGATION.search(fact):
+        negated = content_words(NEGATION.sub(" ", fact))
         for hit in same_slot or similar:
-            if hit.similarity >= SAME_TOPIC and not NEGATION.search(hit.memory.text):
+            if NEGATION.search(hit.memory.text):
+                continue
+            if hit.similarity >= SAME_TOPIC:
                 return Update("UPDATE", fact, hit.memory.id, hit.memory.text,
                               f"negation of a stored fact (similarity {hit.similarity:.2f})")  # fmt: skip
+            if hit in same_slot and negated and negated <= content_words(hit.memory.text):
+                return Update("UPDATE", fact, hit.memory.id, hit.memory.text,
+                              f"negation of a stored fact (same slot {new_slot}, its words all in it)")  # fmt: skip
     for hit in same_slot:
         if single:
             return Update("UPDATE", fact, hit.memory.id, hit.memory.text, f"new value of single-valued slot {new_slot}")

@@ -37,6 +37,7 @@ import csv
 import hashlib
 import json
 import random
+import re
 import sqlite3
 import tempfile
 import time
@@ -56,7 +57,7 @@ from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import AvatarChat
 from personalm.avatars.facts import Extraction, ModelFactExtractor, split_retractions
 from personalm.avatars.ingest import memory_key
-from personalm.avatars.memory_update import decide, learn, similar_facts
+from personalm.avatars.memory_update import NEGATION, decide, learn, similar_facts
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.avatars.store import NewMemory
 from personalm.errors import PersonalmError
@@ -71,6 +72,9 @@ DONT_KNOW = "I don't know."
 START = datetime(2024, 1, 1, 9, 0, tzinfo=UTC).timestamp()
 WEEK, DAY, MINUTE = 7 * 86400, 86400, 60
 KINDS = ("latest", "as_of", "retracted", "kept")
+STATE_KINDS = ("latest", "as_of", "retracted")
+VERSION = 2
+"""Bumped when the scripts, the memories or the scoring change, so cached answers are not reused."""
 CONDITIONS = ("versioned", "overwrite", "stuffing")
 REQUIRED = ("persona_chat/valid.csv", "prefeval/mcq_options")
 
@@ -114,21 +118,24 @@ class Slot:
     change: str
     option: str
     question: str
-    question_then: str
+    question_past: str
     values: tuple[str, ...]
+
+    def question_then(self, date: str) -> str:
+        return f"{self.question_past[:-1]} on {date}?"
 
 
 SLOTS = (
     Slot("home", "I live in {v}.", "I moved to {v}.", "I live in {v}.", "Where do you live?",
-         "Where did you live on {date}?", CITIES),
+         "Where did you live?", CITIES),
     Slot("job", "I work as {v}.", "I work as {v} now.", "I work as {v}.", "What do you do for a living?",
-         "What did you do for a living on {date}?", JOBS),
+         "What did you do for a living?", JOBS),
     Slot("food", "My favourite food is {v}.", "My favourite food is {v} now.", "My favourite food is {v}.",
-         "What is your favourite food?", "What was your favourite food on {date}?", FOODS),
+         "What is your favourite food?", "What was your favourite food?", FOODS),
     Slot("colour", "My favourite colour is {v}.", "My favourite colour is {v} now.", "My favourite colour is {v}.",
-         "What is your favourite colour?", "What was your favourite colour on {date}?", COLOURS),
+         "What is your favourite colour?", "What was your favourite colour?", COLOURS),
     Slot("sport", "My favourite sport is {v}.", "My favourite sport is {v} now.", "My favourite sport is {v}.",
-         "What is your favourite sport?", "What was your favourite sport on {date}?", SPORTS),
+         "What is your favourite sport?", "What was your favourite sport?", SPORTS),
 )  # fmt: skip
 
 
@@ -141,20 +148,21 @@ class Fact:
     question: str
     asserted: str
     denied: str
+    core: str  # the word a statement of it must contain
 
 
 def retractable(kind: str, rng: random.Random) -> Fact:
     if kind == "pet":
         animal, name = rng.choice(ANIMALS), rng.choice(PET_NAMES)
         return Fact(f"I have a {animal} named {name}.", f"I don't have a {animal} anymore.", f"Do you have a {animal}?",
-                    f"Yes, I have a {animal} named {name}.", f"No, I don't have a {animal}.")  # fmt: skip
+                    f"Yes, I have a {animal} named {name}.", f"No, I don't have a {animal}.", animal)  # fmt: skip
     if kind == "game":
         game = rng.choice(GAMES)
         return Fact(f"I play {game} every weekend.", f"I don't play {game} anymore.", f"Do you play {game}?",
-                    f"Yes, I play {game} every weekend.", f"No, I don't play {game}.")  # fmt: skip
+                    f"Yes, I play {game} every weekend.", f"No, I don't play {game}.", game)  # fmt: skip
     language = rng.choice(LANGUAGES)
     return Fact(f"I am learning {language}.", f"I stopped learning {language}.", f"Are you learning {language}?",
-                f"Yes, I am learning {language}.", f"No, I am not learning {language}.")  # fmt: skip
+                f"Yes, I am learning {language}.", f"No, I am not learning {language}.", language)  # fmt: skip
 
 
 @dataclass
@@ -167,7 +175,10 @@ class Turn:
 @dataclass
 class Probe:
     """One question: its options in the order shown, the right one (-1: any but `asserted`), the
-    option that asserts a retracted fact (-1: none), and the moment asked about (None: now)."""
+    option that asserts a retracted fact (-1: none), and the moment asked about (None: now), then
+    asked of a memory that reads the past as the question without its date (`asked`, the date
+    going in as `as_of`, as `?as_of=` takes it). `value`: the word the right memory holds (for
+    retracted: the word of the fact that must not be held), `others`: the other stated values."""
 
     avatar: str
     kind: str
@@ -177,6 +188,9 @@ class Probe:
     asserted: int = -1
     as_of: float | None = None
     detail: str = ""
+    asked: str = ""
+    value: str = ""
+    others: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -245,12 +259,15 @@ def script(avatar: str, profile: list[str], said: list[str], prefs: dict[str, li
         stated, never = values[: changes + 1], values[changes + 1]
         timeline = [first, *at]
         options = [slot.option.format(v=v) for v in [*stated, never]] + [DONT_KNOW]
-        out.probes.append(Probe(avatar, "latest", slot.question, options, changes, detail=slot.name))
+        core = [v.split()[-1] for v in stated]  # "an engineer": engineer
+        out.probes.append(Probe(avatar, "latest", slot.question, options, changes, detail=slot.name,
+                                asked=slot.question, value=core[-1], others=core[:-1]))  # fmt: skip
         then = rng.randrange(timeline[0], timeline[-1])  # a week whose value was not the latest
         held = max(i for i, c in enumerate(timeline) if c <= then)
         moment = START + then * WEEK + DAY
-        out.probes.append(Probe(avatar, "as_of", slot.question_then.format(date=date_of(moment)), options, held,
-                                as_of=moment, detail=slot.name))  # fmt: skip
+        out.probes.append(Probe(avatar, "as_of", slot.question_then(date_of(moment)), options, held, as_of=moment,
+                                detail=slot.name, asked=slot.question_past, value=core[held],
+                                others=[c for i, c in enumerate(core) if i != held]))  # fmt: skip
     for number, kind in enumerate(rng.sample(["pet", "game", "language"], 2)):
         fact = retractable(kind, rng)
         stated = rng.randrange(0, last)
@@ -261,8 +278,8 @@ def script(avatar: str, profile: list[str], said: list[str], prefs: dict[str, li
             f"Please forget that {fact.state[0].lower()}{fact.state[1:]}" if forget else fact.negate
         )
         options = [fact.asserted, fact.denied, DONT_KNOW]
-        out.probes.append(Probe(avatar, "retracted", fact.question, options, -1, asserted=0,
-                                detail=f"{kind}, {'forget' if forget else 'negation'}"))  # fmt: skip
+        out.probes.append(Probe(avatar, "retracted", fact.question, options, -1, asserted=0, asked=fact.question,
+                                detail=f"{kind}, {'forget' if forget else 'negation'}", value=fact.core))  # fmt: skip
     for topic in rng.sample(sorted(prefs), min(2, len(prefs))):
         mine, *others = rng.sample(prefs[topic], 3)
         stated = rng.randrange(0, last)
@@ -270,7 +287,7 @@ def script(avatar: str, profile: list[str], said: list[str], prefs: dict[str, li
         plan[rng.randrange(stated + 1, conversations)].append("As I said, " + mine[0].lower() + mine[1:])
         out.repeated.append(mine)
         question = f"What do you prefer when it comes to {TOPICS.get(topic, topic.replace('_', ' '))}?"
-        out.probes.append(Probe(avatar, "kept", question, [mine, *others, DONT_KNOW], 0, detail=topic))
+        out.probes.append(Probe(avatar, "kept", question, [mine, *others, DONT_KNOW], 0, detail=topic, asked=question))
     for conversation, messages in enumerate(plan):
         rng.shuffle(messages)
         start = START + conversation * WEEK
@@ -336,9 +353,11 @@ def extract_all(model: TextModel, histories: list[Script], log: Log) -> dict[str
     return dict(zip(wanted, found, strict=True))
 
 
-def overwrite_apply(memory: AvatarMemory, avatar: str, facts: list[str]) -> None:
+def overwrite_apply(memory: AvatarMemory, avatar: str, facts: list[str]) -> list[str]:
     """The memory update before versions were kept: the same decisions, but a negation deleted the
-    old fact and dropped the new one, and an update overwrote (only the current rows are ever read)."""
+    old fact and dropped the new one, and an update overwrote (only the current rows are ever read).
+    Returns the facts judged duplicates of a stored one."""
+    duplicates = []
     for fact in facts:
         vector, similar = similar_facts(memory, avatar, fact)
         update = decide(fact, similar)
@@ -349,12 +368,15 @@ def overwrite_apply(memory: AvatarMemory, avatar: str, facts: list[str]) -> None
             memory.store.update(avatar, update.target, new)
         elif update.op == "ADD":
             memory.store.add(avatar, [new])
+        else:
+            duplicates.append(fact)
+    return duplicates
 
 
 def build(memory: AvatarMemory, clock: Clock, histories: list[Script], found: dict[str, Extraction],
           versioned: bool) -> dict[str, Any]:  # fmt: skip
     """Tell every message to the memory in order, at its scripted time."""
-    extractor, paths, ops = Extracted(found), Counter(), Counter()
+    extractor, paths, ops, merged = Extracted(found), Counter(), Counter(), []
     for history in histories:
         for turn in history.turns:
             clock.now = turn.at
@@ -362,14 +384,18 @@ def build(memory: AvatarMemory, clock: Clock, histories: list[Script], found: di
                 learned = learn(memory, history.avatar, turn.text, extractor, ts=turn.at)
                 paths[learned.extractor or "none"] += 1
                 ops.update(u.op for u in learned.updates)
+                merged += [[history.avatar, u.fact] for u in learned.updates if u.op == "NONE" and u.target]
             else:
-                overwrite_apply(memory, history.avatar, found[turn.text].facts if turn.text in found else [])
-    return {"extraction_paths": dict(paths), "operations": dict(ops)}
+                facts = found[turn.text].facts if turn.text in found else []
+                merged += [[history.avatar, f] for f in overwrite_apply(memory, history.avatar, facts)]
+    return {"extraction_paths": dict(paths), "operations": dict(ops), "duplicates": merged}
 
 
-def memory_checks(memory: AvatarMemory, path: Path, histories: list[Script], found: dict[str, Extraction]
-                  ) -> dict[str, Any]:  # fmt: skip
-    """No stated fact lost (every extracted fact has a version), repeated statements recorded once."""
+def memory_checks(memory: AvatarMemory, path: Path, histories: list[Script], found: dict[str, Extraction],
+                  duplicates: list[list[str]]) -> dict[str, Any]:  # fmt: skip
+    """No stated fact lost: every extracted fact has a version of its own words, or (versioned
+    memory) was judged a duplicate of a stored one and recorded nothing; repeated statements
+    recorded once."""
     store = memory.store
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT avatar, text FROM memories").fetchall()
@@ -377,9 +403,13 @@ def memory_checks(memory: AvatarMemory, path: Path, histories: list[Script], fou
     stated = {(h.avatar, f) for h in histories for t in h.turns for f in found.get(split_retractions(t.text)[0],
                                                                                       Extraction([], "")).facts}  # fmt: skip
     repeated = Counter((a, t) for a, t in rows)
+    verbatim = stated & versions
+    merged = (stated - verbatim) & {(a, f) for a, f in duplicates}
     return {
         "stated_facts": len(stated),
-        "stated_facts_kept": len(stated & versions),
+        "stated_facts_kept": len(verbatim),
+        "stated_facts_merged": len(merged),
+        "stated_facts_lost": len(stated - verbatim - merged),
         "versions": len(rows),
         "current": sum(store.count(h.avatar) for h in histories),
         "repeated_statements": sum(len(h.repeated) for h in histories),
@@ -413,7 +443,10 @@ def contexts(condition: str, probes: list[Probe], memories: dict[str, AvatarMemo
             out.append(stuffed(probe.avatar.capitalize(), histories[probe.avatar], probe.question, model, window))
             continue
         chat = AvatarChat(memories[condition], probe.avatar, model)
-        out.append(chat.prepare(probe.question, probe.as_of if condition == "versioned" else None).messages)
+        if condition == "versioned":
+            out.append(chat.prepare(probe.asked, probe.as_of).messages)
+        else:  # the overwrite memory cannot read the past: it gets the dated question, as stuffing does
+            out.append(chat.prepare(probe.question).messages)
     return out
 
 
@@ -498,6 +531,22 @@ def choose(model: Any, probes: list[Probe], seen: list[list[Message] | None], pr
     return [int(np.argmax(by_probe[i])) if i in by_probe else p.options.index(DONT_KNOW) for i, p in enumerate(probes)]
 
 
+def memory_state(memory: AvatarMemory, probe: Probe, versioned: bool) -> float:
+    """Whether the memory itself holds the right belief, whatever the model then answers: for a
+    changed fact, the facts believed (now, or at `as_of` when the memory can read the past) name
+    the right value and no other stated one; for a retracted fact, none asserts it any more.
+    (Kept preferences are not checked: the model may store them in its own words.)"""
+    as_of = probe.as_of if versioned else None
+    facts = [m.text for m in memory.list(probe.avatar, "fact", limit=100_000, as_of=as_of)]
+
+    def names(word: str) -> list[str]:
+        return [f for f in facts if re.search(rf"\b{re.escape(word)}\b", f, re.IGNORECASE)]
+
+    if probe.kind == "retracted":
+        return float(not any(not NEGATION.search(f) for f in names(probe.value)))
+    return float(bool(names(probe.value)) and not any(names(other) for other in probe.others))
+
+
 def outcome(probe: Probe, picked: int) -> float:
     """1 when right (for retracted: when the retracted statement was asserted)."""
     return float(picked == probe.asserted) if probe.kind == "retracted" else float(picked == probe.answer)
@@ -527,14 +576,16 @@ def summarize(probes: list[Probe], picks: dict[str, list[int]], seed: int) -> tu
     return summary, differences
 
 
-def extractions(study: Study, fingerprint: str, model: TextModel, histories: list[Script], log: Log
-                ) -> dict[str, Extraction]:  # fmt: skip
-    """The model's extraction of every message, once per settings (kept in the study's cache)."""
+def extractions(study: Study, model: TextModel, histories: list[Script], log: Log) -> dict[str, Extraction]:
+    """The model's extraction of every message, kept in the study's cache under a hash of the
+    messages and the model (the same messages are never extracted twice)."""
+    messages = sorted({t.text for h in histories for t in h.turns})
+    key = hashlib.sha256(json.dumps([model.model_id, messages]).encode()).hexdigest()[:12]
 
     def compute() -> dict[str, list]:
         return {text: [e.facts, e.path] for text, e in extract_all(model, histories, log).items()}
 
-    return {text: Extraction(*kept) for text, kept in study.unit(f"{fingerprint}/extractions", compute).items()}
+    return {text: Extraction(*kept) for text, kept in study.unit(f"extractions/{key}", compute).items()}
 
 
 def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, Any]:
@@ -549,7 +600,7 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
     histories = scripts(config)
     probes = [p for h in histories for p in h.probes]
     by_avatar = {h.avatar: h for h in histories}
-    fingerprint = hashlib.sha256(json.dumps(study.settings, sort_keys=True).encode()).hexdigest()[:12]
+    fingerprint = hashlib.sha256(json.dumps([study.settings, VERSION], sort_keys=True).encode()).hexdigest()[:12]
     log(f"memory test: {len(histories)} people, {sum(len(h.turns) for h in histories)} messages, {len(probes)} probes")
     seconds: dict[str, float] = {}
     mark = time.perf_counter()
@@ -562,7 +613,7 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
     embedder = Remembered(Embedder())
     with load_model(config.model) if config.model else load_model() as model:
         lap("load")
-        found = extractions(study, fingerprint, model, histories, log)
+        found = extractions(study, model, histories, log)
         lap("extract")
         facts = [f for e in found.values() for f in e.facts]
         forgets = [f for h in histories for t in h.turns for f in split_retractions(t.text)[1]]
@@ -573,7 +624,11 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
                         for c in clocks}  # fmt: skip
             log("memory test: telling every message to both memories")
             built = {c: build(memories[c], clocks[c], histories, found, c == "versioned") for c in memories}
-            checks = {c: memory_checks(memories[c], Path(tmp) / f"{c}.db", histories, found) for c in memories}
+            merged = {c: built[c].pop("duplicates") for c in built}
+            checks = {c: memory_checks(memories[c], Path(tmp) / f"{c}.db", histories, found, merged[c])
+                      for c in memories}  # fmt: skip
+            state = {c: [memory_state(memories[c], p, c == "versioned") if p.kind in STATE_KINDS else 0.0
+                         for p in probes] for c in memories}  # fmt: skip
             lap("remember")
             prior = prior_scores(model, sorted({o for p in probes for o in p.options}))
             picks = {}
@@ -597,6 +652,15 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
         "conditions": summary,
         "differences": differences,
         "memory": {c: built[c] | checks[c] for c in built},
+        "memory_state": {
+            c: {
+                k: bootstrap_mean(
+                    [v for v, p in zip(state[c], probes, strict=True) if p.kind == k], seed=config.seed
+                ).to_dict()
+                for k in STATE_KINDS
+            }
+            for c in state
+        },
         "headline": {
             "latest": summary["versioned"]["latest"],
             "as_of": summary["versioned"]["as_of"],
@@ -644,6 +708,22 @@ def page(study: Study, results: dict[str, Any]) -> list[str]:
         ),
         report.section("Accuracy by probe kind", report.table(rows(results)), report.image(png)),
         report.section(
+            "What the memory itself holds (no model): the right value believed now / then, a retracted fact "
+            "no longer held",
+            report.table(
+                [
+                    {
+                        "memory": c,
+                        **{
+                            k: f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}] (n {v['n']})"
+                            for k, v in kinds.items()
+                        },
+                    }
+                    for c, kinds in results["memory_state"].items()
+                ]
+            ),
+        ),
+        report.section(
             "Versioned minus baseline (paired bootstrap; retracted: baseline minus versioned)",
             report.table(
                 [
@@ -658,7 +738,9 @@ def page(study: Study, results: dict[str, Any]) -> list[str]:
         report.section(
             "Memory",
             report.paragraph(
-                f"stated facts kept {memory['stated_facts_kept']} of {memory['stated_facts']}; repeated statements "
+                f"stated facts kept in their own words {memory['stated_facts_kept']} of {memory['stated_facts']}, "
+                f"judged duplicates of a stored fact {memory['stated_facts_merged']}, lost "
+                f"{memory['stated_facts_lost']}; repeated statements "
                 f"recorded twice {memory['recorded_twice']} of {memory['repeated_statements']}; {memory['versions']} "
                 f"versions, {memory['current']} current; extraction paths {memory['extraction_paths']}; "
                 f"operations {memory['operations']}; integrity problems {memory['integrity'] or 'none'}."
