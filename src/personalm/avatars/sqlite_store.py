@@ -155,9 +155,9 @@ class SQLiteStore:
             if "chain" not in columns:
                 db.execute(MEMORIES.format(name="memories_versioned"))
                 db.execute(
-                    f"INSERT INTO memories_versioned ({OLD_COLUMNS}, origin, rule) SELECT {OLD_COLUMNS},"
-                    " COALESCE((SELECT 'file ' || s.path FROM sources s WHERE s.avatar = m.avatar AND s.key = m.source),"
-                    " ''), ? FROM memories m",
+                    f"INSERT INTO memories_versioned ({OLD_COLUMNS}, origin, rule) SELECT {OLD_COLUMNS}, COALESCE("
+                    "(SELECT 'file ' || s.path FROM sources s WHERE s.avatar = m.avatar AND s.key = m.source), ''), ?"
+                    " FROM memories m",
                     (BEFORE_VERSIONS,),
                 )
                 db.execute("DROP TABLE memories")

@@ -212,8 +212,8 @@ def read_personas(data: Path) -> list[tuple[list[str], list[str]]]:
     with open(path, encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
             profile = [" ".join(line.split()) for line in (row.get("user 1 personas") or "").splitlines()]
-            said = [line.split(":", 1)[1].strip() for line in (row.get("Best Generated Conversation") or "").splitlines()
-                    if line.startswith("User 1:") and len(line) > 16]  # fmt: skip
+            talk = (row.get("Best Generated Conversation") or "").splitlines()
+            said = [line.split(":", 1)[1].strip() for line in talk if line.startswith("User 1:") and len(line) > 16]
             profile = [p for p in profile if 10 <= len(p) <= 120]
             if len(profile) >= 3 and len(said) >= 3:
                 people.append((profile, said))
@@ -400,8 +400,9 @@ def memory_checks(memory: AvatarMemory, path: Path, histories: list[Script], fou
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT avatar, text FROM memories").fetchall()
     versions = {(a, t) for a, t in rows}
-    stated = {(h.avatar, f) for h in histories for t in h.turns for f in found.get(split_retractions(t.text)[0],
-                                                                                      Extraction([], "")).facts}  # fmt: skip
+    nothing = Extraction([], "")
+    stated = {(h.avatar, f) for h in histories for t in h.turns
+              for f in found.get(split_retractions(t.text)[0], nothing).facts}  # fmt: skip
     repeated = Counter((a, t) for a, t in rows)
     verbatim = stated & versions
     merged = (stated - verbatim) & {(a, f) for a, f in duplicates}

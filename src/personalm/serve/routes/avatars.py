@@ -56,8 +56,12 @@ class RememberRequest(BaseModel):
                                              "to forget) and decide ADD / UPDATE / DELETE / NONE for each")  # fmt: skip
 
 
-AS_OF = Query(None, min_length=1, max_length=40, description="Read what memory believed then: seconds since the "
-                                                             "epoch or an ISO date / date-time (UTC unless zoned)")  # fmt: skip
+AS_OF = Query(
+    None,
+    min_length=1,
+    max_length=40,
+    description="Read what memory believed then: seconds since the epoch or an ISO date / date-time (UTC unless zoned)",
+)
 
 
 def memory_json(memory: Memory) -> dict[str, Any]:
