@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
-from personalm.avatars.store import MemoryStore
+from personalm.avatars.store import Clock, MemoryStore
 
 
 class UnitVectors:
@@ -27,6 +28,25 @@ def unit() -> UnitVectors:
     return UnitVectors()
 
 
+class TickingClock:
+    """A clock that moves only when told to: as_of reads can name exact moments."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float = 60.0) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock() -> TickingClock:
+    return TickingClock()
+
+
 def postgres_dsn() -> str:
     """PERSONALM_PG_DSN of a reachable server (scripts/start-postgres.sh prints one), else skip."""
     dsn = os.environ.get("PERSONALM_PG_DSN")
@@ -41,21 +61,27 @@ def postgres_dsn() -> str:
     return dsn
 
 
+@pytest.fixture
+def pg_dsn() -> str:
+    return postgres_dsn()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def make_store(request, tmp_path) -> Iterator[Callable[[int], MemoryStore]]:
-    """Makes stores of a given dimension on one backend (the test runs once per backend); closes them
-    (and drops their PostgreSQL schemas) after the test."""
+    """Makes stores of a given dimension (and clock) on one backend (the test runs once per backend);
+    closes them (and drops their PostgreSQL schemas) after the test."""
     made: list[MemoryStore] = []
 
-    def make(dimension: int) -> MemoryStore:
+    def make(dimension: int, clock: Clock = time.time) -> MemoryStore:
         if request.param == "sqlite":
             from personalm.avatars.sqlite_store import SQLiteStore
 
-            store = SQLiteStore(tmp_path / f"memory{len(made) or ''}.db", dimension=dimension)
+            store = SQLiteStore(tmp_path / f"memory{len(made) or ''}.db", dimension=dimension, clock=clock)
         else:
             from personalm.avatars.pg_store import PostgresStore
 
-            store = PostgresStore(postgres_dsn(), dimension=dimension, schema=f"t_{uuid.uuid4().hex[:12]}")
+            schema = f"t_{uuid.uuid4().hex[:12]}"
+            store = PostgresStore(postgres_dsn(), dimension=dimension, schema=schema, clock=clock)
         made.append(store)
         return store
 

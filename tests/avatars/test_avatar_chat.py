@@ -36,8 +36,11 @@ def test_decide_on_fixed_similarities():
     assert decide("I prefer coffee now.", [hit("I prefer tea.", 0.71)]).op == "UPDATE"
     assert decide("I prefer window seats.", [hit("I prefer tea.", 0.32)]).op == "ADD"
     assert decide("I play the piano.", [hit("I play tennis.", 0.53)]).op == "ADD"
-    deleted = decide("I don't play tennis anymore.", [hit("I play tennis.", 0.83, 7)])
-    assert (deleted.op, deleted.target) == ("DELETE", 7)
+    negated = decide("I don't play tennis anymore.", [hit("I play tennis.", 0.83, 7)])
+    assert (negated.op, negated.target) == ("UPDATE", 7) and negated.rule.startswith("negation")
+    dog = decide("I don't have a dog anymore.", [hit("I have a dog named Rex.", 0.53, 8)])  # its words are all in it
+    assert (dog.op, dog.target) == ("UPDATE", 8) and "same slot verb:have" in dog.rule
+    assert decide("I don't have a car anymore.", [hit("I have a dog named Rex.", 0.4)]).op == "ADD"
     assert decide("I don't eat meat.", []).op == "ADD"
     assert slot("My favourite colour is blue.") == ("fav:favourite colour", True)
 
@@ -51,6 +54,8 @@ def test_rule_extractor_and_grounded_model_facts():
     assert extract("What is the time?") == []
     reply = "- I live in Paris.\n- I am a famous astronaut.\n- none\nSome chatter"
     assert parse_fact_lines(reply, "I live in Paris with my cat.") == ["I live in Paris."]
+    assert parse_fact_lines("I moved to Lisbon.", "I moved to Lisbon.") == ["I moved to Lisbon."]  # no bullet
+    assert parse_fact_lines("I'm a freelance writer, happy to assist.", "Hi! What do you do?") == []
 
 
 def test_scripted_conversation_updates_memory(memory):
@@ -67,8 +72,43 @@ def test_scripted_conversation_updates_memory(memory):
             "My favourite colour is blue.",
         ]
     ]
-    assert ops == [["ADD"], ["ADD", "ADD"], ["NONE"], ["UPDATE"], ["DELETE"], ["ADD"]]
-    assert facts(memory) == ["I live in Paris.", "I prefer coffee in the morning now.", "My favourite colour is blue."]
+    assert ops == [["ADD"], ["ADD", "ADD"], ["NONE"], ["UPDATE"], ["UPDATE"], ["ADD"]]
+    assert facts(memory) == [
+        "I don't play tennis anymore.",  # the negation supersedes the old fact; both are kept
+        "I live in Paris.",
+        "I prefer coffee in the morning now.",
+        "My favourite colour is blue.",
+    ]
+    coffee = next(m for m in memory.list("ada", kind="fact") if "coffee" in m.text)
+    tea = memory.history("ada", coffee.id)
+    assert [(m.text, m.status) for m in tea] == [("I prefer tea in the morning.", "superseded"),
+                                                 ("I prefer coffee in the morning now.", "current")]  # fmt: skip
+
+
+def test_learning_reports_what_it_extracted_forgets_on_request_and_records_the_turn(memory):
+    from personalm.avatars.facts import ModelFactExtractor, split_retractions
+    from personalm.avatars.memory_update import learn
+
+    assert split_retractions("Hi. Please forget that I said I have a dog. I like tea.") == (
+        "Hi. I like tea.", ["I have a dog."])  # fmt: skip
+    assert split_retractions("Forget where I live.") == ("", ["I live."])
+    rules = RuleFactExtractor()
+    nothing = learn(memory, "ada", "What a lovely day, isn't it?", rules)
+    assert (nothing.extracted, nothing.extractor, nothing.updates) == ([], "rules", [])
+    first = learn(memory, "ada", "I have a dog named Rex. I live in Paris.", rules)
+    assert [u.op for u in first.updates] == ["ADD", "ADD"] and first.extractor == "rules"
+    rex = first.updates[0].memory_id
+    assert memory.store.get("ada", [rex])[0].origin == "chat: I have a dog named Rex. I live in Paris."
+    forgot = learn(memory, "ada", "Please forget that I have a dog named Rex.", rules)
+    assert forgot.extracted == [] and [(u.op, u.target) for u in forgot.updates] == [("DELETE", rex)]
+    assert memory.store.get("ada", [rex])[0].status == "retracted"
+    assert facts(memory) == ["I live in Paris."]
+    model = ScriptedModel("- I live in Rome now.", "- none")
+    moved = learn(memory, "ada", "Actually I live in Rome now.", ModelFactExtractor(model))
+    assert moved.extractor == "model" and moved.updates[0].op == "UPDATE" and moved.updates[0].decided_by == "model"
+    assert memory.store.get("ada", [moved.updates[0].memory_id])[0].rule.endswith("extracted by model")
+    fallback = learn(memory, "ada", "I grow basil.", ModelFactExtractor(model))
+    assert (fallback.extracted, fallback.extractor) == (["I grow basil."], "rules-fallback")
 
 
 def test_unsupported_question_gets_dont_know_without_the_model(memory):

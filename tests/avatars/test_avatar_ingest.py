@@ -206,7 +206,23 @@ def test_cli_list_and_forget(tmp_path, cli, word_hash_embedder):
         "avatar": "ada", "memories": 3, "facts": 1}  # fmt: skip
     fact = json.loads(cli.invoke("avatar", "list", "ada", "--kind", "fact", "--store", str(store), "--json").stdout)
     assert fact["text"] == "I prefer green tea." and fact["kind"] == "fact"
-    assert "1 memories deleted" in cli.invoke("avatar", "forget", "ada", str(fact["id"]), "--store", str(store)).stderr
+    assert (
+        "1 memories retracted" in cli.invoke("avatar", "forget", "ada", str(fact["id"]), "--store", str(store)).stderr
+    )
+    history = cli.invoke("avatar", "memories", "ada", "--history", str(fact["id"]), "--store", str(store), "--json")
+    assert [json.loads(line)["status"] for line in history.stdout.splitlines()] == ["retracted"]
+    undone = json.loads(cli.invoke("avatar", "undo", "ada", str(fact["id"]), "--store", str(store), "--json").stdout)
+    assert undone["action"] == "restored" and undone["text"] == "I prefer green tea."
+    now = cli.invoke("avatar", "memories", "ada", "--kind", "fact", "--store", str(store), "--json").stdout
+    assert [(r["text"], r["replaces"]) for r in map(json.loads, now.splitlines())] == [
+        ("I prefer green tea.", fact["id"])
+    ]
+    assert (
+        cli.invoke("avatar", "memories", "ada", "--as-of", "2000-01-01", "--store", str(store), "--json").stdout == ""
+    )
+    for bad in (["--as-of", "last tuesday"], ["--history", "1", "--as-of", "2024-01-01"], ["--history", "999"]):
+        wrong = cli.invoke("avatar", "memories", "ada", *bad, "--store", str(store))
+        assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
     refused = cli.invoke("avatar", "forget", "ada", "--store", str(store))
     assert refused.returncode == 2 and "give memory ids" in refused.stderr
     cli.invoke("avatar", "forget", "ada", "--all", "--store", str(store))

@@ -67,8 +67,13 @@ def test_strict_isolation_between_avatars(store, mem, unit):
     assert [i for i, _ in store.keyword_search("bob", "moon", 10)] == bob
     assert store.get("bob", ada) == [] and len(store.embeddings("bob", ada)) == 0
     assert store.delete("bob", ada) == 0 and store.count("ada") == 4
-    assert not store.update("bob", ada[0], "hijacked", "k", unit(5))
-    assert store.get("ada", [ada[0]])[0].text == TEXTS[0]
+    assert store.update("bob", ada[0], mem("hijacked", 5)) is None
+    assert (
+        store.restore("bob", ada[0]) is None
+        and store.history("bob", ada[0]) == []
+        and store.head("bob", ada[0]) is None
+    )
+    assert store.get("ada", [ada[0]])[0].text == TEXTS[0] and store.history("ada", ada[0])[0].status == "current"
     assert store.delete_avatar("bob") == 1 and store.count("ada") == 4
     assert store.avatar_names() == ["ada"]
 
@@ -76,21 +81,25 @@ def test_strict_isolation_between_avatars(store, mem, unit):
 def test_update_and_delete_are_seen_by_searches(store, mem, unit):
     ids = store.add("ada", [mem(t, i) for i, t in enumerate(TEXTS)])
     store.vector_search("ada", unit(0), 1)  # warm any cache
-    assert store.update("ada", ids[3], "I prefer black coffee now.", "fact:coffee", unit(42))
-    assert store.vector_search("ada", unit(42), 1)[0][0] == ids[3]
-    assert store.keyword_search("ada", "coffee", 1)[0][0] == ids[3]
+    coffee = store.update("ada", ids[3], mem("I prefer black coffee now.", 42, kind="fact"))
+    assert coffee not in ids and store.vector_search("ada", unit(42), 1)[0][0] == coffee
+    assert store.keyword_search("ada", "coffee", 1)[0][0] == coffee
     assert store.keyword_search("ada", "green tea", 5) == []
-    assert store.delete("ada", [ids[0]]) == 1
+    assert store.delete("ada", [ids[0]]) == 1 and store.delete("ada", [ids[0]]) == 0  # retracted once
     assert ids[0] not in [i for i, _ in store.vector_search("ada", unit(0), 10)]
     store.add("ada", [mem("Fresh words about rockets.", 77)])
     assert store.vector_search("ada", unit(77), 1)[0][1] == pytest.approx(1.0, abs=1e-4)
-    np.testing.assert_allclose(store.embeddings("ada", [ids[3]])[0], unit(42), atol=1e-5)
+    np.testing.assert_allclose(store.embeddings("ada", [coffee])[0], unit(42), atol=1e-5)
+    np.testing.assert_allclose(store.embeddings("ada", [ids[3]])[0], unit(3), atol=1e-5)  # the old version is kept
 
 
-def test_update_onto_existing_text_removes_the_old_row(store, mem, unit):
+def test_update_onto_existing_text_merges_into_the_current_row(store, mem, unit):
     ids = store.add("ada", [mem(TEXTS[0], 0), mem(TEXTS[1], 1)])
-    assert store.update("ada", ids[1], TEXTS[0], f"utterance:{TEXTS[0]}", unit(0))
+    assert store.update("ada", ids[1], mem(TEXTS[0], 0)) == ids[0]
     assert store.count("ada") == 1
+    old = store.get("ada", [ids[1]])[0]
+    assert (old.status, old.superseded_by) == ("superseded", ids[0])
+    assert [m.id for m in store.history("ada", ids[1])] == ids  # the row it merged into is in its history
 
 
 def test_failed_add_leaves_nothing(store, mem, unit):
@@ -122,7 +131,9 @@ def test_integers_past_int64_are_refused_with_a_usable_error(store, mem, unit):
         lambda: store.delete("ada", [huge]),
         lambda: store.get("ada", [ids[0], -(2**63) - 1]),
         lambda: store.embeddings("ada", [huge]),
-        lambda: store.update("ada", huge, "x", "k", unit(1)),
+        lambda: store.update("ada", huge, mem("x", 1)),
+        lambda: store.history("ada", huge),
+        lambda: store.restore("ada", huge),
         lambda: store.vector_search("ada", unit(0), huge),
         lambda: store.keyword_search("ada", "moon", huge),
     ]

@@ -203,6 +203,14 @@ ROWS: dict[str, Row] = {
          "critic": cmd("avatar", "experiment", "--critic", "{bad}", "-o", "report", kind="dir", inner="meta.json")},
         {"out": OUTPUT},
     ),
+    "avatar memories": Row({"store": cmd("avatar", "memories", "ada", "--store", "{bad}", suffix=".db",
+                                         valid={"non-utf8": "a database is binary"})}),
+    "avatar undo": Row({"store": cmd("avatar", "undo", "ada", "--store", "{bad}", suffix=".db",
+                                     valid={"non-utf8": "a database is binary"})}),
+    "avatar memory-test": Row(
+        {"data": cmd("avatar", "memory-test", "--data", "{bad}", "--quick", kind="dir", inner="persona_chat/valid.csv")},
+        {"out": OUTPUT},
+    ),
     "avatar sft-data": Row({"store": cmd("avatar", "sft-data", "ada", "-o", "s.jsonl", "--store", "{bad}", suffix=".db",
                                          valid={"non-utf8": "a database is binary"})}, {"out": OUTPUT}),
     "synth": Row(

@@ -62,6 +62,10 @@ def page_server(tmp_path_factory, embedded_model, embedder, soups_folder, keywor
         assert r.status_code == 201, r.text
         r = httpx.post(f"{url}/v1/avatars/alice/memories", json={"text": PREFERENCE}, headers=admin, timeout=120)
         assert r.status_code == 201, r.text
+        for said in ("I live in Paris.", "I moved to Lisbon."):  # a fact that replaced an older one
+            r = httpx.post(f"{url}/v1/avatars/alice/memories", json={"text": said, "extract": True},
+                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)  # fmt: skip
+            assert r.status_code == 201, r.text
         yield url
     catalog.close()
     soups.close()
@@ -141,10 +145,15 @@ def test_chat_page_soup_sliders_and_avatar_memories_in_chromium(page_server):
         page.wait_for_selector(".applied li")
         applied = page.locator(".applied").last.text_content()
         page.screenshot(path=str(ARTIFACTS / "chat_page_preferences.png"), full_page=True)
+        page.uncheck("#prefs")
+        ask(page, "Where do you live?", 3)
+        page.wait_for_selector("#memories .replaced", timeout=30_000)
+        replaced = page.locator("#memories li:has(.replaced)").first.text_content()
     assert "best of 3 answers" in applied and PREFERENCE in applied, applied
     assert soup_answer is not None
     assert status.startswith("soup with expertise.elementary=0.5, expertise.phd=0, style.friendly=0.8")
     assert memories and any("tomatoes" in m for m in memories), memories
+    assert "I moved to Lisbon." in replaced and 'replaced "I live in Paris."' in replaced and "learned 20" in replaced
     for name in ("chat_page_soup.png", "chat_page_avatar.png", "chat_page_preferences.png"):
         assert (ARTIFACTS / name).stat().st_size > 1000
 

@@ -77,6 +77,8 @@ VALID = {
     "limit": st.integers(1, 5),
     "offset": st.integers(0, 5),
     "memory_id": st.integers(1, 5),
+    "as_of": st.sampled_from(["2024-03-01", "1700000000", "2999-12-31T23:59:59+02:00"]),
+    "extract": st.booleans(),
     "name": st.sampled_from(["alice", "bob", "nosuch", "k-fuzz"]),  # avatars in paths, keys in /admin/keys
 }
 ALWAYS_SENT = {"max_tokens"}  # an answer's length stays bounded even when the rest is valid

@@ -62,4 +62,5 @@ def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch, cli,
         assert numbers[key] > 0, key
     assert numbers["dense_recall_at_10"] == 1.0  # 300 rows: our dense search is exact
     assert numbers["embedded"] == 100 and numbers["tiled"] == 200
+    assert numbers["superseded"] == 300 and numbers["versions_stored"] == 600 and numbers["superseded_hits"] == 0
     assert numbers["versions"]["chromadb"]

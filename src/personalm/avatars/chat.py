@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.facts import FactExtractor
-from personalm.avatars.memory_update import Update, apply_facts
+from personalm.avatars.memory_update import Update, learn
 from personalm.avatars.preferences import (
     TRAIN_HINT,
     Choice,
@@ -59,6 +59,8 @@ class ChatTurn:
     supported: bool
     updates: list[Update] = field(default_factory=list)
     choice: Choice | None = None  # set when the answer was chosen for the stated preferences
+    extracted: list[str] = field(default_factory=list)
+    extractor: str = ""
 
 
 def system_prompt(who: str, profile: str | None, recall: Recall) -> str:
@@ -129,11 +131,11 @@ class AvatarChat:
         shots = exemplar_turns(recall)
         return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
 
-    def prepare(self, user: str) -> Prepared:
+    def prepare(self, user: str, as_of: float | None = None) -> Prepared:
         """Retrieval, the support rule and the stated preferences: a question no memory supports
         gets no prompt. The one place the rule lives (`send` and the server's avatar chat both come
-        through here)."""
-        recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts, fusion=self.fusion)
+        through here). `as_of`: answer from what memory believed then."""
+        recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts, fusion=self.fusion, as_of=as_of)
         supported = recall.support >= self.min_support or not is_question(user)
         messages = self.compose(user, recall) if supported else None
         return Prepared(user, recall, messages, stated_preferences(recall))
@@ -153,7 +155,8 @@ class AvatarChat:
         else:
             reply = DONT_KNOW
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-        updates = []
-        if self.extractor is not None:
-            updates = apply_facts(self.memory, self.avatar, self.extractor.extract(user), ts=time.time())
-        return ChatTurn(reply, prepared.recall, prepared.supported, updates, choice)
+        if self.extractor is None:
+            return ChatTurn(reply, prepared.recall, prepared.supported, choice=choice)
+        learned = learn(self.memory, self.avatar, user, self.extractor, ts=time.time())
+        return ChatTurn(reply, prepared.recall, prepared.supported, learned.updates, choice, learned.extracted,
+                        learned.extractor)  # fmt: skip

@@ -1,10 +1,13 @@
 """Facts the person states about themselves in a chat message: a deterministic first-person rule
 extractor, and a model extractor (mem0-style prompt) whose output is kept only where it is
-grounded in the message, falling back to the rules."""
+grounded in the message, falling back to the rules. Each extraction says which path found its
+facts. Requests to forget ("Please forget that I have a dog.") are taken out of the message first:
+they retract a stored fact and must never be stored as one."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 from personalm.avatars.chunking import sentences
@@ -12,7 +15,8 @@ from personalm.eval.text import STOPWORDS
 from personalm.models.base import SamplingParams, TextModel
 
 LEAD_INS = re.compile(
-    r"^(?:(?:actually|well|also|so|oh|and|but|by the way|btw|anyway|honestly|ok|okay|yes|no|hmm)\b[,!.]?\s*)+",
+    r"^(?:(?:actually|well|also|so|oh|and|but|by the way|btw|anyway|honestly|ok|okay|yes|no|hmm|as i said|like i said)"
+    r"\b[,!.]?\s*)+",
     re.IGNORECASE,
 )
 FIRST_PERSON = re.compile(r"^(?:i|i'm|i've|i'd|i'll|my|mine)\b", re.IGNORECASE)
@@ -23,7 +27,25 @@ PROMPT = """Extract the facts the speaker states about themselves in the message
 Message: {message}"""
 
 
+FORGET = re.compile(
+    r"^(?:please\s+)?(?:forget|disregard|scratch)\b[\s,:]*(?:(?:the fact that|that|about|what|where|when|how)\s+)?"
+    r"(?:i\s+(?:said|told you|mentioned)\s+(?:that\s+|about\s+)?)?(.+)$",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Extraction:
+    """The facts of one message and the path that found them: `model`, `rules-fallback` (the
+    model found none grounded in the message) or `rules`."""
+
+    facts: list[str]
+    path: str
+
+
 class FactExtractor(Protocol):
+    def extraction(self, message: str) -> Extraction: ...
+
     def extract(self, message: str) -> list[str]: ...
 
 
@@ -37,8 +59,24 @@ def normalize_fact(text: str) -> str:
     return text if text[-1] in ".!" else text.rstrip(",;:") + "."
 
 
+def split_retractions(message: str) -> tuple[str, list[str]]:
+    """(the message without its requests to forget, the first-person facts they ask to forget)."""
+    kept, forget = [], []
+    for sentence in sentences(message):
+        match = FORGET.match(LEAD_INS.sub("", sentence).strip())
+        fact = normalize_fact(match.group(1)) if match else ""
+        if fact and FIRST_PERSON.match(fact):
+            forget.append(fact)
+        else:
+            kept.append(sentence)
+    return " ".join(kept), forget
+
+
 class RuleFactExtractor:
     """First-person statements of the message, each as one fact (questions are not facts)."""
+
+    def extraction(self, message: str) -> Extraction:
+        return Extraction(self.extract(message), "rules")
 
     def extract(self, message: str) -> list[str]:
         facts = []
@@ -57,15 +95,13 @@ def content_words(text: str) -> set[str]:
 
 
 def parse_fact_lines(reply: str, message: str, min_grounding: float = 0.6) -> list[str]:
-    """Facts from a model reply: '- ' lines in the first person whose content words mostly
-    appear in the message (small models invent facts; those are dropped)."""
+    """Facts from a model reply: lines in the first person ('- ' bullets as asked, or bare: the
+    embedded model often answers a one-fact message with the fact alone) whose content words
+    mostly appear in the message (small models invent facts; those are dropped)."""
     said = content_words(message)
     facts = []
     for line in reply.splitlines():
-        line = line.strip()
-        if not line.startswith(("-", "*", "•")):
-            continue
-        fact = normalize_fact(line.lstrip("-*• "))
+        fact = normalize_fact(line.strip().lstrip("-*• "))
         words = content_words(fact)
         if not FIRST_PERSON.match(fact) or not words or len(fact) > MAX_FACT_CHARS:
             continue
@@ -81,7 +117,21 @@ class ModelFactExtractor:
         self.model, self.fallback = model, fallback or RuleFactExtractor()
 
     def extract(self, message: str) -> list[str]:
-        reply = self.model.generate(
-            [[{"role": "user", "content": PROMPT.format(message=message)}]], SamplingParams(max_tokens=96)
-        )[0].text
-        return parse_fact_lines(reply, message) or self.fallback.extract(message)
+        return self.extraction(message).facts
+
+    def extraction(self, message: str) -> Extraction:
+        return self.extractions([message])[0]
+
+    def extractions(self, messages: list[str]) -> list[Extraction]:
+        """Many messages in one batch of generations (the model batches them)."""
+        if not messages:
+            return []
+        prompts = [[{"role": "user", "content": PROMPT.format(message=m)}] for m in messages]
+        replies = self.model.generate(prompts, SamplingParams(max_tokens=96))
+        out = []
+        for message, reply in zip(messages, replies, strict=True):
+            facts = parse_fact_lines(reply.text, message)
+            out.append(
+                Extraction(facts, "model") if facts else Extraction(self.fallback.extract(message), "rules-fallback")
+            )
+        return out

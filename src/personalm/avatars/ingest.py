@@ -68,6 +68,8 @@ def utterances(source: Source, key: str, chunking: Chunking) -> list[NewMemory]:
                     source=key,
                     context=turn.context,
                     ts=turn.ts,
+                    origin=f"file {source.path.name}",
+                    rule="ingested",
                 )
             )
     return out

@@ -112,9 +112,9 @@ class MemoryIndex:
         elif self._ann is not None:
             self._ann.add_with_ids(self._vectors[start:stop], np.arange(start, stop, dtype=np.int64))
 
-    def remove_missing(self, present: set[int]) -> None:
-        """Mark dead every indexed id that is no longer stored."""
-        self._forget([self._position.pop(i) for i in [i for i in self._position if i not in present]])
+    def remove(self, ids: Sequence[int]) -> None:
+        """Mark dead the rows of these ids (those indexed): they are no longer current."""
+        self._forget([self._position.pop(i) for i in ids if i in self._position])
 
     def _forget(self, positions: Sequence[int]) -> None:
         if not positions:

@@ -83,12 +83,13 @@ def hybrid_search(
     candidates: int = 50,
     recency: float = 0.0,
     fusion: Fusion = PLAIN_RRF,
+    as_of: float | None = None,
 ) -> list[Hit]:
     """Top k of the fused keyword + dense lists (each `candidates` long, a list weighted 0 is not
-    queried). recency > 0 adds a third list, the candidates newest first, with that weight
-    (memories without a time last)."""
-    keyword = [i for i, _ in store.keyword_search(avatar, query, candidates, kinds)] if fusion.keyword else []
-    dense_hits = store.vector_search(avatar, vector, candidates, kinds) if fusion.dense else []
+    queried) over the current memories, or those believed at `as_of`. recency > 0 adds a third
+    list, the candidates newest first, with that weight (memories without a time last)."""
+    keyword = [i for i, _ in store.keyword_search(avatar, query, candidates, kinds, as_of)] if fusion.keyword else []
+    dense_hits = store.vector_search(avatar, vector, candidates, kinds, as_of) if fusion.dense else []
     dense = [i for i, _ in dense_hits]
     lists: list[tuple[Sequence[int], float]] = [(keyword, fusion.keyword), (dense, fusion.dense)]
     if recency > 0:

@@ -2,12 +2,19 @@
 an in-memory index per avatar (`memory_index.MemoryIndex`: BM25 postings and dense vectors, exact
 below 10k rows and faiss IVF above).
 
-The index only ever holds committed rows. Every change takes the next number of a store-wide
-sequence: changed rows carry it (`seq`), and the avatar records it as its `version` (and as
-`deletes` when rows went away). Before a search the index compares versions: appends and updates
-are read incrementally (`seq` greater than the index's version), deletions by comparing ids, and
-an index with too many dead positions is rebuilt. The sequence never restarts, so an avatar that
-was deleted and created again can never look unchanged to another process's index.
+The index only ever holds committed current rows. Every change takes the next number of a
+store-wide sequence: the rows it writes or ends carry it (`seq`), and the avatar records it as its
+`version` (and as `deletes` when the avatar was erased and started again). Before a search the
+index compares versions and reads the rows changed since (`seq` greater than the index's version):
+new rows go in, ended ones (superseded or retracted) go out, and an index with too many dead
+positions is rebuilt. Superseded versions stay in the table beside the current rows; a partial
+index over the current ones keeps current-only reads as fast as before versions were kept. The
+sequence never restarts, so an avatar that was deleted and created again can never look unchanged
+to another process's index.
+
+Stores written before versions were kept (a table-level UNIQUE (avatar, key), no version columns)
+are migrated on open, in one transaction: the table is rebuilt with the version columns and its
+rows become first versions, marked as stored before versions were kept.
 
 SQLite FTS5 was the keyword index first; at 100k memories its bm25 ranking of an OR-query costs
 25-60 ms, while BM25 over in-memory postings costs well under a millisecond
@@ -28,7 +35,10 @@ import numpy as np
 
 from personalm.avatars.memory_index import MemoryIndex, Tokenizer
 from personalm.avatars.store import (
+    BEFORE_VERSIONS,
+    COLUMNS,
     KINDS,
+    Clock,
     Memory,
     NewMemory,
     Profile,
@@ -37,22 +47,14 @@ from personalm.avatars.store import (
     check_avatar,
     check_int64,
     check_kinds,
+    check_time,
+    in_order,
+    merged_into,
 )
 from personalm.errors import PersonalmError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS avatars (
-    name TEXT PRIMARY KEY,
-    version INTEGER NOT NULL DEFAULT 0,
-    deletes INTEGER NOT NULL DEFAULT 0,
-    profile TEXT,
-    profile_count INTEGER,
-    profile_at REAL,
-    profile_extra TEXT,
-    settings TEXT
-);
-CREATE TABLE IF NOT EXISTS memories (
+MEMORIES = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
     avatar TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -64,9 +66,28 @@ CREATE TABLE IF NOT EXISTS memories (
     key TEXT NOT NULL,
     embedding BLOB NOT NULL,
     seq INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (avatar, key)
+    chain INTEGER,
+    replaces INTEGER,
+    superseded_by INTEGER,
+    ended_at REAL,
+    origin TEXT NOT NULL DEFAULT '',
+    rule TEXT NOT NULL DEFAULT '',
+    end_origin TEXT NOT NULL DEFAULT '',
+    end_rule TEXT NOT NULL DEFAULT ''
+)"""
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS avatars (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL DEFAULT 0,
+    deletes INTEGER NOT NULL DEFAULT 0,
+    profile TEXT,
+    profile_count INTEGER,
+    profile_at REAL,
+    profile_extra TEXT,
+    settings TEXT
 );
-CREATE INDEX IF NOT EXISTS memories_avatar_kind ON memories (avatar, kind);
+{MEMORIES.format(name="memories")};
 CREATE TABLE IF NOT EXISTS sources (
     avatar TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -81,17 +102,33 @@ DROP TRIGGER IF EXISTS memories_au;
 DROP TABLE IF EXISTS memories_fts;
 INSERT OR IGNORE INTO meta VALUES ('seq', (SELECT COALESCE(MAX(MAX(version, deletes)), 0) FROM avatars));
 """
+INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS memories_current_key ON memories (avatar, key) WHERE ended_at IS NULL;
+CREATE INDEX IF NOT EXISTS memories_current ON memories (avatar, kind, id) WHERE ended_at IS NULL;
+CREATE INDEX IF NOT EXISTS memories_avatar_kind ON memories (avatar, kind);
+CREATE INDEX IF NOT EXISTS memories_avatar_seq ON memories (avatar, seq);
+CREATE INDEX IF NOT EXISTS memories_chain ON memories (avatar, chain);
+"""
+OLD_COLUMNS = "id, avatar, kind, text, source, context, ts, created_at, key, embedding, seq"
 
 REBUILD_DEAD_FRACTION = 0.25
-COLUMNS = "id, kind, text, source, context, ts, created_at, key"
+CURRENT = "ended_at IS NULL"
+BELIEVED_AT = "created_at <= ? AND (ended_at IS NULL OR ended_at > ?)"
+
+
+def _when(as_of: float | None) -> tuple[str, tuple]:
+    """The SQL condition (and its parameters) of the rows believed now, or at `as_of`."""
+    as_of = check_time("as_of", as_of)
+    return (CURRENT, ()) if as_of is None else (BELIEVED_AT, (as_of, as_of))
 
 
 class SQLiteStore:
     """MemoryStore on one SQLite file; safe to share between threads and between processes."""
 
-    def __init__(self, path: str | Path, dimension: int = 384):
+    def __init__(self, path: str | Path, dimension: int = 384, clock: Clock = time.time):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
         try:
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -106,14 +143,34 @@ class SQLiteStore:
         self.dimension = self._check_dimension(dimension)
 
     def _migrate(self) -> None:
-        """Stores written before the change sequence existed get its column (their rows: seq 0), and
-        stores from before avatar settings their column."""
-        columns = [r[1] for r in self._db.execute("PRAGMA table_info(memories)")]
-        if "seq" not in columns:
-            self._db.execute("ALTER TABLE memories ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
-        if "settings" not in [r[1] for r in self._db.execute("PRAGMA table_info(avatars)")]:
-            self._db.execute("ALTER TABLE avatars ADD COLUMN settings TEXT")
-        self._db.execute("CREATE INDEX IF NOT EXISTS memories_avatar_seq ON memories (avatar, seq)")
+        """Bring a store written by an earlier personalm to this schema, in one transaction (a
+        second process opening it at the same time waits, then finds it done): the change
+        sequence column, the version columns, which need the table rebuilt without its UNIQUE
+        (avatar, key) (a key may now recur among ended versions), and the avatar settings column."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = [r[1] for r in db.execute("PRAGMA table_info(memories)")]
+            if "seq" not in columns:
+                db.execute("ALTER TABLE memories ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+            if "chain" not in columns:
+                db.execute(MEMORIES.format(name="memories_versioned"))
+                db.execute(
+                    f"INSERT INTO memories_versioned ({OLD_COLUMNS}, origin, rule) SELECT {OLD_COLUMNS}, COALESCE("
+                    "(SELECT 'file ' || s.path FROM sources s WHERE s.avatar = m.avatar AND s.key = m.source), ''), ?"
+                    " FROM memories m",
+                    (BEFORE_VERSIONS,),
+                )
+                db.execute("DROP TABLE memories")
+                db.execute("ALTER TABLE memories_versioned RENAME TO memories")
+            if "settings" not in [r[1] for r in db.execute("PRAGMA table_info(avatars)")]:
+                db.execute("ALTER TABLE avatars ADD COLUMN settings TEXT")
+            for statement in INDEXES.strip().split(";\n"):
+                db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _check_dimension(self, dimension: int) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'dimension'").fetchone()
@@ -125,10 +182,11 @@ class SQLiteStore:
         return dimension
 
     @contextmanager
-    def _write(self, avatar: str) -> Iterator[int]:
+    def _write(self, avatar: str, create: bool = False) -> Iterator[int]:
         """One write transaction (BEGIN IMMEDIATE, so concurrent writers queue instead of failing);
-        yields the change's sequence number. A new avatar starts as if everything before it was
-        deleted, so no index of an earlier avatar of the same name survives."""
+        yields the change's sequence number. `create`: the avatar is made when missing (a new
+        avatar starts as if everything before it was deleted, so no index of an earlier avatar of
+        the same name survives); changes to memories of a missing avatar find nothing to change."""
         check_avatar(avatar)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -138,38 +196,53 @@ class SQLiteStore:
                         "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq' RETURNING value"
                     ).fetchone()[0]
                 )
-                self._db.execute(
-                    "INSERT OR IGNORE INTO avatars (name, version, deletes) VALUES (?, ?, ?)", (avatar, seq, seq)
-                )
+                if create:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO avatars (name, version, deletes) VALUES (?, ?, ?)", (avatar, seq, seq)
+                    )
                 yield seq
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def _insert(self, avatar: str, memory: NewMemory, seq: int, now: float, chain: int | None = None,
+                replaces: int | None = None) -> int | None:  # fmt: skip
+        """One new current row (the caller holds the write transaction); None when its key is current."""
+        check_kinds([memory.kind])
+        vector = as_vector(memory.embedding, self.dimension)
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO memories (avatar, kind, text, source, context, ts, created_at, key, embedding, seq,"
+            " chain, replaces, origin, rule) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (avatar, memory.kind, memory.text, memory.source, memory.context, memory.ts, now, memory.key,
+             vector.tobytes(), seq, chain, replaces, memory.origin, memory.rule),
+        )  # fmt: skip
+        return int(cursor.lastrowid) if cursor.rowcount else None
+
+    def _current_id(self, avatar: str, key: str) -> int | None:
+        row = self._db.execute(
+            f"SELECT id FROM memories WHERE avatar = ? AND key = ? AND {CURRENT}", (avatar, key)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _changed(self, avatar: str, seq: int) -> None:
+        self._db.execute("UPDATE avatars SET version = ? WHERE name = ?", (seq, avatar))
+
     def add(self, avatar: str, memories: Sequence[NewMemory], source: SourceRecord | None = None) -> list[int]:
-        now = time.time()
         ids = []
-        with self._write(avatar) as seq:
-            db = self._db
+        with self._write(avatar, create=True) as seq:
+            now = self.clock()
             for memory in memories:
-                check_kinds([memory.kind])
-                vector = as_vector(memory.embedding, self.dimension)
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO memories (avatar, kind, text, source, context, ts, created_at, key, embedding, seq)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (avatar, memory.kind, memory.text, memory.source, memory.context, memory.ts, now, memory.key,
-                     vector.tobytes(), seq),
-                )  # fmt: skip
-                if cursor.rowcount:
-                    ids.append(int(cursor.lastrowid))
+                memory_id = self._insert(avatar, memory, seq, now)
+                if memory_id is not None:
+                    ids.append(memory_id)
             if source is not None:
-                db.execute(
+                self._db.execute(
                     "INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?, ?)",
                     (avatar, source.key, source.path, source.memories, now),
                 )
             if ids:
-                db.execute("UPDATE avatars SET version = ? WHERE name = ?", (seq, avatar))
+                self._changed(avatar, seq)
         return ids
 
     def has_source(self, avatar: str, key: str) -> bool:
@@ -187,20 +260,43 @@ class SQLiteStore:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def keyword_search(self, avatar: str, query: str, k: int, kinds: Sequence[str] = KINDS) -> list[tuple[int, float]]:
+    def keyword_search(
+        self, avatar: str, query: str, k: int, kinds: Sequence[str] = KINDS, as_of: float | None = None
+    ) -> list[tuple[int, float]]:
         codes = [KINDS.index(kind) for kind in check_kinds(kinds)]
         check_int64("k", [k])
         with self._lock:
-            return self._index(check_avatar(avatar)).keyword_search(query, k, codes)
+            return self._searchable(check_avatar(avatar), as_of).keyword_search(query, k, codes)
 
     def vector_search(
-        self, avatar: str, vector: np.ndarray, k: int, kinds: Sequence[str] = KINDS
+        self, avatar: str, vector: np.ndarray, k: int, kinds: Sequence[str] = KINDS, as_of: float | None = None
     ) -> list[tuple[int, float]]:
         codes = [KINDS.index(kind) for kind in check_kinds(kinds)]
         check_int64("k", [k])
         query = as_vector(vector, self.dimension)
         with self._lock:
-            return self._index(check_avatar(avatar)).vector_search(query, k, codes)
+            return self._searchable(check_avatar(avatar), as_of).vector_search(query, k, codes)
+
+    def _searchable(self, avatar: str, as_of: float | None) -> MemoryIndex:
+        """The live index of the current rows, or a one-off index of the rows believed at `as_of`
+        (reading the past is rare; it costs a scan of the avatar's rows, not the current searches)."""
+        if check_time("as_of", as_of) is None:
+            return self._index(avatar)
+        index = MemoryIndex(self.dimension, self._tokenizer)
+        rows = self._db.execute(
+            f"SELECT id, kind, text, embedding FROM memories WHERE avatar = ? AND {BELIEVED_AT} ORDER BY id",
+            (avatar, as_of, as_of),
+        ).fetchall()
+        self._fill(index, rows)
+        return index
+
+    def _fill(self, index: MemoryIndex, rows: list[tuple]) -> None:
+        index.add(
+            [r[0] for r in rows],
+            [KINDS.index(r[1]) for r in rows],
+            [r[2] for r in rows],
+            np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32).reshape(len(rows), self.dimension),
+        )
 
     def _index(self, avatar: str) -> MemoryIndex:
         """The avatar's index brought up to the last committed change (the caller holds the lock)."""
@@ -215,25 +311,21 @@ class SQLiteStore:
                 self._indexes.pop(avatar, None)
                 return MemoryIndex(self.dimension, self._tokenizer)
             version, deletes = row
-            if index is None or index.dead_fraction > REBUILD_DEAD_FRACTION:
+            if index is None or deletes > index.version or index.dead_fraction > REBUILD_DEAD_FRACTION:
                 index = MemoryIndex(self.dimension, self._tokenizer)
                 rows = self._db.execute(
-                    "SELECT id, kind, text, embedding FROM memories WHERE avatar = ? ORDER BY id", (avatar,)
+                    f"SELECT id, kind, text, embedding FROM memories WHERE avatar = ? AND {CURRENT} ORDER BY id",
+                    (avatar,),
                 ).fetchall()
             else:
-                if deletes > index.version:
-                    present = self._db.execute("SELECT id FROM memories WHERE avatar = ?", (avatar,)).fetchall()
-                    index.remove_missing({r[0] for r in present})
-                rows = self._db.execute(
-                    "SELECT id, kind, text, embedding FROM memories WHERE avatar = ? AND seq > ? ORDER BY seq, id",
+                changed = self._db.execute(
+                    "SELECT id, kind, text, embedding, ended_at FROM memories WHERE avatar = ? AND seq > ?"
+                    " ORDER BY seq, id",
                     (avatar, index.version),
                 ).fetchall()
-            index.add(
-                [r[0] for r in rows],
-                [KINDS.index(r[1]) for r in rows],
-                [r[2] for r in rows],
-                np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32).reshape(len(rows), self.dimension),
-            )
+                index.remove([r[0] for r in changed if r[4] is not None])
+                rows = [r[:4] for r in changed if r[4] is None]
+            self._fill(index, rows)
             index.version = version
             self._indexes[avatar] = index
             return index
@@ -268,56 +360,123 @@ class SQLiteStore:
             else (np.zeros((0, self.dimension), dtype=np.float32))
         )
 
-    def list(self, avatar: str, kind: str | None = None, limit: int = 100, offset: int = 0) -> list[Memory]:
+    def list(
+        self, avatar: str, kind: str | None = None, limit: int = 100, offset: int = 0, as_of: float | None = None
+    ) -> list[Memory]:
         kinds = check_kinds([kind] if kind else KINDS)
         check_int64("limit", [limit])
         check_int64("offset", [offset])
+        when, times = _when(as_of)
         marks = ",".join("?" * len(kinds))
         rows = self._read(
-            f"SELECT {COLUMNS} FROM memories WHERE avatar = ? AND kind IN ({marks}) ORDER BY id LIMIT ? OFFSET ?",
-            (check_avatar(avatar), *kinds, limit, offset),
+            f"SELECT {COLUMNS} FROM memories WHERE avatar = ? AND kind IN ({marks}) AND {when}"
+            " ORDER BY id LIMIT ? OFFSET ?",
+            (check_avatar(avatar), *kinds, *times, limit, offset),
         )
         return [Memory(*row) for row in rows]
 
-    def count(self, avatar: str, kind: str | None = None) -> int:
+    def count(self, avatar: str, kind: str | None = None, as_of: float | None = None) -> int:
         kinds = check_kinds([kind] if kind else KINDS)
+        when, times = _when(as_of)
         marks = ",".join("?" * len(kinds))
         rows = self._read(
-            f"SELECT COUNT(*) FROM memories WHERE avatar = ? AND kind IN ({marks})", (check_avatar(avatar), *kinds)
+            f"SELECT COUNT(*) FROM memories WHERE avatar = ? AND kind IN ({marks}) AND {when}",
+            (check_avatar(avatar), *kinds, *times),
         )
         return int(rows[0][0])
 
-    def update(self, avatar: str, memory_id: int, text: str, key: str, embedding: np.ndarray) -> bool:
-        vector = as_vector(embedding, self.dimension)
+    def update(self, avatar: str, memory_id: int, memory: NewMemory) -> int | None:
+        as_vector(memory.embedding, self.dimension)
         check_int64("memory id", [memory_id])
         with self._write(avatar) as seq:
-            try:
-                cursor = self._db.execute(
-                    "UPDATE memories SET text = ?, key = ?, embedding = ?, created_at = ?, seq = ? WHERE avatar = ? AND id = ?",
-                    (text, key, vector.tobytes(), time.time(), seq, avatar, memory_id),
-                )
-                changed = "version = ?"
-            except sqlite3.IntegrityError:  # the new text is already stored: the old row goes
-                cursor = self._db.execute("DELETE FROM memories WHERE avatar = ? AND id = ?", (avatar, memory_id))
-                changed = "version = ?, deletes = ?"
-            if cursor.rowcount:
-                self._db.execute(
-                    f"UPDATE avatars SET {changed} WHERE name = ?", (seq,) * changed.count("?") + (avatar,)
-                )
-            return bool(cursor.rowcount)
+            old = self._db.execute(
+                f"SELECT COALESCE(chain, id), key FROM memories WHERE avatar = ? AND id = ? AND {CURRENT}",
+                (avatar, memory_id),
+            ).fetchone()
+            if old is None:
+                return None
+            chain, key = old
+            if key == memory.key:  # it already says this: nothing to record
+                return memory_id
+            now = self.clock()
+            new_id = self._current_id(avatar, memory.key)
+            if new_id is None:
+                new_id = self._insert(avatar, memory, seq, now, chain, memory_id)
+            self._db.execute(
+                "UPDATE memories SET ended_at = ?, superseded_by = ?, end_origin = ?, end_rule = ?, seq = ?"
+                " WHERE id = ?",
+                (now, new_id, memory.origin, memory.rule, seq, memory_id),
+            )
+            self._changed(avatar, seq)
+            return new_id
 
-    def delete(self, avatar: str, ids: Sequence[int]) -> int:
+    def delete(self, avatar: str, ids: Sequence[int], origin: str = "", rule: str = "") -> int:
         check_int64("memory id", ids)
         if not ids:
             return 0
         marks = ",".join("?" * len(ids))
         with self._write(avatar) as seq:
-            removed = self._db.execute(
-                f"DELETE FROM memories WHERE avatar = ? AND id IN ({marks})", (avatar, *ids)
+            retracted = self._db.execute(
+                f"UPDATE memories SET ended_at = ?, end_origin = ?, end_rule = ?, seq = ?"
+                f" WHERE avatar = ? AND id IN ({marks}) AND {CURRENT}",
+                (self.clock(), origin, rule, seq, avatar, *ids),
             ).rowcount
-            if removed:
-                self._db.execute("UPDATE avatars SET version = ?, deletes = ? WHERE name = ?", (seq, seq, avatar))
-        return removed
+            if retracted:
+                self._changed(avatar, seq)
+        return retracted
+
+    def restore(self, avatar: str, memory_id: int, origin: str = "", rule: str = "") -> int | None:
+        check_int64("memory id", [memory_id])
+        with self._write(avatar) as seq:
+            row = self._db.execute(
+                "SELECT kind, text, source, context, ts, key, embedding, COALESCE(chain, id) FROM memories"
+                " WHERE avatar = ? AND id = ? AND ended_at IS NOT NULL",
+                (avatar, memory_id),
+            ).fetchone()
+            if row is None:
+                return None
+            kind, text, source, context, ts, key, embedding, chain = row
+            current = self._current_id(avatar, key)
+            if current is not None:
+                return current
+            copy = NewMemory(kind, text, key, np.frombuffer(embedding, dtype=np.float32), source, context, ts,
+                             origin, rule)  # fmt: skip
+            new_id = self._insert(avatar, copy, seq, self.clock(), chain, memory_id)
+            self._changed(avatar, seq)
+            return new_id
+
+    def history(self, avatar: str, memory_id: int) -> list[Memory]:
+        check_int64("memory id", [memory_id])
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(chain, id) FROM memories WHERE avatar = ? AND id = ?",
+                (check_avatar(avatar), memory_id),
+            ).fetchone()
+            if row is None:
+                return []
+            rows = self._db.execute(
+                f"SELECT {COLUMNS} FROM memories WHERE avatar = ? AND (id = ? OR chain = ?) ORDER BY created_at, id",
+                (avatar, row[0], row[0]),
+            ).fetchall()
+        versions = [Memory(*r) for r in rows]
+        return in_order(versions + self.get(avatar, merged_into(versions)))
+
+    def head(self, avatar: str, memory_id: int | None = None) -> Memory | None:
+        check_avatar(avatar)
+        where, params = "", ()
+        if memory_id is not None:
+            check_int64("memory id", [memory_id])
+            found = self._read("SELECT COALESCE(chain, id) FROM memories WHERE avatar = ? AND id = ?",
+                               (avatar, memory_id))  # fmt: skip
+            if not found:
+                return None
+            where, params = " AND (id = ? OR chain = ?)", (found[0][0], found[0][0])
+        rows = self._read(
+            f"SELECT {COLUMNS} FROM memories WHERE avatar = ?{where} ORDER BY seq DESC, ended_at IS NULL DESC, id DESC"
+            " LIMIT 1",
+            (avatar, *params),
+        )
+        return Memory(*rows[0]) if rows else None
 
     def delete_avatar(self, avatar: str) -> int:
         with self._write(avatar):
@@ -338,7 +497,7 @@ class SQLiteStore:
         return Profile(text, int(count or 0), float(at or 0), json.loads(extra or "{}"))
 
     def set_profile(self, avatar: str, profile: Profile) -> None:
-        with self._write(avatar):
+        with self._write(avatar, create=True):
             self._db.execute(
                 "UPDATE avatars SET profile = ?, profile_count = ?, profile_at = ?, profile_extra = ? WHERE name = ?",
                 (profile.text, profile.memory_count, time.time(), json.dumps(profile.extra), avatar),
@@ -365,6 +524,13 @@ class SQLiteStore:
         )[0][0]
         if orphans:
             problems.append(f"{orphans} memories name a source that is not recorded")
+        dangling = self._read(
+            "SELECT COUNT(*) FROM memories m WHERE m.superseded_by IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM memories n WHERE n.id = m.superseded_by AND n.avatar = m.avatar)",
+            (),
+        )[0][0]
+        if dangling:
+            problems.append(f"{dangling} superseded memories name a successor that is not stored")
         return problems
 
     def close(self) -> None:

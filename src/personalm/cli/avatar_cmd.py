@@ -122,14 +122,15 @@ def forget_cmd(
     everything: bool = typer.Option(False, "--all", help="Delete the whole avatar."),
     store: str = typer.Option(None, help=STORE_HELP),
 ) -> None:
-    """Delete memories of one avatar, or the avatar itself."""
+    """Retract memories of one avatar (no longer believed, kept in their history), or erase the avatar."""
     from personalm.errors import PersonalmError
 
     memory = _memory(store)
     if everything:
         stderr.print(f"{name}: deleted with {memory.delete_avatar(name)} memories", markup=False)
     elif ids:
-        stderr.print(f"{name}: {memory.delete(name, ids)} memories deleted", markup=False)
+        stderr.print(f"{name}: {memory.delete(name, ids)} memories retracted (kept in their history; "
+                     "`avatar undo NAME ID` restores one)", markup=False)  # fmt: skip
     else:
         raise PersonalmError("give memory ids to delete, or --all")
 
@@ -388,3 +389,104 @@ def sft_data_cmd(
         f"then personalm avatar chat {name} --adapter runs/{name}-adapter",
         markup=False,
     )
+
+
+def _version_row(m) -> dict:
+    """One version of a memory for the table: when it was learned and ended, why, from where."""
+    learned = datetime.fromtimestamp(m.created_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    ended = "" if m.ended_at is None else datetime.fromtimestamp(m.ended_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return {"id": m.id, "kind": m.kind, "status": m.status, "learned": learned, "ended": ended,
+            "replaces": m.replaces, "superseded_by": m.superseded_by, "text": m.text, "origin": m.origin,
+            "rule": m.rule, "ended_by": m.end_rule}  # fmt: skip
+
+
+@app.command("memories")
+def memories_cmd(
+    name: str = typer.Argument(..., help="Avatar name."),
+    as_of: str = typer.Option(
+        None, "--as-of", help="What memory believed then: an ISO date / date-time or epoch seconds."
+    ),
+    history: int = typer.Option(
+        None, "--history", min=0, max=INT64_MAX, help="Every version of this memory id instead."
+    ),
+    kind: str = typer.Option(None, help="utterance or fact."),
+    limit: int = typer.Option(50, min=1, max=INT64_MAX),
+    offset: int = typer.Option(0, min=0, max=INT64_MAX),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """The memories believed now (or --as-of a moment), with when each was learned and what it
+    replaced; or --history ID: every version of one memory, with its source and rule."""
+    from personalm.avatars.store import parse_time
+    from personalm.errors import PersonalmError
+
+    when = parse_time(as_of) if as_of is not None else None
+    if history is not None and (when is not None or kind or offset):
+        raise PersonalmError("--history lists every version of one memory; it takes no --as-of, --kind or --offset")
+    memory = _memory(store)
+    if history is not None:
+        versions = memory.history(name, history)
+        if not versions:
+            raise PersonalmError(f"avatar '{name}' has no memory {history}")
+        _print_rows([_version_row(m) for m in versions], as_json)
+        return
+    _print_rows([_version_row(m) for m in memory.list(name, kind, limit, offset, when)], as_json)
+
+
+@app.command("undo")
+def undo_cmd(
+    name: str = typer.Argument(..., help="Avatar name."),
+    memory_id: int = typer.Argument(
+        None, min=0, max=INT64_MAX, help="Undo the last change of this memory (default: the avatar's last change)."
+    ),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Undo a change as a new change (nothing is erased): an added memory is retracted, an update
+    reverted, a retraction restored. Run it again to redo."""
+    memory = _memory(store)
+    done = memory.undo(name, memory_id)
+    current = memory.store.get(name, [done.current])[0] if done.current is not None else None
+    row = {"action": done.action, "memory_id": done.memory_id, "current": done.current,
+           "text": current.text if current else None}  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    shown = f": now '{current.text}' (memory {current.id})" if current else ""
+    stderr.print(f"{name}: memory {done.memory_id} {done.action}{shown}", markup=False)
+
+
+@app.command("memory-test")
+def memory_test_cmd(
+    data: Path = typer.Option(
+        None, help="Data folder with persona_chat/ and prefeval/ (default: PERSONALM_DATA or ../shared/data)."
+    ),
+    out: Path = typer.Option(
+        Path("reports/memory-test"), "--out", "-o", help="Folder for results.json and report.html."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="6 people, 4 conversations each (a smoke run)."),
+    people: int = typer.Option(16, "--people", min=1, max=1000, help="People (persona_chat profiles) scripted."),
+    conversations: int = typer.Option(5, min=3, max=50, help="Conversations per person (one a week)."),
+    window: int = typer.Option(
+        2048, min=256, max=1_000_000, help="Tokens of past messages the stuffing baseline keeps."
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model answering and extracting (default: the embedded one)."
+    ),
+    seed: int = typer.Option(0, min=0, max=INT64_MAX),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON line."),
+) -> None:
+    """Scripted histories where facts change, are taken back and are repeated; probes of the latest
+    value, of an earlier one (as of a date) and of retracted facts, on versioned memory against
+    prompt stuffing and the overwrite behaviour (accuracies with 95% intervals)."""
+    from personalm.cli.inputs import data_folder
+    from personalm.studies.memory_test import REQUIRED, MemoryTestConfig, rows, run
+
+    config = MemoryTestConfig(data=data_folder(data, required=REQUIRED), out=out, model=model, people=people,
+                              conversations=conversations, window=window, seed=seed, quick=quick)  # fmt: skip
+    results = run(config, log=lambda m: stderr.print(m, markup=False))
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in results.items() if k != "examples"}, ensure_ascii=False, default=str))
+        return
+    _print_rows(rows(results), False)
+    stderr.print(f"report: {out / 'report.html'}", markup=False)

@@ -375,6 +375,9 @@ def retrieval_bench(
     data: Path = typer.Option(
         None, help="Data folder with speeches/ and personahub/ (default: PERSONALM_DATA or ../shared/data)."
     ),
+    superseded: int = typer.Option(
+        None, min=0, max=10_000_000, help="Earlier versions kept beside the memories (default: as many as memories)."
+    ),
     out: Path = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
@@ -384,7 +387,7 @@ def retrieval_bench(
     folder = data_folder(data, required=["speeches", PERSONAS_FILE])
     result = retrieval.run(
         folder, memories, queries, embedded, k, candidates, seed, rounds,
-        log=lambda m: stderr.print(m, markup=False),
+        log=lambda m: stderr.print(m, markup=False), superseded=superseded,
     )  # fmt: skip
     table = Table("contender", "p50 ms", "p95 ms", f"recall@{k}", "ingest /s", "ours is (p95)")
     table.add_row("personalm hybrid (BM25 + dense, RRF)", str(result["hybrid_p50_ms"]), str(result["hybrid_p95_ms"]),
@@ -395,7 +398,8 @@ def retrieval_bench(
                   str(result[f"chroma_recall_at_{k}"]), str(result["chroma_ingest_per_s"]), "")  # fmt: skip
     Console().print(table)
     Console().print(
-        f"{result['memories']} memories ({result['embedded']} embedded, {result['tiled']} noisy tiles), "
+        f"{result['memories']} memories ({result['embedded']} embedded, {result['tiled']} noisy tiles) and "
+        f"{result['superseded']} superseded versions beside them ({result.get('superseded_hits', 0)} returned), "
         f"ingest ours/Chroma {result['ingest_speedup']}x, 1-min load average {result['load_average_1m']}"
     )
     _finish(result, out, as_json)

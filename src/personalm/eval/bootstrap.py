@@ -71,3 +71,29 @@ def paired_bootstrap(
         resamples=resamples,
         seed=seed,
     )
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over items (an accuracy, a rate) and its bootstrap percentile interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float
+    resamples: int
+    seed: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def bootstrap_mean(
+    values: Sequence[float] | np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95
+) -> Interval:
+    """The `level` percentile interval of mean(values) from seeded resamples of the items (the
+    paired bootstrap against zero: the same resampling, one condition)."""
+    values = np.asarray(values, dtype=np.float64)
+    diff = paired_bootstrap(values, np.zeros_like(values), resamples, seed, level)
+    return Interval(diff.mean, diff.low, diff.high, diff.n, level, resamples, seed)

@@ -1,6 +1,7 @@
 """Avatars over the API: the avatar chat (model `avatar:NAME`), preference-aware answering (for an
 avatar, or for any model with `preferences.avatar` naming whose memory to read), and the routes under
-/v1/avatars (ingest, remember, list, search, delete, the preferences default), each scoped to one avatar.
+/v1/avatars (ingest, remember, list, search, delete, the preferences default, and the versions of a
+memory: `as_of` reads, histories, undo), each scoped to one avatar.
 
 Isolation does not rely on prompts: every route passes the avatar named in the path to the store,
 whose every query filters by it, and a key scoped to `avatar:NAME` is refused any other name before
@@ -22,6 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
+from personalm.avatars.api import Undone
 from personalm.avatars.chat import DONT_KNOW, AvatarChat
 from personalm.avatars.preferences import (
     MAX_CANDIDATES,
@@ -33,8 +35,10 @@ from personalm.avatars.preferences import (
     save_avatar_settings,
     stated_preferences,
 )
+from personalm.avatars.facts import RuleFactExtractor
+from personalm.avatars.memory_update import Learned, Update, learn
 from personalm.avatars.retrieval import Hit
-from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar
+from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar, parse_time
 from personalm.errors import PersonalmError
 from personalm.serve.auth import Principal
 from personalm.serve.generation import Target, complete, fixed_reply, model_target, sample
@@ -59,6 +63,16 @@ class RememberRequest(BaseModel):
 
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     kind: Kind = "fact"
+    extract: bool = Field(False, description="Read the text as a message: extract the facts it states (and requests "
+                                             "to forget) and decide ADD / UPDATE / DELETE / NONE for each")  # fmt: skip
+
+
+AS_OF = Query(
+    None,
+    min_length=1,
+    max_length=40,
+    description="Read what memory believed then: seconds since the epoch or an ISO date / date-time (UTC unless zoned)",
+)
 
 
 class PreferencesDefault(BaseModel):
@@ -72,7 +86,27 @@ class PreferencesDefault(BaseModel):
 
 def memory_json(memory: Memory) -> dict[str, Any]:
     return {"id": memory.id, "kind": memory.kind, "text": memory.text, "context": memory.context,
-            "source": memory.source, "timestamp": memory.ts, "created_at": memory.created_at}  # fmt: skip
+            "source": memory.source, "timestamp": memory.ts, "created_at": memory.created_at,
+            "status": memory.status, "ended_at": memory.ended_at, "replaces": memory.replaces,
+            "superseded_by": memory.superseded_by, "chain": memory.chain, "origin": memory.origin,
+            "rule": memory.rule, "end_origin": memory.end_origin, "end_rule": memory.end_rule}  # fmt: skip
+
+
+def update_json(update: Update) -> dict[str, Any]:
+    return {"op": update.op, "fact": update.fact, "memory_id": update.memory_id, "target": update.target,
+            "target_text": update.target_text, "rule": update.rule}  # fmt: skip
+
+
+def learned_json(name: str, learned: Learned) -> dict[str, Any]:
+    """What one message taught: `extracted` is [] when it stated no fact (said, not silently skipped)."""
+    changed = any(u.op != "NONE" for u in learned.updates)
+    return {"avatar": name, "added": changed, "extracted": learned.extracted, "extractor": learned.extractor,
+            "changes": [update_json(u) for u in learned.updates]}  # fmt: skip
+
+
+def undone_json(name: str, undone: Undone, current: Memory | None) -> dict[str, Any]:
+    return {"avatar": name, "action": undone.action, "memory_id": undone.memory_id, "current": undone.current,
+            "memory": memory_json(current) if current else None}  # fmt: skip
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
@@ -229,7 +263,14 @@ def router(served: Served) -> APIRouter:
 
     @routes.post("/{name}/memories", status_code=201)
     async def remember(name: str, body: RememberRequest, who: Principal = Depends(principal)) -> dict[str, Any]:
+        """Store the text as one memory, or with `extract` learn from it as from a chat message
+        (the server extracts with the rules; the chat CLI extracts with the model)."""
         allowed(name, who)
+        if body.extract:
+            if body.kind != "fact":
+                raise ApiError(400, "extract: facts are extracted, so kind must be 'fact'")
+            learned = await call(learn, memory, name, body.text, RuleFactExtractor())
+            return learned_json(name, learned)
         memory_id = await call(memory.remember, name, body.text, body.kind)
         return {"avatar": name, "id": memory_id, "added": memory_id is not None}
 
@@ -239,12 +280,51 @@ def router(served: Served) -> APIRouter:
         kind: Kind | None = None,
         limit: int = Query(100, ge=1, le=1000),
         offset: int = Query(0, ge=0, le=MAX_INT64),
+        as_of: str | None = AS_OF,
         who: Principal = Depends(principal),
     ) -> dict[str, Any]:
+        """The memories believed now, or at `as_of`."""
         allowed(name, who)
-        rows = await call(memory.list, name, kind, limit, offset)
-        total = await call(memory.count, name, kind)
-        return {"object": "list", "avatar": name, "total": total, "data": [memory_json(m) for m in rows]}
+        when = await call(parse_time, as_of) if as_of is not None else None
+        rows = await call(memory.list, name, kind, limit, offset, when)
+        total = await call(memory.count, name, kind, when)
+        return {"object": "list", "avatar": name, "total": total, "as_of": when,
+                "data": [memory_json(m) for m in rows]}  # fmt: skip
+
+    @routes.get("/{name}/memories/{memory_id}/history")
+    async def history(
+        name: str, memory_id: int = PathParam(ge=0, le=MAX_INT64), who: Principal = Depends(principal)
+    ) -> dict[str, Any]:
+        """Every version of one memory, oldest first: when each was learned and ended, from which
+        chat turn or file, and which rule decided."""
+        allowed(name, who)
+        versions = await call(memory.history, name, memory_id)
+        if not versions:
+            raise ApiError(404, f"avatar '{name}' has no memory {memory_id}", "not_found")
+        return {"object": "list", "avatar": name, "id": memory_id, "data": [memory_json(m) for m in versions]}
+
+    async def undone(name: str, memory_id: int | None) -> dict[str, Any]:
+        try:
+            done = await asyncio.to_thread(memory.undo, name, memory_id)
+        except PersonalmError as err:
+            raise ApiError(404, str(err), "not_found") from None
+        current = (await call(memory.store.get, name, [done.current]) or [None])[0] if done.current else None
+        return undone_json(name, done, current)
+
+    @routes.post("/{name}/undo")
+    async def undo_last(name: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        """Undo the avatar's last change to a memory, as a new change (nothing is erased)."""
+        allowed(name, who)
+        return await undone(name, None)
+
+    @routes.post("/{name}/memories/{memory_id}/undo")
+    async def undo_memory(
+        name: str, memory_id: int = PathParam(ge=0, le=MAX_INT64), who: Principal = Depends(principal)
+    ) -> dict[str, Any]:
+        """Undo the last change of one memory: an add is retracted, an update reverted, a
+        retraction restored."""
+        allowed(name, who)
+        return await undone(name, memory_id)
 
     @routes.get("/{name}/search")
     async def search(
@@ -252,20 +332,23 @@ def router(served: Served) -> APIRouter:
         q: str = Query(min_length=1, max_length=2000),
         k: int = Query(5, ge=1, le=50),
         kind: Kind | None = None,
+        as_of: str | None = AS_OF,
         who: Principal = Depends(principal),
     ) -> dict[str, Any]:
         allowed(name, who)
-        hits = await call(memory.search, name, q, k, [kind] if kind else KINDS)
+        when = await call(parse_time, as_of) if as_of is not None else None
+        hits = await call(memory.search, name, q, k, [kind] if kind else KINDS, 0.0, when)
         return {"object": "list", "avatar": name, "data": [hit_json(h) for h in hits]}
 
     @routes.delete("/{name}/memories/{memory_id}")
     async def forget(
         name: str, memory_id: int = PathParam(ge=0, le=MAX_INT64), who: Principal = Depends(principal)
     ) -> dict[str, Any]:
+        """Retract a memory: no longer believed, kept in its history (undo brings it back)."""
         allowed(name, who)
         deleted = await call(memory.delete, name, [memory_id])
         if not deleted:
-            raise ApiError(404, f"avatar '{name}' has no memory {memory_id}", "not_found")
+            raise ApiError(404, f"avatar '{name}' has no current memory {memory_id}", "not_found")
         return {"avatar": name, "deleted": deleted}
 
     @routes.delete("/{name}")

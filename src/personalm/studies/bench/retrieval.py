@@ -9,6 +9,12 @@ reciprocal-rank fusion, `candidates` from each list, top k, the memories read ba
 avatar chat calls), our keyword and dense searches alone, and Chroma's dense query (`n_results=k`, which also
 returns the documents). Recall@k of both dense paths is measured against exact brute force
 over the same vectors.
+
+Memory keeps every version, so the store also holds `superseded` earlier versions beside the
+current memories (by default as many): each is an earlier wording of a stored memory ("Earlier:
+..." with a noisy copy of its vector), added in batches and then superseded by the current one,
+as a chat update would. Searches see only the current rows (the timed queries run with the
+superseded ones in the table), and `superseded_hits` counts any that came back anyway (must be 0).
 """
 
 from __future__ import annotations
@@ -44,8 +50,11 @@ def run(
     rounds: int = 2,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    superseded: int | None = None,
 ) -> dict[str, Any]:
-    """Build the corpus (embedding what is not cached), run both stores, return the results."""
+    """Build the corpus (embedding what is not cached), run both stores, return the results.
+    `superseded`: earlier versions kept beside the current memories (None: as many as memories)."""
+    superseded = memories if superseded is None else min(superseded, memories)
     corpus = retrieval_data.build(data_dir, memories, queries, embedded, embed or _minilm, seed)
     log(f"{memories} memories ({corpus.embedded} embedded for real, the rest tiled with noise), {queries} queries")
     exact = _exact_top(corpus.vectors, corpus.query_vectors, k)
@@ -53,10 +62,14 @@ def run(
         store = SQLiteStore(Path(tmp) / "memory.db", dimension=corpus.vectors.shape[1])
         try:
             ids, ours = _ours_ingest(store, corpus, k, log)
+            old, history = _supersede(store, corpus, ids, superseded, seed, log)
             collection, peer = _chroma_ingest(Path(tmp) / "chroma", corpus, k, log)
             timings, found = _queries(store, collection, corpus, k, candidates, rounds)
+            stored = store.count(AVATAR) + len(old)
         finally:
             store.close()
+    returned = {i for name in ("hybrid", "keyword", "dense") for hits in found[name] for i in _ids(hits)}
+    history |= {"versions_stored": stored, "superseded_hits": len(returned & old)}
     row_of = {memory_id: row for row, memory_id in enumerate(ids)}
     ours[f"dense_recall_at_{k}"] = _recall([[row_of[i] for i in hits] for hits in found["dense"]], exact)
     peer[f"chroma_recall_at_{k}"] = _recall([[int(i) for i in hits] for hits in found["chroma"]], exact)
@@ -73,6 +86,7 @@ def run(
         "noise_sigma": retrieval_data.NOISE_SIGMA if memories > corpus.embedded else 0.0,
         "seed": seed,
         "rounds": rounds,
+        **history,
         **ours,
         **peer,
         "p95_ms": ours["hybrid_p95_ms"],
@@ -123,6 +137,43 @@ def _ours_ingest(
         "ingest_store_s": round(added, 2),
         "ingest_per_s": round(len(ids) / ingest_s, 1),
     }
+
+
+def _supersede(
+    store: SQLiteStore, corpus: retrieval_data.Corpus, ids: list[int], count: int, seed: int, log: Callable[[str], None]
+) -> tuple[set[int], dict[str, Any]]:
+    """Earlier versions of the first `count` memories: added in batches, then each superseded by
+    the stored memory it was an earlier wording of (one update each, as chat updates come)."""
+    if not count:
+        return set(), {"superseded": 0}
+    rng = np.random.default_rng(seed + 1)
+    noisy = corpus.vectors[:count] + rng.normal(0.0, retrieval_data.NOISE_SIGMA, corpus.vectors[:count].shape)
+    noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    rows = [
+        NewMemory(kind, f"Earlier: {text}", memory_key(kind, f"Earlier: {text}"), vector)
+        for kind, text, vector in zip(corpus.kinds[:count], corpus.texts[:count], noisy, strict=True)
+    ]
+    start = time.perf_counter()
+    old: list[int] = []
+    for offset in range(0, len(rows), BATCH):
+        old += store.add(AVATAR, rows[offset : offset + BATCH])
+    added = time.perf_counter() - start
+    for row, old_id in enumerate(old):
+        kind, text = corpus.kinds[row], corpus.texts[row]
+        store.update(AVATAR, old_id, NewMemory(kind, text, memory_key(kind, text), corpus.vectors[row]))
+    seconds = time.perf_counter() - start
+    log(f"ours: {len(old)} earlier versions added in {added:.1f} s and superseded by {seconds - added:.1f} s later")
+    return set(old), {
+        "superseded": len(old),
+        "superseded_add_s": round(added, 2),
+        "supersede_s": round(seconds - added, 2),
+        "supersede_per_s": round(len(old) / max(seconds - added, 1e-9), 1),
+    }
+
+
+def _ids(hits: list) -> list[int]:
+    """Memory ids of one result list (hybrid: hits; keyword: (id, score) pairs; dense: ids)."""
+    return [h.memory.id if hasattr(h, "memory") else h[0] if isinstance(h, tuple) else int(h) for h in hits]
 
 
 def _chroma_ingest(
