@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personalm.avatars.api import Undone
 from personalm.avatars.chat import DONT_KNOW, AvatarChat
+from personalm.avatars.facts import RuleFactExtractor
+from personalm.avatars.memory_update import Learned, Update, learn
 from personalm.avatars.preferences import (
     MAX_CANDIDATES,
     MAX_PREFERENCES,
@@ -35,8 +37,6 @@ from personalm.avatars.preferences import (
     save_avatar_settings,
     stated_preferences,
 )
-from personalm.avatars.facts import RuleFactExtractor
-from personalm.avatars.memory_update import Learned, Update, learn
 from personalm.avatars.retrieval import Hit
 from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar, parse_time
 from personalm.errors import PersonalmError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from support import TOPICS, write_prefeval
 
 from personalm.critic.data import (
     CriticItem,
@@ -41,9 +40,9 @@ def test_split_of_three_topics_holds_one_out_each_and_fewer_is_an_error():
         split_topics(["a", "b"])
 
 
-def test_prefeval_items_read_the_layout(tmp_path):
-    items = prefeval_items(write_prefeval(tmp_path))
-    assert len(items) == 8 and {i.topic for i in items} == set(TOPICS)
+def test_prefeval_items_read_the_layout(tmp_path, prefeval_folder):
+    items = prefeval_items(prefeval_folder(tmp_path))
+    assert len(items) == 8 and {i.topic for i in items} == {f.stem for f in (tmp_path / "prefeval" / "mcq_options").iterdir()}
     assert items[0].answers[0] == "A chickpea curry." and len(items[0].answers) == 4
 
 
@@ -58,8 +57,8 @@ def test_unknown_layout_is_one_clear_error(tmp_path, layout):
         prefeval_items(tmp_path)
 
 
-def test_training_items_never_come_from_held_out_topics(tmp_path):
-    items = prefeval_items(write_prefeval(tmp_path))
+def test_training_items_never_come_from_held_out_topics(tmp_path, prefeval_folder):
+    items = prefeval_items(prefeval_folder(tmp_path))
     split = split_topics(sorted({i.topic for i in items}))
     train = in_topics(items, split["train"])
     held = in_topics(items, split["validation"] + split["test"])

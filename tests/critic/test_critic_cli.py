@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from support import write_prefeval
 
 from personalm.critic import PreferenceCritic
 
@@ -75,8 +74,8 @@ def test_missing_artifact_and_unknown_layout_are_one_line(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_quick_then_score(cli, tmp_path):
-    data = write_prefeval(tmp_path / "data")
+def test_train_quick_then_score(cli, tmp_path, prefeval_folder):
+    data = prefeval_folder(tmp_path / "data")
     critic = tmp_path / "critic"
     results = cli.json(
         "critic", "train", "--quick", "--data", str(data), "-o", str(tmp_path / "report"),
