@@ -35,7 +35,7 @@ def train_cmd(
         False, "--quick", help="A few items per topic, one epoch, no synthetic items or LM arms."
     ),
     seed: int = typer.Option(0, help="Seed of the topic split, the shuffles and the training."),
-    epochs: int = typer.Option(4, min=1, help="Epochs of each cross-encoder arm (the best one is kept)."),
+    epochs: int = typer.Option(3, min=1, help="Epochs of each cross-encoder arm (the best one is kept)."),
     synthetic: int = typer.Option(96, min=0, help="Personas that each write one synthetic item (0: none)."),
     lm_steps: int = typer.Option(40, min=0, help="LoRA steps of the LM design (0: skip it)."),
     as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),

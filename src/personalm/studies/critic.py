@@ -10,8 +10,9 @@ the end. Designs measured on validation:
   answer after the stated preference (eval.prefeval's stated pass); the LM's own yes/no verdict;
 * lm-lora: a LoRA yes/no verdict on the embedded SmolLM2-135M, trained with personalm.train.loop
   (CE on the verdict token) on the same items;
-* cross-encoder: critic.model's MiniLM cross-encoder, per loss (bce, listwise), then the best loss
-  again with synthetic items added (persona-driven, made by the synthesis stage's `preference`
+* cross-encoder: critic.model's MiniLM cross-encoder (BCE, so its probabilities are calibrated),
+  per learning rate, each validated after every epoch (the best epoch is kept), then the best
+  learning rate again with synthetic items added (persona-driven, made by the synthesis stage's `preference`
   task, few-shot from train-topic items; kept only if validation says they help).
 
 Multiple choice: the four options shuffled, the critic's top one right when it is the respecting
@@ -65,9 +66,9 @@ class CriticStudyConfig:
     artifact: str | None = None  # where the chosen critic is installed (default: PERSONALM_HOME/critic)
     seed: int = 0
     quick: bool = False
-    losses: tuple[str, ...] = ("bce", "listwise")
-    epochs: int = 4
-    lr: float = 3e-5
+    loss: str = "bce"  # calibrated probabilities, as `score` promises (critic.train has listwise too)
+    lrs: tuple[float, ...] = (2e-5, 5e-5)
+    epochs: int = 3
     batch_items: int = 8
     synthetic: int = 96  # personas that each write one synthetic item (0: none)
     synth_tokens: int = 160
@@ -82,7 +83,7 @@ class CriticStudyConfig:
         if not self.quick:
             return self
         return CriticStudyConfig(
-            **(asdict(self) | {"losses": ("bce",), "epochs": 1, "synthetic": 0, "lm_steps": 0, "lm_floors": False})
+            **(asdict(self) | {"lrs": self.lrs[:1], "epochs": 1, "synthetic": 0, "lm_steps": 0, "lm_floors": False})
         )
 
 
@@ -103,40 +104,35 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
         split = {name: _per_topic(rows, config.quick_items) for name, rows in split.items()}
     log("critic: topics " + "; ".join(f"{k} {', '.join(v)} ({len(split[k])} items)" for k, v in topics.items()))
     check_no_leak(split["train"], topics, [i.preference for i in split["validation"] + split["test"]])
-    fingerprint = _fingerprint(config)
+    base = _fingerprint(config, "seed", "quick", "quick_items", "model")
 
     designs: dict[str, dict[str, Any]] = {}
-    designs["cosine"] = study.unit(f"{fingerprint}/floor/cosine", lambda: _cosine(split, config.seed))
+    designs["cosine"] = study.unit(f"floor-{base}/cosine", lambda: _cosine(split, config.seed))
     if config.lm_floors:
-        designs |= study.unit(f"{fingerprint}/floor/lm", lambda: _lm_floors(config, split["validation"], log))
+        designs |= study.unit(f"floor-{base}/lm", lambda: _lm_floors(config, split["validation"], log))
     if config.lm_steps:
-        designs["lm-lora"] = study.unit(
-            f"{fingerprint}/design/lm-lora", lambda: _lm_lora(config, study, fingerprint, split, log)
-        )
+        lm_key = f"lm-lora-{_fingerprint(config, 'seed', 'quick', 'quick_items', 'model', 'lm_steps')}"
+        designs["lm-lora"] = study.unit(f"{lm_key}/result", lambda: _lm_lora(config, study, lm_key, split, log))
 
     synthetic: list[CriticItem] = []
     synth_summary: dict[str, Any] = {"requested": config.synthetic}
     if config.synthetic:
-        rows = study.unit(f"{fingerprint}/synthetic", lambda: _synthesize(config, data, split["train"], study, log))
+        synth_key = f"synthetic-{_fingerprint(config, 'seed', 'synthetic', 'synth_tokens', 'model')}"
+        rows = study.unit(f"{synth_key}/rows", lambda: _synthesize(config, data, split["train"], study, log))
         synthetic, dropped = synthetic_items(rows)
         check_no_leak(synthetic, topics, [i.preference for i in split["validation"] + split["test"]])
         synth_summary |= {"rows": len(rows), "kept": len(synthetic), "dropped": dropped}
         report.write_json(study.out / "synthetic_items.json", {"items": [i.to_dict() for i in synthetic]})
         log(f"critic: {len(synthetic)} synthetic items kept of {len(rows)} generated ({dropped})")
 
-    arms = [(loss, False) for loss in config.losses]
     trained: dict[str, PreferenceCritic] = {}
-    for loss, with_synthetic in arms:
-        name = _arm_name(loss, with_synthetic)
-        designs[name], trained[name] = _cross_encoder(
-            config, study, fingerprint, split, topics, loss, [], log, progress
-        )
+    for lr in config.lrs:
+        name = _arm_name(lr, False)
+        designs[name], trained[name] = _cross_encoder(config, study, split, topics, lr, [], log, progress)
     if synthetic:
-        best_loss = max(config.losses, key=lambda loss: designs[_arm_name(loss, False)]["validation"]["accuracy"])
-        name = _arm_name(best_loss, True)
-        designs[name], trained[name] = _cross_encoder(
-            config, study, fingerprint, split, topics, best_loss, synthetic, log, progress
-        )
+        best_lr = max(config.lrs, key=lambda lr: designs[_arm_name(lr, False)]["validation"]["accuracy"])
+        name = _arm_name(best_lr, True)
+        designs[name], trained[name] = _cross_encoder(config, study, split, topics, best_lr, synthetic, log, progress)
     chosen = max(trained, key=lambda n: designs[n]["validation"]["accuracy"])
     critic = trained[chosen]
     log(f"critic: chosen design {chosen} (validation {designs[chosen]['validation']['accuracy']:.3f})")
@@ -205,16 +201,15 @@ def _per_topic(items: list[CriticItem], count: int) -> list[CriticItem]:
     return [i for rows in kept.values() for i in rows]
 
 
-def _fingerprint(config: CriticStudyConfig) -> str:
-    """Cached work depends on these settings; a run with others never reuses it."""
-    keys = asdict(config)
-    for unrelated in ("out", "artifact"):
-        keys.pop(unrelated)
+def _fingerprint(config: CriticStudyConfig, *fields: str, **extra: Any) -> str:
+    """A unit's cache key: a hash of the settings its work depends on (and the data folder), so a
+    run with other settings for that unit never reuses it, and one that changes others does."""
+    keys = {name: getattr(config, name) for name in fields} | extra | {"data": str(Path(config.data).resolve())}
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _arm_name(loss: str, with_synthetic: bool) -> str:
-    return f"cross-encoder-{loss}" + ("+synthetic" if with_synthetic else "")
+def _arm_name(lr: float, with_synthetic: bool) -> str:
+    return f"cross-encoder lr {lr:g}" + (" +synthetic" if with_synthetic else "")
 
 
 def _cosine(split: dict[str, list[CriticItem]], seed: int) -> dict[str, Any]:
@@ -274,14 +269,14 @@ def _lm_floors(config: CriticStudyConfig, validation: list[CriticItem], log: Log
 
 
 def _lm_lora(
-    config: CriticStudyConfig, study: Study, fingerprint: str, split: dict[str, list[CriticItem]], log: Log
+    config: CriticStudyConfig, study: Study, key: str, split: dict[str, list[CriticItem]], log: Log
 ) -> dict[str, Any]:
     """A LoRA yes/no verdict on the embedded LM, trained by personalm.train.loop (CE on the verdict)."""
     from personalm.models.registry import load_model
     from personalm.tables import write_rows
     from personalm.train.loop import TrainConfig, train
 
-    folder = study.cache(fingerprint, "lm-lora")
+    folder = study.cache(key)
     rows = [
         {
             "messages": [
@@ -361,20 +356,23 @@ def _synthesize(
 def _cross_encoder(
     config: CriticStudyConfig,
     study: Study,
-    fingerprint: str,
     split: dict[str, list[CriticItem]],
     topics: dict[str, list[str]],
-    loss: str,
+    lr: float,
     synthetic: list[CriticItem],
     log: Log,
     progress,
 ) -> tuple[dict[str, Any], PreferenceCritic]:
     """Fine-tune one cross-encoder arm (validated after each epoch, best epoch kept)."""
-    name = _arm_name(loss, bool(synthetic))
-    folder = study.cache(fingerprint, "arms", name)
+    name = _arm_name(lr, bool(synthetic))
+    key = _fingerprint(
+        config, "seed", "quick", "quick_items", "loss", "epochs", "batch_items", lr=lr,
+        synthetic=[i.to_dict() for i in synthetic],
+    )  # fmt: skip
+    folder = study.cache(f"arm-{key}")
     done = folder / "result.json"
     fit_config = FitConfig(
-        loss=loss, epochs=config.epochs, lr=config.lr, batch_items=config.batch_items, seed=config.seed
+        loss=config.loss, epochs=config.epochs, lr=lr, batch_items=config.batch_items, seed=config.seed
     )
     if done.is_file():
         return json.loads(done.read_text()), PreferenceCritic.load(folder / "best")
@@ -395,7 +393,7 @@ def _cross_encoder(
     result = {
         "kind": "MiniLM cross-encoder (critic.train)",
         "settings": {
-            "loss": loss, "lr": config.lr, "epochs": fitted.best_epoch, "epochs_run": config.epochs,
+            "loss": config.loss, "lr": lr, "epochs": fitted.best_epoch, "epochs_run": config.epochs,
             "batch_items": config.batch_items, "synthetic": bool(synthetic), "train_items": len(items),
         },
         "curve": fitted.curve,
