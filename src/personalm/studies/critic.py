@@ -7,7 +7,8 @@ is made on the validation topics, and the test topics are touched once, by the c
 the end. Designs measured on validation:
 
 * floors, zero-shot: MiniLM cosine of preference and answer; the embedded LM's likelihood of the
-  answer after the stated preference (eval.prefeval's stated pass); the LM's own yes/no verdict;
+  answer after the stated preference (eval.prefeval's stated pass); the LM's own verdict (P("yes")
+  to "does the answer respect what the user said?");
 * lm-lora: a LoRA yes/no verdict on the embedded SmolLM2-135M, trained with personalm.train.loop
   (CE on the verdict token) on the same items;
 * cross-encoder: critic.model's MiniLM cross-encoder (BCE, so its probabilities are calibrated),
@@ -234,13 +235,14 @@ def verdict_chat(preference: str, question: str, answer: str) -> list[dict[str, 
 
 
 def _verdict_scorer(model) -> Callable[[Sequence[str], str, Sequence[str]], np.ndarray]:
-    """P(yes) / (P(yes) + P(no)) of the LM's verdict, min over preferences."""
+    """log P("yes") of the LM's verdict, min over preferences. One scoring pass, not two: "yes" and
+    "no" would need a pass each (model.score scores one continuation), and on this CPU a pass over
+    the validation answers costs minutes; for ranking the answers, P(yes) alone is enough."""
 
     def score(preferences: Sequence[str], question: str, answers: Sequence[str]) -> np.ndarray:
         chats = [verdict_chat(p, question, a) for p in preferences for a in answers]
         yes = np.array([s.total for s in model.score(chats, ["yes"] * len(chats))])
-        no = np.array([s.total for s in model.score(chats, ["no"] * len(chats))])
-        return (1 / (1 + np.exp(no - yes))).reshape(len(preferences), len(answers)).min(axis=0)
+        return yes.reshape(len(preferences), len(answers)).min(axis=0)
 
     return score
 
