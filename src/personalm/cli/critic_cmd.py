@@ -38,6 +38,7 @@ def train_cmd(
     epochs: int = typer.Option(3, min=1, help="Epochs of each cross-encoder arm (the best one is kept)."),
     synthetic: int = typer.Option(96, min=0, help="Personas that each write one synthetic item (0: none)."),
     lm_steps: int = typer.Option(40, min=0, help="LoRA steps of the LM design (0: skip it)."),
+    lm_floors: bool = typer.Option(True, "--lm-floors/--no-lm-floors", help="Also score the zero-shot LM floors."),
     as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
 ) -> None:
     """Train the critic on PrefEval's train topics, choose on validation topics, report on test topics."""
@@ -50,7 +51,7 @@ def train_cmd(
     prefeval_items(folder)
     config = CriticStudyConfig(
         data=str(folder), out=str(out), artifact=str(artifact) if artifact else None, seed=seed, quick=quick,
-        epochs=epochs, synthetic=synthetic, lm_steps=lm_steps,
+        epochs=epochs, synthetic=synthetic, lm_steps=lm_steps, lm_floors=lm_floors,
     )  # fmt: skip
     with training_bar("critic") as progress:
         results = run(config, log=lambda m: stderr.print(m, markup=False), progress=progress)

@@ -75,6 +75,7 @@ class CriticStudyConfig:
     synth_tokens: int = 160
     lm_steps: int = 40  # LoRA steps of the lm-lora design (batch 8); 0 skips it
     lm_floors: bool = True
+    lm_items: int = 48  # validation items the LM arms are scored on (a pass over all costs minutes here)
     distractors: int = 3  # other preferences stated beside the item's own (combination rule)
     quick_items: int = 4  # per topic, with --quick
     model: str = DEFAULT_MODEL
@@ -109,11 +110,10 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
 
     designs: dict[str, dict[str, Any]] = {}
     designs["cosine"] = study.unit(f"floor-{base}/cosine", lambda: _cosine(split, config.seed))
-    if config.lm_floors:
-        designs |= study.unit(f"floor-{base}/lm", lambda: _lm_floors(config, split["validation"], log))
-    if config.lm_steps:
-        lm_key = f"lm-lora-{_fingerprint(config, 'seed', 'quick', 'quick_items', 'model', 'lm_steps')}"
-        designs["lm-lora"] = study.unit(f"{lm_key}/result", lambda: _lm_lora(config, study, lm_key, split, log))
+    trained: dict[str, PreferenceCritic] = {}
+    for lr in config.lrs:
+        name = _arm_name(lr, False)
+        designs[name], trained[name] = _cross_encoder(config, study, split, topics, lr, [], log, progress)
 
     synthetic: list[CriticItem] = []
     synth_summary: dict[str, Any] = {"requested": config.synthetic}
@@ -125,15 +125,20 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
         synth_summary |= {"rows": len(rows), "kept": len(synthetic), "dropped": dropped}
         report.write_json(study.out / "synthetic_items.json", {"items": [i.to_dict() for i in synthetic]})
         log(f"critic: {len(synthetic)} synthetic items kept of {len(rows)} generated ({dropped})")
-
-    trained: dict[str, PreferenceCritic] = {}
-    for lr in config.lrs:
-        name = _arm_name(lr, False)
-        designs[name], trained[name] = _cross_encoder(config, study, split, topics, lr, [], log, progress)
     if synthetic:
         best_lr = max(config.lrs, key=lambda lr: designs[_arm_name(lr, False)]["validation"]["accuracy"])
         name = _arm_name(best_lr, True)
         designs[name], trained[name] = _cross_encoder(config, study, split, topics, best_lr, synthetic, log, progress)
+
+    lm_validation = _sample(split["validation"], config.lm_items, config.seed)
+    lm_base = _fingerprint(config, "seed", "quick", "quick_items", "model", "lm_items")
+    if config.lm_floors:
+        designs |= study.unit(f"floor-{lm_base}/lm", lambda: _lm_floors(config, lm_validation, log))
+    if config.lm_steps:
+        lm_key = f"lm-lora-{_fingerprint(config, 'seed', 'quick', 'quick_items', 'model', 'lm_items', 'lm_steps')}"
+        designs["lm-lora"] = study.unit(
+            f"{lm_key}/result", lambda: _lm_lora(config, study, lm_key, split["train"], lm_validation, log)
+        )
     chosen = max(trained, key=lambda n: designs[n]["validation"]["accuracy"])
     critic = trained[chosen]
     log(f"critic: chosen design {chosen} (validation {designs[chosen]['validation']['accuracy']:.3f})")
@@ -191,6 +196,12 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
     }
     parts = _page(study, results)
     return study.finish(results, "Preference critic", parts, shown=("topics", "items", "chosen", "synthetic"))
+
+
+def _sample(items: list[CriticItem], count: int, seed: int) -> list[CriticItem]:
+    """`count` items drawn with `seed` (over every topic of the split), in their file order."""
+    keep = set(random.Random(seed).sample(range(len(items)), min(count, len(items))))
+    return [item for k, item in enumerate(items) if k in keep]
 
 
 def _per_topic(items: list[CriticItem], count: int) -> list[CriticItem]:
@@ -271,7 +282,12 @@ def _lm_floors(config: CriticStudyConfig, validation: list[CriticItem], log: Log
 
 
 def _lm_lora(
-    config: CriticStudyConfig, study: Study, key: str, split: dict[str, list[CriticItem]], log: Log
+    config: CriticStudyConfig,
+    study: Study,
+    key: str,
+    train_items: list[CriticItem],
+    validation: list[CriticItem],
+    log: Log,
 ) -> dict[str, Any]:
     """A LoRA yes/no verdict on the embedded LM, trained by personalm.train.loop (CE on the verdict)."""
     from personalm.models.registry import load_model
@@ -286,7 +302,7 @@ def _lm_lora(
                 {"role": "assistant", "content": "yes" if k == 0 else "no"},
             ]
         }
-        for i in split["train"]
+        for i in train_items
         for k, a in enumerate(i.answers)
     ]
     random.Random(config.seed).shuffle(rows)
@@ -298,7 +314,7 @@ def _lm_lora(
     log(f"critic: lm-lora, {config.lm_steps} LoRA steps of 8 verdicts ({len(rows)} verdicts in all)")
     result = train(settings, log=log)
     with load_model(config.model, adapter=folder / "adapter") as model:
-        correct = choice_correct(_verdict_scorer(model), split["validation"], config.seed)
+        correct = choice_correct(_verdict_scorer(model), validation, config.seed)
     return {
         "kind": "LoRA on the embedded LM (personalm.train.loop)",
         "settings": {"steps": result.steps, "batch_size": 8, "lr": 2e-4, "rank": settings.rank},
