@@ -68,12 +68,12 @@ class CriticStudyConfig:
     seed: int = 0
     quick: bool = False
     loss: str = "bce"  # calibrated probabilities, as `score` promises (critic.train has listwise too)
-    lrs: tuple[float, ...] = (2e-5, 5e-5)
+    lrs: tuple[float, ...] = (2e-5,)
     epochs: int = 3
     batch_items: int = 8
     synthetic: int = 96  # personas that each write one synthetic item (0: none)
     synth_tokens: int = 160
-    lm_steps: int = 40  # LoRA steps of the lm-lora design (batch 8); 0 skips it
+    lm_steps: int = 16  # LoRA steps of the lm-lora design (batch 8); 0 skips it
     lm_floors: bool = True
     lm_items: int = 48  # validation items the LM arms are scored on (a pass over all costs minutes here)
     distractors: int = 3  # other preferences stated beside the item's own (combination rule)
