@@ -12,9 +12,10 @@ the end. Designs measured on validation:
 * lm-lora: a LoRA yes/no verdict on the embedded SmolLM2-135M, trained with personalm.train.loop
   (CE on the verdict token) on the same items;
 * cross-encoder: critic.model's MiniLM cross-encoder (BCE, so its probabilities are calibrated),
-  per learning rate, each validated after every epoch (the best epoch is kept), then the best
-  learning rate again with synthetic items added (persona-driven, made by the synthesis stage's `preference`
-  task, few-shot from train-topic items; kept only if validation says they help).
+  per learning rate, each validated after every epoch (the best epoch is kept); then, from the best
+  one, one more epoch on train-topic items against one more epoch on as many items half of which are
+  synthetic (persona-driven, made by the synthesis stage's `preference` task, few-shot from
+  train-topic items): they are kept only if validation says they help.
 
 Multiple choice: the four options shuffled, the critic's top one right when it is the respecting
 option (chance 0.25). Several preferences: each validation item's preference among distractor
@@ -73,6 +74,7 @@ class CriticStudyConfig:
     batch_items: int = 8
     synthetic: int = 96  # personas that each write one synthetic item (0: none)
     synth_tokens: int = 160
+    synthetic_cap: int = 32  # synthetic items in the continued epoch that measures whether they help
     lm_steps: int = 16  # LoRA steps of the lm-lora design (batch 8); 0 skips it
     lm_floors: bool = True
     lm_items: int = 48  # validation items the LM arms are scored on (a pass over all costs minutes here)
@@ -127,8 +129,16 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
         log(f"critic: {len(synthetic)} synthetic items kept of {len(rows)} generated ({dropped})")
     if synthetic:
         best_lr = max(config.lrs, key=lambda lr: designs[_arm_name(lr, False)]["validation"]["accuracy"])
-        name = _arm_name(best_lr, True)
-        designs[name], trained[name] = _cross_encoder(config, study, split, topics, best_lr, synthetic, log, progress)
+        base_name = _arm_name(best_lr, False)
+        count = min(len(synthetic), config.synthetic_cap)
+        rng = random.Random(config.seed)
+        extra = rng.sample(synthetic, count)
+        plain = rng.sample(split["train"], min(2 * count, len(split["train"])))
+        for label, items in (("train only", plain), ("+synthetic", extra + plain[:count])):
+            name = f"{base_name}, 1 more epoch ({label})"
+            designs[name], trained[name] = _continued(
+                config, study, split, topics, trained[base_name], designs[base_name], best_lr, items, name, log
+            )
 
     lm_validation = _sample(split["validation"], config.lm_items, config.seed)
     lm_base = _fingerprint(config, "seed", "quick", "quick_items", "model", "lm_items")
@@ -185,7 +195,7 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
         "designs": designs,
         "chosen": chosen,
         "combine": {"rules": combine, "chosen": rule, "distractors": config.distractors},
-        "synthetic": synth_summary | {"helps": "synthetic" in chosen if synthetic else None},
+        "synthetic": synth_summary | _synthetic_verdict(designs),
         "test_accuracy": test["single"]["accuracy"],
         "test_accuracy_ci": test["single"]["ci"],
         "test_items": test["single"]["n"],
@@ -202,6 +212,16 @@ def _sample(items: list[CriticItem], count: int, seed: int) -> list[CriticItem]:
     """`count` items drawn with `seed` (over every topic of the split), in their file order."""
     keep = set(random.Random(seed).sample(range(len(items)), min(count, len(items))))
     return [item for k, item in enumerate(items) if k in keep]
+
+
+def _synthetic_verdict(designs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Whether the synthetic items helped: the continued epoch with them against the one without."""
+    with_synth = [d for n, d in designs.items() if n.endswith("(+synthetic)")]
+    without = [d for n, d in designs.items() if n.endswith("(train only)")]
+    if not with_synth or not without:
+        return {"helps": None}
+    gain = with_synth[0]["validation"]["accuracy"] - without[0]["validation"]["accuracy"]
+    return {"helps": gain > 0, "validation_gain": round(gain, 4)}
 
 
 def _per_topic(items: list[CriticItem], count: int) -> list[CriticItem]:
@@ -421,6 +441,55 @@ def _cross_encoder(
     }  # fmt: skip
     report.write_json(done, result)
     (folder / "state.pt").unlink(missing_ok=True)  # the best epoch is kept; the optimizer state is not needed
+    return result, critic
+
+
+def _continued(
+    config: CriticStudyConfig,
+    study: Study,
+    split: dict[str, list[CriticItem]],
+    topics: dict[str, list[str]],
+    base: PreferenceCritic,
+    base_result: dict[str, Any],
+    lr: float,
+    items: list[CriticItem],
+    name: str,
+    log: Log,
+) -> tuple[dict[str, Any], PreferenceCritic]:
+    """One more epoch from the best critic of an arm, on `items`: with the same number of items,
+    half synthetic against all train-topic, it says whether the synthetic items help (a full arm
+    per choice costs too much CPU here)."""
+    key = _fingerprint(
+        config, "seed", "loss", "batch_items", lr=lr, base=base_result, items=[i.to_dict() for i in items]
+    )
+    folder = study.cache(f"continued-{key}")
+    done = folder / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text()), PreferenceCritic.load(folder / "best")
+    check_no_leak(items, topics)
+    log(f"critic: {name}: {len(items)} items")
+    start = study.cache(f"continued-{key}", "start")
+    base.save(start)
+    critic, fitted = fit(
+        PreferenceCritic.load(start),
+        items,
+        FitConfig(loss=config.loss, epochs=1, lr=lr, batch_items=config.batch_items, seed=config.seed),
+        lambda c: float(choice_correct(c.score, split["validation"], config.seed).mean()),
+        folder,
+        None,
+        log,
+    )
+    result = {
+        "kind": "MiniLM cross-encoder, continued (critic.train)",
+        "settings": base_result["settings"]
+        | {"continued_items": len(items), "synthetic": any(i.source == "synthetic" for i in items)},
+        "curve": fitted.curve,
+        "train_seconds": round(fitted.seconds, 1),
+        "validation": rate(choice_correct(critic.score, split["validation"], config.seed), config.seed),
+    }
+    report.write_json(done, result)
+    (folder / "state.pt").unlink(missing_ok=True)
+    shutil.rmtree(start, ignore_errors=True)
     return result, critic
 
 
