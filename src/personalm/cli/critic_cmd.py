@@ -35,9 +35,11 @@ def train_cmd(
         False, "--quick", help="A few items per topic, one epoch, no synthetic items or LM arms."
     ),
     seed: int = typer.Option(0, help="Seed of the topic split, the shuffles and the training."),
-    epochs: int = typer.Option(4, min=1, help="Epochs of each cross-encoder arm (the best one is kept)."),
+    epochs: int = typer.Option(3, min=1, help="Epochs of each cross-encoder arm (the best one is kept)."),
+    lr: list[float] = typer.Option([2e-5], "--lr", help="Learning rate(s) of the cross-encoder arms (repeatable)."),
     synthetic: int = typer.Option(96, min=0, help="Personas that each write one synthetic item (0: none)."),
-    lm_steps: int = typer.Option(40, min=0, help="LoRA steps of the LM design (0: skip it)."),
+    lm_steps: int = typer.Option(16, min=0, help="LoRA steps of the LM design (0: skip it)."),
+    lm_floors: bool = typer.Option(True, "--lm-floors/--no-lm-floors", help="Also score the zero-shot LM floors."),
     as_json: bool = typer.Option(False, "--json", help="End with the results as one JSON line."),
 ) -> None:
     """Train the critic on PrefEval's train topics, choose on validation topics, report on test topics."""
@@ -45,12 +47,14 @@ def train_cmd(
     from personalm.critic.data import prefeval_items
     from personalm.studies.critic import CriticStudyConfig, run
 
+    if not lr or any(value <= 0 for value in lr):
+        raise PersonalmError(f"--lr {' '.join(map(str, lr))}: each learning rate must be positive")
     wants_personas = synthetic > 0 and not quick
     folder = data_folder(data, required=["prefeval/mcq_options", *([PERSONAS_FILE] if wants_personas else [])])
     prefeval_items(folder)
     config = CriticStudyConfig(
         data=str(folder), out=str(out), artifact=str(artifact) if artifact else None, seed=seed, quick=quick,
-        epochs=epochs, synthetic=synthetic, lm_steps=lm_steps,
+        epochs=epochs, lrs=tuple(lr), synthetic=synthetic, lm_steps=lm_steps, lm_floors=lm_floors,
     )  # fmt: skip
     with training_bar("critic") as progress:
         results = run(config, log=lambda m: stderr.print(m, markup=False), progress=progress)

@@ -13,8 +13,10 @@ Losses, per item (answer 0 respects the preference, the others violate it):
   (it ranks, which is what multiple choice asks, but leaves the absolute level free);
 * both: their sum.
 
-Resumable: after each epoch the weights, optimizer, schedule, RNG and the validation curve go to
-`checkpoint` (atomically), and the best epoch by validation is kept as a saved critic beside it.
+Resumable: every `save_every` steps and after each epoch the weights, optimizer, schedule, RNG, the
+position in the epoch and the validation curve go to `checkpoint` (atomically), and the best epoch by
+validation is kept as a saved critic beside it; the epoch's order is a function of the seed and the
+epoch, so a run killed mid-epoch continues with the very next batch.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class FitConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
+    save_every: int = 10  # steps between mid-epoch checkpoints
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -84,6 +87,8 @@ class FitResult:
     best_epoch: int = 0
     seconds: float = 0.0
     resumed_from: int | None = None
+    step_in_epoch: int = 0  # batches of the current epoch already trained (resuming mid-epoch)
+    running: float = 0.0  # their summed loss
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,14 +130,14 @@ def fit(
         torch.set_rng_state(saved["torch_rng"])
         result = FitResult(**saved["result"])
         result.resumed_from = len(result.curve)
-        log(f"critic: resumed after epoch {len(result.curve)}")
+        log(f"critic: resumed at epoch {len(result.curve) + 1}, step {result.step_in_epoch}")
     start = time.perf_counter() - result.seconds
     for epoch in range(len(result.curve), config.epochs):
         critic.train()
         order = list(items)
         random.Random(config.seed * 1000 + epoch).shuffle(order)
-        running = 0.0
-        for step in range(steps_per_epoch):
+        first, running = result.step_in_epoch, result.running
+        for step in range(first, steps_per_epoch):
             batch = order[step * config.batch_items : (step + 1) * config.batch_items]
             sizes = [len(item.answers) for item in batch]
             scores = critic.logits(
@@ -148,10 +153,15 @@ def fit(
             running += float(loss.detach())
             if progress:
                 progress(epoch * steps_per_epoch + step + 1, total, float(loss.detach()))
+            if (step + 1) % config.save_every == 0 and step + 1 < steps_per_epoch:
+                result.step_in_epoch, result.running = step + 1, running
+                result.seconds = time.perf_counter() - start
+                _save_state(checkpoint, critic, optimizer, schedule, result)
         critic.eval()
         accuracy = validate(critic)
         result.curve.append(accuracy)
         result.losses.append(running / steps_per_epoch)
+        result.step_in_epoch, result.running = 0, 0.0
         if accuracy > max(result.curve[:-1], default=-1.0):
             result.best_epoch = epoch + 1
             critic.save(checkpoint / BEST)

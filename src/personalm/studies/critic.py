@@ -7,12 +7,15 @@ is made on the validation topics, and the test topics are touched once, by the c
 the end. Designs measured on validation:
 
 * floors, zero-shot: MiniLM cosine of preference and answer; the embedded LM's likelihood of the
-  answer after the stated preference (eval.prefeval's stated pass); the LM's own yes/no verdict;
+  answer after the stated preference (eval.prefeval's stated pass); the LM's own verdict (P("yes")
+  to "does the answer respect what the user said?");
 * lm-lora: a LoRA yes/no verdict on the embedded SmolLM2-135M, trained with personalm.train.loop
   (CE on the verdict token) on the same items;
-* cross-encoder: critic.model's MiniLM cross-encoder, per loss (bce, listwise), then the best loss
-  again with synthetic items added (persona-driven, made by the synthesis stage's `preference`
-  task, few-shot from train-topic items; kept only if validation says they help).
+* cross-encoder: critic.model's MiniLM cross-encoder (BCE, so its probabilities are calibrated),
+  per learning rate, each validated after every epoch (the best epoch is kept); then, from the best
+  one, one more epoch on train-topic items against one more epoch on as many items half of which are
+  synthetic (persona-driven, made by the synthesis stage's `preference` task, few-shot from
+  train-topic items): they are kept only if validation says they help.
 
 Multiple choice: the four options shuffled, the critic's top one right when it is the respecting
 option (chance 0.25). Several preferences: each validation item's preference among distractor
@@ -65,14 +68,16 @@ class CriticStudyConfig:
     artifact: str | None = None  # where the chosen critic is installed (default: PERSONALM_HOME/critic)
     seed: int = 0
     quick: bool = False
-    losses: tuple[str, ...] = ("bce", "listwise")
-    epochs: int = 4
-    lr: float = 3e-5
+    loss: str = "bce"  # calibrated probabilities, as `score` promises (critic.train has listwise too)
+    lrs: tuple[float, ...] = (2e-5,)
+    epochs: int = 3
     batch_items: int = 8
     synthetic: int = 96  # personas that each write one synthetic item (0: none)
     synth_tokens: int = 160
-    lm_steps: int = 40  # LoRA steps of the lm-lora design (batch 8); 0 skips it
+    synthetic_cap: int = 32  # synthetic items in the continued epoch that measures whether they help
+    lm_steps: int = 16  # LoRA steps of the lm-lora design (batch 8); 0 skips it
     lm_floors: bool = True
+    lm_items: int = 48  # validation items the LM arms are scored on (a pass over all costs minutes here)
     distractors: int = 3  # other preferences stated beside the item's own (combination rule)
     quick_items: int = 4  # per topic, with --quick
     model: str = DEFAULT_MODEL
@@ -82,7 +87,7 @@ class CriticStudyConfig:
         if not self.quick:
             return self
         return CriticStudyConfig(
-            **(asdict(self) | {"losses": ("bce",), "epochs": 1, "synthetic": 0, "lm_steps": 0, "lm_floors": False})
+            **(asdict(self) | {"lrs": self.lrs[:1], "epochs": 1, "synthetic": 0, "lm_steps": 0, "lm_floors": False})
         )
 
 
@@ -103,39 +108,46 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
         split = {name: _per_topic(rows, config.quick_items) for name, rows in split.items()}
     log("critic: topics " + "; ".join(f"{k} {', '.join(v)} ({len(split[k])} items)" for k, v in topics.items()))
     check_no_leak(split["train"], topics, [i.preference for i in split["validation"] + split["test"]])
-    fingerprint = _fingerprint(config)
+    base = _fingerprint(config, "seed", "quick", "quick_items", "model")
 
     designs: dict[str, dict[str, Any]] = {}
-    designs["cosine"] = study.unit(f"{fingerprint}/floor/cosine", lambda: _cosine(split, config.seed))
-    if config.lm_floors:
-        designs |= study.unit(f"{fingerprint}/floor/lm", lambda: _lm_floors(config, split["validation"], log))
-    if config.lm_steps:
-        designs["lm-lora"] = study.unit(
-            f"{fingerprint}/design/lm-lora", lambda: _lm_lora(config, study, fingerprint, split, log)
-        )
+    designs["cosine"] = study.unit(f"floor-{base}/cosine", lambda: _cosine(split, config.seed))
+    trained: dict[str, PreferenceCritic] = {}
+    for lr in config.lrs:
+        name = _arm_name(lr, False)
+        designs[name], trained[name] = _cross_encoder(config, study, split, topics, lr, [], log, progress)
 
     synthetic: list[CriticItem] = []
     synth_summary: dict[str, Any] = {"requested": config.synthetic}
     if config.synthetic:
-        rows = study.unit(f"{fingerprint}/synthetic", lambda: _synthesize(config, data, split["train"], study, log))
+        synth_key = f"synthetic-{_fingerprint(config, 'seed', 'synthetic', 'synth_tokens', 'model')}"
+        rows = study.unit(f"{synth_key}/rows", lambda: _synthesize(config, data, split["train"], study, log))
         synthetic, dropped = synthetic_items(rows)
         check_no_leak(synthetic, topics, [i.preference for i in split["validation"] + split["test"]])
         synth_summary |= {"rows": len(rows), "kept": len(synthetic), "dropped": dropped}
         report.write_json(study.out / "synthetic_items.json", {"items": [i.to_dict() for i in synthetic]})
         log(f"critic: {len(synthetic)} synthetic items kept of {len(rows)} generated ({dropped})")
-
-    arms = [(loss, False) for loss in config.losses]
-    trained: dict[str, PreferenceCritic] = {}
-    for loss, with_synthetic in arms:
-        name = _arm_name(loss, with_synthetic)
-        designs[name], trained[name] = _cross_encoder(
-            config, study, fingerprint, split, topics, loss, [], log, progress
-        )
     if synthetic:
-        best_loss = max(config.losses, key=lambda loss: designs[_arm_name(loss, False)]["validation"]["accuracy"])
-        name = _arm_name(best_loss, True)
-        designs[name], trained[name] = _cross_encoder(
-            config, study, fingerprint, split, topics, best_loss, synthetic, log, progress
+        best_lr = max(config.lrs, key=lambda lr: designs[_arm_name(lr, False)]["validation"]["accuracy"])
+        base_name = _arm_name(best_lr, False)
+        count = min(len(synthetic), config.synthetic_cap)
+        rng = random.Random(config.seed)
+        extra = rng.sample(synthetic, count)
+        plain = rng.sample(split["train"], min(2 * count, len(split["train"])))
+        for label, items in (("train only", plain), ("+synthetic", extra + plain[:count])):
+            name = f"{base_name}, 1 more epoch ({label})"
+            designs[name], trained[name] = _continued(
+                config, study, split, topics, trained[base_name], designs[base_name], best_lr, items, name, log
+            )
+
+    lm_validation = _sample(split["validation"], config.lm_items, config.seed)
+    lm_base = _fingerprint(config, "seed", "quick", "quick_items", "model", "lm_items")
+    if config.lm_floors:
+        designs |= study.unit(f"floor-{lm_base}/lm", lambda: _lm_floors(config, lm_validation, log))
+    if config.lm_steps:
+        lm_key = f"lm-lora-{_fingerprint(config, 'seed', 'quick', 'quick_items', 'model', 'lm_items', 'lm_steps')}"
+        designs["lm-lora"] = study.unit(
+            f"{lm_key}/result", lambda: _lm_lora(config, study, lm_key, split["train"], lm_validation, log)
         )
     chosen = max(trained, key=lambda n: designs[n]["validation"]["accuracy"])
     critic = trained[chosen]
@@ -183,7 +195,7 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
         "designs": designs,
         "chosen": chosen,
         "combine": {"rules": combine, "chosen": rule, "distractors": config.distractors},
-        "synthetic": synth_summary | {"helps": "synthetic" in chosen if synthetic else None},
+        "synthetic": synth_summary | _synthetic_verdict(designs),
         "test_accuracy": test["single"]["accuracy"],
         "test_accuracy_ci": test["single"]["ci"],
         "test_items": test["single"]["n"],
@@ -196,6 +208,22 @@ def run(config: CriticStudyConfig, log: Log = print, progress=None) -> dict[str,
     return study.finish(results, "Preference critic", parts, shown=("topics", "items", "chosen", "synthetic"))
 
 
+def _sample(items: list[CriticItem], count: int, seed: int) -> list[CriticItem]:
+    """`count` items drawn with `seed` (over every topic of the split), in their file order."""
+    keep = set(random.Random(seed).sample(range(len(items)), min(count, len(items))))
+    return [item for k, item in enumerate(items) if k in keep]
+
+
+def _synthetic_verdict(designs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Whether the synthetic items helped: the continued epoch with them against the one without."""
+    with_synth = [d for n, d in designs.items() if n.endswith("(+synthetic)")]
+    without = [d for n, d in designs.items() if n.endswith("(train only)")]
+    if not with_synth or not without:
+        return {"helps": None}
+    gain = with_synth[0]["validation"]["accuracy"] - without[0]["validation"]["accuracy"]
+    return {"helps": gain > 0, "validation_gain": round(gain, 4)}
+
+
 def _per_topic(items: list[CriticItem], count: int) -> list[CriticItem]:
     kept: dict[str, list[CriticItem]] = {}
     for item in items:
@@ -205,16 +233,15 @@ def _per_topic(items: list[CriticItem], count: int) -> list[CriticItem]:
     return [i for rows in kept.values() for i in rows]
 
 
-def _fingerprint(config: CriticStudyConfig) -> str:
-    """Cached work depends on these settings; a run with others never reuses it."""
-    keys = asdict(config)
-    for unrelated in ("out", "artifact"):
-        keys.pop(unrelated)
+def _fingerprint(config: CriticStudyConfig, *fields: str, **extra: Any) -> str:
+    """A unit's cache key: a hash of the settings its work depends on (and the data folder), so a
+    run with other settings for that unit never reuses it, and one that changes others does."""
+    keys = {name: getattr(config, name) for name in fields} | extra | {"data": str(Path(config.data).resolve())}
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _arm_name(loss: str, with_synthetic: bool) -> str:
-    return f"cross-encoder-{loss}" + ("+synthetic" if with_synthetic else "")
+def _arm_name(lr: float, with_synthetic: bool) -> str:
+    return f"cross-encoder lr {lr:g}" + (" +synthetic" if with_synthetic else "")
 
 
 def _cosine(split: dict[str, list[CriticItem]], seed: int) -> dict[str, Any]:
@@ -239,13 +266,14 @@ def verdict_chat(preference: str, question: str, answer: str) -> list[dict[str, 
 
 
 def _verdict_scorer(model) -> Callable[[Sequence[str], str, Sequence[str]], np.ndarray]:
-    """P(yes) / (P(yes) + P(no)) of the LM's verdict, min over preferences."""
+    """log P("yes") of the LM's verdict, min over preferences. One scoring pass, not two: "yes" and
+    "no" would need a pass each (model.score scores one continuation), and on this CPU a pass over
+    the validation answers costs minutes; for ranking the answers, P(yes) alone is enough."""
 
     def score(preferences: Sequence[str], question: str, answers: Sequence[str]) -> np.ndarray:
         chats = [verdict_chat(p, question, a) for p in preferences for a in answers]
         yes = np.array([s.total for s in model.score(chats, ["yes"] * len(chats))])
-        no = np.array([s.total for s in model.score(chats, ["no"] * len(chats))])
-        return (1 / (1 + np.exp(no - yes))).reshape(len(preferences), len(answers)).min(axis=0)
+        return yes.reshape(len(preferences), len(answers)).min(axis=0)
 
     return score
 
@@ -274,14 +302,19 @@ def _lm_floors(config: CriticStudyConfig, validation: list[CriticItem], log: Log
 
 
 def _lm_lora(
-    config: CriticStudyConfig, study: Study, fingerprint: str, split: dict[str, list[CriticItem]], log: Log
+    config: CriticStudyConfig,
+    study: Study,
+    key: str,
+    train_items: list[CriticItem],
+    validation: list[CriticItem],
+    log: Log,
 ) -> dict[str, Any]:
     """A LoRA yes/no verdict on the embedded LM, trained by personalm.train.loop (CE on the verdict)."""
     from personalm.models.registry import load_model
     from personalm.tables import write_rows
     from personalm.train.loop import TrainConfig, train
 
-    folder = study.cache(fingerprint, "lm-lora")
+    folder = study.cache(key)
     rows = [
         {
             "messages": [
@@ -289,7 +322,7 @@ def _lm_lora(
                 {"role": "assistant", "content": "yes" if k == 0 else "no"},
             ]
         }
-        for i in split["train"]
+        for i in train_items
         for k, a in enumerate(i.answers)
     ]
     random.Random(config.seed).shuffle(rows)
@@ -301,7 +334,7 @@ def _lm_lora(
     log(f"critic: lm-lora, {config.lm_steps} LoRA steps of 8 verdicts ({len(rows)} verdicts in all)")
     result = train(settings, log=log)
     with load_model(config.model, adapter=folder / "adapter") as model:
-        correct = choice_correct(_verdict_scorer(model), split["validation"], config.seed)
+        correct = choice_correct(_verdict_scorer(model), validation, config.seed)
     return {
         "kind": "LoRA on the embedded LM (personalm.train.loop)",
         "settings": {"steps": result.steps, "batch_size": 8, "lr": 2e-4, "rank": settings.rank},
@@ -361,20 +394,23 @@ def _synthesize(
 def _cross_encoder(
     config: CriticStudyConfig,
     study: Study,
-    fingerprint: str,
     split: dict[str, list[CriticItem]],
     topics: dict[str, list[str]],
-    loss: str,
+    lr: float,
     synthetic: list[CriticItem],
     log: Log,
     progress,
 ) -> tuple[dict[str, Any], PreferenceCritic]:
     """Fine-tune one cross-encoder arm (validated after each epoch, best epoch kept)."""
-    name = _arm_name(loss, bool(synthetic))
-    folder = study.cache(fingerprint, "arms", name)
+    name = _arm_name(lr, bool(synthetic))
+    key = _fingerprint(
+        config, "seed", "quick", "quick_items", "loss", "epochs", "batch_items", lr=lr,
+        synthetic=[i.to_dict() for i in synthetic],
+    )  # fmt: skip
+    folder = study.cache(f"arm-{key}")
     done = folder / "result.json"
     fit_config = FitConfig(
-        loss=loss, epochs=config.epochs, lr=config.lr, batch_items=config.batch_items, seed=config.seed
+        loss=config.loss, epochs=config.epochs, lr=lr, batch_items=config.batch_items, seed=config.seed
     )
     if done.is_file():
         return json.loads(done.read_text()), PreferenceCritic.load(folder / "best")
@@ -395,7 +431,7 @@ def _cross_encoder(
     result = {
         "kind": "MiniLM cross-encoder (critic.train)",
         "settings": {
-            "loss": loss, "lr": config.lr, "epochs": fitted.best_epoch, "epochs_run": config.epochs,
+            "loss": config.loss, "lr": lr, "epochs": fitted.best_epoch, "epochs_run": config.epochs,
             "batch_items": config.batch_items, "synthetic": bool(synthetic), "train_items": len(items),
         },
         "curve": fitted.curve,
@@ -405,6 +441,55 @@ def _cross_encoder(
     }  # fmt: skip
     report.write_json(done, result)
     (folder / "state.pt").unlink(missing_ok=True)  # the best epoch is kept; the optimizer state is not needed
+    return result, critic
+
+
+def _continued(
+    config: CriticStudyConfig,
+    study: Study,
+    split: dict[str, list[CriticItem]],
+    topics: dict[str, list[str]],
+    base: PreferenceCritic,
+    base_result: dict[str, Any],
+    lr: float,
+    items: list[CriticItem],
+    name: str,
+    log: Log,
+) -> tuple[dict[str, Any], PreferenceCritic]:
+    """One more epoch from the best critic of an arm, on `items`: with the same number of items,
+    half synthetic against all train-topic, it says whether the synthetic items help (a full arm
+    per choice costs too much CPU here)."""
+    key = _fingerprint(
+        config, "seed", "loss", "batch_items", lr=lr, base=base_result, items=[i.to_dict() for i in items]
+    )
+    folder = study.cache(f"continued-{key}")
+    done = folder / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text()), PreferenceCritic.load(folder / "best")
+    check_no_leak(items, topics)
+    log(f"critic: {name}: {len(items)} items")
+    start = study.cache(f"continued-{key}", "start")
+    base.save(start)
+    critic, fitted = fit(
+        PreferenceCritic.load(start),
+        items,
+        FitConfig(loss=config.loss, epochs=1, lr=lr, batch_items=config.batch_items, seed=config.seed),
+        lambda c: float(choice_correct(c.score, split["validation"], config.seed).mean()),
+        folder,
+        None,
+        log,
+    )
+    result = {
+        "kind": "MiniLM cross-encoder, continued (critic.train)",
+        "settings": base_result["settings"]
+        | {"continued_items": len(items), "synthetic": any(i.source == "synthetic" for i in items)},
+        "curve": fitted.curve,
+        "train_seconds": round(fitted.seconds, 1),
+        "validation": rate(choice_correct(critic.score, split["validation"], config.seed), config.seed),
+    }
+    report.write_json(done, result)
+    (folder / "state.pt").unlink(missing_ok=True)
+    shutil.rmtree(start, ignore_errors=True)
     return result, critic
 
 
