@@ -3,6 +3,8 @@ conversations; one smoke run on the real embedded model."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from test_avatar_profile import ScriptedModel
 
@@ -137,6 +139,26 @@ def test_prepare_holds_the_support_rule_the_server_uses(memory):
     assert "I prefer green tea." in known.messages[0]["content"]
     assert [h.memory.text for h in known.recall.facts] == ["I prefer green tea."]
     assert chat.prepare("Tungsten boils at a very high temperature.").supported  # not a question
+
+
+def test_a_question_about_a_fact_taken_back_is_not_answered_by_the_model(memory):
+    memory.remember("ada", "I prefer green tea.")
+    chess = memory.remember("ada", "I play chess every weekend.")
+    chat = AvatarChat(memory, "ada", ScriptedModel())
+    question = "Do you play chess every weekend?"
+    assert chat.prepare(question).supported and chat.prepare(question).recall.taken_back is None
+    time.sleep(0.01)
+    before = time.time()
+    time.sleep(0.01)
+    assert memory.delete("ada", [chess]) == 1
+    gone = chat.prepare(question)
+    assert gone.recall.forgotten and gone.messages is None
+    assert gone.recall.taken_back.memory.text == "I play chess every weekend."
+    assert chat.prepare("What tea do you drink?").supported  # what is still believed answers as before
+    assert chat.prepare(question, as_of=before).supported  # it was believed then
+    assert memory.undo("ada", chess).action == "restored"
+    back = chat.prepare(question)
+    assert back.supported and not back.recall.forgotten and back.recall.taken_back is not None
 
 
 def test_system_prompt_keeps_exemplars_apart_from_facts():

@@ -70,6 +70,22 @@ def test_update_supersedes_and_as_of_reads_the_past(make_store, mem, clock, unit
         store.list("ada", as_of=float("nan"))
 
 
+def test_retracted_lists_what_was_taken_back_by_then(make_store, mem, clock, unit):
+    store = make_store(unit.dim, clock)
+    clock.tick()
+    chess, tea, paris = store.add("ada", [mem("I play chess."), mem("I prefer tea."), mem("I live in Paris.")])
+    store.update("ada", tea, mem("I prefer coffee."))  # superseded, not taken back
+    first = clock.tick()
+    store.delete("ada", [chess], "chat: forget chess", "asked to forget")
+    second = clock.tick()
+    store.delete("ada", [paris])
+    assert texts(store.retracted("ada")) == ["I play chess.", "I live in Paris."]
+    assert texts(store.retracted("ada", as_of=first)) == ["I play chess."]
+    assert store.retracted("ada", as_of=first - 1) == [] and store.retracted("ada", "utterance") == []
+    assert texts(store.retracted("ada", "fact", second)) == ["I play chess.", "I live in Paris."]
+    assert store.retracted("bob") == []
+
+
 def test_a_value_can_come_back_and_duplicates_record_nothing(make_store, mem, clock, unit):
     store = make_store(unit.dim, clock)
     (tea,) = store.add("ada", [mem("I prefer tea.")])

@@ -87,14 +87,26 @@ class AvatarMemory:
         fusion: Fusion = PLAIN_RRF,
         as_of: float | None = None,
     ) -> Recall:
-        """Style exemplars (verbatim utterances) and facts for a conversation, retrieved apart."""
+        """Style exemplars (verbatim utterances) and facts for a conversation, retrieved apart, and
+        the closest fact taken back (so an answer does not bring it back)."""
         check_avatar(avatar)
         vector = self.embed([query])[0]
         search = {"recency": recency, "fusion": fusion, "as_of": as_of}
         return Recall(
             exemplars=hybrid_search(self.store, avatar, query, vector, exemplars, ("utterance",), **search),
             facts=hybrid_search(self.store, avatar, query, vector, facts, ("fact",), **search),
+            taken_back=self.taken_back(avatar, vector, as_of),
         )
+
+    def taken_back(self, avatar: str, vector: np.ndarray, as_of: float | None = None) -> Hit | None:
+        """The retracted fact (by now, or by `as_of`) most similar to `vector`; None when none was.
+        Retractions are few per avatar, so they are read and compared here, outside the index."""
+        retracted = self.store.retracted(avatar, "fact", as_of)
+        if not retracted:
+            return None
+        similarities = self.store.embeddings(avatar, [m.id for m in retracted]) @ vector
+        best = int(np.argmax(similarities))
+        return Hit(retracted[best], 0.0, float(similarities[best]))
 
     def remember(
         self, avatar: str, text: str, kind: str = "fact", ts: float | None = None, origin: str = "told"

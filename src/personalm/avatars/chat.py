@@ -132,11 +132,11 @@ class AvatarChat:
         return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
 
     def prepare(self, user: str, as_of: float | None = None) -> Prepared:
-        """Retrieval, the support rule and the stated preferences: a question no memory supports
-        gets no prompt. The one place the rule lives (`send` and the server's avatar chat both come
+        """Retrieval, the support rule and the stated preferences: a question no memory supports, or
+        one closer to a fact the user took back than to anything still believed, gets no prompt. The one place the rule lives (`send` and the server's avatar chat both come
         through here). `as_of`: answer from what memory believed then."""
         recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts, fusion=self.fusion, as_of=as_of)
-        supported = recall.support >= self.min_support or not is_question(user)
+        supported = (recall.support >= self.min_support and not recall.forgotten) or not is_question(user)
         messages = self.compose(user, recall) if supported else None
         return Prepared(user, recall, messages, stated_preferences(recall))
 

@@ -268,6 +268,16 @@ class PostgresStore:
         )
         return [Memory(*row) for row in rows]
 
+    def retracted(self, avatar: str, kind: str | None = None, as_of: float | None = None) -> list[Memory]:
+        kinds = check_kinds([kind] if kind else KINDS)
+        by = check_time("as_of", as_of)
+        rows = self._rows(
+            f"SELECT {COLUMNS} FROM {self.schema}.memories WHERE avatar = %s AND kind = ANY(%s)"
+            " AND ended_at IS NOT NULL AND superseded_by IS NULL AND ended_at <= %s ORDER BY id",
+            (check_avatar(avatar), list(kinds), float("inf") if by is None else by),
+        )
+        return [Memory(*row) for row in rows]
+
     def count(self, avatar: str, kind: str | None = None, as_of: float | None = None) -> int:
         kinds = check_kinds([kind] if kind else KINDS)
         when, times = _when(as_of)

@@ -42,6 +42,9 @@ class Fusion:
 PLAIN_RRF = Fusion()
 
 
+TIE = 1e-4  # cosine differences below this are float error, not a closer memory
+
+
 @dataclass
 class Hit:
     """A retrieved memory, its fused score and its cosine similarity to the query."""
@@ -57,11 +60,19 @@ class Recall:
 
     exemplars: list[Hit] = field(default_factory=list)
     facts: list[Hit] = field(default_factory=list)
+    taken_back: Hit | None = None  # the retracted fact closest to the query, if any
 
     @property
     def support(self) -> float:
         """Best similarity of any retrieved memory: low means memory does not cover the query."""
         return max((h.similarity for h in self.exemplars + self.facts), default=0.0)
+
+    @property
+    def forgotten(self) -> bool:
+        """The query is closer to a fact the user took back than to anything still believed: the
+        answer must not come from the model, which would make the fact up again. A tie (within
+        float error: a restored fact is a current copy with the same vector) goes to what is believed."""
+        return self.taken_back is not None and self.taken_back.similarity > self.support + TIE
 
 
 def rrf(ranked_lists: Sequence[tuple[Sequence[int], float]], rrf_k: int = RRF_K) -> dict[int, float]:

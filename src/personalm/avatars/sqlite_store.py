@@ -375,6 +375,17 @@ class SQLiteStore:
         )
         return [Memory(*row) for row in rows]
 
+    def retracted(self, avatar: str, kind: str | None = None, as_of: float | None = None) -> list[Memory]:
+        kinds = check_kinds([kind] if kind else KINDS)
+        by = check_time("as_of", as_of)
+        marks = ",".join("?" * len(kinds))
+        rows = self._read(
+            f"SELECT {COLUMNS} FROM memories WHERE avatar = ? AND kind IN ({marks}) AND ended_at IS NOT NULL"
+            " AND superseded_by IS NULL AND ended_at <= ? ORDER BY id",
+            (check_avatar(avatar), *kinds, float("inf") if by is None else by),
+        )
+        return [Memory(*row) for row in rows]
+
     def count(self, avatar: str, kind: str | None = None, as_of: float | None = None) -> int:
         kinds = check_kinds([kind] if kind else KINDS)
         when, times = _when(as_of)
@@ -508,7 +519,7 @@ class SQLiteStore:
         return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
     def set_settings(self, avatar: str, settings: dict) -> None:
-        with self._write(avatar):
+        with self._write(avatar, create=True):
             self._db.execute("UPDATE avatars SET settings = ? WHERE name = ?", (json.dumps(settings), avatar))
 
     def avatar_names(self) -> list[str]:

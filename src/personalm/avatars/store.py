@@ -164,6 +164,9 @@ class MemoryStore(Protocol):
 
     def count(self, avatar: str, kind: str | None = None, as_of: float | None = None) -> int: ...
 
+    def retracted(self, avatar: str, kind: str | None = None, as_of: float | None = None) -> list[Memory]:
+        """Versions taken back (retracted, not superseded), by now or by `as_of`, oldest first."""
+
     def update(self, avatar: str, memory_id: int, memory: NewMemory) -> int | None:
         """Supersede current memory `memory_id` with a new version (same chain); returns the id now
         current for it (the new row, or the current row that already says the same), None when
