@@ -53,7 +53,7 @@ def test_unknown_layout_is_one_clear_error(tmp_path, layout):
         folder.mkdir(parents=True)
     if layout == "no_usable_rows":
         (folder / "t.json").write_text('[{"preference": "x", "question": "y", "options": ["a", "b"]}]')
-    with pytest.raises(PersonalmError, match="preference-file layout|no PrefEval topic files"):
+    with pytest.raises(PersonalmError, match="preference-file layout|unknown PrefEval layout|no PrefEval topic files"):
         prefeval_items(tmp_path)
 
 

@@ -115,12 +115,13 @@ def experiment(
     from personalm.studies.perce_report import headline_rows
 
     needed = ["persona_chat/valid.csv"] + (["prefeval/mcq_options"] if prefeval_items else [])
+    clip_bounds = parse_sweep(sweep)  # the options first: they need no data folder
     config = ExperimentConfig(
         out=str(out), data=str(data_folder(data, required=needed)), model=model, seeds=seeds,
         train_conversations=train_conversations, test_turns=test_turns, prefeval_items=prefeval_items,
         pir_examples=pir_examples, k=k, steps=steps, batch_size=batch_size, lr=lr, rank=rank, window=window,
         max_len=max_len, max_tokens=max_tokens, clip_min=clip_min, clip_max=clip_max, split_seed=split_seed,
-        sweep=parse_sweep(sweep), sweep_seeds=sweep_seeds,
+        sweep=clip_bounds, sweep_seeds=sweep_seeds,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False))
     table = Table("metric", "base model", f"CE ({seeds} seeds)", "PerCE", "PerCE − CE", title="held-out persona-chat")

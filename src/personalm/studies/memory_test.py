@@ -22,7 +22,8 @@ Three memories answer the same probes with the same model and scorer:
 
 * versioned: this memory (updates supersede, forget requests retract, `as_of` reads the past);
 * overwrite: the behaviour before versions were kept: an update overwrites, a negation deletes the
-  old fact and drops the new one, requests to forget are not understood, and there is no past to read;
+  old fact and drops the new one, requests to forget are not understood, and there is no past to read
+  (nor anything taken back to consult when answering);
 * stuffing: no memory store, every past message in the context (dated, oldest first), cut from
   the oldest end to fit `window` tokens.
 
@@ -353,6 +354,14 @@ def extract_all(model: TextModel, histories: list[Script], log: Log) -> dict[str
     return dict(zip(wanted, found, strict=True))
 
 
+class OverwriteMemory(AvatarMemory):
+    """The memory before versions were kept, for reading: a deleted row was gone, so there is no
+    fact taken back to consult when answering (the store underneath keeps it, unread)."""
+
+    def taken_back(self, avatar: str, vector: np.ndarray, as_of: float | None = None) -> None:
+        return None
+
+
 def overwrite_apply(memory: AvatarMemory, avatar: str, facts: list[str]) -> list[str]:
     """The memory update before versions were kept: the same decisions, but a negation deleted the
     old fact and dropped the new one, and an update overwrote (only the current rows are ever read).
@@ -621,7 +630,8 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
         embedder.warm(facts + forgets + [p.question for p in probes])
         with tempfile.TemporaryDirectory(prefix="personalm-memory-test-") as tmp:
             clocks = {c: Clock() for c in ("versioned", "overwrite")}
-            memories = {c: AvatarMemory(SQLiteStore(Path(tmp) / f"{c}.db", embedder.dimension, clocks[c]), embedder)
+            kinds = {"versioned": AvatarMemory, "overwrite": OverwriteMemory}
+            memories = {c: kinds[c](SQLiteStore(Path(tmp) / f"{c}.db", embedder.dimension, clocks[c]), embedder)
                         for c in clocks}  # fmt: skip
             log("memory test: telling every message to both memories")
             built = {c: build(memories[c], clocks[c], histories, found, c == "versioned") for c in memories}
@@ -636,7 +646,9 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
             for condition in CONDITIONS:
                 log(f"memory test: answering {len(probes)} probes from {condition}")
                 seen = contexts(condition, probes, memories, by_avatar, model, config.window)
-                picks[condition] = study.unit(f"{fingerprint}/picks/{condition}",
+                # cached by what the model was shown, so a change in what memory recalls is never served stale
+                shown = hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()[:12]
+                picks[condition] = study.unit(f"{fingerprint}/picks/{condition}-{shown}",
                                               lambda seen=seen: choose(model, probes, seen, prior))  # fmt: skip
                 lap(f"answer_{condition}")
             for memory in memories.values():

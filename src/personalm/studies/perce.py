@@ -99,8 +99,14 @@ def parse_sweep(text: str) -> tuple[tuple[float, float], ...]:
             raise PersonalmError(
                 f"--sweep: expected m:M pairs separated by commas (e.g. 0.5:10,1:3), got '{item}'"
             ) from None
+        check_clip_bounds(clip_min, clip_max)
         points.append((clip_min, clip_max))
     return tuple(points)
+
+
+def check_clip_bounds(clip_min: float, clip_max: float) -> None:
+    if not clip_min <= clip_max:
+        raise PersonalmError(f"sweep point m={clip_min:g}, M={clip_max:g}: m must not exceed M")
 
 
 def sweep_name(clip_min: float, clip_max: float, seed: int) -> str:
@@ -118,8 +124,7 @@ def run(config: ExperimentConfig, log: Log = print) -> dict:
     if base_path is None:
         raise PersonalmError(f"unknown local model '{config.model}'")
     for clip_min, clip_max in config.sweep:
-        if not clip_min <= clip_max:
-            raise PersonalmError(f"sweep point m={clip_min:g}, M={clip_max:g}: m must not exceed M")
+        check_clip_bounds(clip_min, clip_max)
     if config.sweep_seeds > config.seeds:
         raise PersonalmError(f"--sweep-seeds {config.sweep_seeds} exceeds --seeds {config.seeds}")
 
