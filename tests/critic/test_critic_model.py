@@ -29,6 +29,14 @@ def test_score_is_one_probability_per_answer(critic):
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_batches_by_length_come_back_in_the_order_asked(critic):
+    firsts = ["I avoid dairy.", "I dislike reptiles as pets and I never want a snake, lizard or gecko at home.", "x"]
+    seconds = ["Cheese?", "Which pet? A corn snake is easy to keep, quiet and cheap to feed every week.", "A cat."]
+    alone = np.concatenate([critic.pair_probabilities([f], [s]) for f, s in zip(firsts, seconds, strict=True)])
+    np.testing.assert_allclose(critic.pair_probabilities(firsts, seconds, batch=2), alone, atol=1e-5)
+    assert critic.pair_probabilities([], []).shape == (0,)
+
+
 def test_several_preferences_combine_by_the_meta_rule(critic):
     prefs = ["I have a fear of heights.", "I dislike boats."]
     single = np.stack([critic.score([p], "What should I do in Paris?", ANSWERS) for p in prefs])

@@ -166,12 +166,19 @@ class PreferenceCritic:
 
     @torch.inference_mode()
     def pair_probabilities(self, preferences: Sequence[str], seconds: Sequence[str], batch: int = BATCH) -> np.ndarray:
-        """sigmoid(logit) of each pair, in batches of `batch` pairs."""
-        out = [
-            torch.sigmoid(self.logits(preferences[i : i + batch], seconds[i : i + batch])).float().numpy()
-            for i in range(0, len(preferences), batch)
-        ]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        """sigmoid(logit) of each pair, in batches of `batch` pairs of similar length (longest first),
+        so a batch pads to its own longest pair rather than to the longest of all."""
+        if not preferences:
+            return np.zeros(0, dtype=np.float32)
+        order = np.argsort([-(len(p) + len(s)) for p, s in zip(preferences, seconds, strict=True)], kind="stable")
+        firsts, rest = [preferences[i] for i in order], [seconds[i] for i in order]
+        probs = np.concatenate([
+            torch.sigmoid(self.logits(firsts[i : i + batch], rest[i : i + batch])).float().numpy()
+            for i in range(0, len(firsts), batch)
+        ])  # fmt: skip
+        out = np.empty_like(probs)
+        out[order] = probs
+        return out
 
     def score(self, preferences: Sequence[str], question: str, answers: Sequence[str]) -> np.ndarray:
         """P(answer respects all the stated preferences), one float in [0, 1] per answer, batched:
