@@ -10,7 +10,7 @@ from test_avatar_profile import ScriptedModel
 
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import DONT_KNOW, AvatarChat, exemplar_turns, system_prompt
-from personalm.avatars.facts import RuleFactExtractor, parse_fact_lines
+from personalm.avatars.facts import Extraction, RuleFactExtractor, parse_fact_lines
 from personalm.avatars.memory_update import decide, slot
 from personalm.avatars.retrieval import Hit, Recall
 from personalm.avatars.sqlite_store import SQLiteStore
@@ -111,6 +111,17 @@ def test_learning_reports_what_it_extracted_forgets_on_request_and_records_the_t
     assert memory.store.get("ada", [moved.updates[0].memory_id])[0].rule.endswith("extracted by model")
     fallback = learn(memory, "ada", "I grow basil.", ModelFactExtractor(model))
     assert (fallback.extracted, fallback.extractor) == (["I grow basil."], "rules-fallback")
+
+
+def test_the_model_reads_statements_only_so_a_question_is_never_a_fact():
+    from personalm.avatars.facts import ModelFactExtractor
+
+    model = ScriptedModel("- I do keep bees.", "- I keep bees.")
+    extractor = ModelFactExtractor(model)
+    assert extractor.extraction("Do you keep bees?") == Extraction([], "rules") and model.prompts == []
+    mixed = extractor.extraction("I keep bees. Do you keep bees too?")
+    assert mixed == Extraction(["I do keep bees."], "model")
+    assert "I keep bees." in model.prompts[0][0]["content"] and "too?" not in model.prompts[0][0]["content"]
 
 
 def test_unsupported_question_gets_dont_know_without_the_model(memory):

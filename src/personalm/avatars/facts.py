@@ -72,6 +72,11 @@ def split_retractions(message: str) -> tuple[str, list[str]]:
     return " ".join(kept), forget
 
 
+def statements(message: str) -> str:
+    """The message without its questions (a question states no fact about the person)."""
+    return " ".join(s for s in sentences(message) if not s.endswith("?"))
+
+
 class RuleFactExtractor:
     """First-person statements of the message, each as one fact (questions are not facts)."""
 
@@ -80,9 +85,7 @@ class RuleFactExtractor:
 
     def extract(self, message: str) -> list[str]:
         facts = []
-        for sentence in sentences(message):
-            if sentence.endswith("?"):
-                continue
+        for sentence in sentences(statements(message)):
             for clause in re.split(r";\s*|,\s*(?:and|but)\s+(?=i\b|my\b)", sentence, flags=re.IGNORECASE):
                 fact = normalize_fact(clause)
                 if FIRST_PERSON.match(fact) and 4 < len(fact) <= MAX_FACT_CHARS:
@@ -113,6 +116,8 @@ def parse_fact_lines(reply: str, message: str, min_grounding: float = 0.6) -> li
 class ModelFactExtractor:
     """Asks the model for facts; keeps the grounded ones, or the rule facts when none are."""
 
+    version = 2  # changes when what the model is shown or what is kept changes (2: statements only)
+
     def __init__(self, model: TextModel, fallback: FactExtractor | None = None):
         self.model, self.fallback = model, fallback or RuleFactExtractor()
 
@@ -123,15 +128,18 @@ class ModelFactExtractor:
         return self.extractions([message])[0]
 
     def extractions(self, messages: list[str]) -> list[Extraction]:
-        """Many messages in one batch of generations (the model batches them)."""
-        if not messages:
-            return []
-        prompts = [[{"role": "user", "content": PROMPT.format(message=m)}] for m in messages]
-        replies = self.model.generate(prompts, SamplingParams(max_tokens=96))
+        """Many messages in one batch of generations (the model batches them). The model reads
+        only a message's statements: asked "Do you keep bees?", it would answer "I do keep bees."
+        and that would be grounded in the question's words. A message that only asks states nothing."""
+        stated = [statements(m) for m in messages]
+        asked = [text for text in stated if text]
+        prompts = [[{"role": "user", "content": PROMPT.format(message=text)}] for text in asked]
+        replies = iter(self.model.generate(prompts, SamplingParams(max_tokens=96)) if prompts else [])
         out = []
-        for message, reply in zip(messages, replies, strict=True):
-            facts = parse_fact_lines(reply.text, message)
-            out.append(
-                Extraction(facts, "model") if facts else Extraction(self.fallback.extract(message), "rules-fallback")
-            )
+        for message, text in zip(messages, stated, strict=True):
+            facts = parse_fact_lines(next(replies).text, text) if text else []
+            if facts:
+                out.append(Extraction(facts, "model"))
+            else:
+                out.append(Extraction(self.fallback.extract(message), "rules-fallback" if text else "rules"))
         return out

@@ -1,8 +1,10 @@
 """The avatar step of `personalm demo`: build an avatar from a few texts written here, then chat
-two turns (the second asks about what the first one taught it)."""
+two turns (the second asks about what the first one taught it), then take a fact back and show that
+memory keeps it in its history, reads it as of before, and no longer answers from it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -26,6 +28,7 @@ CHAT = [
     {"speaker": "Mara Keel", "text": "Wouldn't miss it. I'll bring bread, as I always do."},
 ]
 TURNS = ["I started keeping bees this spring.", "What do you do in the garden?"]
+TAKE_BACK = ["Please forget that I started keeping bees.", "Do you keep bees?"]
 
 
 def run(console: Console, model: TextModel, out: Path, embedder=None) -> None:
@@ -44,10 +47,24 @@ def run(console: Console, model: TextModel, out: Path, embedder=None) -> None:
     console.print(f"[bold]profile:[/] {profile.text}")
     chat = AvatarChat(memory, NAME, model, ModelFactExtractor(model), SamplingParams(max_tokens=64, temperature=0.7))
     for message in TURNS:
-        turn = chat.send(message)
-        console.print(f"[cyan]you:[/] {message}\n[green]{chat.who}:[/] {turn.reply}")
-        for hit in turn.recall.facts + turn.recall.exemplars:
-            console.print(f"  [dim]remembered ({hit.memory.kind}, {hit.similarity:.2f}): {hit.memory.text}[/]")
-        for update in turn.updates:
-            console.print(f"  [dim]memory {update.op}: {update.fact}[/]")
+        _say(console, chat, message)
+    before = time.time()
+    for message in TAKE_BACK:
+        _say(console, chat, message)
+    now = {m.id for m in memory.list(NAME, kind="fact")}
+    for old in [m for m in memory.list(NAME, kind="fact", as_of=before) if m.id not in now]:
+        versions = memory.history(NAME, old.id)
+        states = ", ".join(f"{v.status} '{v.text}'" for v in versions)
+        console.print(f"  [dim]believed before, not now (as_of reads it; history {len(versions)} version(s): {states})[/]")
     memory.close()
+
+
+def _say(console: Console, chat: AvatarChat, message: str) -> None:
+    turn = chat.send(message)
+    console.print(f"[cyan]you:[/] {message}\n[green]{chat.who}:[/] {turn.reply}")
+    for hit in turn.recall.facts + turn.recall.exemplars:
+        console.print(f"  [dim]remembered ({hit.memory.kind}, {hit.similarity:.2f}): {hit.memory.text}[/]")
+    if turn.recall.forgotten:
+        console.print(f"  [dim]closest is a fact you took back: '{turn.recall.taken_back.memory.text}'[/]")
+    for update in turn.updates:
+        console.print(f"  [dim]memory {update.op}: {update.fact} ({update.rule})[/]")

@@ -589,9 +589,9 @@ def summarize(probes: list[Probe], picks: dict[str, list[int]], seed: int) -> tu
 
 def extractions(study: Study, model: TextModel, histories: list[Script], log: Log) -> dict[str, Extraction]:
     """The model's extraction of every message, kept in the study's cache under a hash of the
-    messages and the model (the same messages are never extracted twice)."""
+    messages, the model and the extractor's version (the same messages are never extracted twice)."""
     messages = sorted({t.text for h in histories for t in h.turns})
-    key = hashlib.sha256(json.dumps([model.model_id, messages]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([model.model_id, ModelFactExtractor.version, messages]).encode()).hexdigest()[:12]
 
     def compute() -> dict[str, list]:
         return {text: [e.facts, e.path] for text, e in extract_all(model, histories, log).items()}
