@@ -105,3 +105,13 @@ def test_shared_context_scores_equal_scoring_each_option_alone(embedded_model):
     for context, choices, row in zip(contexts, options, packed, strict=True):
         alone = [s.total for s in embedded_model.score([context] * len(choices), [" " + c for c in choices])]
         assert row == pytest.approx(alone, abs=1e-3)
+
+
+def test_headline_keys_carry_each_rate_and_difference_with_its_interval_and_items():
+    rate = {"mean": 0.96875, "low": 0.90625, "high": 1.0, "n": 32}
+    keys = mt.headline_keys({"versioned": {"latest": rate, "retracted": rate | {"mean": 0.0625}}},
+                         {"overwrite": {"as_of": rate | {"mean": 0.5, "low": 0.25}}})  # fmt: skip
+    assert keys["latest_acc"] == 0.9688 and keys["latest_acc_ci"] == [0.9062, 1.0] and keys["latest_acc_items"] == 32
+    assert keys["retracted_asserted"] == 0.0625 and keys["retracted_asserted_ci"] == [0.9062, 1.0]
+    assert keys["as_of_vs_overwrite"] == 0.5 and keys["as_of_vs_overwrite_ci"] == [0.25, 1.0]
+    assert keys["as_of_vs_overwrite_items"] == 32

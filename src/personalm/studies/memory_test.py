@@ -680,11 +680,30 @@ def run(config: MemoryTestConfig, log: Log = lambda message: None) -> dict[str, 
             "as_of": summary["versioned"]["as_of"],
             "retracted_asserted": summary["versioned"]["retracted"],
         },
+        **headline_keys(summary, differences),
         "seconds": seconds,
         "examples": [asdict(p) | {c: p.options[picks[c][i]] for c in CONDITIONS} for i, p in enumerate(probes[:12])],
     }
     title = "Memory test: changed, retracted and repeated facts over many conversations"
     return study.finish(results, title, page(study, results))
+
+
+def headline_keys(summary: dict, differences: dict) -> dict[str, Any]:
+    """Flat keys for each headline rate of this memory and each difference to a baseline, with its
+    95% interval (`*_ci`) and item count (`*_items`), as every study's results carry them."""
+    out: dict[str, Any] = {}
+
+    def put(name: str, interval: dict) -> None:
+        out[name] = round(interval["mean"], 4)
+        out[f"{name}_ci"] = [round(interval["low"], 4), round(interval["high"], 4)]
+        out[f"{name}_items"] = interval["n"]
+
+    for kind, interval in summary["versioned"].items():
+        put("retracted_asserted" if kind == "retracted" else f"{kind}_acc", interval)
+    for baseline, kinds in differences.items():
+        for kind, interval in kinds.items():
+            put(f"{kind}_vs_{baseline}", interval)
+    return out
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, str]]:
