@@ -72,9 +72,9 @@ def split_retractions(message: str) -> tuple[str, list[str]]:
     return " ".join(kept), forget
 
 
-def statements(message: str) -> str:
-    """The message without its questions (a question states no fact about the person)."""
-    return " ".join(s for s in sentences(message) if not s.endswith("?"))
+def statements(message: str) -> list[str]:
+    """The message's sentences without its questions (a question states no fact about the person)."""
+    return [s for s in sentences(message) if not s.endswith("?")]
 
 
 class RuleFactExtractor:
@@ -85,7 +85,7 @@ class RuleFactExtractor:
 
     def extract(self, message: str) -> list[str]:
         facts = []
-        for sentence in sentences(statements(message)):
+        for sentence in statements(message):
             for clause in re.split(r";\s*|,\s*(?:and|but)\s+(?=i\b|my\b)", sentence, flags=re.IGNORECASE):
                 fact = normalize_fact(clause)
                 if FIRST_PERSON.match(fact) and 4 < len(fact) <= MAX_FACT_CHARS:
@@ -131,7 +131,7 @@ class ModelFactExtractor:
         """Many messages in one batch of generations (the model batches them). The model reads
         only a message's statements: asked "Do you keep bees?", it would answer "I do keep bees."
         and that would be grounded in the question's words. A message that only asks states nothing."""
-        stated = [statements(m) for m in messages]
+        stated = [" ".join(statements(m)) for m in messages]
         asked = [text for text in stated if text]
         prompts = [[{"role": "user", "content": PROMPT.format(message=text)}] for text in asked]
         replies = iter(self.model.generate(prompts, SamplingParams(max_tokens=96)) if prompts else [])

@@ -42,7 +42,7 @@ class Fusion:
 PLAIN_RRF = Fusion()
 
 
-TIE = 1e-4  # cosine differences below this are float error, not a closer memory
+SIMILARITY_TIE = 1e-4  # cosine differences below this are float error, not a closer memory
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Recall:
         """The query is closer to a fact the user took back than to anything still believed: the
         answer must not come from the model, which would make the fact up again. A tie (within
         float error: a restored fact is a current copy with the same vector) goes to what is believed."""
-        return self.taken_back is not None and self.taken_back.similarity > self.support + TIE
+        return self.taken_back is not None and self.taken_back.similarity > self.support + SIMILARITY_TIE
 
 
 def rrf(ranked_lists: Sequence[tuple[Sequence[int], float]], rrf_k: int = RRF_K) -> dict[int, float]:
