@@ -57,7 +57,7 @@ from personalm.avatars.preferences import (
 from personalm.avatars.retrieval import PLAIN_RRF, RRF_K, Fusion, hybrid_search
 from personalm.avatars.store import NewMemory
 from personalm.errors import PersonalmError
-from personalm.eval.bootstrap import paired_bootstrap
+from personalm.eval.bootstrap import bootstrap_mean, paired_bootstrap
 from personalm.eval.prefeval import PrefEvalItem, load_prefeval
 from personalm.models.base import Message, SamplingParams, TextModel
 
@@ -279,8 +279,7 @@ def choose_limit(critic: Critic, model: TextModel, cases: list[PrefCase], log: L
 
 def rate(values: Sequence[float], seed: int) -> dict[str, Any]:
     """A share with its 95% percentile bootstrap interval (the items resampled)."""
-    values = np.asarray(values, dtype=float)
-    boot = paired_bootstrap(values, np.zeros_like(values), seed=seed)
+    boot = bootstrap_mean(values, seed=seed)
     return {"mean": boot.mean, "ci": [boot.low, boot.high], "n": boot.n}
 
 

@@ -51,7 +51,7 @@ from personalm.critic.data import (
 from personalm.critic.evaluate import choice_correct, cosine_scorer
 from personalm.critic.model import COMBINE, PreferenceCritic, default_critic_dir
 from personalm.critic.train import FitConfig, fit
-from personalm.eval.bootstrap import paired_bootstrap
+from personalm.eval.bootstrap import bootstrap_mean
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.studies.harness import Study
 
@@ -92,8 +92,8 @@ class CriticStudyConfig:
 
 
 def rate(correct: np.ndarray, seed: int) -> dict[str, Any]:
-    """Accuracy and its 95% bootstrap interval over the items (the paired bootstrap against 0)."""
-    ci = paired_bootstrap(correct, np.zeros_like(correct), seed=seed)
+    """Accuracy and its 95% bootstrap interval over the items."""
+    ci = bootstrap_mean(correct, seed=seed)
     return {"accuracy": round(float(correct.mean()), 4), "ci": [round(ci.low, 4), round(ci.high, 4)], "n": ci.n}
 
 
