@@ -161,12 +161,12 @@ def test_not_a_model_directory(tmp_path):
 
 
 def test_adapter_identity_covers_weight_bytes(tmp_path):
-    from personalm.models.local import _weights_digest
+    from personalm.models.local import weights_digest
 
     first, second = tmp_path / "step-10", tmp_path / "step-20"
     for folder, weights in ((first, b"\x00" * 64), (second, b"\x01" * 64)):
         folder.mkdir()
         (folder / "adapter_config.json").write_text('{"r": 4}')
         (folder / "adapter_model.safetensors").write_bytes(weights)
-    assert _weights_digest(first, contents=True) != _weights_digest(second, contents=True)
-    assert _weights_digest(first) == _weights_digest(second)  # base models: names and sizes only
+    assert weights_digest(first, contents=True) != weights_digest(second, contents=True)
+    assert weights_digest(first) == weights_digest(second)  # base models: names and sizes only

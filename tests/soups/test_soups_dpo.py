@@ -161,8 +161,9 @@ def test_soups_training_refuses_bad_input_before_loading_a_model(tmp_path):
 
 
 def _config(data: Path, out: Path, **extra) -> TrainConfig:
-    return TrainConfig(data=str(data), out=str(out), rank=4, alpha=8, dropout=0.0, lr=5e-4, max_steps=4,
-                       batch_size=4, max_len=64, loss="dpo", save_every=2, seed=1, **extra)  # fmt: skip
+    settings = dict(rank=4, alpha=8, dropout=0.0, lr=5e-4, max_steps=4, batch_size=4, max_len=64, loss="dpo",
+                    save_every=2, seed=1) | extra  # fmt: skip
+    return TrainConfig(data=str(data), out=str(out), **settings)
 
 
 @pytest.mark.slow
@@ -226,3 +227,33 @@ def test_bench_dpo_runs_both_trainers_on_the_same_pairs(tmp_path, cli):
     assert {"ours_pairs_s", "trl_pairs_s", "speedup", "ours_reward_accuracy", "trl_reward_accuracy"} <= set(summary)
     assert summary["ours_pairs_s"] > 0 and summary["trl_pairs_s"] > 0 and summary["pairs"] == 4
     assert summary["speedup"] == pytest.approx(summary["ours_pairs_s"] / summary["trl_pairs_s"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_a_run_that_continues_an_adapter_keeps_it_as_the_dpo_reference(tmp_path):
+    """Round 1 of tone preference training: DPO from the SFT adapter, against the SFT adapter. At
+    the first step policy == reference (loss log 2) only with reference="start"; a run stopped after
+    step 3 resumes with the reference it began with and ends where an unbroken run ends."""
+    data = _write_pairs(tmp_path / "p.jsonl", 8)
+    start = tmp_path / "sft"
+    train(_config(data, start, max_steps=2, lr=5e-3), log=lambda _: None)
+    continued = train(_config(data, tmp_path / "whole", init_adapter=str(start), reference="start"),
+                      log=lambda _: None)  # fmt: skip
+    against_base = train(_config(data, tmp_path / "base-ref", init_adapter=str(start)), log=lambda _: None)
+    assert continued.losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert against_base.losses[0] < math.log(2) - 1e-3  # the SFT adapter already prefers the chosen answers
+
+    def stop_at_three(step: int, total: int, loss: float) -> None:
+        if step == 3:
+            raise _Interrupted
+
+    cut = _config(data, tmp_path / "cut", init_adapter=str(start), reference="start")
+    with pytest.raises(_Interrupted):
+        train(cut, stop_at_three, log=lambda _: None)
+    assert train(cut, log=lambda _: None).resumed_from == 2
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "adapter_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+    with pytest.raises(PersonalmError, match="adapter rank 4 but this run trains rank 8"):
+        train(_config(data, tmp_path / "r8", init_adapter=str(start), rank=8), log=lambda _: None)

@@ -158,7 +158,8 @@ def test_tone_experiment_end_to_end_on_a_tiny_corpus(tmp_path, monkeypatch, caps
         (corpus / f"{n:02d}.txt").write_text(SPEECH.replace("1825", str(1800 + n)))
     out = tmp_path / "report"
     argv = ["tone", "experiment", "--source", str(corpus), "-o", str(out), "--sizes", "2,3", "--curve-size", "3",
-            "--test", "2", "--epochs", "1", "--snapshot-every", "1", "--candidates", "1", "--json"]  # fmt: skip
+            "--test", "2", "--val", "2", "--epochs", "1", "--snapshot-every", "1", "--candidates", "1",
+            "--rounds", "1", "--round-samples", "2", "--json"]  # fmt: skip
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 0
@@ -171,6 +172,11 @@ def test_tone_experiment_end_to_end_on_a_tiny_corpus(tmp_path, monkeypatch, caps
     assert (out / "conditions.png").stat().st_size > 0 and (out / "int8_vs_fp32.png").stat().st_size > 0
     assert "fp32 vs int8" in (out / "report.html").read_text()
     assert saved["chosen_margin"] in (0.0, 10.0, 20.0) and "by_margin" in saved["margin_selection"]
+    assert saved["kept_adapter"] in saved["rounds"]["by_adapter"] or saved["rounds"]["by_adapter"] == {}
+    assert set(saved["rounds"]["records"]) == {"dpo", "rft"} and saved["lora3_sft_tone_rate"] >= 0.0
+    low, high = saved["diff_ci"]
+    assert low <= saved["diff"] <= high and saved["diff_items"] == saved["test_questions"]
+    assert saved["lora3_tone_ci"][0] <= saved["lora3_tone_rate"] <= saved["lora3_tone_ci"][1]
     train_rows = [json.loads(line) for line in (out / "data" / "train.jsonl").read_text().splitlines()]
     assert train_rows and all(r["messages"][-1]["role"] == "assistant" for r in train_rows)
     test_docs = {json.loads(line)["doc"] for line in (out / "data" / "test.jsonl").read_text().splitlines()}

@@ -66,9 +66,14 @@ def build(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Student base model for the adapter."),
     epochs: int = typer.Option(2, min=1),
     quant: str = typer.Option("fp32", help="Student base during training: fp32 or int8."),
+    rounds: int = typer.Option(0, min=0, help="Preference rounds after SFT on the adapter's own samples."),
+    round_method: str = typer.Option("dpo", help="dpo (pairs: passes vs fails the tone bar) or rft (SFT on passes)."),
+    round_samples: int = typer.Option(4, min=2, help="Answers sampled per training question in each round."),
+    round_lr: float = typer.Option(5e-5, min=0.0, help="Learning rate of the rounds."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Build a tone training set from a corpus of facts, then train the adapter (OUT/adapter)."""
+    """Build a tone training set from a corpus of facts, then train the adapter (OUT/adapter) and
+    run its preference rounds (OUT/rounds/round-N/adapter; the last one is the adapter to use)."""
     from personalm.models.embedder import Embedder
     from personalm.models.registry import load_model
     from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, write_dataset
@@ -76,6 +81,12 @@ def build(
     if quant not in {"fp32", "int8"}:
         raise PersonalmError(f"--quant {quant}: expected fp32 or int8")
     _check_inputs(source, text_column, scorer, labelled)
+    if rounds and not train_adapter:
+        raise PersonalmError("--rounds needs the adapter: drop --no-train")
+    from personalm.tone.rounds import RoundsConfig, run_rounds
+
+    round_config = RoundsConfig(method=round_method, rounds=rounds, samples=round_samples, lr=round_lr, model=model,
+                                seed=seed)  # fmt: skip
     embedder = Embedder()
     tone_scorer = _scorer(scorer, embedder, labelled, judge)
     config = ToneBuildConfig(
@@ -92,23 +103,21 @@ def build(
         return
     if not dataset.examples(margin):
         raise PersonalmError("no example passed the tone scorer; nothing to train (see rejects.jsonl)", source=str(out))
-    from personalm.train.loop import TrainConfig, train
+    from personalm.train.loop import TrainConfig, finished_run, train
 
-    result = train(
-        TrainConfig(
-            data=str(out / "train.jsonl"),
-            out=str(out / "adapter"),
-            model=model,
-            epochs=epochs,
-            max_len=384,
-            quant=quant,
-            seed=seed,
-            save_every=10,
-        ),  # fmt: skip
-        log=_log,
-    )
-    stderr.print(f"adapter saved to {result.out} ({result.steps} steps, {result.tokens_per_s:.0f} tokens/s); "
-                 f"try: personalm generate QUESTIONS --adapter {result.out}", markup=False)  # fmt: skip
+    sft = TrainConfig(data=str(out / "train.jsonl"), out=str(out / "adapter"), model=model, epochs=epochs, max_len=384,
+                      quant=quant, seed=seed, save_every=10)  # fmt: skip
+    if finished_run(sft):
+        _log(f"{sft.out}: trained before with these settings, kept")
+    else:
+        train(sft, log=_log)
+    final = Path(sft.out)
+    if rounds:
+        records = run_rounds(round_config, final, dataset.examples(margin), out / "rounds", embedder,
+                             tone_scorer, _log)  # fmt: skip
+        final = next((Path(r["adapter"]) for r in reversed(records) if r["adapter"]), final)
+    stderr.print(f"adapter saved to {final} (SFT, then {rounds} round(s)); "
+                 f"try: personalm generate QUESTIONS --adapter {final}", markup=False)  # fmt: skip
 
 
 @app.command("experiment")
@@ -119,15 +128,21 @@ def experiment(
     out: Path = typer.Option(Path("reports/tone"), "--out", "-o", help="Folder for results.json, PNGs, report.html."),
     sizes: str = typer.Option("25,100,300", help="Training-set sizes for the LoRA conditions."),
     curve_size: int = typer.Option(100, min=1, help="Size trained with both fp32 and int8 bases (learning curves)."),
-    test: int = typer.Option(48, min=1, help="Held-out questions."),
+    test: int = typer.Option(200, min=1, help="Held-out questions."),
     epochs: int = typer.Option(2, min=1),
     lr: float = typer.Option(3e-4, min=0.0),
     rank: int = typer.Option(16, min=1),
     snapshot_every: int = typer.Option(10, min=1, help="Steps between evaluated snapshots on the learning curves."),
     candidates: int = typer.Option(3, min=1),
     margins: str = typer.Option("0,10,20", help="Tone-bar margins for kept rewrites; the best on validation is used."),
-    val: int = typer.Option(48, min=0, help="Validation questions (their own documents) for choosing the margin."),
-    per_doc: int = typer.Option(4, min=1, help="Passages drawn from each document."),
+    val: int = typer.Option(
+        96, min=0, help="Validation questions (their own documents) for choosing the margin and the rounds."
+    ),
+    per_doc: int = typer.Option(8, min=1, help="Passages drawn from each document."),
+    rounds: int = typer.Option(2, min=0, help="Preference rounds after SFT, for each --round-methods."),
+    round_methods: str = typer.Option("dpo,rft", help="dpo (pairs on the adapter's own samples), rft, or both."),
+    round_samples: int = typer.Option(4, min=2, help="Answers sampled per training question in each round."),
+    round_lr: float = typer.Option(5e-5, min=0.0, help="Learning rate of the rounds."),
     scorer: str = typer.Option("flesch", help=SCORER_HELP),
     labelled: Path = typer.Option(None, help="JSONL/Parquet of {text, label} for --scorer embedding."),
     judge: str = typer.Option(None, help="Model for --scorer llm-judge."),
@@ -138,6 +153,7 @@ def experiment(
     """Base vs tone system prompt vs LoRA on 25/100/300 examples, and fp32 vs int8 base."""
     from personalm.models.embedder import Embedder
     from personalm.studies.tone import ToneExperimentConfig, run
+    from personalm.tone.rounds import METHODS
 
     try:
         size_list = sorted({int(s) for s in sizes.split(",") if s.strip()})
@@ -151,6 +167,9 @@ def experiment(
         raise PersonalmError(f"--margins {margins!r}: expected comma-separated numbers like 0,10,20") from None
     if not margin_list:
         raise PersonalmError(f"--margins {margins!r}: expected at least one margin")
+    methods = [m.strip() for m in round_methods.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods):
+        raise PersonalmError(f"--round-methods {round_methods!r}: expected one or more of {', '.join(METHODS)}")
     if curve_size not in size_list:
         size_list = sorted({*size_list, curve_size})
     corpus = source or data_dir() / "speeches"
@@ -161,17 +180,23 @@ def experiment(
     config = ToneExperimentConfig(
         source=str(corpus), out=str(out), sizes=size_list, curve_size=curve_size, test=test, epochs=epochs, lr=lr,
         rank=rank, snapshot_every=snapshot_every, candidates=candidates, margins=margin_list, val=val,
-        per_doc=per_doc, model=model, seed=seed,
+        per_doc=per_doc, rounds=rounds, round_methods=methods, round_samples=round_samples, round_lr=round_lr,
+        model=model, seed=seed,
     )  # fmt: skip
     results = run(config, embedder, _scorer(scorer, embedder, labelled, judge), _log)
     from rich.console import Console
     from rich.table import Table
 
     table = Table("condition", "tone rate", "similarity to reference", "mean words")
-    for name in ["base", "prompted", *[f"lora{s}" for s in size_list]]:
-        table.add_row(name, f"{results[f'{name}_tone_rate']:.2f}", f"{results[f'{name}_semsim']:.3f}",
-                      f"{results[f'{name}_words']:.0f}")  # fmt: skip
+    names = [k.removesuffix("_tone_rate") for k in results if k.endswith("_tone_rate")]
+    for name in names:
+        low, high = results[f"{name}_tone_ci"]
+        table.add_row(name, f"{results[f'{name}_tone_rate']:.2f} [{low:.2f}, {high:.2f}]",
+                      f"{results[f'{name}_semsim']:.3f}", f"{results[f'{name}_words']:.0f}")  # fmt: skip
     Console(stderr=True).print(table)
+    stderr.print(f"lora{curve_size} = {results['kept_adapter']} (chosen on validation); lora{curve_size} - prompted: "
+                 f"{results['diff']:+.3f} {results['diff_ci']} over {results['diff_items']} questions",
+                 markup=False)  # fmt: skip
     stderr.print(f"training-data margin chosen on validation: {results['chosen_margin']:g}", markup=False)
     stderr.print(f"results: {out / 'results.json'}  report: {out / 'report.html'}", markup=False)
     if as_json:

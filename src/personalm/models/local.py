@@ -33,7 +33,7 @@ KV_CACHE_BUDGET_BYTES = 3 * 2**30
 SCORE_TOKEN_BUDGET = 8192
 
 
-def _weights_digest(path: Path, contents: bool = False) -> str:
+def weights_digest(path: Path, contents: bool = False) -> str:
     """Identity of a model directory: its JSON files, and its weight files by name and size or, with
     `contents`, by their bytes. Adapters need the bytes: two snapshots of one training run have the
     same config and the same file sizes, and must never share generation-cache entries."""
@@ -75,9 +75,9 @@ class LocalModel(TextModel):
             self.model = merge_into(self.model, self.adapter).eval()  # inference then costs what the base costs
         self.max_batch = max_batch
         self.name = name or self.path.name
-        digest = _weights_digest(self.path)
+        digest = weights_digest(self.path)
         if self.adapter is not None:
-            digest += "+" + _weights_digest(self.adapter, contents=True)
+            digest += "+" + weights_digest(self.adapter, contents=True)
         self.model_id = f"local:{self.name}@{digest}"
         self.eos_ids = self._eos_ids()
         self._kernel: LlamaKernel | None = None

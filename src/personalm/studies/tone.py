@@ -2,10 +2,13 @@
 tone better than a system prompt, without losing content? (SPEC section 3.)
 
 On held-out questions from documents never seen in training it compares the base model, the base
-model with a tone system prompt, and LoRA adapters trained on 25 / 100 / 300 examples; and, for one
-size, the tone rate along training steps with an fp32 base against an int8 base. The one data
-setting that matters most, how far above the tone bar a kept rewrite must score (the margin), is
-chosen on validation questions from a third set of documents, never on the test questions. Metrics: tone
+model with a tone system prompt, and LoRA adapters trained on 25 / 100 / 300 examples; for the
+curve size (100), the SFT adapter followed by preference rounds on its own samples (tone.rounds:
+DPO against the SFT adapter, and rejection-sampling SFT), and the tone rate along SFT steps with an
+fp32 base against an int8 base. The data margin (how far above the tone bar a kept rewrite must
+score), the round method and the number of rounds are chosen on validation questions from a third
+set of documents, never on the test questions; `lora{curve}` is the adapter so chosen. Each rate
+comes with a 95% bootstrap interval over the test questions, and adapter − prompted with a paired one. Metrics: tone
 achievement rate (the scorer's bar, Flesch Reading Ease ≥ 60 by default), MiniLM cosine of each
 answer to its reference answer, answer length. Every step is cached or resumable: re-running the
 same command after a kill continues where it stopped (the adapters live in the study's cache,
@@ -24,6 +27,7 @@ import numpy as np
 
 from personalm import report
 from personalm.adapters import is_adapter_dir
+from personalm.eval.bootstrap import bootstrap_mean, paired_bootstrap
 from personalm.eval.tone import ToneScorer
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
@@ -31,6 +35,7 @@ from personalm.studies.harness import Study
 from personalm.tables import write_rows
 from personalm.tone import prompts
 from personalm.tone.pipeline import ToneBuildConfig, ToneBuilder, write_dataset
+from personalm.tone.rounds import METHODS, RoundsConfig, run_rounds
 from personalm.train.loop import SNAPSHOTS, TrainConfig, train
 
 Log = Callable[[str], None]
@@ -42,7 +47,7 @@ class ToneExperimentConfig:
     out: str
     sizes: list[int] = field(default_factory=lambda: [25, 100, 300])
     curve_size: int = 100
-    test: int = 48
+    test: int = 200
     epochs: int = 2
     batch_size: int = 4
     lr: float = 3e-4
@@ -51,8 +56,13 @@ class ToneExperimentConfig:
     max_tokens: int = 96
     candidates: int = 3
     margins: list[float] = field(default_factory=lambda: [0.0, 10.0, 20.0])
-    val: int = 48
-    per_doc: int = 4
+    val: int = 96
+    per_doc: int = 8
+    rounds: int = 2
+    round_methods: list[str] = field(default_factory=lambda: list(METHODS))
+    round_samples: int = 4
+    round_lr: float = 5e-5
+    round_beta: float = 0.1
     model: str = DEFAULT_MODEL
     seed: int = 0
 
@@ -94,6 +104,16 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
         log(f"lora{size}: tone rate {conditions[f'lora{size}']['tone_rate']:.2f}")
 
     mark = time.perf_counter()
+    sft = f"lora{config.curve_size}"
+    conditions[f"{sft}_sft"] = conditions.pop(sft)
+    rounds = preference_rounds(config, examples, margin, dataset.val, embedder, scorer, study, log)
+    for name, adapter in rounds["adapters"].items():
+        conditions[f"{sft}_{name}"] = evaluate(config, adapter, None, test, embedder, scorer, out, f"{sft}_{name}")
+        log(f"{sft}_{name}: tone rate {conditions[f'{sft}_{name}']['tone_rate']:.2f}")
+    conditions[sft] = conditions[f"{sft}_{rounds['chosen']}"]
+    timings["rounds_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
     adapters = {quant: train_adapter(config, examples, config.curve_size, margin, quant, study, log)
                 for quant in ("fp32", "int8")}  # fmt: skip
     timings["train_int8_s"] = time.perf_counter() - mark
@@ -103,7 +123,7 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
     }
     timings["total_s"] = time.perf_counter() - started
     stats = dataset.stats | {"train_examples": len(examples)}
-    results = summarize(config, stats, conditions, curves, timings, selection)
+    results = summarize(config, stats, conditions, curves, timings, selection, rounds)
     return write_outputs(study, results, conditions, test)
 
 
@@ -142,6 +162,63 @@ def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneS
         "val_questions": len(dataset.val),
         "by_margin": by_margin,
     }
+
+
+def preference_rounds(config: ToneExperimentConfig, examples: list[dict], margin: float, val: list[dict],
+                      embedder, scorer: ToneScorer, study: Study, log: Log) -> dict[str, Any]:  # fmt: skip
+    """Rounds 1..N of each method after the curve-size SFT adapter; every adapter (SFT included)
+    scored on the validation questions, and the one kept: the best validation tone rate among those
+    whose validation similarity stays within 5% of the prompted base's (ties: fewer rounds, then the
+    method listed first). Returns the test-time adapters by name, the choice and its evidence."""
+    sft = train_adapter(config, examples, config.curve_size, margin, "fp32", study, log)
+    items = examples[: config.curve_size]
+    adapters: dict[str, Path] = {"sft": sft}
+    records: dict[str, list[dict]] = {}
+    for method in config.round_methods:
+        settings = RoundsConfig(
+            method=method, rounds=config.rounds, samples=config.round_samples, max_tokens=config.max_tokens,
+            lr=config.round_lr, beta=config.round_beta, batch_size=config.batch_size, rank=config.rank,
+            model=config.model, seed=config.seed,
+        )  # fmt: skip
+        folder = study.cache("rounds", f"{sft.name}-{method}")
+        records[method] = run_rounds(settings, sft, items, folder, embedder, scorer, log)
+        for record in records[method]:
+            if record["adapter"]:
+                adapters[f"{method}{record['round']}"] = Path(record["adapter"])
+    if not val:
+        log("no validation questions: the SFT adapter is kept, the rounds only reported")
+        return {"chosen": "sft", "rule": "no validation questions: SFT kept", "val_prompted_tone_rate": None,
+                "val_prompted_semsim": None, "by_adapter": {}, "records": _plain_records(records),
+                "adapters": {n: a for n, a in adapters.items() if n != "sft"}}  # fmt: skip
+    prompted = evaluate(config, None, prompts.TONE_SYSTEM, val, embedder, scorer, study.out, "val-prompted")
+    by_adapter = {}
+    for name, adapter in adapters.items():
+        scores = evaluate(config, adapter, None, val, embedder, scorer, study.out, f"val-{name}")
+        by_adapter[name] = {"val_tone_rate": round(scores["tone_rate"], 4), "val_semsim": round(scores["semsim"], 4)}
+        log(f"{name}: validation tone rate {scores['tone_rate']:.2f}, similarity {scores['semsim']:.3f}")
+    floor = 0.95 * prompted["semsim"]
+    order = list(adapters)
+    eligible = [n for n in order if by_adapter[n]["val_semsim"] >= floor] or order
+    chosen = max(eligible, key=lambda n: (by_adapter[n]["val_tone_rate"], -_rounds_of(n), -order.index(n)))
+    log(f"kept on validation: {chosen}")
+    return {
+        "chosen": chosen,
+        "rule": "best validation tone rate with validation similarity >= 0.95 x prompted base's; ties: fewer rounds",
+        "val_prompted_tone_rate": round(prompted["tone_rate"], 4),
+        "val_prompted_semsim": round(prompted["semsim"], 4),
+        "by_adapter": by_adapter,
+        "records": _plain_records(records),
+        "adapters": {n: a for n, a in adapters.items() if n != "sft"},
+    }
+
+
+def _plain_records(records: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    return {m: [{k: v for k, v in r.items() if k != "settings"} for r in rs] for m, rs in records.items()}
+
+
+def _rounds_of(name: str) -> int:
+    digits = name.lstrip("abcdefghijklmnopqrstuvwxyz")
+    return int(digits) if digits else 0
 
 
 def train_adapter(
@@ -211,12 +288,33 @@ def learning_curve(config, adapter: Path, test, embedder, scorer, out: Path, bas
     return points
 
 
-def summarize(config, stats: dict, conditions: dict, curves: dict, timings: dict, selection: dict) -> dict[str, Any]:
+def summarize(
+    config, stats: dict, conditions: dict, curves: dict, timings: dict, selection: dict, rounds: dict
+) -> dict[str, Any]:
+    """Each condition's rate with its bootstrap interval; the kept adapter against the prompted base
+    (and against its own SFT start) as paired differences over the same test questions."""
     results: dict[str, Any] = {"experiment": "tone", "chosen_margin": selection["chosen_margin"]}
     for name, scores in conditions.items():
+        tone = [a["tone_ok"] for a in scores["answers"]]
         results[f"{name}_tone_rate"] = round(scores["tone_rate"], 4)
+        results[f"{name}_tone_ci"] = _span(bootstrap_mean(tone, seed=config.seed))
         results[f"{name}_semsim"] = round(scores["semsim"], 4)
         results[f"{name}_words"] = round(scores["words"], 1)
+    kept, prompted = conditions[f"lora{config.curve_size}"], conditions["prompted"]
+    sft = conditions[f"lora{config.curve_size}_sft"]
+    diff = _paired(kept, prompted, "tone_ok", config.seed)
+    results["diff"], results["diff_ci"] = round(diff.mean, 4), _span(diff)
+    results["diff_items"] = diff.n
+    vs_sft = _paired(kept, sft, "tone_ok", config.seed)
+    results["rounds_vs_sft"], results["rounds_vs_sft_ci"] = round(vs_sft.mean, 4), _span(vs_sft)
+    semsim = _paired(kept, prompted, "semsim", config.seed)
+    results["semsim_diff"], results["semsim_diff_ci"] = round(semsim.mean, 4), _span(semsim)
+    results["tone_ratio_vs_prompted"] = (
+        round(kept["tone_rate"] / prompted["tone_rate"], 3) if prompted["tone_rate"] else None
+    )
+    results["semsim_ratio_vs_prompted"] = round(kept["semsim"] / prompted["semsim"], 4)
+    results["kept_adapter"] = rounds["chosen"]
+    results["rounds"] = {k: v for k, v in rounds.items() if k != "adapters"}
     results["curves"] = curves
     results["margin_selection"] = selection
     results["train_examples_available"] = stats["train_examples"]
@@ -233,23 +331,35 @@ def summarize(config, stats: dict, conditions: dict, curves: dict, timings: dict
     return results
 
 
+def _paired(a: dict, b: dict, key: str, seed: int):
+    return paired_bootstrap([float(x[key]) for x in a["answers"]], [float(x[key]) for x in b["answers"]], seed=seed)
+
+
+def _span(interval) -> list[float]:
+    return [round(interval.low, 4), round(interval.high, 4)]
+
+
 def write_outputs(study: Study, results: dict, conditions: dict, test: list[dict]) -> dict[str, Any]:
-    names = list(conditions)
-    fig, (left, right) = report.figure(ncols=2, width=10)
-    left.bar(names, [conditions[n]["tone_rate"] for n in names], color="#4c78a8")
+    kept = f"lora{results['config']['curve_size']}"
+    names = [n for n in conditions if n != kept]
+    label = {n: f"{n} (kept)" if n == f"{kept}_{results['kept_adapter']}" else n for n in names}
+    rates = [conditions[n]["tone_rate"] for n in names]
+    spans = np.array([[r - results[f"{n}_tone_ci"][0], results[f"{n}_tone_ci"][1] - r] for n, r in zip(names, rates)])
+    fig, (left, right) = report.figure(ncols=2, width=12)
+    left.bar([label[n] for n in names], rates, yerr=spans.T, capsize=4, color="#4c78a8")
     left.set_ylim(0, 1)
-    left.set_ylabel("tone achievement rate")
-    right.bar(names, [conditions[n]["semsim"] for n in names], color="#f58518")
+    left.set_ylabel("tone achievement rate (95% interval)")
+    right.bar([label[n] for n in names], [conditions[n]["semsim"] for n in names], color="#f58518")
     right.set_ylim(0, 1)
     right.set_ylabel("similarity to reference (MiniLM cosine)")
     for axis in (left, right):
-        axis.tick_params(axis="x", rotation=30)
+        axis.tick_params(axis="x", rotation=40)
     conditions_png = study.save(fig, "conditions.png")
 
     fig, axis = report.figure()
     for quant, points in results["curves"].items():
         axis.plot([p["step"] for p in points], [p["tone_rate"] for p in points], marker="o", label=f"{quant} base")
-    axis.set_xlabel("training step")
+    axis.set_xlabel("SFT step")
     axis.set_ylabel("tone achievement rate")
     axis.set_ylim(0, 1)
     axis.legend()
@@ -257,18 +367,23 @@ def write_outputs(study: Study, results: dict, conditions: dict, test: list[dict
 
     summary = [
         {
-            "condition": n,
-            "tone rate": conditions[n]["tone_rate"],
-            "similarity": conditions[n]["semsim"],
-            "mean words": conditions[n]["words"],
+            "condition": label[n],
+            "tone rate [95% interval]": f"{results[f'{n}_tone_rate']:.3f} "
+            f"[{results[f'{n}_tone_ci'][0]:.3f}, {results[f'{n}_tone_ci'][1]:.3f}]",
+            "similarity": round(conditions[n]["semsim"], 4),
+            "mean words": round(conditions[n]["words"], 1),
         }  # fmt: skip
         for n in names
     ]
+    rounds = results["rounds"]
+    round_rows = [
+        {"adapter": name, **scores} | _record_of(rounds["records"], name) for name, scores in rounds["by_adapter"].items()
+    ]  # fmt: skip
     examples = [
         {"question": t["question"], "reference": t["reference"]}
         | {
             n: conditions[n]["answers"][i]["answer"]
-            for n in ("base", "prompted", f"lora{results['config']['curve_size']}")
+            for n in ("base", "prompted", f"{kept}_sft", kept)
             if n in conditions
         }  # fmt: skip
         for i, t in enumerate(test[:6])
@@ -283,7 +398,26 @@ def write_outputs(study: Study, results: dict, conditions: dict, test: list[dict
                 f"{results['test_questions']} held-out questions from documents never used in training; "
                 f"tone scorer: {results['scorer']}; greedy decoding."
             ),
-            report.section("Tone and content by condition", report.table(summary), report.image(conditions_png)),
+            report.section(
+                "Tone and content by condition",
+                report.paragraph(
+                    f"Kept adapter ({kept}): {results['kept_adapter']}. {kept} - prompted: {results['diff']:+.3f} "
+                    f"[{results['diff_ci'][0]:+.3f}, {results['diff_ci'][1]:+.3f}] (paired bootstrap, "
+                    f"{results['diff_items']} questions); rounds - SFT only: {results['rounds_vs_sft']:+.3f} "
+                    f"[{results['rounds_vs_sft_ci'][0]:+.3f}, {results['rounds_vs_sft_ci'][1]:+.3f}]; similarity "
+                    f"{results['semsim_ratio_vs_prompted']:.3f} x the prompted base's."
+                ),
+                report.table(summary),
+                report.image(conditions_png),
+            ),
+            report.section(
+                "Preference rounds after SFT, chosen on validation questions",
+                report.paragraph(
+                    f"Rule: {rounds['rule']}. Prompted base on validation: tone rate "
+                    f"{rounds['val_prompted_tone_rate']}, similarity {rounds['val_prompted_semsim']}."
+                ),
+                report.table(round_rows),
+            ),
             report.section(
                 "Training-data margin, chosen on validation questions",
                 report.paragraph(
@@ -298,3 +432,13 @@ def write_outputs(study: Study, results: dict, conditions: dict, test: list[dict
         ],
         shown=("config", "data", "seconds", "seed"),
     )
+
+
+def _record_of(records: dict[str, list[dict]], name: str) -> dict[str, Any]:
+    """The round record behind an adapter name such as dpo2 (nothing for the SFT adapter)."""
+    for method, rows in records.items():
+        for row in rows:
+            if name == f"{method}{row['round']}":
+                keys = ("sample_pass_rate", "sample_tone_rate", "training_rows", "steps", "reward_accuracy")
+                return {k: row.get(k) for k in keys}
+    return {}

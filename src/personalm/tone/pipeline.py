@@ -145,6 +145,8 @@ class ToneBuilder:
                     reasons.append("empty or cut off")
                 elif not accepted[j]:
                     reasons.append(f"tone score {tone[j]:.1f} below the bar")
+                elif prompts.echoes_question(item["question"], texts[j]):
+                    reasons.append("echoes the question instead of answering it")
                 elif semsim < self.config.min_semsim:
                     reasons.append(f"meaning drifted (similarity {semsim:.2f})")
                 else:

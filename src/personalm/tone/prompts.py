@@ -23,7 +23,9 @@ def user_turn(facts: str, question: str) -> str:
     return f"Facts: {facts}\n\nQuestion: {question}"
 
 
-QUESTION_TASK = "Write one short, specific question that this passage answers. Write only the question."
+QUESTION_TASK = (
+    "Write one short, specific question in plain everyday words that this passage answers. Write only the question."
+)
 EXAMPLE_PASSAGE = (
     "The canal opened in 1825 after eight years of work. It linked the Hudson River to Lake Erie, and the "
     "cost of moving a ton of grain to New York fell from about 100 dollars to about 10."
@@ -82,6 +84,19 @@ def parse_question(text: str, min_words: int = 4, max_words: int = 40) -> tuple[
             return None, f"question too long ({words} words)"
         return question, ""
     return None, "no question in the answer"
+
+
+def echoes_question(question: str, answer: str, run: int = 5, opening: int = 12) -> bool:
+    """Whether the answer's first `opening` words repeat `run` consecutive words of the question:
+    an answer that restates the question carries its formal wording instead of getting to the point."""
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9']+", text.lower())
+
+    asked = words(question)
+    grams = {tuple(asked[i : i + run]) for i in range(len(asked) - run + 1)}
+    start = words(answer)[:opening]
+    return any(tuple(start[i : i + run]) in grams for i in range(len(start) - run + 1))
 
 
 def clean_answer(text: str, truncated: bool, min_words: int = 3) -> tuple[str | None, str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from personalm.adapters import is_adapter_dir, read_config
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
@@ -64,6 +65,8 @@ class TrainConfig:
     clip_min: float = 0.8  # PerCE weight bounds (--loss perce)
     clip_max: float = 5.0
     beta: float = 0.1  # DPO strength (--loss dpo)
+    reference: str = "base"  # DPO reference: the base model, or "start" (the policy as the run starts)
+    init_adapter: str | None = None  # start from this adapter's LoRA weights (same rank and targets)
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +130,9 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
-    loss_fn = get_loss(config.loss, clip_min=config.clip_min, clip_max=config.clip_max, beta=config.beta)
+    loss_fn = get_loss(
+        config.loss, clip_min=config.clip_min, clip_max=config.clip_max, beta=config.beta, reference=config.reference
+    )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     tokenizer, model = build_model(config)
@@ -149,6 +154,10 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     resumed_from = _resume(out, model, optimizer, scheduler, state, set_peft_model_state_dict)
     if resumed_from is not None:
         log(f"resumed from step {resumed_from}")
+    elif config.init_adapter:
+        _load_start(model, config, set_peft_model_state_dict)
+    if getattr(loss_fn, "needs_start_reference", False):
+        _start_reference(model, dataset, pad_id, config.batch_size, loss_fn, state)
     model.train()
     start = time.perf_counter() - state["seconds"]
     while state["step"] < steps:
@@ -200,6 +209,47 @@ def _optimizer_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / total
+
+
+def finished_run(config: TrainConfig) -> bool:
+    """Whether `config.out` already holds the adapter of a finished run with exactly these settings
+    (a command run again after a kill, or with nothing changed, then keeps it instead of training again)."""
+    out = Path(config.out)
+    try:
+        saved = json.loads((out / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return is_adapter_dir(out) and saved.get("config") == json.loads(json.dumps(asdict(config)))
+
+
+def _load_start(model, config: TrainConfig, set_state) -> None:
+    """The LoRA weights of `config.init_adapter` into the fresh model: a run that continues an
+    adapter (a preference round after SFT) must have its rank and target layers."""
+    from peft.utils import load_peft_weights
+
+    start = Path(config.init_adapter)
+    saved = read_config(start)
+    if saved.get("r") != config.rank:
+        raise PersonalmError(f"adapter rank {saved.get('r')} but this run trains rank {config.rank}", source=str(start))
+    result = set_state(model, load_peft_weights(str(start)))
+    if [key for key in result.unexpected_keys if "lora_" in key]:
+        raise PersonalmError("adapter layers do not match this run's LoRA targets", source=str(start))
+
+
+@torch.no_grad()
+def _start_reference(model, dataset: Dataset, pad_id: int, batch_size: int, loss_fn, state: dict) -> None:
+    """Reference log-probs of every pair under the starting policy, before any step (they ride in
+    the checkpoints, so a resumed run keeps the reference it began with)."""
+    if "reference" in state:
+        loss_fn.restore_reference(state["reference"])
+        return
+    model.eval()
+    indices = list(range(len(dataset.examples)))
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        batch = collate([dataset.examples[i] for i in chunk], pad_id) | {"index": torch.tensor(chunk)}
+        loss_fn.prepare(model, batch)
+    state["reference"] = loss_fn.reference_logps()
 
 
 def _checkpoint(out: Path, model, optimizer, scheduler, state: dict, get_state) -> None:

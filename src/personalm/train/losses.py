@@ -15,6 +15,7 @@ instead of tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from personalm.models.hf import logits_at
 from personalm.train.data import IGNORE, Contrast
 
 LossFn = Callable[[Tensor, Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
+REFERENCES = ("base", "start")
 
 
 def cross_entropy(rows: Tensor, targets: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -81,7 +83,12 @@ def dpo_sigmoid(
 
 
 class DPOLoss:
-    """Direct Preference Optimization (sigmoid loss) against the base model as reference.
+    """Direct Preference Optimization (sigmoid loss).
+
+    The reference is the base model (`reference="base"`, the adapter switched off) or the policy as
+    training starts (`reference="start"`: a run that continues an adapter, such as a preference
+    round after SFT, keeps the SFT adapter as its reference); the loop computes the latter for
+    every pair before the first step (`needs_start_reference`) and keeps them in its checkpoints.
 
     The reference log-probs come from the same model with the LoRA adapter switched off, one no-grad
     forward per pair; they never change, so each pair's are kept (by example index) and later epochs
@@ -92,10 +99,13 @@ class DPOLoss:
 
     pairs = True
 
-    def __init__(self, beta: float = 0.1):
+    def __init__(self, beta: float = 0.1, reference: str = "base"):
         if beta <= 0:
             raise PersonalmError(f"--beta {beta}: must be positive")
+        if reference not in REFERENCES:
+            raise PersonalmError(f"DPO reference {reference!r}: expected one of {', '.join(REFERENCES)}")
         self.beta = beta
+        self.reference = reference
         self._reference: dict[int, tuple[float, float]] = {}
         self._chosen: list[Tensor] = []
         self._rejected: list[Tensor] = []
@@ -104,11 +114,22 @@ class DPOLoss:
     def prepare(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> None:
         index = batch["index"].tolist()
         if any(i not in self._reference for i in index):
-            with model.disable_adapter():
+            with model.disable_adapter() if self.reference == "base" else contextlib.nullcontext():
                 rows, targets = supervised_rows(model, batch)
             logps = sequence_logprobs(rows, targets, batch["target_sequence"], 2 * len(index)).view(2, -1).t().tolist()
             self._reference.update(zip(index, map(tuple, logps), strict=True))
         batch["reference_logps"] = torch.tensor([self._reference[i] for i in index]).t().reshape(-1)
+
+    @property
+    def needs_start_reference(self) -> bool:
+        return self.reference == "start"
+
+    def reference_logps(self) -> dict[int, tuple[float, float]]:
+        """Each pair's reference (chosen, rejected) log-probs computed so far, by example index."""
+        return self._reference
+
+    def restore_reference(self, saved: dict[int, tuple[float, float]]) -> None:
+        self._reference = dict(saved)
 
     def __call__(self, rows: Tensor, targets: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         n = int(batch["pairs"])
