@@ -80,6 +80,12 @@ def section(heading: str, *parts: str) -> str:
     return f"<h2>{html.escape(heading)}</h2>" + "".join(parts)
 
 
+def interval(results: dict[str, Any], key: str) -> str:
+    """`results[key]` and its `<key>_ci` as "mean [low, high]" (3 decimals), as every table shows an estimate."""
+    low, high = results[f"{key}_ci"]
+    return f"{results[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def paragraph(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 

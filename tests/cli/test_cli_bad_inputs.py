@@ -232,6 +232,8 @@ ROWS: dict[str, Row] = {
             "world": cmd("synth", "diversity", "-p", "personas.jsonl", "-t", "npc", "--world", "{bad}", "-n", "3",
                          "--no-cache", suffix=".txt",
                          valid={"missing": "--world is the description itself unless it names a file"}),
+            "data": cmd("synth", "diversity", "--data", "{bad}", "-n", "3", "--no-cache", kind="dir",
+                        inner="personahub/tool_personas.jsonl"),
         },
         {"out": OUTPUT},
     ),
@@ -256,6 +258,8 @@ ROWS: dict[str, Row] = {
         {
             "adapters": cmd("soups", "experiment", "--adapters", "{bad}", "-o", "report", kind="dir"),
             "prompts": cmd("soups", "experiment", "--adapters", "soups", "-o", "report", "--prompts", "{bad}"),
+            "data": cmd("soups", "experiment", "--adapters", "soups", "-o", "report", "--data", "{bad}", kind="dir",
+                        inner="prefeval/mcq_options/a.json"),
         },
         {"out": OUTPUT},
     ),

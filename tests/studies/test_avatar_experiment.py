@@ -137,9 +137,17 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
                 "retrieval_recall_at_5", "attribution_acc_profile", "similarity_rag", "rag_copy_rate",
                 "free_answer_respect_plain", "free_answer_respect_preferences"):  # fmt: skip
         assert 0.0 <= results[key] <= 1.0, key
-    for key in ("prefeval_acc_memory", "prefeval_acc_nomemory", "prefeval_acc_difference", "free_answer_difference"):
+    for key in ("prefeval_acc_memory", "prefeval_acc_nomemory", "prefeval_acc_difference", "free_answer_difference",
+                *[f"{m}_{c}" for m in ("attribution_acc", "similarity") for c in ("rag", "norag", "profile")],
+                "attribution_acc_real", "attribution_acc_difference", "similarity_difference"):  # fmt: skip
         low, high = results[f"{key}_ci"]
         assert low <= results[key] <= high, key
+    prompts = results["likeness"]["prompts"]
+    assert prompts == 6 and results["attribution_acc_difference_items"] == results["attribution_acc_real_items"] == 6
+    # paired over the same prompts: the difference is the difference of the two rates
+    assert results["attribution_acc_difference"] == pytest.approx(
+        results["attribution_acc_rag"] - results["attribution_acc_norag"]
+    )
     assert results["prefeval_items"] == 6 and results["free_answer_items"] == 6
     assert results["prefeval"]["topics"]["test"] == ["food"] and set(results["prefeval"]["by_topic"]) == {"food"}
     # the keyword critic finds the option that shares the words of the retrieved preference
@@ -227,3 +235,9 @@ def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder, cr
             memory=AvatarMemory(SQLiteStore(tmp_path / "d.db", 512), embedder),
             critic=critic,
         )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    del saved["likeness"]["attribution_acc_difference_ci"]
+    (tmp_path / "out" / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(PersonalmError, match="no intervals"):
+        run(config, model=EchoStyleModel(), memory=AvatarMemory(SQLiteStore(tmp_path / "e.db", 512), embedder),
+            critic=critic)  # fmt: skip

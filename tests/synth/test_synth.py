@@ -339,6 +339,21 @@ def test_similarity_by_bin_and_diversity_report(tmp_path):
     result = diversity.analyse(with_rows, plain_rows, embed)
     assert result["arms"]["plain"]["mean_pairwise_cosine"] == pytest.approx(1.0, abs=1e-3)
     assert result["personas_more_diverse"]
-    diversity.write_report(Study(tmp_path, {}), result, {"task": "instruction"})
+    assert result["similarity_gap"] == pytest.approx(
+        result["arms"]["plain"]["mean_pairwise_cosine"] - result["arms"]["personas"]["mean_pairwise_cosine"], abs=1e-4
+    )
+    # a second "task" where the persona arm wrote the one plain output every time: the gap turns negative
+    same_outputs = [w | {"output": p["output"]} for w, p in zip(with_rows, plain_rows, strict=True)]
+    per_task = {"instruction": result, "math": diversity.analyse(same_outputs, with_rows, embed)}
+    settings = {"n_per_arm": 4, "model_id": "script", "seed": 0}
+    diversity.write_report(Study(tmp_path, {}), per_task, settings)
     assert all((tmp_path / name).is_file() for name in ("report.html", "similarity.png", "arms.png"))
-    assert json.loads((tmp_path / "results.json").read_text())["arms"]["plain"]["rows"] == 4
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["arms"]["plain"]["rows"] == 4  # the first task's, as the single-task layout had it
+    for task in per_task:
+        assert saved[f"similarity_gap_{task}_items"] == 4
+        for key in ("similarity_gap", "mean_pairwise_cosine_personas", "mean_pairwise_cosine_plain"):
+            low, high = saved[f"{key}_{task}_ci"]
+            assert low <= saved[f"{key}_{task}"] <= high, (task, key)
+    assert saved["similarity_gap_instruction"] > 0 > saved["similarity_gap_math"]
+    assert set(saved["tasks"]) == {"instruction", "math"}

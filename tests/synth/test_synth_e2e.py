@@ -66,3 +66,21 @@ def test_bench_synth_local_compares_the_reference_pattern_and_our_engine(capsys)
     assert summary["local_speedup"] > 0 and summary["local_speedup_vs_own_sequential"] > 0
     assert summary["http_speedup"] is None
     assert summary["versions"]["transformers"] and isinstance(summary["seed"], int)
+
+
+@pytest.mark.slow
+def test_cli_diversity_quick_reports_every_task_with_intervals(tmp_path, capsys):
+    from personalm.paths import data_dir
+
+    if not (data_dir() / "personahub" / "tool_personas.jsonl").is_file():
+        pytest.skip("no personahub data (set PERSONALM_DATA)")
+    out = tmp_path / "report"
+    _ok(["synth", "diversity", "--quick", "-o", str(out), "--no-cache", "--data", str(data_dir())])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((out / "results.json").read_text())
+    for task in ("math", "instruction", "knowledge", "npc"):
+        low, high = saved[f"similarity_gap_{task}_ci"]
+        assert low <= saved[f"similarity_gap_{task}"] <= high and saved[f"similarity_gap_{task}_items"] == 6
+        assert printed[f"similarity_gap_{task}"] == saved[f"similarity_gap_{task}"]
+    assert saved["settings"]["world"] and saved["provenance"]["seconds"] > 0
+    assert (out / "arms.png").is_file() and "Similarity gap per task" in (out / "report.html").read_text()

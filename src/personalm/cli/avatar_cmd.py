@@ -302,7 +302,7 @@ def experiment_cmd(
         0.75, min=0.1, max=0.95, help="Share of each person's speeches (earliest) in memory."
     ),
     memory_chunks: int = typer.Option(300, min=10, help="Memory chunks per person (spread over the memory period)."),
-    prompts: int = typer.Option(4, min=1, help="Held-out prompts per person."),
+    prompts: int = typer.Option(10, min=1, help="Held-out prompts per person."),
     max_tokens: int = typer.Option(64, min=8),
     prefeval_items: int = typer.Option(
         0, min=0, help="PrefEval test questions, drawn from the critic's test topics (0: all of them)."

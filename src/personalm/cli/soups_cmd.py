@@ -11,6 +11,7 @@ from personalm.adapters import list_adapters
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.progress import progress_bar, stderr, training_bar
+from personalm.soups.prompts import HELD_OUT
 
 app = typer.Typer(help="Personalized Soups: preference feedback, DPO adapters per pole, merging by user weights.",
                   no_args_is_help=True)  # fmt: skip
@@ -60,7 +61,7 @@ def resolve_adapters(adapter: list[str], adapters_dir: Path | None) -> dict[str,
 def collect_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for candidates, labels and dpo/*.jsonl."),
     prompts: Path = typer.Option(None, help="Prompts (text lines, or JSONL/Parquet 'prompt'); default: built-in set."),
-    held_out: int = typer.Option(8, min=0, help="Last prompts kept out of training (for the experiment)."),
+    held_out: int = typer.Option(HELD_OUT, min=0, help="Last prompts kept out of training (for the experiment)."),
     limit: int = typer.Option(None, min=1, help="Use only this many training prompts."),
     samples: int = typer.Option(4, min=2, help="Responses sampled per prompt."),
     max_pairs: int = typer.Option(6, min=1, help="Pairs judged per prompt (each once per pole)."),
@@ -151,26 +152,40 @@ def experiment_cmd(
     adapters: Path = typer.Option(..., help="Folder written by `soups train` (one adapter per pole + pmorl)."),
     out: Path = typer.Option(Path("reports/soups"), "--out", "-o", help="results.json, PNG plots, report.html."),
     prompts: Path = typer.Option(None, help="Prompts file; default: built-in set (its held-out tail is used)."),
-    held_out: int = typer.Option(8, min=1, help="Same as `soups collect --held-out`."),
+    data: Path = typer.Option(
+        None, help="Evaluate on PrefEval questions from DIR/prefeval/mcq_options instead (--held-out of them, seeded)."
+    ),
+    held_out: int = typer.Option(HELD_OUT, min=1, help="Same as `soups collect --held-out` (or PrefEval questions)."),
     limit: int = typer.Option(None, min=1, help="Evaluate only this many held-out prompts."),
     max_tokens: int = typer.Option(64, min=8),
     weighting: str = typer.Option("mean", help="Soup weights per combination: mean (1/n each) or sum (1 each)."),
     pareto: str = typer.Option("expertise.elementary,informativeness.informative", help="Two poles to interpolate."),
     pareto_steps: int = typer.Option(5, min=2),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
-    judge: str = typer.Option(None, help="Model for the LLM judge; default: programmatic CPU judges."),
+    judge: str = typer.Option(
+        None, help="A model (e.g. openai:MODEL@URL) judging every pair beside the programmatic judge; their agreement."
+    ),
     threads: int = typer.Option(None, min=1, help="Torch CPU threads (1 is faster on a busy machine)."),
+    quick: bool = typer.Option(False, "--quick", help="A small run for tests: 3 prompts, 16 tokens, 2 Pareto steps."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Win rates of the soup vs the prompted base and vs P-MORL for all combinations; Pareto front."""
-    from personalm.eval.judges import make_judge
+    """Win rates (95% CI over prompts) of the soup vs the prompted base and vs P-MORL for all combinations; Pareto front."""
+    from personalm.cli.inputs import data_folder
+    from personalm.eval.judges import LLMJudge
     from personalm.models.registry import load_model
     from personalm.studies.soups import ExperimentConfig, run
 
+    folder = data_folder(data, required=["prefeval/mcq_options"]) if data is not None else None
+    if quick:
+        limit, max_tokens, pareto_steps = min(limit or 3, 3), min(max_tokens, 16), 2
     config = ExperimentConfig(adapters=str(adapters), out=str(out), model=model, prompts=str(prompts) if prompts else None,
-                              held_out=held_out, limit=limit, max_tokens=max_tokens, weighting=weighting, pareto=pareto,
-                              pareto_steps=pareto_steps, judge=judge, threads=threads, seed=seed)  # fmt: skip
-    results = run(config, make_judge(load_model(judge, cache=True) if judge else None), _log)
-    keys = ("soup_vs_prompted_winrate", "soup_vs_pmorl_winrate", "combinations_won_vs_prompted", "merge_seconds_mean")
-    print(json.dumps({k: results[k] for k in keys}))
+                              data=str(folder) if folder else None, held_out=held_out, limit=limit,
+                              max_tokens=max_tokens, weighting=weighting, pareto=pareto, pareto_steps=pareto_steps,
+                              judge=judge, threads=threads, seed=seed)  # fmt: skip
+    results = run(config, _log, LLMJudge(load_model(judge, cache=True)) if judge else None)
+    keys = ("soup_vs_prompted_winrate", "soup_vs_prompted_winrate_ci", "soup_vs_pmorl_winrate",
+            "soup_vs_pmorl_winrate_ci", "held_out_prompts", "combinations_won_vs_prompted", "merge_seconds_mean")  # fmt: skip
+    print(
+        json.dumps({k: results[k] for k in keys} | ({"judge_agreement": results["judge_agreement"]} if judge else {}))
+    )
     _log(f"report: {out / 'report.html'}")

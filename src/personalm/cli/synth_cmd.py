@@ -122,10 +122,15 @@ def diversity(
     personas: Path = typer.Option(
         None, "--personas", "-p", help="Personas (default: personahub/tool_personas.jsonl in the data folder)."
     ),
-    task: str = typer.Option("math", "--task", "-t", help="The task both arms run (zero-shot)."),
-    n: int = typer.Option(200, "-n", min=3, help="Outputs per arm (the first N personas)."),
+    data: Path = typer.Option(None, help="Data folder with personahub/ (default: PERSONALM_DATA or ../shared/data)."),
+    task: str = typer.Option(
+        "math,instruction,knowledge,npc", "--task", "-t", help="The tasks both arms run (zero-shot), comma-separated."
+    ),
+    n: int = typer.Option(200, "-n", min=3, help="Outputs per arm and task (the first N personas)."),
     out: Path = typer.Option(Path("reports/synthesis"), "--out", "-o", help="Report folder."),
-    world: str = typer.Option(None, help="npc: the game world's description (text or a file)."),
+    world: str = typer.Option(
+        None, help="npc: the game world's description (text or a file; default: a built-in one)."
+    ),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
     max_tokens: int = typer.Option(64, min=8),
     temperature: float = typer.Option(0.8, min=0.01, help="Must be > 0: the plain arm is N samples of one prompt."),
@@ -133,25 +138,42 @@ def diversity(
     batch: int = typer.Option(64, min=1, help="Prompts per cached chunk (a killed run redoes at most one)."),
     cache: bool = typer.Option(True, "--cache/--no-cache"),
     embedder: str = typer.Option(None, help="A local sentence-transformers directory (default: all-MiniLM-L6-v2)."),
+    quick: bool = typer.Option(False, "--quick", help="A small run for tests: 6 personas, 16 tokens."),
 ) -> None:
-    """With vs without personas: mean pairwise cosine, distinct-n, Vendi; output vs persona similarity."""
-    from personalm.paths import data_dir
+    """With vs without personas per task: mean pairwise cosine and its gap (95% CI), distinct-n, Vendi; output vs
+    persona similarity."""
+    from personalm.cli.inputs import data_folder
+    from personalm.report import interval
     from personalm.studies import synth_diversity as div
+    from personalm.synth.tasks import get_task
 
-    spec = _load_task(task, world, "logical", None)
-    if task in {"dialogue", "custom"}:
-        raise PersonalmError(f"diversity runs single-output tasks; '{task}' is not one")
-    source = personas or data_dir() / "personahub" / "tool_personas.jsonl"
+    names = [t.strip() for t in task.split(",") if t.strip()]
+    if not names or len(set(names)) < len(names):
+        raise PersonalmError(f"--task {task!r}: expected distinct task names, e.g. math,instruction,knowledge,npc")
+    bad = [t for t in names if t in {"dialogue", "custom"}]
+    if bad:
+        raise PersonalmError(f"diversity runs single-output tasks; '{bad[0]}' is not one")
+    world_text = _world(world) if world is not None else div.DEFAULT_WORLD
+    tasks = {t: get_task(t, world=world_text) for t in names}
+    if personas is None:
+        personas = data_folder(data, required=["personahub/tool_personas.jsonl"]) / "personahub" / "tool_personas.jsonl"
+    if quick:
+        n, max_tokens = min(n, div.QUICK_N), min(max_tokens, div.QUICK_MAX_TOKENS)
     config = div.DiversityConfig(
-        out=str(out), personas=str(source), task=task, n=n, model=model, max_tokens=max_tokens,
-        temperature=temperature, seed=seed, batch=batch, cache=cache, embedder=embedder,
+        out=str(out), personas=str(personas), tasks=tuple(names), n=n, model=model, max_tokens=max_tokens,
+        temperature=temperature, seed=seed, batch=batch, cache=cache, embedder=embedder, world=world_text,
     )  # fmt: skip
-    result = div.run(config, spec)
+    result = div.run(config, tasks)
     page = out / "report.html"
-    arms = result["arms"]
-    stderr.print(
-        f"mean pairwise cosine: with personas {arms['personas']['mean_pairwise_cosine']}, "
-        f"without {arms['plain']['mean_pairwise_cosine']}; report -> {page}",
-        markup=False,
-    )
-    typer.echo(json.dumps({"arms": arms, "similarity_by_bin": result["similarity_by_bin"]}))
+    for name in names:
+        stderr.print(
+            f"{name}: mean pairwise cosine with personas {interval(result, f'mean_pairwise_cosine_personas_{name}')}, "
+            f"without {interval(result, f'mean_pairwise_cosine_plain_{name}')}; gap "
+            f"{interval(result, f'similarity_gap_{name}')}",
+            markup=False,
+        )
+    stderr.print(f"report -> {page}", markup=False)
+    keys = [f"{k}_{t}{s}" for t in names for k in ("similarity_gap", "mean_pairwise_cosine_personas",
+                                                   "mean_pairwise_cosine_plain") for s in ("", "_ci")]  # fmt: skip
+    typer.echo(json.dumps({"arms": result["arms"], "similarity_by_bin": result["similarity_by_bin"]}
+                          | {k: result[k] for k in keys}))  # fmt: skip

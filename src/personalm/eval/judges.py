@@ -8,11 +8,17 @@ the second wins and 0.5 for a tie (LLM judges return the probability in between)
   words (information content); style: VADER compound sentiment (friendly vs unfriendly). Pairs closer
   than the axis's margin are ties.
 * LLMJudge: asks a model which response fits the preference, compares log P("A") and log P("B"), and
-  asks again with the responses swapped; averaging the two log-odds cancels position bias.
+  asks again with the responses swapped; averaging the two log-odds cancels position bias. A model
+  that cannot score a chat (an OpenAI-compatible endpoint, which scores plain text only and does not
+  know the served model's chat template) answers instead, greedily, in both orders: 1 when both
+  answers pick the first response, 0 when both pick the second, 0.5 when they disagree.
+
+`agreement` compares two judges on the same pairs (the programmatic and the LLM judge of a study).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -22,7 +28,7 @@ import numpy as np
 
 from personalm.errors import PersonalmError
 from personalm.eval.text import STOPWORDS, flesch_reading_ease, words
-from personalm.models.base import TextModel
+from personalm.models.base import SamplingParams, TextModel
 from personalm.soups.preferences import Pole
 
 
@@ -127,11 +133,54 @@ class LLMJudge:
         b = self.model.score(contexts, ["B"] * len(contexts))
         return np.array([x.total - y.total for x, y in zip(a, b, strict=True)])
 
+    def _answers_a(self, pole: Pole, prompts, a_texts, b_texts) -> np.ndarray:
+        """1 where the model answers A, 0 where it answers B, 0.5 where it names neither."""
+        contexts = [self.question(pole, p, a, b) for p, a, b in zip(prompts, a_texts, b_texts, strict=True)]
+        replies = self.model.generate(contexts, SamplingParams(max_tokens=4, temperature=0.0))
+        return np.array([_choice(r.text) for r in replies])
+
     def prefer(self, pole: Pole, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
-        """σ of the mean log-odds over both orders: a constant pull towards 'A' cancels exactly."""
+        """σ of the mean log-odds over both orders (a constant pull towards 'A' cancels exactly), or,
+        for a model that cannot score chats, the mean of its two answers."""
+        if not scores_chats(self.model):
+            return (
+                self._answers_a(pole, prompts, first, second) + 1.0 - self._answers_a(pole, prompts, second, first)
+            ) / 2
         shown_first = self._log_odds_a(pole, prompts, first, second)
         shown_second = self._log_odds_a(pole, prompts, second, first)
         return 1.0 / (1.0 + np.exp(-(shown_first - shown_second) / 2.0))
+
+
+def _choice(text: str) -> float:
+    found = re.search(r"\b([AB])\b", text)
+    return 0.5 if found is None else float(found.group(1) == "A")
+
+
+def scores_chats(model: TextModel) -> bool:
+    """False for an OpenAI-compatible endpoint without a chat renderer (it scores plain text only)."""
+    while hasattr(model, "inner"):
+        model = model.inner
+    return getattr(model, "render_chat", True) is not None
+
+
+def agreement(first: Sequence[float], second: Sequence[float]) -> dict[str, float | int | None]:
+    """Two judges' verdicts on the same pairs (1 = first response wins, 0 = second, 0.5 = tie; an
+    LLM judge's probabilities count by the side of 0.5 they fall on). On the pairs both decided:
+    the share where they name the same winner, and Cohen's kappa (that share corrected for the
+    agreement two judges with these win rates would reach by chance; None when chance is 1)."""
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"two judges' verdicts on different pairs ({a.shape} vs {b.shape})")
+    decided = (a != 0.5) & (b != 0.5)
+    wins_a, wins_b = a[decided] > 0.5, b[decided] > 0.5
+    n = int(decided.sum())
+    result: dict[str, float | int | None] = {"pairs": len(a), "decided_by_both": n, "agreement": None, "kappa": None}
+    if n:
+        observed = float(np.mean(wins_a == wins_b))
+        chance = float(wins_a.mean() * wins_b.mean() + (1 - wins_a.mean()) * (1 - wins_b.mean()))
+        result["agreement"] = observed
+        result["kappa"] = (observed - chance) / (1 - chance) if chance < 1 else None
+    return result
 
 
 def make_judge(judge_model: TextModel | None = None) -> PairJudge:

@@ -36,7 +36,7 @@ class ExperimentConfig:
     memory_fraction: float = 0.75
     memory_chunks: int = 300
     classifier_chunks: int = 400
-    prompts_per_person: int = 4
+    prompts_per_person: int = 10
     exemplars: int = 3
     max_tokens: int = 64
     temperature: float = 0.5
@@ -53,6 +53,14 @@ class ExperimentConfig:
 
 
 Log = Callable[[str], None]
+LIKENESS_KEYS = tuple(
+    f"{key}{suffix}"
+    for key in ("attribution_acc_rag", "attribution_acc_norag", "attribution_acc_profile", "attribution_acc_real",
+                "similarity_rag", "similarity_norag", "similarity_profile", "attribution_acc_difference",
+                "similarity_difference")
+    for suffix in ("", "_ci", "_items")
+)  # fmt: skip
+"""The likeness headline copied into results.json: each rate, its 95% interval and its prompt count."""
 
 
 def work_dir(config: ExperimentConfig) -> Path:
@@ -80,6 +88,11 @@ def earlier_likeness(config: ExperimentConfig) -> tuple[dict, dict]:
     if not isinstance(like, dict) or "attribution_acc_rag" not in like:
         raise PersonalmError(
             "no likeness part (expected a 'likeness' object from `avatar experiment`)", source=str(path)
+        )
+    if not all(k in like for k in LIKENESS_KEYS):
+        raise PersonalmError(
+            "the likeness part has no intervals (made by an older version); rerun without --prefeval-only",
+            source=str(path),
         )
     made = old.get("likeness_run") or {
         k: old.get(k) for k in ("model", "config", "seed", "versions", "machine", "seconds")
@@ -127,14 +140,7 @@ def run(
         if judge is not None:
             judge.close()
     free = pref["free_answers"]
-    results = {
-        "attribution_acc_rag": like["attribution_acc_rag"],
-        "attribution_acc_norag": like["attribution_acc_norag"],
-        "attribution_acc_profile": like["attribution_acc_profile"],
-        "attribution_acc_real": like["attribution_acc_real"],
-        "similarity_rag": like["similarity_rag"],
-        "similarity_norag": like["similarity_norag"],
-        "similarity_profile": like["similarity_profile"],
+    results = {k: like[k] for k in LIKENESS_KEYS} | {
         "rag_copy_rate": like["rag_copy_rate"],
         "prefeval_acc_memory": pref["prefeval_acc_memory"],
         "prefeval_acc_memory_ci": pref["prefeval_acc_memory_ci"],
@@ -174,30 +180,34 @@ def run(
                         shown=("config", "seed"))  # fmt: skip
 
 
+def _spans(results: dict, keys: list[str]) -> np.ndarray:
+    """matplotlib's (2, n) error spans from each key's `_ci`."""
+    return np.array([[results[k] - results[f"{k}_ci"][0], results[f"{k}_ci"][1] - results[k]] for k in keys]).T
+
+
 def plot(results: dict, path: Path) -> None:
     fig, axes = report.figure(3, width=13)
     names = [LABELS[c] for c in CONDITIONS]
     colors = ["#2b6cb0", "#a0aec0", "#68a063"]
-    acc = [results[f"attribution_acc_{c}"] for c in CONDITIONS]
-    axes[0].bar(names, acc, color=colors)
+    acc = [f"attribution_acc_{c}" for c in CONDITIONS]
+    axes[0].bar(names, [results[k] for k in acc], yerr=_spans(results, acc), capsize=4, color=colors)
     axes[0].axhline(results["chance_attribution"], ls="--", c="k", lw=1, label="chance")
-    axes[0].axhline(results["attribution_acc_real"], ls=":", c="r", lw=1, label="real held-out text")
-    axes[0].set_title("attributed to the right person")
+    low, high = results["attribution_acc_real_ci"]
+    axes[0].axhline(results["attribution_acc_real"], ls=":", c="r", lw=1, label="real held-out text (ceiling)")
+    axes[0].axhspan(low, high, color="r", alpha=0.1)
+    axes[0].set_title("attributed to the right person (95% CI)")
     axes[0].legend(fontsize=8)
-    axes[1].bar(names, [results[f"similarity_{c}"] for c in CONDITIONS], color=colors)
-    axes[1].set_title("MiniLM similarity to the real passage")
+    sim = [f"similarity_{c}" for c in CONDITIONS]
+    axes[1].bar(names, [results[k] for k in sim], yerr=_spans(results, sim), capsize=4, color=colors)
+    axes[1].set_title("MiniLM similarity to the real passage (95% CI)")
     pref = [
         ("with memory", "prefeval_acc_memory"),
         ("without", "prefeval_acc_nomemory"),
         ("free: plain", "free_answer_respect_plain"),
         ("free: best of n", "free_answer_respect_preferences"),
     ]
-    means = [results[k] for _, k in pref]
-    spans = np.array(
-        [[m - results[f"{k}_ci"][0], results[f"{k}_ci"][1] - m] for m, (_, k) in zip(means, pref, strict=True)]
-    ).T
-    axes[2].bar([label for label, _ in pref], means, yerr=spans, capsize=4,
-                color=[colors[0], colors[1], colors[1], colors[0]])  # fmt: skip
+    axes[2].bar([label for label, _ in pref], [results[k] for _, k in pref], yerr=_spans(results, [k for _, k in pref]),
+                capsize=4, color=[colors[0], colors[1], colors[1], colors[0]])  # fmt: skip
     axes[2].axhline(0.25, ls="--", c="k", lw=1)
     axes[2].set_title(f"PrefEval, unseen topics (recall@5 {results['retrieval_recall_at_5']:.2f}; 95% CI)")
     for ax in axes:
@@ -207,15 +217,16 @@ def plot(results: dict, path: Path) -> None:
 
 
 def headline_rows(results: dict) -> list[tuple[str, str, str]]:
+    """(answers by, attribution accuracy, similarity), each mean [95% CI]; the ceiling (real text) last."""
     rows = [
-        (LABELS[c], f"{results[f'attribution_acc_{c}']:.3f}", f"{results[f'similarity_{c}']:.3f}") for c in CONDITIONS
+        (LABELS[c], report.interval(results, f"attribution_acc_{c}"), report.interval(results, f"similarity_{c}"))
+        for c in CONDITIONS
     ]
-    return rows + [("real held-out passages", f"{results['attribution_acc_real']:.3f}", "1.000")]
-
-
-def interval(results: dict, key: str) -> str:
-    low, high = results[f"{key}_ci"]
-    return f"{results[key]:.3f} [{low:.3f}, {high:.3f}]"
+    return rows + [
+        ("retrieval − no retrieval (paired)", report.interval(results, "attribution_acc_difference"),
+         report.interval(results, "similarity_difference")),
+        ("real held-out passages (ceiling)", report.interval(results, "attribution_acc_real"), "1.000"),
+    ]  # fmt: skip
 
 
 def report_parts(results: dict) -> list[str]:
@@ -250,6 +261,11 @@ def report_parts(results: dict) -> list[str]:
         report.image(Path("avatar.png"), "attribution accuracy, similarity and PrefEval accuracy"),
         report.section(
             f"Likeness (chance {results['chance_attribution']:.3f})",
+            report.paragraph(
+                f"{like['prompts']} held-out prompts ({results['attribution_acc_rag_items']} answers per condition). "
+                "Mean [95% bootstrap interval over the prompts]; the difference is paired over the same prompts; "
+                "the last row is the attributor's ceiling, its accuracy on the real held-out passages."
+            ),
             report.table(headline),
             report.paragraph(
                 "Share of the RAG answers' word 8-grams copied from the retrieved exemplars: "
@@ -271,9 +287,9 @@ def report_parts(results: dict) -> list[str]:
             report.table(
                 [
                     {
-                        "with memory": interval(results, "prefeval_acc_memory"),
-                        "without memory": interval(results, "prefeval_acc_nomemory"),
-                        "difference": interval(results, "prefeval_acc_difference"),
+                        "with memory": report.interval(results, "prefeval_acc_memory"),
+                        "without memory": report.interval(results, "prefeval_acc_nomemory"),
+                        "difference": report.interval(results, "prefeval_acc_difference"),
                         "retrieval recall@5": f"{results['retrieval_recall_at_5']:.3f}",
                         "questions": pref["items"],
                     }
@@ -290,9 +306,9 @@ def report_parts(results: dict) -> list[str]:
             report.table(
                 [
                     {
-                        "plain": interval(results, "free_answer_respect_plain"),
-                        "preference-aware": interval(results, "free_answer_respect_preferences"),
-                        "difference": interval(results, "free_answer_difference"),
+                        "plain": report.interval(results, "free_answer_respect_plain"),
+                        "preference-aware": report.interval(results, "free_answer_respect_preferences"),
+                        "difference": report.interval(results, "free_answer_difference"),
                         "questions": free["items"],
                     }
                 ]

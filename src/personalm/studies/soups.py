@@ -5,8 +5,15 @@ combined preference prompt as system message, greedy decoding):
   * the base model (prompting only);
   * the soup: base + Σ_k w_k·ΔW_k over the combination's pole adapters (exact merge);
   * the Prompted-MORL adapter.
-The judge compares the soup with each rival one preference at a time (win = 1, tie = 0.5, loss = 0).
-The Pareto front interpolates two pole adapters (λ, 1-λ) and plots their programmatic scores.
+The programmatic judge compares the soup with each rival one preference at a time (win = 1, tie =
+0.5, loss = 0); a prompt's score for a combination is the mean over its poles, and every win rate
+carries a 95% bootstrap interval over the prompts (the headline: over the prompts' means across all
+combinations). With a judge model configured, the LLM judge scores the same pairs beside it, and the
+two judges' agreement on the pairs both decided is reported. The Pareto front interpolates two pole
+adapters (λ, 1-λ) and plots their programmatic scores with intervals over the prompts.
+
+Held-out prompts: the built-in set's last 50 (never collected on), a prompts file's tail, or with
+`--data DIR` PrefEval questions from DIR (real users' questions nobody wrote for this study).
 """
 
 from __future__ import annotations
@@ -22,16 +29,21 @@ import numpy as np
 from personalm import report
 from personalm.adapters import Adapter, exact_factors, is_adapter_dir, load_adapter, soup_applied
 from personalm.errors import PersonalmError
-from personalm.eval.judges import PairJudge, ProgrammaticJudge
+from personalm.eval.bootstrap import bootstrap_mean
+from personalm.eval.judges import PairJudge, ProgrammaticJudge, agreement
+from personalm.eval.prefeval import load_prefeval
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
 from personalm.soups.collect import PMORL, chat
 from personalm.soups.preferences import Pole, Preferences, combination_name
-from personalm.soups.prompts import load_prompts, split_prompts
+from personalm.soups.prompts import HELD_OUT, load_prompts, split_prompts
 from personalm.studies.harness import Study
 from personalm.tables import write_rows
 
 SOUP_WEIGHTINGS = ("mean", "sum")
+RIVALS = ("prompted", "pmorl")
+Verdicts = dict[str, dict[str, dict[str, np.ndarray]]]
+"""rival -> combination -> pole key -> one verdict per held-out prompt"""
 
 
 @dataclass
@@ -40,7 +52,8 @@ class ExperimentConfig:
     out: str
     model: str = DEFAULT_MODEL
     prompts: str | None = None
-    held_out: int = 8
+    data: str | None = None  # held-out prompts: PrefEval questions from DATA/prefeval/mcq_options
+    held_out: int = HELD_OUT
     limit: int | None = None
     max_tokens: int = 64
     weighting: str = "mean"
@@ -66,14 +79,24 @@ def load_pole_adapters(root: Path, prefs: Preferences) -> tuple[dict[str, Adapte
     return {p.key: load_adapter(root / p.key, p.key) for p in prefs.poles}, root / PMORL
 
 
-def run(config: ExperimentConfig, judge: PairJudge, log: Callable[[str], None] = print) -> dict:
+def held_out_questions(config: ExperimentConfig) -> list[str]:
+    """`held_out` PrefEval questions drawn with the seed (with --data), else the prompts' held-out tail."""
+    if config.data:
+        questions = [item.question for item in load_prefeval(Path(config.data) / "prefeval" / "mcq_options",
+                                                             config.held_out, config.seed)]  # fmt: skip
+    else:
+        _, questions = split_prompts(load_prompts(config.prompts), config.held_out)
+    return questions[: config.limit] if config.limit else questions
+
+
+def run(config: ExperimentConfig, log: Callable[[str], None] = print, llm_judge: PairJudge | None = None) -> dict:
+    """The study; `llm_judge` (the model of config.judge) scores every pair beside the programmatic judge."""
     if config.threads:
         import torch
 
         torch.set_num_threads(config.threads)
     prefs = Preferences.default()
-    _, questions = split_prompts(load_prompts(config.prompts), config.held_out)
-    questions = questions[: config.limit] if config.limit else questions
+    questions = held_out_questions(config)
     adapters, pmorl_dir = load_pole_adapters(Path(config.adapters), prefs)
     study = Study(config.out, config, packages=("personalm", "torch", "transformers", "peft", "trl", "vaderSentiment"))
     params = SamplingParams(max_tokens=config.max_tokens, temperature=0.0, seed=config.seed)
@@ -101,33 +124,92 @@ def run(config: ExperimentConfig, judge: PairJudge, log: Callable[[str], None] =
     with load_model(config.model, adapter=pmorl_dir) as pmorl_model:
         pmorl = _split([g.text.strip() for g in pmorl_model.generate(flat, params)], combos, len(questions))
 
-    rows, samples = [], []
-    for combo in combos:
-        name = combination_name(combo)
-        row: dict = {"combination": name}
-        for rival, texts in (("prompted", prompted[name]), ("pmorl", pmorl[name])):
-            per_pole = [float(np.mean(judge.prefer(p, questions, soups[name], texts))) for p in combo]
-            for pole, rate in zip(combo, per_pole, strict=True):
-                row[f"vs_{rival}:{pole.dimension}"] = rate
-            row[f"vs_{rival}"] = float(np.mean(per_pole))
-        rows.append(row)
-        for i, q in enumerate(questions):
-            samples.append({"combination": name, "prompt": q, "soup": soups[name][i],
-                            "prompted": prompted[name][i], "pmorl": pmorl[name][i]})  # fmt: skip
+    rivals = {"prompted": prompted, "pmorl": pmorl}
+    verdicts = judge_all(ProgrammaticJudge(), combos, questions, soups, rivals)
+    rows, headline = win_rates(verdicts, combos, config.seed)
+    samples = [
+        {
+            "combination": name,
+            "prompt": q,
+            "soup": soups[name][i],
+            "prompted": prompted[name][i],
+            "pmorl": pmorl[name][i],
+        }
+        for name in map(combination_name, combos)
+        for i, q in enumerate(questions)
+    ]
     write_rows(study.out / "samples.jsonl", samples)
-    results = {
-        "soup_vs_prompted_winrate": float(np.mean([r["vs_prompted"] for r in rows])),
-        "soup_vs_pmorl_winrate": float(np.mean([r["vs_pmorl"] for r in rows])),
+    results = headline | {
         "combinations_won_vs_prompted": sum(r["vs_prompted"] > 0.5 for r in rows),
         "merge_seconds_mean": float(np.mean(merge_seconds)),
         "per_combination": rows,
         "pareto": pareto,
-        "judge": judge.name,
+        "judge": ProgrammaticJudge.name,
         "held_out_prompts": len(questions),
+        "prompt_source": f"PrefEval questions in {config.data}" if config.data else (config.prompts or "built-in"),
         "config": asdict(config),
         "adapters": {k: _train_summary(a.path) for k, a in adapters.items()} | {PMORL: _train_summary(pmorl_dir)},
     }
+    if llm_judge is not None:
+        log(f"LLM judge {config.judge}: the same pairs")
+        llm = judge_all(llm_judge, combos, questions, soups, rivals)
+        llm_rows, llm_headline = win_rates(llm, combos, config.seed)
+        results |= {k.replace("_winrate", "_winrate_llm"): v for k, v in llm_headline.items()}
+        results["per_combination_llm"] = llm_rows
+        results["llm_judge"] = config.judge
+        results["judge_agreement"] = {rival: agreement(flat_verdicts(verdicts[rival]), flat_verdicts(llm[rival]))
+                                      for rival in RIVALS}  # fmt: skip
+    results["seconds"] = round(time.time() - study.started, 1)
     return _write_report(study, results, prefs)
+
+
+def judge_all(
+    judge: PairJudge,
+    combos: list[tuple[Pole, ...]],
+    questions: list[str],
+    soups: dict[str, list[str]],
+    rivals: dict[str, dict[str, list[str]]],
+) -> Verdicts:
+    """The soup against each rival, one pole at a time: a verdict per held-out prompt."""
+    return {
+        rival: {
+            combination_name(c): {p.key: np.asarray(judge.prefer(p, questions, soups[combination_name(c)],
+                                                                  texts[combination_name(c)]), dtype=float)
+                                  for p in c}
+            for c in combos
+        }
+        for rival, texts in rivals.items()
+    }  # fmt: skip
+
+
+def flat_verdicts(by_combination: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
+    """Every (combination, pole, prompt) verdict in one fixed order, for comparing two judges."""
+    return np.concatenate([v for poles in by_combination.values() for v in poles.values()])
+
+
+def win_rates(verdicts: Verdicts, combos: list[tuple[Pole, ...]], seed: int = 0) -> tuple[list[dict], dict]:
+    """Per combination: each pole's win rate and the mean over poles with its interval over the
+    prompts; the headline per rival: the mean over combinations, with its interval over the prompts
+    (a prompt's score is its mean over every combination and pole), and the prompt count."""
+    rows, per_prompt = [], {rival: [] for rival in verdicts}
+    for combo in combos:
+        name = combination_name(combo)
+        row: dict = {"combination": name}
+        for rival, by_combination in verdicts.items():
+            for pole in combo:
+                row[f"vs_{rival}:{pole.dimension}"] = float(by_combination[name][pole.key].mean())
+            scores = np.mean([by_combination[name][p.key] for p in combo], axis=0)
+            estimate = bootstrap_mean(scores, seed=seed)
+            row[f"vs_{rival}"] = estimate.mean
+            row[f"vs_{rival}_ci"] = [estimate.low, estimate.high]
+            per_prompt[rival].append(scores)
+        rows.append(row)
+    headline = {}
+    for rival, scores in per_prompt.items():
+        estimate = bootstrap_mean(np.mean(scores, axis=0), seed=seed)
+        key = f"soup_vs_{rival}_winrate"
+        headline |= {key: estimate.mean, f"{key}_ci": [estimate.low, estimate.high], f"{key}_items": estimate.n}
+    return rows, headline
 
 
 def _split(texts: list[str], combos, n: int) -> dict[str, list[str]]:
@@ -144,7 +226,8 @@ def _train_summary(path: Path) -> dict | None:
 
 
 def _pareto(base, adapters, prefs: Preferences, questions, params, config: ExperimentConfig, log) -> list[dict]:
-    """Interpolate two pole adapters (λ, 1-λ) and score the answers on both poles' axes."""
+    """Interpolate two pole adapters (λ, 1-λ) and score the answers on both poles' axes (mean and
+    95% interval over the prompts); the last point is the base model."""
     keys = [k.strip() for k in config.pareto.split(",")]
     if len(keys) != 2:
         raise PersonalmError(
@@ -153,66 +236,97 @@ def _pareto(base, adapters, prefs: Preferences, questions, params, config: Exper
     poles = [prefs.pole(k) for k in keys]
     scorer = ProgrammaticJudge()
     chats = [chat("", q) for q in questions]
+
+    def point(lam: float | None, texts: list[str]) -> dict:
+        out: dict = {"lambda": lam}
+        for key, pole in zip(keys, poles, strict=True):
+            estimate = bootstrap_mean(scorer.scores(pole, texts), seed=config.seed)
+            out |= {key: estimate.mean, f"{key}_ci": [estimate.low, estimate.high]}
+        return out
+
     points = []
     for lam in np.linspace(0.0, 1.0, config.pareto_steps):
         weights = {keys[0]: float(lam), keys[1]: float(1.0 - lam)}
         with soup_applied(base, exact_factors(adapters, weights), f"pareto-{lam:.2f}"):
             log(f"pareto λ={lam:.2f}")
-            texts = [g.text.strip() for g in base.generate(chats, params)]
-        points.append({"lambda": float(lam), keys[0]: float(scorer.scores(poles[0], texts).mean()),
-                       keys[1]: float(scorer.scores(poles[1], texts).mean())})  # fmt: skip
-    texts = [g.text.strip() for g in base.generate(chats, params)]
-    points.append({"lambda": None, keys[0]: float(scorer.scores(poles[0], texts).mean()),
-                   keys[1]: float(scorer.scores(poles[1], texts).mean())})  # fmt: skip
+            points.append(point(float(lam), [g.text.strip() for g in base.generate(chats, params)]))
+    points.append(point(None, [g.text.strip() for g in base.generate(chats, params)]))
     return points
+
+
+def _errors(rows: list[dict], key: str) -> np.ndarray:
+    """matplotlib's (2, n) error spans of `key` from `<key>_ci`."""
+    return np.array([[r[key] - r[f"{key}_ci"][0], r[f"{key}_ci"][1] - r[key]] for r in rows]).T
 
 
 def _write_report(study: Study, results: dict, prefs: Preferences) -> dict:
     rows = results["per_combination"]
     fig, ax = report.figure(ncols=2, width=11)
     labels = [r["combination"].replace("+", "\n") for r in rows]
-    for axis, rival in zip(ax, ("prompted", "pmorl"), strict=True):
-        axis.barh(range(len(rows)), [r[f"vs_{rival}"] for r in rows], color="#4a7bb7")
+    for axis, rival in zip(ax, RIVALS, strict=True):
+        axis.barh(range(len(rows)), [r[f"vs_{rival}"] for r in rows], xerr=_errors(rows, f"vs_{rival}"),
+                  capsize=3, color="#4a7bb7")  # fmt: skip
         axis.axvline(0.5, color="grey", linestyle="--")
         axis.set_yticks(range(len(rows)), labels, fontsize=6)
         axis.set_xlim(0, 1)
-        axis.set_title(f"soup win rate vs {rival}")
+        axis.set_title(f"soup win rate vs {rival} (95% CI over prompts)")
     winrates = study.save(fig, "winrates.png")
-    keys = [k for k in results["pareto"][0] if k != "lambda"]
+    keys = [k for k in results["pareto"][0] if k != "lambda" and not k.endswith("_ci")]
     fig, axis = report.figure(width=6)
     soup = [p for p in results["pareto"] if p["lambda"] is not None]
-    axis.plot([p[keys[0]] for p in soup], [p[keys[1]] for p in soup], "o-", label="soups (λ·first + (1-λ)·second)")
+    axis.errorbar([p[keys[0]] for p in soup], [p[keys[1]] for p in soup], xerr=_errors(soup, keys[0]),
+                  yerr=_errors(soup, keys[1]), fmt="o-", capsize=3, label="soups (λ·first + (1-λ)·second)")  # fmt: skip
     for p in soup:
         axis.annotate(f"λ={p['lambda']:.2f}", (p[keys[0]], p[keys[1]]), fontsize=7)
-    base = results["pareto"][-1]
-    axis.plot([base[keys[0]]], [base[keys[1]]], "s", color="grey", label="base")
+    base = results["pareto"][-1:]
+    axis.errorbar([base[0][keys[0]]], [base[0][keys[1]]], xerr=_errors(base, keys[0]), yerr=_errors(base, keys[1]),
+                  fmt="s", color="grey", capsize=3, label="base")  # fmt: skip
     axis.set_xlabel(f"{keys[0]} score")
     axis.set_ylabel(f"{keys[1]} score")
     axis.legend(fontsize=7)
     pareto = study.save(fig, "pareto.png")
-    headline = [{"comparison": "soup vs prompted base", "win rate": results["soup_vs_prompted_winrate"]},
-                {"comparison": "soup vs P-MORL", "win rate": results["soup_vs_pmorl_winrate"]}]  # fmt: skip
+    judges = [("programmatic", "")] + ([(f"LLM ({results['llm_judge']})", "_llm")] if "llm_judge" in results else [])
+    headline = [
+        {"comparison": f"soup vs {rival}", "judge": judge, "win rate [95% CI]":
+         report.interval(results, f"soup_vs_{rival}_winrate{suffix}"),
+         "prompts": results[f"soup_vs_{rival}_winrate{suffix}_items"]}
+        for rival in RIVALS for judge, suffix in judges
+    ]  # fmt: skip
     dims = prefs.names
+    columns = ["combination", *[c for rival in RIVALS for c in (f"vs_{rival}", *[f"vs_{rival}:{d}" for d in dims])]]
+    shown = [r | {f"vs_{rival}": report.interval(r, f"vs_{rival}") for rival in RIVALS} for r in rows]
     parts = [
-        report.section("Headline (win = 1, tie = 0.5, judged one preference at a time)", report.table(headline)),
-        report.section(
-            "Per combination",
-            report.table(
-                rows,
-                [
-                    "combination",
-                    "vs_prompted",
-                    *[f"vs_prompted:{d}" for d in dims],
-                    "vs_pmorl",
-                    *[f"vs_pmorl:{d}" for d in dims],
-                ],
-            ),  # fmt: skip
-            report.image(winrates, "Soup win rate per combination (0.5 = parity)"),
+        report.paragraph(
+            f"{results['held_out_prompts']} held-out prompts ({results['prompt_source']}) × {len(rows)} combinations, "
+            f"{results['seconds']} s. Win = 1, tie = 0.5, judged one preference at a time; a prompt's score is its "
+            "mean over the combination's poles; 95% bootstrap intervals over the prompts."
         ),
+        report.section("Headline", report.table(headline)),
+        report.section(
+            "Per combination (programmatic judge)",
+            report.table(shown, columns),
+            report.image(winrates, "Soup win rate per combination (0.5 = parity), 95% CI over prompts"),
+        ),
+    ]
+    if "llm_judge" in results:
+        llm_rows = [r | {f"vs_{rival}": report.interval(r, f"vs_{rival}") for rival in RIVALS}
+                    for r in results["per_combination_llm"]]  # fmt: skip
+        parts.append(
+            report.section(
+                f"LLM judge ({results['llm_judge']}) and agreement with the programmatic judge",
+                report.table(llm_rows, columns),
+                report.paragraph(
+                    "Agreement on the pairs both judges decided (neither a tie): share naming the same winner, "
+                    "and Cohen's kappa."
+                ),
+                report.table([{"rival": rival} | v for rival, v in results["judge_agreement"].items()]),
+            )
+        )
+    parts += [
         report.section(
             "Pareto front over merge weights",
             report.table(results["pareto"]),
-            report.image(pareto, "Programmatic scores of interpolated soups"),
+            report.image(pareto, "Programmatic scores of interpolated soups (95% CI over prompts)"),
         ),  # fmt: skip
         report.section(
             "Adapters (DPO)", report.table([{"adapter": k} | (v or {}) for k, v in results["adapters"].items()])

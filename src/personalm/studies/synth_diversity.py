@@ -1,9 +1,16 @@
-"""Does a persona make synthetic data more diverse? The same task with and without personas.
+"""Does a persona make synthetic data more diverse? The same tasks with and without personas.
 
-Arm "personas": one output per persona. Arm "plain": the same prompt without a persona, sampled as
-many times (distinct samples of one batched call). Both arms: mean pairwise cosine of output
-embeddings (lower = more diverse), distinct-n and Vendi score. Then the paper's figure: for persona
-pairs binned by persona cosine, the mean cosine of their two outputs.
+Per task (by default math, instruction, knowledge and npc), arm "personas": one output per persona;
+arm "plain": the same prompt without a persona, sampled as many times (distinct samples of one
+batched call). Both arms: mean pairwise cosine of output embeddings (lower = more diverse),
+distinct-n and Vendi score; the gap (plain − personas) with a 95% bootstrap interval over the
+outputs (eval.diversity.cosine_gap). Then the paper's figure: for persona pairs binned by persona
+cosine, the mean cosine of their two outputs.
+
+results.json: per task `similarity_gap_<task>` (+ `_ci`, `_items`, `_share_above_zero`),
+`mean_pairwise_cosine_{personas,plain}_<task>` (+ `_ci`), the full analysis under `tasks`; the
+top-level `arms`, `personas_more_diverse`, `persona_set` and `similarity_by_bin` are the first task's
+(the single-task layout earlier runs wrote).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from personalm import report
-from personalm.eval.diversity import measure, similarity_by_bin
+from personalm.eval.diversity import cosine_gap, measure, similarity_by_bin
 from personalm.models.base import ProgressCallback, TextModel
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.studies.harness import Study
@@ -24,15 +31,22 @@ from personalm.synth.run import Row, SynthOptions, synthesize
 from personalm.synth.tasks import Task
 
 PACKAGES = ("personalm", "torch", "transformers", "sentence-transformers")
+DEFAULT_TASKS = ("math", "instruction", "knowledge", "npc")
+DEFAULT_WORLD = (
+    "Saltmere, a harbour town on a cold northern coast, where fishing guilds, smugglers, a failing noble house "
+    "and a lighthouse order of scholars compete for the trade in whale oil and the secrets of the drowned reef."
+)
+"""The npc task's game world when --world is not given."""
+QUICK_N, QUICK_MAX_TOKENS = 6, 16
 
 
 @dataclass
 class DiversityConfig:
-    """`personalm synth diversity`: the task both arms run, on the first `n` personas."""
+    """`personalm synth diversity`: the tasks both arms run, on the first `n` personas."""
 
     out: str
     personas: str
-    task: str = "math"
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     n: int = 200
     model: str = DEFAULT_MODEL
     max_tokens: int = 64
@@ -41,10 +55,11 @@ class DiversityConfig:
     batch: int = 64
     cache: bool = True
     embedder: str | None = None
+    world: str = DEFAULT_WORLD
 
 
-def run(config: DiversityConfig, task: Task) -> dict[str, Any]:
-    """Both arms, their analysis and the report; `task` is the loaded `config.task`."""
+def run(config: DiversityConfig, tasks: dict[str, Task]) -> dict[str, Any]:
+    """Both arms of every task, their analysis and the report; `tasks` maps each of `config.tasks` to its Task."""
     from personalm.models.embedder import Embedder
     from personalm.models.registry import load_model
     from personalm.personas.io import read_personas
@@ -53,27 +68,31 @@ def run(config: DiversityConfig, task: Task) -> dict[str, Any]:
     study = Study(config.out, config, packages=PACKAGES)
     rows_in = read_personas(Path(config.personas)).to_pylist()[: config.n]
     options = SynthOptions(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
+    arms: dict[str, tuple[list[Row], list[Row]]] = {}
     with load_model(config.model, cache=config.cache) as loaded:
         if hasattr(loaded, "chunk_size"):
             loaded.chunk_size = config.batch
-        with progress_bar(f"diversity {config.task}", 2 * len(rows_in)) as advance:
-            with_rows, plain_rows = run_arms(rows_in, task, loaded, options, advance)
+        for name in config.tasks:
+            with progress_bar(f"diversity {name}", 2 * len(rows_in)) as advance:
+                arms[name] = run_arms(rows_in, tasks[name], loaded, options, advance)
         model_id = loaded.model_id
     encoder = Embedder(config.embedder)
-    result = analyse(with_rows, plain_rows, encoder.embed, config.seed)
-    result["examples"] = [{"persona": r["persona"], "output": r["output"]} for r in with_rows[:5]]
-    result["plain_examples"] = [r["output"] for r in plain_rows[:5]]
+    per_task = {}
+    for name, (with_rows, plain_rows) in arms.items():
+        per_task[name] = analyse(with_rows, plain_rows, encoder.embed, config.seed)
+        per_task[name]["examples"] = [{"persona": r["persona"], "output": r["output"]} for r in with_rows[:5]]
+        per_task[name]["plain_examples"] = [r["output"] for r in plain_rows[:5]]
     settings = {
-        "task": config.task,
+        "tasks": list(config.tasks),
         "n_per_arm": len(rows_in),
         "personas": config.personas,
         "model_id": model_id,
         "sampling": options.params().to_dict(),
         "seed": config.seed,
         "embedder": str(encoder.path),
+        "world": config.world if "npc" in config.tasks else None,
     }
-    return write_report(study, result, settings)
-
+    return write_report(study, per_task, settings)
 
 
 def run_arms(
@@ -99,54 +118,117 @@ def run_arms(
 
 
 def analyse(with_rows: Sequence[Row], plain_rows: Sequence[Row], embed, seed: int = 0) -> dict[str, Any]:
-    """Metrics of both arms and the binned similarity curve; `embed` maps texts to unit vectors."""
+    """Metrics of both arms, the cosine gap with its interval, and the binned similarity curve;
+    `embed` maps texts to unit vectors."""
     with_texts = [r["output"] for r in with_rows]
     plain_texts = [r["output"] for r in plain_rows]
     with_vectors, plain_vectors = embed(with_texts), embed(plain_texts)
     persona_vectors = embed([r["persona"] for r in with_rows])
     arms = {"personas": measure(with_texts, with_vectors, seed), "plain": measure(plain_texts, plain_vectors, seed)}
+    gap = cosine_gap(plain_vectors, with_vectors, seed=seed)
     return {
         "arms": arms,
         "personas_more_diverse": arms["personas"]["mean_pairwise_cosine"] < arms["plain"]["mean_pairwise_cosine"],
+        "similarity_gap": gap["gap"].mean,
+        "similarity_gap_ci": [gap["gap"].low, gap["gap"].high],
+        "similarity_gap_items": gap["gap"].n,
+        "similarity_gap_share_above_zero": gap["gap_share_above_zero"],
+        "mean_pairwise_cosine_personas": gap["personas"].mean,
+        "mean_pairwise_cosine_personas_ci": [gap["personas"].low, gap["personas"].high],
+        "mean_pairwise_cosine_plain": gap["plain"].mean,
+        "mean_pairwise_cosine_plain_ci": [gap["plain"].low, gap["plain"].high],
         "persona_set": measure([r["persona"] for r in with_rows], persona_vectors, seed),
         "similarity_by_bin": similarity_by_bin(persona_vectors, with_vectors),
     }
 
 
-def write_report(study: Study, result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """results.json (the result with its `settings`), two PNG figures and report.html."""
-    arms = result["arms"]
-    fig, ax = report.figure(ncols=2, width=10)
-    names = list(arms)
-    ax[0].bar(names, [arms[a]["mean_pairwise_cosine"] for a in names], color=["tab:blue", "tab:gray"])
+HEADLINE = ("similarity_gap", "mean_pairwise_cosine_personas", "mean_pairwise_cosine_plain")
+
+
+def headline(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flat per-task keys: `<metric>_<task>` with `_ci`, and the gap's `_items` and `_share_above_zero`."""
+    out: dict[str, Any] = {}
+    for task, result in per_task.items():
+        for key in HEADLINE:
+            out[f"{key}_{task}"] = result[key]
+            out[f"{key}_{task}_ci"] = result[f"{key}_ci"]
+        out[f"similarity_gap_{task}_items"] = result["similarity_gap_items"]
+        out[f"similarity_gap_{task}_share_above_zero"] = result["similarity_gap_share_above_zero"]
+    return out
+
+
+def write_report(study: Study, per_task: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """results.json (flat per-task keys, each task's analysis, its `settings`), two figures, report.html."""
+    names = list(per_task)
+    fig, ax = report.figure(ncols=2, width=11)
+    x = np.arange(len(names))
+    for offset, (arm, color) in zip((-0.2, 0.2), (("personas", "tab:blue"), ("plain", "tab:gray")), strict=True):
+        key = f"mean_pairwise_cosine_{arm}"
+        means = [per_task[t][key] for t in names]
+        spans = [[m - per_task[t][f"{key}_ci"][0] for t, m in zip(names, means, strict=True)],
+                 [per_task[t][f"{key}_ci"][1] - m for t, m in zip(names, means, strict=True)]]  # fmt: skip
+        ax[0].bar(x + offset, means, 0.4, yerr=spans, capsize=3, color=color, label=arm)
+    ax[0].set_xticks(x, names)
     ax[0].set_title("mean pairwise cosine of outputs (lower = more diverse)")
-    for i, n in enumerate((1, 2, 3)):
-        ax[1].bar(np.arange(2) + i * 0.25, [arms[a][f"distinct_{n}"] for a in names], 0.25, label=f"distinct-{n}")
-    ax[1].set_xticks(np.arange(2) + 0.25, names)
-    ax[1].set_title("distinct-n (higher = more diverse)")
-    ax[1].legend()
+    ax[0].legend()
+    gaps = [per_task[t]["similarity_gap"] for t in names]
+    spans = [[g - per_task[t]["similarity_gap_ci"][0] for t, g in zip(names, gaps, strict=True)],
+             [per_task[t]["similarity_gap_ci"][1] - g for t, g in zip(names, gaps, strict=True)]]  # fmt: skip
+    ax[1].bar(x, gaps, yerr=spans, capsize=4, color="tab:green")
+    ax[1].axhline(0, color="k", lw=1)
+    ax[1].set_xticks(x, names)
+    ax[1].set_title("gap: plain − personas (> 0: personas more diverse), 95% CI")
     arms_png = study.save(fig, "arms.png")
-    bins = result["similarity_by_bin"]
     fig, ax = report.figure()
-    ax.plot([b["mean_persona_cosine"] for b in bins], [b["mean_output_cosine"] for b in bins], "o-", label="outputs")
+    for task in names:
+        bins = per_task[task]["similarity_by_bin"]
+        ax.plot([b["mean_persona_cosine"] for b in bins], [b["mean_output_cosine"] for b in bins], "o-", label=task)
     ax.plot([0, 1], [0, 1], "--", color="gray", label="y = x")
     ax.set_xlabel("persona pair cosine (binned)")
     ax.set_ylabel("mean cosine of their outputs")
-    ax.set_title(f"{settings['task']}: output similarity vs persona similarity")
+    ax.set_title("output similarity vs persona similarity")
     ax.legend()
     similarity_png = study.save(fig, "similarity.png")
-    arm_rows = [{"arm": a} | arms[a] for a in names]
+    gap_rows = [
+        {"task": t, "outputs per arm": per_task[t]["similarity_gap_items"],
+         "with personas": report.interval(per_task[t], "mean_pairwise_cosine_personas"),
+         "without": report.interval(per_task[t], "mean_pairwise_cosine_plain"),
+         "gap (without − with)": report.interval(per_task[t], "similarity_gap"),
+         "share of resamples > 0": per_task[t]["similarity_gap_share_above_zero"]}
+        for t in names
+    ]  # fmt: skip
+    arm_rows = [{"task": t, "arm": a} | per_task[t]["arms"][a] for t in names for a in ("personas", "plain")]
     parts = [
-        report.section("With vs without personas", report.table(arm_rows), report.image(arms_png)),
+        report.paragraph(
+            f"{settings['n_per_arm']} outputs per arm and task, model {settings['model_id']}, seed {settings['seed']}. "
+            "Mean pairwise cosine of the outputs' embeddings [95% bootstrap interval: the outputs drawn again, "
+            "each arm on its own, the statistic recomputed over pairs of distinct outputs]."
+        ),
+        report.section("Similarity gap per task", report.table(gap_rows), report.image(arms_png)),
+        report.section("Both arms, every metric", report.table(arm_rows)),
         report.section(
             "Output similarity vs persona similarity",
             report.image(similarity_png, "persona pairs binned by persona cosine"),
-            report.table(bins),
+            *[report.paragraph(t) + report.table(per_task[t]["similarity_by_bin"]) for t in names],
         ),
         report.section(
             "Examples",
-            report.table([{"persona": r["persona"], "output": r["output"][:300]} for r in result.get("examples", [])]),
+            report.table(
+                [
+                    {"task": t, "persona": r["persona"], "output": r["output"][:300]}
+                    for t in names
+                    for r in per_task[t].get("examples", [])[:2]
+                ]
+            ),  # fmt: skip
         ),
     ]
-    results = result | {"settings": settings}
-    return study.finish(results, f"Synthesis diversity: {settings['task']}", parts, shown=("settings",))
+    first = per_task[names[0]]
+    results = headline(per_task) | {
+        "arms": first["arms"],
+        "personas_more_diverse": first["personas_more_diverse"],
+        "persona_set": first["persona_set"],
+        "similarity_by_bin": first["similarity_by_bin"],
+        "tasks": per_task,
+        "settings": settings,
+    }
+    return study.finish(results, f"Synthesis diversity: {', '.join(names)}", parts, shown=("settings",))
