@@ -69,7 +69,7 @@ def build(
     rounds: int = typer.Option(0, min=0, help="Preference rounds after SFT on the adapter's own samples."),
     round_method: str = typer.Option("dpo", help="dpo (pairs: passes vs fails the tone bar) or rft (SFT on passes)."),
     round_samples: int = typer.Option(4, min=2, help="Answers sampled per training question in each round."),
-    round_lr: float = typer.Option(5e-5, min=0.0, help="Learning rate of the rounds."),
+    round_lr: float = typer.Option(2e-4, min=0.0, help="Learning rate of the rounds."),
     seed: int = typer.Option(0),
 ) -> None:
     """Build a tone training set from a corpus of facts, then train the adapter (OUT/adapter) and
@@ -128,6 +128,7 @@ def experiment(
     out: Path = typer.Option(Path("reports/tone"), "--out", "-o", help="Folder for results.json, PNGs, report.html."),
     sizes: str = typer.Option("25,100,300", help="Training-set sizes for the LoRA conditions."),
     curve_size: int = typer.Option(100, min=1, help="Size trained with both fp32 and int8 bases (learning curves)."),
+    curve_questions: int = typer.Option(64, min=1, help="Test questions each learning-curve snapshot is scored on."),
     test: int = typer.Option(200, min=1, help="Held-out questions."),
     epochs: int = typer.Option(2, min=1),
     lr: float = typer.Option(3e-4, min=0.0),
@@ -142,7 +143,7 @@ def experiment(
     rounds: int = typer.Option(2, min=0, help="Preference rounds after SFT, for each --round-methods."),
     round_methods: str = typer.Option("dpo,rft", help="dpo (pairs on the adapter's own samples), rft, or both."),
     round_samples: int = typer.Option(4, min=2, help="Answers sampled per training question in each round."),
-    round_lr: float = typer.Option(5e-5, min=0.0, help="Learning rate of the rounds."),
+    round_lr: float = typer.Option(2e-4, min=0.0, help="Learning rate of the rounds."),
     scorer: str = typer.Option("flesch", help=SCORER_HELP),
     labelled: Path = typer.Option(None, help="JSONL/Parquet of {text, label} for --scorer embedding."),
     judge: str = typer.Option(None, help="Model for --scorer llm-judge."),
@@ -178,8 +179,8 @@ def experiment(
     _check_inputs(corpus, "text", scorer, labelled)
     embedder = Embedder()
     config = ToneExperimentConfig(
-        source=str(corpus), out=str(out), sizes=size_list, curve_size=curve_size, test=test, epochs=epochs, lr=lr,
-        rank=rank, snapshot_every=snapshot_every, candidates=candidates, margins=margin_list, val=val,
+        source=str(corpus), out=str(out), sizes=size_list, curve_size=curve_size, curve_questions=curve_questions,
+        test=test, epochs=epochs, lr=lr, rank=rank, snapshot_every=snapshot_every, candidates=candidates, margins=margin_list, val=val,
         per_doc=per_doc, rounds=rounds, round_methods=methods, round_samples=round_samples, round_lr=round_lr,
         model=model, seed=seed,
     )  # fmt: skip

@@ -47,6 +47,7 @@ class ToneExperimentConfig:
     out: str
     sizes: list[int] = field(default_factory=lambda: [25, 100, 300])
     curve_size: int = 100
+    curve_questions: int = 64
     test: int = 200
     epochs: int = 2
     batch_size: int = 4
@@ -61,7 +62,7 @@ class ToneExperimentConfig:
     rounds: int = 2
     round_methods: list[str] = field(default_factory=lambda: list(METHODS))
     round_samples: int = 4
-    round_lr: float = 5e-5
+    round_lr: float = 2e-4
     round_beta: float = 0.1
     model: str = DEFAULT_MODEL
     seed: int = 0
@@ -118,7 +119,7 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
                 for quant in ("fp32", "int8")}  # fmt: skip
     timings["train_int8_s"] = time.perf_counter() - mark
     curves = {
-        quant: learning_curve(config, adapter, test, embedder, scorer, out, conditions["base"])
+        quant: learning_curve(config, adapter, test[: config.curve_questions], embedder, scorer, out)
         for quant, adapter in adapters.items()
     }
     timings["total_s"] = time.perf_counter() - started
@@ -277,13 +278,15 @@ def evaluate(config, adapter: Path | None, system: str | None, test: list[dict],
     }
 
 
-def learning_curve(config, adapter: Path, test, embedder, scorer, out: Path, base: dict) -> list[dict[str, Any]]:
-    """Tone rate and similarity at each saved snapshot (step 0 is the base model)."""
+def learning_curve(config, adapter: Path, questions, embedder, scorer, out: Path) -> list[dict[str, Any]]:
+    """Tone rate and similarity at each saved snapshot on the first `curve_questions` test
+    questions (step 0 is the base model): a shape along training, cheaper than the full test set."""
+    base = evaluate(config, None, None, questions, embedder, scorer, out, "curve-base")
     points = [{"step": 0, "tone_rate": base["tone_rate"], "semsim": base["semsim"]}]
     snapshots = sorted((adapter / SNAPSHOTS).glob("step-*")) if (adapter / SNAPSHOTS).is_dir() else []
     for snap in snapshots:
         step = int(snap.name.split("-")[1])
-        scores = evaluate(config, snap, None, test, embedder, scorer, out, f"{adapter.name}-step{step}")
+        scores = evaluate(config, snap, None, questions, embedder, scorer, out, f"{adapter.name}-step{step}")
         points.append({"step": step, "tone_rate": scores["tone_rate"], "semsim": scores["semsim"]})
     return points
 
@@ -427,7 +430,14 @@ def write_outputs(study: Study, results: dict, conditions: dict, test: list[dict
                 ),
                 report.table(margin_rows),
             ),
-            report.section("Tone rate along training: fp32 vs int8 base", report.image(curve_png)),
+            report.section(
+                "Tone rate along training: fp32 vs int8 base",
+                report.paragraph(
+                    f"SFT snapshots every {results['config']['snapshot_every']} steps, scored on the first "
+                    f"{results['config']['curve_questions']} test questions."
+                ),
+                report.image(curve_png),
+            ),
             report.section("Example answers", report.table(examples)),
         ],
         shown=("config", "data", "seconds", "seed"),

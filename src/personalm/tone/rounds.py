@@ -54,7 +54,7 @@ class RoundsConfig:
     min_semsim: float = 0.5
     pairs_per_question: int = 2
     beta: float = 0.1
-    lr: float = 5e-5
+    lr: float = 2e-4
     epochs: int = 1
     batch_size: int = 4
     rank: int = 16
