@@ -96,6 +96,8 @@ def test_the_rule_keeps_rouge_not_worse_then_takes_the_most_recall():
     assert (
         choose_clip([_row(paper, -0.02, [-0.03, -0.01], 0.09), _row(generic, -0.01, [-0.02, -0.001], 0.0)]) == generic
     )
+    tie = [_row(paper, 0.0, [-0.01, 0.01], 0.03), _row(generic, 0.01, [0.0, 0.02], 0.03)]
+    assert choose_clip(tie) == paper  # equal recall: the candidate listed first
 
 
 def test_bounds_are_chosen_on_validation_conversations_only(tmp_path, monkeypatch, word_hash_embedder):

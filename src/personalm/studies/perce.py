@@ -67,7 +67,7 @@ GENERATED = ("rougeL", "similarity", "persona_recall")  # the metrics scored on 
 RULE = (
     "keep the candidates whose validation ROUGE-L difference to CE has an interval reaching 0 or above "
     "(not worse); among them the highest persona-term recall difference; if none is kept, the highest "
-    "ROUGE-L difference"
+    "ROUGE-L difference; ties go to the candidate listed first (the paper's bounds by default)"
 )
 # --quick: sizes for the tests (a run of a few minutes); everything else as given.
 QUICK = {
