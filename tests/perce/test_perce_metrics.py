@@ -1,97 +1,142 @@
-"""The PerCE experiment: the aggregation over seeds, the report files, the CLI errors (its metrics:
-tests/eval/test_persona.py, test_text.py and test_prefeval.py)."""
+"""The PerCE experiment: the aggregation over items and seeds, the report files, the CLI errors and a
+quick real run (its metrics: tests/eval/test_persona.py, test_text.py and test_prefeval.py; its
+design pieces: test_perce_design.py)."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from personalm.errors import PersonalmError
 from personalm.paths import data_dir
 from personalm.perce.contrast import TokenInfluence
 from personalm.studies.harness import Study
-from personalm.studies.perce import ExperimentConfig, aggregate, parse_sweep, sweep_name, sweep_table
+from personalm.studies.perce import ExperimentConfig, HeldOut, aggregate, choose_clip, parse_bounds, selection_table
 from personalm.studies.perce_report import markdown_table, write_report
 
 PERSONA = "I love to bake cookies.\nI have two dogs."
+METRIC_KEYS = ("rougeL", "persona_recall", "similarity", "prefeval_acc")
+HELD = HeldOut([{}] * 4, rouge=[0, 1, 2], recall=[1, 3])
 
 
 def _influence(tokens: list[str], pir: list[float]) -> TokenInfluence:
     return TokenInfluence(list(range(len(tokens))), tokens, pir, [0.0] * len(tokens))
 
 
+def _evaluation(rouge: list[float], bonus: float = 0.0, log: list | None = None) -> dict:
+    return {
+        "rougeL": [r + bonus for r in rouge],
+        "similarity": [0.3, 0.3, 0.3, 0.3],
+        "persona_recall": [None, 0.2 + bonus, None, 0.4 + bonus],
+        "prefeval_correct": [True, False, True],
+        "outputs": [f"out {i}" for i in range(4)],
+        "train_log": log or [],
+        "train_seconds": 1.0,
+        "eval_cpu_seconds": 2.0,
+    }
+
+
 def _fake_runs(seeds: int) -> dict:
     log = [{"step": s, "loss": 2.0 - 0.1 * s, "ce": 2.0 - 0.1 * s, "weight_mean": 1.2, "frac_clip_min": 0.7, "frac_clip_max": 0.02} for s in range(1, 5)]  # fmt: skip
-    runs = {"base": {"rougeL": 0.1, "persona_recall": 0.2, "similarity": 0.3, "prefeval_acc": 0.4}}
+    runs = {"base": _evaluation([0.1, 0.1, 0.1, 0.1])}
+    del runs["base"]["train_seconds"]
     for seed in range(seeds):
-        for arm, bonus in (("ce", 0.0), ("perce", 0.01 * (seed + 1))):
-            runs[f"{arm}-seed{seed}"] = {
-                "rougeL": 0.15 + bonus, "persona_recall": 0.25 + bonus, "similarity": 0.35, "prefeval_acc": 0.45,
-                "outputs": [f"out {i}" for i in range(3)], "train_log": log, "train_seconds": 1.0,
-            }  # fmt: skip
+        runs[f"ce-seed{seed}"] = _evaluation([0.1, 0.2, 0.3, 0.9], log=log)
+        runs[f"perce-seed{seed}"] = _evaluation([0.1, 0.2, 0.3, 0.9], bonus=0.01 * (seed + 1), log=log)
     return runs
 
 
-def test_aggregate_reports_mean_spread_and_paired_deltas(tmp_path):
-    config = ExperimentConfig(out=str(tmp_path), data="x", seeds=3)
-    pir = {"k": 3, "pir_precision_at_k": 0.6, "random_precision_at_k": 0.2, "examples_with_persona_tokens": 9}
-    results = aggregate(_fake_runs(3), pir, config)
-    for key in ("ce_rougeL", "perce_rougeL", "ce_persona_recall", "perce_persona_recall", "ce_prefeval_acc",
-                "perce_prefeval_acc", "pir_precision_at_k", "random_precision_at_k"):  # fmt: skip
-        assert key in results
-    assert results["perce_rougeL"] == pytest.approx(0.17) and results["perce_rougeL_std"] == pytest.approx(0.01)
-    assert results["perce_minus_ce_rougeL"] == pytest.approx(0.02) and results["perce_wins_rougeL"] == 3
-    assert results["ce_similarity_std"] == 0.0 and results["perce_wins_similarity"] == 0
+def _pir() -> dict:
+    return {"k": 3, "pir": [1.0, 0.0, 0.5], "random": [0.2, 0.1, 0.3], "examples_with_persona_tokens": 3}
+
+
+def test_aggregate_pairs_items_and_seeds_and_keeps_the_keys_read_today(tmp_path):
+    results = aggregate(_fake_runs(3), _pir(), ExperimentConfig(out=str(tmp_path), data="x", seeds=3), HELD)
+    for metric in METRIC_KEYS:
+        for key in (f"ce_{metric}", f"perce_{metric}", f"perce_minus_ce_{metric}", f"perce_minus_ce_{metric}_ci",
+                    f"{metric}_items", f"ce_{metric}_ci", f"base_{metric}_ci"):  # fmt: skip
+            assert key in results, key
+    assert "pir_precision_at_k" in results and "random_precision_at_k" in results
+    # ROUGE-L on items 0-2 only (item 3 is a recall item beyond the random draw), persona recall on 1 and 3
+    assert results["ce_rougeL"] == pytest.approx(0.2) and results["rougeL_items"] == 3
+    assert results["ce_persona_recall"] == pytest.approx(0.3) and results["persona_recall_items"] == 2
+    assert results["prefeval_acc_items"] == 3 and results["perce_minus_ce_prefeval_acc"] == 0.0
+    # every (item, seed) pair gains 0.01 * (seed + 1): the seed-averaged difference is 0.02 on every item
+    assert results["perce_minus_ce_rougeL"] == pytest.approx(0.02)
+    assert results["perce_minus_ce_rougeL_ci"] == pytest.approx([0.02, 0.02])
+    assert results["perce_minus_ce_rougeL_per_seed"] == pytest.approx([0.01, 0.02, 0.03])
+    assert results["perce_wins_rougeL"] == 3 and results["perce_rougeL_std"] == pytest.approx(0.01)
+    low, high = results["ce_rougeL_ci"]
+    assert low < results["ce_rougeL"] < high
+    assert results["pir_minus_random_precision_at_k"] == pytest.approx(0.3) and results["pir_precision_at_k_items"] == 3
     assert results["perce_weights"] == {"weight_mean": 1.2, "frac_clip_min": 0.7, "frac_clip_max": 0.02}
     assert results["final_train_ce"] == {"ce": 1.6, "perce": 1.6}
 
 
-def test_report_writes_json_plots_and_html(tmp_path):
+def _selection(seeds: int = 1) -> dict:
+    ce = [_evaluation([0.1, 0.2, 0.3, 0.9])] * seeds
+    candidates = {(0.8, 5.0): [_evaluation([0.1, 0.2, 0.3, 0.9], bonus=0.05)] * seeds,
+                  (1.0, 5.0): [_evaluation([0.1, 0.2, 0.3, 0.9], bonus=0.02)] * seeds}  # fmt: skip
+    table = selection_table(ce, candidates, HELD, seed=0)
+    chosen = choose_clip(table)
+    for row in table:
+        row["chosen"] = (row["clip_min"], row["clip_max"]) == chosen
+    return {"rule": "r", "chosen": {"clip_min": chosen[0], "clip_max": chosen[1]}, "paper_bounds": [0.8, 5.0],
+            "seeds": [0], "validation_conversations": 5, "validation_replies": 3, "validation_recall_replies": 2,
+            "candidates": table}  # fmt: skip
+
+
+def test_report_writes_json_plots_and_html_with_intervals(tmp_path):
     config = ExperimentConfig(out=str(tmp_path), data="x", seeds=2)
     influence = _influence(["I", " bake", " cookies", "<|im_end|>"], [0.0, 2.0, 3.0, 1.0]).to_dict()
-    pir = {"k": 3, "pir_precision_at_k": 0.6, "random_precision_at_k": 0.2, "examples_with_persona_tokens": 1,
-           "influences": [influence], "special": ["<|im_end|>", "\n"]}  # fmt: skip
-    results = aggregate(_fake_runs(2), pir, config) | {
-        "config": {"seeds": 2},
-        "data": {"test_replies": 3, "test_conversations": 2, "test_replies_with_persona_terms": 2},
+    pir = _pir() | {"influences": [influence], "special": ["<|im_end|>", "\n"]}
+    runs = _fake_runs(2)
+    results = aggregate(runs, pir, config, HELD) | {
+        "perce_clip_min": 0.8,
+        "perce_clip_max": 5.0,
+        "clip_selection": _selection(),
+        "config": {"seeds": 2, "batch_size": 3},
+        "data": {
+            "train_conversations": 9,
+            "train_windows": 90,
+            "train_steps": 30,
+            "train_epochs": 1.0,
+            "test_replies": 3,
+            "test_conversations": 2,
+            "test_replies_with_persona_terms": 2,
+            "prefeval_items": 3,
+            "csv": "x/persona_chat/valid.csv",
+        },  # fmt: skip
         "seconds": 1.0,
+        "cpu_seconds": 2.0,
+        "work_cpu_seconds": {"training": 10.0, "evaluation": 5.0, "total": 15.0, "training_runs": 4},
         "versions": {},
     }
     row = {"persona": PERSONA, "context": [{"role": "user", "content": "hi <b>"}], "reply": "I bake cookies"}
-    runs = _fake_runs(2)
-    runs[sweep_name(0.5, 10.0, 0)] = runs["perce-seed0"]
-    results["sweep"] = sweep_table(runs, ExperimentConfig(out="o", data="x", seeds=2, sweep=((0.5, 10.0),)))
-    write_report(Study(tmp_path, config), results, runs, [row] * 3, [row], pir)
+    write_report(Study(tmp_path, config), results, runs, HeldOut([row] * 4, [0, 1, 2], [1, 3]), [row], pir)
     assert json.loads((tmp_path / "results.json").read_text())["perce_rougeL"] == results["perce_rougeL"]
-    for name in ("metrics.png", "training.png", "pir_precision.png", "clip_sweep.png"):
+    for name in ("metrics.png", "differences.png", "training.png", "pir_precision.png", "clip_selection.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "report.html").read_text()
-    assert "hi &lt;b&gt;" in page and "PIR +3.00" in page and "PerCE better in 2/2 seeds" in page
-    assert "<td>PerCE m=0.5 M=10</td><td>0.1600</td>" in page
+    assert "hi &lt;b&gt;" in page and "PIR +3.00" in page and "PerCE ahead in 2/2" in page
+    assert "<td>+0.0150 [+0.0150, +0.0150]</td><td>3</td>" in page  # PerCE − CE on ROUGE-L, its items
+    assert "<td>m=0.8 M=5 (paper)</td><td>+0.0500 [+0.0500, +0.0500]</td>" in page
+    assert "15 CPU-seconds" in page and "not resampled" in page
     assert "70.0% of\nthe reply tokens at the lower bound" in page
-    assert "scored on the 2 of them" in page
-    assert "| ROUGE-L F1 | 0.1000 | 0.1500 ± 0.0000 | 0.1650 ± 0.0071 | +0.0150 |" in markdown_table(results)
+    assert "| ROUGE-L F1 | 0.1000 [0.1000, 0.1000] | 0.2000 [" in markdown_table(results)
 
 
-def test_sweep_bounds_parse_and_bad_ones_fail():
-    assert parse_sweep("0.5:10, 1:3,") == ((0.5, 10.0), (1.0, 3.0)) and parse_sweep("") == ()
+def test_clip_bounds_parse_and_bad_ones_fail():
+    assert parse_bounds("0.8:5, 1:5, 0.8:5,") == ((0.8, 5.0), (1.0, 5.0))
     for bad in ("0.5", "a:b", "1:2:3"):
         with pytest.raises(PersonalmError, match="m:M pairs"):
-            parse_sweep(bad)
-
-
-def test_sweep_table_compares_clip_bounds_with_ce_on_the_sweep_seed(tmp_path):
-    config = ExperimentConfig(out=str(tmp_path), data="x", seeds=2, sweep=((0.5, 10.0), (0.8, 5.0)), sweep_seeds=2)
-    runs = _fake_runs(2)
-    runs[sweep_name(0.5, 10.0, 0)] = runs["perce-seed0"] | {"rougeL": 0.3}
-    runs[sweep_name(0.5, 10.0, 1)] = runs["perce-seed1"] | {"rougeL": 0.2}
-    table = sweep_table(runs, config)
-    assert [(row["arm"], row["clip_min"]) for row in table] == [("ce", None), ("perce", 0.8), ("perce", 0.5)]
-    assert table[0]["weight_mean"] is None and table[1]["clip_max"] == 5.0 and table[2]["weight_mean"] == 1.2
-    assert table[2]["rougeL"] == 0.25 and table[2]["rougeL_per_seed"] == [0.3, 0.2] and table[1]["seeds"] == 2
-    assert sweep_table(runs, ExperimentConfig(out="o", data="x", seeds=2, sweep_seeds=0)) == []
-    assert ExperimentConfig(out="o", data="x", seeds=2, sweep=()).fingerprint() == config.fingerprint()
+            parse_bounds(bad)
+    with pytest.raises(PersonalmError, match="at least one"):
+        parse_bounds(" , ")
+    with pytest.raises(PersonalmError, match="m must not exceed M"):
+        parse_bounds("3:1")
 
 
 def test_cli_errors_are_one_line(tmp_path, cli):
@@ -106,8 +151,8 @@ def test_cli_errors_are_one_line(tmp_path, cli):
         (("explain", str(nopersona)), "np.jsonl:1:"),
         (("explain", "--persona", "p", "--response", "r", "-m", "nope"), "unknown model 'nope'"),
         (("perce", "experiment", "--data", str(tmp_path), "-o", str(tmp_path / "r")), "valid.csv: no such file"),
-        (("perce", "experiment", "--sweep", "1:x", "-o", str(tmp_path / "r")), "--sweep: expected m:M pairs"),
-        (("perce", "experiment", "--sweep", "3:1", "-o", str(tmp_path / "r")), "m must not exceed M"),
+        (("perce", "experiment", "--candidates", "1:x", "-o", str(tmp_path / "r")), "--candidates: expected m:M"),
+        (("perce", "experiment", "--candidates", "3:1", "-o", str(tmp_path / "r")), "m must not exceed M"),
     ):
         run = cli.run(*args, timeout=300)
         assert run.returncode == 2, (args, run.stderr[-1500:])
@@ -135,26 +180,24 @@ def test_explain_prints_colours_json_and_writes_a_heatmap(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_tiny_experiment_runs_the_sweep_and_reuses_its_cache(tmp_path):
+def test_quick_experiment_chooses_bounds_on_validation_and_reuses_its_cache(tmp_path):
     from personalm.studies import perce as experiment
 
     if not (data_dir() / "persona_chat" / "valid.csv").is_file():
         pytest.skip("persona-chat data not found (set PERSONALM_DATA)")
-    config = ExperimentConfig(
-        out=str(tmp_path / "r"), data=str(data_dir()), seeds=1, train_conversations=4, test_turns=4,
-        prefeval_items=2, pir_examples=4, steps=1, batch_size=2, max_tokens=8, sweep=((1.0, 3.0),),
-    )  # fmt: skip
+    config = ExperimentConfig(out=str(tmp_path / "r"), data=str(data_dir()), quick=True)
     results = experiment.run(config, log=lambda message: None)
-    assert [row["clip_min"] for row in results["sweep"]] == [None, 0.8, 1.0]
-    assert results["sweep"][2]["weight_mean"] >= 1.0  # every weight is at least m
-    for key in (
-        "ce_rougeL",
-        "perce_persona_recall",
-        "perce_prefeval_acc",
-        "pir_precision_at_k",
-        "random_precision_at_k",
-    ):
+    selection = results["clip_selection"]
+    assert [(row["clip_min"], row["clip_max"]) for row in selection["candidates"]] == [(0.8, 5.0), (1.0, 5.0)]
+    assert selection["candidates"][1]["weight_mean"] >= 1.0  # every weight is at least m
+    assert sum(row["chosen"] for row in selection["candidates"]) == 1
+    assert (results["perce_clip_min"], results["perce_clip_max"]) in [(0.8, 5.0), (1.0, 5.0)]
+    for key in ("ce_rougeL", "perce_persona_recall", "perce_prefeval_acc", "pir_precision_at_k",
+                "random_precision_at_k", "perce_minus_ce_persona_recall_ci", "rougeL_items"):  # fmt: skip
         assert key in results
-    assert (tmp_path / "r" / "clip_sweep.png").is_file() and (tmp_path / "r" / "report.html").is_file()
+    assert results["rougeL_items"] == 6 and results["persona_recall_items"] == 4
+    assert results["data"]["path"] == str(data_dir()) and results["work_cpu_seconds"]["training_runs"] == 3
+    assert np.isfinite(results["perce_minus_ce_rougeL_ci"]).all()
+    assert (tmp_path / "r" / "clip_selection.png").is_file() and (tmp_path / "r" / "report.html").is_file()
     again = experiment.run(config, log=lambda message: None)
-    assert again["sweep"] == results["sweep"] and again["ce_rougeL"] == results["ce_rougeL"]
+    assert again["clip_selection"] == selection and again["ce_rougeL"] == results["ce_rougeL"]

@@ -89,42 +89,60 @@ def experiment(
     data: Path = typer.Option(None, help="Data folder with persona_chat/ and prefeval/ (default: PERSONALM_DATA)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model for both arms."),
     seeds: int = typer.Option(3, min=1, help="Seeds per arm (each seed: its own data order and LoRA init)."),
-    train_conversations: int = typer.Option(64, min=1, help="Persona-chat conversations to train on."),
-    test_turns: int = typer.Option(64, min=1, help="Held-out turns to generate and score."),
-    prefeval_items: int = typer.Option(60, min=0, help="PrefEval multiple-choice items (0 skips the transfer check)."),
-    pir_examples: int = typer.Option(48, min=1, help="Held-out replies that use a persona word, for PIR precision@k."),
+    quick: bool = typer.Option(False, "--quick", help="A small run for tests: 1 seed, 2 steps, a few replies."),
+    train_conversations: int = typer.Option(
+        0, min=0, help="Persona-chat conversations to train on, every window (0: enough to fill --steps batches)."
+    ),
+    validation_conversations: int = typer.Option(100, min=1, help="Conversations the clip bounds are chosen on."),
+    test_replies: int = typer.Option(500, min=1, help="Test replies drawn at random (ROUGE-L, similarity)."),
+    recall_replies: int = typer.Option(
+        300, min=1, help="Test replies whose reference shares a content word with the persona (persona-term recall)."
+    ),
+    validation_replies: int = typer.Option(300, min=1, help="Validation replies drawn at random."),
+    validation_recall_replies: int = typer.Option(200, min=1, help="Validation replies for persona-term recall."),
+    prefeval_items: int = typer.Option(100, min=0, help="PrefEval multiple-choice items (0 skips the transfer check)."),
+    pir_examples: int = typer.Option(200, min=1, help="Test replies that use a persona word, for PIR precision@k."),
     k: int = typer.Option(3, min=1, help="k of PIR precision@k."),
-    steps: int = typer.Option(12, min=1, help="Optimizer steps per run (same for CE and PerCE)."),
-    batch_size: int = typer.Option(4, min=1),
+    steps: int = typer.Option(
+        300, min=1, help="Optimizer steps per run (same for CE and PerCE); raised to one pass over every window."
+    ),
+    batch_size: int = typer.Option(2, min=1, help="Training windows per step."),
     lr: float = typer.Option(1e-3, min=0.0),
     rank: int = typer.Option(16, min=1, help="LoRA rank."),
     window: int = typer.Option(6, min=2, help="Turns per training example / context turns before a test reply."),
     max_len: int = typer.Option(256, min=32, help="Longest training example in tokens."),
     max_tokens: int = typer.Option(32, min=1, help="Generated tokens per held-out reply."),
-    clip_min: float = typer.Option(0.8, help="PerCE lower weight bound m."),
-    clip_max: float = typer.Option(5.0, help="PerCE upper weight bound M."),
-    split_seed: int = typer.Option(0, help="Seed of the train/test split by conversation."),
-    sweep: str = typer.Option("0.5:10,1:3,0.8:2", help="Extra PerCE clip bounds m:M, comma-separated ('' for none)."),
-    sweep_seeds: int = typer.Option(1, min=0, help="Seeds the clip-bound sweep trains (0, 1, ...)."),
+    split_seed: int = typer.Option(0, help="Seed of the split by conversation and of the bootstrap."),
+    candidates: str = typer.Option(
+        "0.8:5,1:5", help="PerCE clip bounds m:M to choose from on validation (comma-separated; one: no choice)."
+    ),
+    selection_seeds: int = typer.Option(1, min=1, help="Seeds (0, 1, ...) every candidate trains for the choice."),
 ) -> None:
-    """CE vs PerCE on persona-chat: same model, adapter config, data, steps and seeds; held-out eval."""
+    """CE vs PerCE on persona-chat: same model, adapter config, data, steps and seeds; PerCE's clip bounds
+    chosen on validation conversations; paired intervals on held-out test conversations."""
     from rich.table import Table
 
     from personalm.cli.inputs import data_folder
-    from personalm.studies.perce import ExperimentConfig, parse_sweep, run
-    from personalm.studies.perce_report import headline_rows
+    from personalm.studies.perce import ExperimentConfig, parse_bounds, run
+    from personalm.studies.perce_report import HEADLINE_COLUMNS, headline_rows
 
     needed = ["persona_chat/valid.csv"] + (["prefeval/mcq_options"] if prefeval_items else [])
-    clip_bounds = parse_sweep(sweep)  # the options first: they need no data folder
+    bounds = parse_bounds(candidates)  # the options first: they need no data folder
     config = ExperimentConfig(
-        out=str(out), data=str(data_folder(data, required=needed)), model=model, seeds=seeds,
-        train_conversations=train_conversations, test_turns=test_turns, prefeval_items=prefeval_items,
+        out=str(out), data=str(data_folder(data, required=needed)), model=model, seeds=seeds, quick=quick,
+        train_conversations=train_conversations, validation_conversations=validation_conversations,
+        test_replies=test_replies, recall_replies=recall_replies, validation_replies=validation_replies,
+        validation_recall_replies=validation_recall_replies, prefeval_items=prefeval_items,
         pir_examples=pir_examples, k=k, steps=steps, batch_size=batch_size, lr=lr, rank=rank, window=window,
-        max_len=max_len, max_tokens=max_tokens, clip_min=clip_min, clip_max=clip_max, split_seed=split_seed,
-        sweep=clip_bounds, sweep_seeds=sweep_seeds,
+        max_len=max_len, max_tokens=max_tokens, split_seed=split_seed, candidates=bounds,
+        selection_seeds=selection_seeds,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False))
-    table = Table("metric", "base model", f"CE ({seeds} seeds)", "PerCE", "PerCE − CE", title="held-out persona-chat")
+    title = (
+        f"held-out persona-chat, {results['seeds']} seeds, PerCE m={results['perce_clip_min']:g} "
+        f"M={results['perce_clip_max']:g}: mean [95% interval]"
+    )
+    table = Table(*HEADLINE_COLUMNS, title=title)
     for row in headline_rows(results):
         table.add_row(*row)
     console = Console()

@@ -238,12 +238,12 @@ def accuracy(scores: np.ndarray, answers: list[int]) -> float:
     return float(np.mean(scores.argmax(axis=1) == np.array(answers)))
 
 
-def choice_accuracy(model: TextModel, items: list[PrefEvalItem], seed: int = 0) -> float:
-    """Multiple choice by likelihood: the preference and question as the user's turn, each option
-    scored as the reply (mean log-prob per token), options shuffled; right when the top one is the
-    option that respects the preference."""
+def choice_correct(model: TextModel, items: list[PrefEvalItem], seed: int = 0) -> list[bool]:
+    """Multiple choice by likelihood, item by item (paired intervals need the items): the preference
+    and question as the user's turn, each option scored as the reply (mean log-prob per token),
+    options shuffled; right when the top one is the option that respects the preference."""
     if not items:
-        return float("nan")
+        return []
     rng = random.Random(seed)
     questions, answers = [], []
     for item in items:
@@ -251,4 +251,10 @@ def choice_accuracy(model: TextModel, items: list[PrefEvalItem], seed: int = 0) 
         rng.shuffle(order)
         answers.append(order.index(0))
         questions.append(Question(item.question, [item.options[i] for i in order], [item.preference]))
-    return accuracy(Passes(model, questions)("stated", True).mean, answers)
+    scores = Passes(model, questions)("stated", True).mean
+    return [bool(right) for right in scores.argmax(axis=1) == np.array(answers)]
+
+
+def choice_accuracy(model: TextModel, items: list[PrefEvalItem], seed: int = 0) -> float:
+    """The share of `choice_correct` items (NaN for none)."""
+    return float(np.mean(choice_correct(model, items, seed))) if items else float("nan")
