@@ -107,3 +107,23 @@ def test_a_dpo_round_trains_from_the_sft_adapter_and_is_kept_when_run_again(tmp_
     logged: list[str] = []
     again = run_rounds(config, sft, items, tmp_path / "rounds", embedder, FleschScorer(), log=logged.append)
     assert again == records and any("finished before, kept" in line for line in logged)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("tone", "build", "{corpus}", "-o", "{out}", "--rounds", "1", "--no-train"), "--rounds needs the adapter"),
+        (("tone", "build", "{corpus}", "-o", "{out}", "--rounds", "1", "--round-method", "ppo"), "--round-method ppo"),
+        (("tone", "experiment", "--source", "{corpus}", "-o", "{out}", "--round-methods", "dpo,x"), "--round-methods"),
+        (("tone", "experiment", "--source", "{corpus}", "-o", "{out}", "--round-samples", "1"), "--round-samples"),
+    ],
+)
+def test_bad_round_options_are_one_line_exit_2(tmp_path, cli, args, needle):
+    corpus = tmp_path / "facts"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("The canal opened in 1825. It cut the cost of grain by nine tenths.\n")
+    argv = [a.format(corpus=corpus, out=tmp_path / "out") for a in args]
+    result = cli.run(*argv)
+    assert result.returncode == 2, str(result)
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "adapter").exists()
