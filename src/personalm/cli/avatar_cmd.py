@@ -193,6 +193,14 @@ def update_cmd(
     _report_outcome(outcome, as_json)
 
 
+def _window(version) -> str:
+    """A version's utterances: their memory ids and, when dated, their period."""
+    ids = f"ids {version.first_id}-{version.last_id}" if version.first_id is not None else "no new ids"
+    if not version.time_range:
+        return ids
+    return f"{ids}, {_when(version.time_range[0])}..{_when(version.time_range[1])}"
+
+
 @app.command("versions")
 def versions_cmd(
     name: str = typer.Argument(..., help="Avatar name."),
@@ -213,11 +221,8 @@ def versions_cmd(
             typer.echo(json.dumps(v.to_dict() | {"latest": v is published[-1]}, ensure_ascii=False))
         return
     rows = [{"version": v.label + (" (latest)" if v is published[-1] else ""), "created": _when(v.created_at),
-             "from": f"v{v.parent}" if v.parent else "", "sources": len(v.sources),
-             "utterances": f"{v.first_id}-{v.last_id}" if v.first_id is not None else "",
-             "period": f"{_when(v.time_range[0])}..{_when(v.time_range[1])}" if v.time_range else "",
-             "trained": v.trained, "replayed": v.replayed, "held out": v.heldout, "steps": v.steps,
-             "loss": "" if v.final_loss is None else f"{v.final_loss:.3f}"} for v in published]  # fmt: skip
+             "sources": len(v.sources), "window": _window(v), "new + replayed": f"{v.trained} + {v.replayed}",
+             "held out": v.heldout, "steps": v.steps} for v in published]  # fmt: skip
     if not rows:
         stderr.print(f"{name}: no voice adapter (make one with `personalm avatar update {name} FILES --adapter`)",
                      markup=False)  # fmt: skip
