@@ -183,6 +183,23 @@ ROWS: dict[str, Row] = {
                                 "non-utf8": "a database is binary"}),
         }
     ),
+    "avatar create": Row(
+        {
+            "sources": cmd("avatar", "create", "ada", "{bad}", "--store", "m.db", suffix=".txt"),
+            "store": cmd("avatar", "create", "ada", "corpus", "--store", "{bad}", suffix=".db",
+                         valid={"missing": "create makes the store", "empty": "an empty file is a new store",
+                                "non-utf8": "a database is binary"}),
+        }
+    ),
+    "avatar update": Row(
+        {
+            "sources": cmd("avatar", "update", "ada", "{bad}", "--store", "m.db", suffix=".txt"),
+            "store": cmd("avatar", "update", "ada", "corpus", "--store", "{bad}", suffix=".db",
+                         valid={"non-utf8": "a database is binary"}),
+        }
+    ),
+    "avatar versions": Row({"store": cmd("avatar", "versions", "ada", "--store", "{bad}", suffix=".db",
+                                         valid={"non-utf8": "a database is binary"})}),
     "avatar list": Row({"store": cmd("avatar", "list", "--store", "{bad}", suffix=".db",
                                      valid={"non-utf8": "a database is binary"})}),
     "avatar search": Row({"store": cmd("avatar", "search", "ada", "tea", "--store", "{bad}", suffix=".db",

@@ -69,6 +69,167 @@ def ingest_cmd(
         _refresh_profile(memory, name, model, force=False)
 
 
+SOURCES_HELP = "Files or folders: .txt/.md, .jsonl/.csv chat logs, WhatsApp exports."
+SPEAKER_HELP = "The person's name in chat logs (repeatable; default: the avatar name)."
+
+
+def _voice_hooks(model: str | None):
+    """Progress for each stage on stderr, the profile refreshed when memory grew, training with a bar."""
+    from personalm.avatars.voice import Hooks
+    from personalm.progress import training_bar
+    from personalm.train.loop import train
+
+    def trained(config):
+        with training_bar() as progress:
+            result = train(config, progress, log=lambda m: stderr.print(m, markup=False))
+        stderr.print(f"trained {result.steps} steps in {result.seconds:.0f} s", markup=False)
+        return result
+
+    return Hooks(
+        log=lambda m: stderr.print(m, markup=False),
+        bar=progress_bar,
+        profile=lambda memory, name: _refresh_profile(memory, name, model, force=False),
+        train=trained,
+    )
+
+
+def _report_outcome(outcome, as_json: bool) -> None:
+    version = outcome.version
+    if as_json:
+        typer.echo(json.dumps({"avatar": outcome.avatar, "ingested": outcome.ingested, "published": outcome.published,
+                               "version": version.to_dict() if version else None}, ensure_ascii=False))  # fmt: skip
+        return
+    if version is None:
+        stderr.print(f"{outcome.avatar}: no voice adapter; `avatar:{outcome.avatar}` answers with the base model "
+                     "and the retrieved memories", markup=False)  # fmt: skip
+    elif outcome.published:
+        stderr.print(f"{outcome.avatar}: {version.label} published ({version.trained} utterances trained, "
+                     f"{version.replayed} replayed, {version.heldout} held out; {version.steps} steps); "
+                     f"`avatar:{outcome.avatar}` now answers with it", markup=False)  # fmt: skip
+
+
+@app.command("create")
+def create_cmd(
+    name: str = typer.Argument(..., help="Avatar name (letters, digits, _ . -)."),
+    sources: list[Path] = typer.Argument(..., help=SOURCES_HELP),
+    adapter: bool = typer.Option(
+        True, "--adapter/--no-adapter", help="Train a voice adapter on the person's utterances (v1)."
+    ),
+    speaker: list[str] = typer.Option([], "--speaker", "-s", help=SPEAKER_HELP),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Base model of the adapter and profile writer (default: the embedded one)."
+    ),
+    rank: int = typer.Option(16, min=1, max=512, help="LoRA rank (updates keep it)."),
+    alpha: int = typer.Option(32, min=1, help="LoRA alpha (updates keep it)."),
+    lr: float = typer.Option(2e-4, min=0.0),
+    epochs: int = typer.Option(1, min=1),
+    max_steps: int = typer.Option(None, min=1, help="Train exactly this many steps (overrides --epochs)."),
+    batch_size: int = typer.Option(8, min=1),
+    max_len: int = typer.Option(512, min=8, help="Longest training example in tokens."),
+    save_every: int = typer.Option(50, min=1, help="Checkpoint every N steps (a killed run resumes from it)."),
+    heldout: float = typer.Option(0.1, min=0.0, max=0.9, help="Share of the utterances kept out of training."),
+    seed: int = typer.Option(0, min=0),
+    chunk_chars: int = typer.Option(300, help="Longest memory chunk in characters (sentences are kept whole)."),
+    overlap: float = typer.Option(0.25, help="Fraction of a chunk repeated at the start of the next."),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON line."),
+) -> None:
+    """From the person's own writing to `avatar:NAME` in one command: ingest, profile, a voice
+    adapter trained on their utterances (a held-out share kept aside), registered for chat and the
+    server. Progress for each stage; re-run the same command after a kill to continue."""
+    from personalm.avatars.chunking import Chunking
+    from personalm.avatars.voice import VoiceOptions, check_sources, create
+    from personalm.models.registry import DEFAULT_MODEL
+
+    check_sources(sources, name, speaker)
+    options = VoiceOptions(model=model or DEFAULT_MODEL, rank=rank, alpha=alpha, lr=lr, epochs=epochs,
+                           max_steps=max_steps, batch_size=batch_size, max_len=max_len, save_every=save_every,
+                           heldout=heldout, seed=seed)  # fmt: skip
+    memory = _memory(store, create=True)
+    outcome = create(memory, name, sources, speaker, Chunking(chunk_chars, overlap), options, adapter,
+                     _voice_hooks(model))  # fmt: skip
+    _report_outcome(outcome, as_json)
+
+
+@app.command("update")
+def update_cmd(
+    name: str = typer.Argument(..., help="An avatar made by `avatar create` (or `avatar ingest`)."),
+    sources: list[Path] = typer.Argument(..., help=SOURCES_HELP + " Only what is new is ingested."),
+    adapter: bool = typer.Option(
+        None, "--adapter/--no-adapter", help="Train the next adapter version (default: when the avatar has one)."
+    ),
+    speaker: list[str] = typer.Option([], "--speaker", "-s", help=SPEAKER_HELP),
+    model: str = typer.Option(None, "--model", "-m", help="Profile writer, and the base of a first adapter."),
+    replay: float = typer.Option(
+        0.25, min=0.0, max=0.9, help="Share of the training rows replayed from earlier versions."
+    ),
+    lr: float = typer.Option(2e-4, min=0.0),
+    epochs: int = typer.Option(1, min=1),
+    max_steps: int = typer.Option(None, min=1, help="Train exactly this many steps (overrides --epochs)."),
+    batch_size: int = typer.Option(8, min=1),
+    max_len: int = typer.Option(512, min=8, help="Longest training example in tokens."),
+    save_every: int = typer.Option(50, min=1, help="Checkpoint every N steps (a killed run resumes from it)."),
+    heldout: float = typer.Option(0.1, min=0.0, max=0.9, help="Share of the new utterances kept out of training."),
+    seed: int = typer.Option(0, min=0),
+    chunk_chars: int = typer.Option(300, help="Longest memory chunk in characters (sentences are kept whole)."),
+    overlap: float = typer.Option(0.25, help="Fraction of a chunk repeated at the start of the next."),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON line."),
+) -> None:
+    """Keep an avatar up to date: ingest only the new text and continue the adapter from its latest
+    version on the new utterances plus a replay share of old ones, as a new version (every version is
+    kept; `avatar versions NAME` lists them). A killed update leaves the previous version serving."""
+    from personalm.avatars.chunking import Chunking
+    from personalm.avatars.voice import VoiceOptions, check_sources, update
+    from personalm.models.registry import DEFAULT_MODEL
+
+    check_sources(sources, name, speaker)
+    options = VoiceOptions(model=model or DEFAULT_MODEL, lr=lr, epochs=epochs, max_steps=max_steps,
+                           batch_size=batch_size, max_len=max_len, save_every=save_every, heldout=heldout,
+                           replay=replay, seed=seed)  # fmt: skip
+    memory = _memory(store)
+    outcome = update(memory, name, sources, speaker, Chunking(chunk_chars, overlap), options, adapter,
+                     _voice_hooks(model))  # fmt: skip
+    _report_outcome(outcome, as_json)
+
+
+def _window(version) -> str:
+    """A version's utterances: their memory ids and, when dated, their period."""
+    ids = f"ids {version.first_id}-{version.last_id}" if version.first_id is not None else "no new ids"
+    if not version.time_range:
+        return ids
+    return f"{ids}, {_when(version.time_range[0])}..{_when(version.time_range[1])}"
+
+
+@app.command("versions")
+def versions_cmd(
+    name: str = typer.Argument(..., help="Avatar name."),
+    store: str = typer.Option(None, help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """The avatar's voice adapter versions with their data windows (the last is the one served as
+    `avatar:NAME`; `avatar:NAME@vN` pins one)."""
+    from personalm.avatars.voice import adapter_versions
+    from personalm.errors import PersonalmError
+
+    memory = _memory(store)
+    if name not in memory.names():
+        raise PersonalmError(f"avatar '{name}' does not exist; make it with `personalm avatar create {name} FILES`")
+    published = adapter_versions(memory.store, name)
+    if as_json:
+        for v in published:
+            typer.echo(json.dumps(v.to_dict() | {"latest": v is published[-1]}, ensure_ascii=False))
+        return
+    rows = [{"version": v.label + (" (latest)" if v is published[-1] else ""), "created": _when(v.created_at),
+             "sources": len(v.sources), "window": _window(v), "new + replayed": f"{v.trained} + {v.replayed}",
+             "held out": v.heldout, "steps": v.steps} for v in published]  # fmt: skip
+    if not rows:
+        stderr.print(f"{name}: no voice adapter (make one with `personalm avatar update {name} FILES --adapter`)",
+                     markup=False)  # fmt: skip
+        return
+    _print_rows(rows, False)
+
+
 @app.command("list")
 def list_cmd(
     name: str = typer.Argument(None, help="An avatar: list its memories. None: list the avatars."),
@@ -127,7 +288,10 @@ def forget_cmd(
 
     memory = _memory(store)
     if everything:
-        stderr.print(f"{name}: deleted with {memory.delete_avatar(name)} memories", markup=False)
+        from personalm.avatars.voice import remove_versions
+
+        remove_versions(memory.store, name)
+        stderr.print(f"{name}: deleted with {memory.delete_avatar(name)} memories and its voice adapters", markup=False)
     elif ids:
         stderr.print(f"{name}: {memory.delete(name, ids)} memories retracted (kept in their history; "
                      "`avatar undo NAME ID` restores one)", markup=False)  # fmt: skip
@@ -219,7 +383,10 @@ def chat_cmd(
         [], "--message", "-M", help="Send these messages in order and exit (default: read lines from stdin)."
     ),
     model: str = typer.Option(None, "--model", "-m", help="Model answering (default: the embedded one)."),
-    adapter: Path = typer.Option(None, help="A personal LoRA adapter (trained with `personalm train sft`)."),
+    adapter: Path = typer.Option(None, help="A personal LoRA adapter (default: the avatar's voice adapter, if any)."),
+    version: str = typer.Option(
+        "latest", "--version", help="The avatar's adapter version: latest, vN, or base (no adapter)."
+    ),
     learn: bool = typer.Option(True, "--learn/--no-learn", help="Extract facts from your messages into memory."),
     extractor: str = typer.Option("model", help="Fact extractor: model (grounded, rules as fallback) or rules."),
     show_memory: bool = typer.Option(False, "--show-memory", help="Print the retrieved memories and updates."),
@@ -256,6 +423,13 @@ def chat_cmd(
                                   candidates=candidates or stored.candidates)  # fmt: skip
     if settings.apply and preference_critic is None:
         preference_critic = load_critic()
+    if adapter is None:
+        from personalm.avatars.voice import pick
+
+        voice = pick(memory.store, name, version)
+        if voice is not None:
+            adapter, model = Path(voice.path), model or voice.base
+            stderr.print(f"{name}: voice adapter {voice.label}", markup=False)
     lm = load_model(model, adapter=adapter) if model else load_model(adapter=adapter)
     facts = None
     if learn:

@@ -56,6 +56,7 @@ class Catalog:
             validate(path)  # a broken adapter fails the start, not a request
             self.entries[name] = Entry(name, "adapter", next(iter(self.entries)), Path(path))
         self._loaded: dict[str, tuple[LocalModel, BatchWorker | None]] = {}
+        self._voices: dict[Path, tuple[LocalModel, BatchWorker | None]] = {}
         self._lock = threading.Lock()
 
     def get(self, model_id: str) -> Entry:
@@ -80,8 +81,23 @@ class Catalog:
                 self._loaded[model_id] = (model, engine)
             return self._loaded[model_id]
 
+    def load_voice(self, base: str, adapter: Path, name: str) -> tuple[LocalModel, BatchWorker | None]:
+        """An avatar's voice adapter version merged into its own copy of its base, loaded on first use.
+        Kept apart from `entries`: no model id reaches it but the avatar chat's, after its key check.
+        A published version's folder never changes, so its path identifies it."""
+        with self._lock:
+            if adapter not in self._voices:
+                path = resolve_local(base)
+                if path is None:
+                    raise PersonalmError(f"the adapter's base model '{base}' is not available on this server")
+                model = LocalModel(path, adapter=adapter, name=name)
+                engine = BatchWorker(model, self.slots, self.max_len) if supports(model.model) else None
+                self._voices[adapter] = (model, engine)
+            return self._voices[adapter]
+
     def close(self) -> None:
-        for _, engine in self._loaded.values():
+        for _, engine in [*self._loaded.values(), *self._voices.values()]:
             if engine is not None:
                 engine.close()
         self._loaded.clear()
+        self._voices.clear()

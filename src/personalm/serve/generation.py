@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -50,6 +51,16 @@ async def _given(worker) -> AsyncIterator[Any]:
 
 async def model_target(catalog: Catalog, model_id: str) -> Target:
     model, worker = await asyncio.to_thread(catalog.load, model_id)
+    budget = worker.max_len if worker else model.context_length
+    return Target(model, budget, worker is not None, lambda: _given(worker))
+
+
+async def voice_target(catalog: Catalog, base: str, adapter: Path, name: str) -> Target:
+    """An avatar's voice adapter version (see Catalog.load_voice)."""
+    try:
+        model, worker = await asyncio.to_thread(catalog.load_voice, base, adapter, name)
+    except PersonalmError as err:
+        raise ApiError(500, f"the voice adapter cannot be served: {err}", "engine_error") from None
     budget = worker.max_len if worker else model.context_length
     return Target(model, budget, worker is not None, lambda: _given(worker))
 

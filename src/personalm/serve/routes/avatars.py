@@ -1,7 +1,8 @@
 """Avatars over the API: the avatar chat (model `avatar:NAME`), preference-aware answering (for an
 avatar, or for any model with `preferences.avatar` naming whose memory to read), and the routes under
-/v1/avatars (ingest, remember, list, search, delete, the preferences default, and the versions of a
-memory: `as_of` reads, histories, undo), each scoped to one avatar.
+/v1/avatars (ingest, remember, list, search, delete, the preferences default, the versions of a
+memory: `as_of` reads, histories, undo; and the voice adapter versions), each scoped to one avatar.
+`avatar:NAME` answers with the avatar's latest voice adapter, `avatar:NAME@vN` with version N.
 
 Isolation does not rely on prompts: every route passes the avatar named in the path to the store,
 whose every query filters by it, and a key scoped to `avatar:NAME` is refused any other name before
@@ -39,9 +40,10 @@ from personalm.avatars.preferences import (
 )
 from personalm.avatars.retrieval import Hit
 from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar, parse_time
+from personalm.avatars.voice import AdapterVersion, adapter_versions, pick
 from personalm.errors import PersonalmError
 from personalm.serve.auth import Principal
-from personalm.serve.generation import Target, complete, fixed_reply, model_target, sample
+from personalm.serve.generation import Target, complete, fixed_reply, model_target, sample, voice_target
 from personalm.serve.http import ApiError, Served
 from personalm.serve.schemas import MAX_TEXT_CHARS, ChatRequest
 
@@ -109,6 +111,12 @@ def undone_json(name: str, undone: Undone, current: Memory | None) -> dict[str, 
             "memory": memory_json(current) if current else None}  # fmt: skip
 
 
+def version_json(version: AdapterVersion, latest: bool) -> dict[str, Any]:
+    """A voice adapter version and its data window (not where the server keeps its files)."""
+    shown = {k: v for k, v in version.to_dict().items() if k not in ("path", "extra")}
+    return shown | {"id": version.label, "latest": latest}
+
+
 def hit_json(hit: Hit) -> dict[str, Any]:
     return memory_json(hit.memory) | {"score": round(hit.score, 6), "similarity": round(hit.similarity, 4)}
 
@@ -124,14 +132,19 @@ def settings_for(stored: PreferenceSettings, body: ChatRequest) -> PreferenceSet
 async def avatar_chat(served: Served, request: Request, body: ChatRequest, messages, limit: int | None,
                       who: Principal):  # fmt: skip
     """Retrieval in the store (scoped to this avatar), the support rule and the stated preferences,
-    all through the avatar chat; then the base model answers in their voice (with preferences on:
-    the best of n candidates), or the avatar says it does not know."""
-    name = body.model[len(AVATAR_PREFIX) :]
-    if not who.may_use_avatar(name):
+    all through the avatar chat; then the avatar's voice adapter (its latest version, or the one
+    `avatar:NAME@vN` pins; `@base` or no adapter: the base model) answers in their voice (with
+    preferences on: the best of n candidates), or the avatar says it does not know."""
+    name, _, pin = body.model[len(AVATAR_PREFIX) :].partition("@")
+    if not who.may_use_avatar(name):  # before anything is looked up: the same 403 for any name or version
         raise ApiError(403, f"this key may not use model '{body.model}'", "permission_denied")
     memory = served.memory
     if memory is None or name not in await asyncio.to_thread(memory.names):
         raise ApiError(404, f"model '{body.model}' does not exist; GET /v1/models lists them", "model_not_found")
+    try:
+        voice = await asyncio.to_thread(pick, memory.store, name, pin or None)
+    except PersonalmError as err:
+        raise ApiError(404, f"model '{body.model}' does not exist: {err}", "model_not_found") from None
     if messages[-1]["role"] != "user":
         raise ApiError(400, "messages: an avatar answers the last message, which must be the user's")
     if body.preferences is not None and body.preferences.avatar not in (None, name):
@@ -141,13 +154,18 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
     except PersonalmError as err:
         raise ApiError(400, str(err)) from None
     critic = await asyncio.to_thread(served.preference_critic) if settings.apply else None
-    base = await model_target(served.catalog, next(e.id for e in served.catalog.entries.values() if e.kind == "base"))
+    if voice is None:
+        base = await model_target(served.catalog, next(e.id for e in served.catalog.entries.values()
+                                                        if e.kind == "base"))  # fmt: skip
+    else:
+        base = await voice_target(served.catalog, voice.base, Path(voice.path), f"{name}@{voice.label}")
     talk = AvatarChat(memory, name, base.model, critic=critic, preferences=settings)
     talk.history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
     prepared = await asyncio.to_thread(talk.prepare, messages[-1]["content"])  # reads memories and profile
     retrieved = [hit_json(h) | {"role": "exemplar"} for h in prepared.recall.exemplars]
     retrieved += [hit_json(h) | {"role": "fact"} for h in prepared.recall.facts]
-    extra = {"retrieved": retrieved, "supported": prepared.supported}
+    extra = {"retrieved": retrieved, "supported": prepared.supported,
+             "adapter_version": voice.label if voice else None}  # fmt: skip
     if prepared.messages is None:
         final = {"preferences": {"applied": [], "candidates": 0, "chosen": None, "scores": None}}
         return fixed_reply(DONT_KNOW, body, extra, final if settings.apply else None)
@@ -241,6 +259,17 @@ def router(served: Served) -> APIRouter:
                     "already_ingested": bool(report.skipped_files)}  # fmt: skip
 
         return await call(run)
+
+    @routes.get("/{name}/versions")
+    async def voice_versions(name: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        """The avatar's voice adapter versions, oldest first, each with its data window; chat model
+        `avatar:NAME` follows the latest, `avatar:NAME@vN` pins one."""
+        allowed(name, who)
+        if name not in await call(memory.names):
+            raise ApiError(404, f"avatar '{name}' does not exist", "not_found")
+        published = await call(adapter_versions, memory.store, name)
+        return {"object": "list", "avatar": name, "latest": published[-1].label if published else None,
+                "data": [version_json(v, v is published[-1]) for v in published]}  # fmt: skip
 
     @routes.get("/{name}/preferences")
     async def preferences_default(name: str, who: Principal = Depends(principal)) -> dict[str, Any]:
