@@ -68,7 +68,6 @@ class TrainConfig:
     reference: str = "base"  # DPO reference: the base model, or "start" (the policy as the run starts)
     init_adapter: str | None = None  # start from this adapter's LoRA weights (same rank and targets)
     threads: int | None = None
-    init_adapter: str | None = None  # start from this adapter's LoRA weights (same base, rank and targets)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -152,8 +151,6 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
 
     state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "seconds": 0.0, "losses": [], "stats": []}
-    if config.init_adapter:
-        _load_start(model, config, set_peft_model_state_dict)
     resumed_from = _resume(out, model, optimizer, scheduler, state, set_peft_model_state_dict)
     if resumed_from is not None:
         log(f"resumed from step {resumed_from}")
@@ -226,17 +223,27 @@ def finished_run(config: TrainConfig) -> bool:
 
 
 def _load_start(model, config: TrainConfig, set_state) -> None:
-    """The LoRA weights of `config.init_adapter` into the fresh model: a run that continues an
-    adapter (a preference round after SFT) must have its rank and target layers."""
+    """The LoRA weights of `config.init_adapter` into the fresh model (a preference round after SFT,
+    an avatar's next voice version): same base, rank and target layers needed. A checkpoint of this
+    run, when there is one, is loaded instead."""
     from peft.utils import load_peft_weights
 
     start = Path(config.init_adapter)
+    if not start.is_dir():
+        raise PersonalmError("no such adapter folder to start from", source=str(start))
     saved = read_config(start)
     if saved.get("r") != config.rank:
         raise PersonalmError(f"adapter rank {saved.get('r')} but this run trains rank {config.rank}", source=str(start))
-    result = set_state(model, load_peft_weights(str(start)))
-    if [key for key in result.unexpected_keys if "lora_" in key]:
-        raise PersonalmError("adapter layers do not match this run's LoRA targets", source=str(start))
+    try:
+        loaded = set_state(model, load_peft_weights(str(start), device="cpu"))
+    except (OSError, ValueError, RuntimeError) as err:
+        raise PersonalmError(f"cannot start from this adapter ({err})", source=str(start)) from None
+    unfit = [key for key in loaded.unexpected_keys if "lora_" in key]
+    if unfit:
+        raise PersonalmError(
+            f"its weights do not fit the model being trained (e.g. {unfit[0]}): same base, rank and targets needed",
+            source=str(start),
+        )
 
 
 @torch.no_grad()
@@ -277,25 +284,6 @@ def _checkpoint(out: Path, model, optimizer, scheduler, state: dict, get_state) 
     tmp.rename(final)
     for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_start(model, config: TrainConfig, set_state) -> None:
-    """Start from `config.init_adapter`'s LoRA weights (continuing an earlier adapter on new data);
-    a checkpoint of this run, when there is one, is loaded over them afterwards."""
-    from peft.utils import load_peft_weights
-
-    if not Path(config.init_adapter).is_dir():
-        raise PersonalmError("no such adapter folder to start from", source=config.init_adapter)
-    try:
-        loaded = set_state(model, load_peft_weights(config.init_adapter, device="cpu"))
-    except (OSError, ValueError, RuntimeError) as err:
-        raise PersonalmError(f"cannot start from this adapter ({err})", source=config.init_adapter) from None
-    unfit = [key for key in loaded.unexpected_keys if "lora_" in key]
-    if unfit:
-        raise PersonalmError(
-            f"its weights do not fit the model being trained (e.g. {unfit[0]}): same base, rank and targets needed",
-            source=config.init_adapter,
-        )
 
 
 def _resume(out: Path, model, optimizer, scheduler, state: dict, set_state) -> int | None:
