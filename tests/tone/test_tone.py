@@ -173,7 +173,7 @@ def test_tone_experiment_end_to_end_on_a_tiny_corpus(tmp_path, monkeypatch, caps
     assert "fp32 vs int8" in (out / "report.html").read_text()
     assert saved["chosen_margin"] in (0.0, 10.0, 20.0) and "by_margin" in saved["margin_selection"]
     assert saved["kept_adapter"] in saved["rounds"]["by_adapter"] or saved["rounds"]["by_adapter"] == {}
-    assert set(saved["rounds"]["records"]) == {"dpo", "rft"} and saved["lora3_sft_tone_rate"] >= 0.0
+    assert set(saved["rounds"]["records"]) == {"dpo", "rft", "dpo-meaning"} and saved["lora3_sft_tone_rate"] >= 0.0
     low, high = saved["diff_ci"]
     assert low <= saved["diff"] <= high and saved["diff_items"] == saved["test_questions"]
     assert saved["lora3_tone_ci"][0] <= saved["lora3_tone_rate"] <= saved["lora3_tone_ci"][1]

@@ -42,6 +42,20 @@ def test_pairs_put_passing_samples_against_ones_that_fail_the_tone_bar():
     assert len(preference_pairs(samples + [_sample("a", "plain, close too", 75, 0.7)], per_question=2)) == 2
 
 
+def test_pairs_can_also_reject_answers_that_hold_the_tone_but_lose_the_meaning():
+    samples = [_sample("a", "plain and close", 80, 0.9), _sample("a", "The answer is:", 95, 0.1),
+               _sample("a", "plain, a bit off", 90, 0.4), _sample("b", "all good", 90, 0.9),
+               _sample("b", "still good", 70, 0.8)]  # fmt: skip
+    assert preference_pairs(samples, per_question=2) == []  # nothing fails the tone bar
+    pairs = preference_pairs(samples, per_question=2, reject_meaning=True)
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("plain and close", "The answer is:")
+    ]
+    with_tone_fail = [*samples, _sample("a", "dense prose", 20, 0.95), _sample("a", "fine too", 70, 0.8)]
+    rejected = [p["rejected"][0]["content"] for p in preference_pairs(with_tone_fail, 2, reject_meaning=True)]
+    assert rejected == ["dense prose", "The answer is:"]  # tone failures first, then the least similar
+
+
 def test_expert_iteration_keeps_distinct_passing_samples_as_chats():
     samples = [_sample("a", "plain", 80, 0.9), _sample("a", "plain", 80, 0.9), _sample("a", "dense", 10, 0.9),
                _sample("b", "easy words", 75, 0.7)]  # fmt: skip
@@ -73,7 +87,7 @@ def test_samples_are_scored_against_their_own_reference():
 
 
 def test_bad_round_settings_are_refused():
-    with pytest.raises(PersonalmError, match="--round-method ppo: expected one of dpo, rft"):
+    with pytest.raises(PersonalmError, match="--round-method ppo: expected one of dpo, rft, dpo-meaning"):
         RoundsConfig(method="ppo")
     with pytest.raises(PersonalmError, match="samples >= 2"):
         RoundsConfig(samples=1)

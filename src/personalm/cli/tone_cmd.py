@@ -67,7 +67,10 @@ def build(
     epochs: int = typer.Option(2, min=1),
     quant: str = typer.Option("fp32", help="Student base during training: fp32 or int8."),
     rounds: int = typer.Option(0, min=0, help="Preference rounds after SFT on the adapter's own samples."),
-    round_method: str = typer.Option("dpo", help="dpo (pairs: passes vs fails the tone bar) or rft (SFT on passes)."),
+    round_method: str = typer.Option(
+        "dpo",
+        help="dpo (pairs: passes vs fails the tone bar), dpo-meaning (vs fails either check) or rft (SFT on passes).",
+    ),
     round_samples: int = typer.Option(4, min=2, help="Answers sampled per training question in each round."),
     round_lr: float = typer.Option(2e-4, min=0.0, help="Learning rate of the rounds."),
     seed: int = typer.Option(0),
@@ -141,7 +144,9 @@ def experiment(
     ),
     per_doc: int = typer.Option(8, min=1, help="Passages drawn from each document."),
     rounds: int = typer.Option(2, min=0, help="Preference rounds after SFT, for each --round-methods."),
-    round_methods: str = typer.Option("dpo,rft", help="dpo (pairs on the adapter's own samples), rft, or both."),
+    round_methods: str = typer.Option(
+        "dpo,rft,dpo-meaning", help="Any of dpo, rft, dpo-meaning; the best on validation is kept."
+    ),
     round_samples: int = typer.Option(4, min=2, help="Answers sampled per training question in each round."),
     round_lr: float = typer.Option(2e-4, min=0.0, help="Learning rate of the rounds."),
     scorer: str = typer.Option("flesch", help=SCORER_HELP),

@@ -17,6 +17,7 @@ out/.cache/adapters; the data and answers beside the report).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -218,8 +219,9 @@ def _plain_records(records: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 
 def _rounds_of(name: str) -> int:
-    digits = name.lstrip("abcdefghijklmnopqrstuvwxyz")
-    return int(digits) if digits else 0
+    """dpo2 -> 2, dpo-meaning1 -> 1, sft -> 0."""
+    digits = re.search(r"\d+$", name)
+    return int(digits.group()) if digits else 0
 
 
 def train_adapter(

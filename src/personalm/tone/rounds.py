@@ -8,6 +8,9 @@ cosine to the grounded reference), and trains the adapter further on them, by on
 * `dpo`: pairs chosen = passes both checks, rejected = fails the tone bar, with the project's DPO
   pair loss in the same LoRA loop; the reference policy is the adapter the round starts from
   (`TrainConfig(reference="start")`), the SFT adapter in round 1.
+* `dpo-meaning`: the same, with rejected = fails either check (the tone bar or the meaning check):
+  once an adapter holds the tone on most samples, tone failures alone give few pairs, and what its
+  answers lose is meaning (a short answer that says nothing passes the tone bar).
 * `rft`: rejection-sampling SFT (expert iteration): cross-entropy on the samples that pass both.
 
 Every round lives in `out/round-N/` (samples.jsonl, pairs.jsonl or train.jsonl, adapter/,
@@ -38,7 +41,7 @@ from personalm.tone import prompts
 from personalm.train.loop import TrainConfig, finished_run, train
 
 Log = Callable[[str], None]
-METHODS = ("dpo", "rft")
+METHODS = ("dpo", "rft", "dpo-meaning")
 ROUND_FILE = "round.json"
 
 
@@ -89,17 +92,23 @@ def score_samples(
     return rows
 
 
-def preference_pairs(samples: Sequence[dict[str, Any]], per_question: int) -> list[dict[str, Any]]:
+def preference_pairs(
+    samples: Sequence[dict[str, Any]], per_question: int, reject_meaning: bool = False
+) -> list[dict[str, Any]]:
     """Per question, up to `per_question` pairs: the passing samples closest in meaning first, each
-    against a distinct sample that fails the tone bar, lowest tone score first. Questions whose
-    samples all pass, or none do, give no pair."""
+    against a distinct sample that fails the tone bar, lowest tone score first (with
+    `reject_meaning`, then those that hold the tone but fail the meaning check, least similar first).
+    Questions whose samples all pass, or none do, give no pair."""
     by_question: dict[str, list[dict[str, Any]]] = {}
     for row in samples:
         by_question.setdefault(row["passage_id"], []).append(row)
     pairs = []
     for rows in by_question.values():
         chosen = _distinct(sorted((r for r in rows if r["passes"]), key=lambda r: -r["semsim"]))
-        rejected = _distinct(sorted((r for r in rows if not r["tone_ok"]), key=lambda r: r["tone_score"]))
+        failed = [r for r in rows if not r["tone_ok"] or (reject_meaning and not r["passes"])]
+        rejected = _distinct(
+            sorted(failed, key=lambda r: (r["tone_ok"], r["semsim"] if r["tone_ok"] else r["tone_score"]))
+        )
         for good, bad in list(zip(chosen, rejected))[:per_question]:
             prompt = [{"role": "user", "content": prompts.user_turn(good["facts"], good["question"])}]
             pairs.append({
@@ -171,8 +180,8 @@ def _round(config: RoundsConfig, number: int, start: Path, items, folder: Path, 
     pass_rate = float(np.mean([s["passes"] for s in samples]))
     tone_rate = float(np.mean([s["tone_ok"] for s in samples]))
     log(f"round {number}: {len(samples)} samples, {pass_rate:.2f} pass both checks, {tone_rate:.2f} hold the tone")
-    if config.method == "dpo":
-        rows = preference_pairs(samples, config.pairs_per_question)
+    if config.method != "rft":
+        rows = preference_pairs(samples, config.pairs_per_question, reject_meaning=config.method == "dpo-meaning")
         data = folder / "pairs.jsonl"
     else:
         rows = passing_examples(samples)
@@ -194,7 +203,7 @@ def _round(config: RoundsConfig, number: int, start: Path, items, folder: Path, 
             reference="start", init_adapter=str(start), save_every=10,
         )  # fmt: skip
         if not finished_run(cfg):
-            log(f"round {number}: training on {len(rows)} {'pairs' if config.method == 'dpo' else 'examples'}")
+            log(f"round {number}: training on {len(rows)} {'examples' if config.method == 'rft' else 'pairs'}")
             train(cfg, log=log)
         record |= {"adapter": str(adapter)} | _training_summary(adapter)
     write_json(done, record)
