@@ -102,12 +102,12 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
         mark = time.perf_counter()
         adapter = train_adapter(config, examples, size, margin, "fp32", study, log)
         timings[f"train_lora{size}_s"] = time.perf_counter() - mark
-        conditions[f"lora{size}"] = evaluate(config, adapter, None, test, embedder, scorer, out, f"lora{size}")
-        log(f"lora{size}: tone rate {conditions[f'lora{size}']['tone_rate']:.2f}")
+        name = f"lora{size}_sft" if size == config.curve_size else f"lora{size}"
+        conditions[name] = evaluate(config, adapter, None, test, embedder, scorer, out, name)
+        log(f"{name}: tone rate {conditions[name]['tone_rate']:.2f}")
 
     mark = time.perf_counter()
     sft = f"lora{config.curve_size}"
-    conditions[f"{sft}_sft"] = conditions.pop(sft)
     rounds = preference_rounds(config, examples, margin, dataset.val, embedder, scorer, study, log)
     for name, adapter in rounds["adapters"].items():
         conditions[f"{sft}_{name}"] = evaluate(config, adapter, None, test, embedder, scorer, out, f"{sft}_{name}")
