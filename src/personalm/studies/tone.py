@@ -349,7 +349,9 @@ def write_outputs(study: Study, results: dict, conditions: dict, test: list[dict
     names = [n for n in conditions if n != kept]
     label = {n: f"{n} (kept)" if n == f"{kept}_{results['kept_adapter']}" else n for n in names}
     rates = [conditions[n]["tone_rate"] for n in names]
-    spans = np.array([[r - results[f"{n}_tone_ci"][0], results[f"{n}_tone_ci"][1] - r] for n, r in zip(names, rates)])
+    spans = np.array(
+        [[r - results[f"{n}_tone_ci"][0], results[f"{n}_tone_ci"][1] - r] for n, r in zip(names, rates, strict=True)]
+    )
     fig, (left, right) = report.figure(ncols=2, width=12)
     left.bar([label[n] for n in names], rates, yerr=spans.T, capsize=4, color="#4c78a8")
     left.set_ylim(0, 1)

@@ -109,7 +109,7 @@ def preference_pairs(
         rejected = _distinct(
             sorted(failed, key=lambda r: (r["tone_ok"], r["semsim"] if r["tone_ok"] else r["tone_score"]))
         )
-        for good, bad in list(zip(chosen, rejected))[:per_question]:
+        for good, bad in list(zip(chosen, rejected, strict=False))[:per_question]:
             prompt = [{"role": "user", "content": prompts.user_turn(good["facts"], good["question"])}]
             pairs.append({
                 "prompt": prompt,
