@@ -34,6 +34,7 @@ from personalm.avatars.sources import discover, norm_speaker, read_source
 from personalm.avatars.store import MemoryStore, check_avatar
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL
+from personalm.tables import write_rows
 
 SETTINGS_KEY = "voice"
 WORK = ".work"
@@ -363,19 +364,13 @@ def _data(memory: AvatarMemory, avatar: str, work: Path, parent: AdapterVersion 
         wanted = min(len(earlier), round(len(train_ids) * options.replay / (1 - options.replay)))
         replay_ids = sorted(random.Random(options.seed + number).sample(earlier, wanted))
     work.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(work / TRAIN_ROWS, [rows[i] for i in train_ids + replay_ids])
-    _write_jsonl(work / HELDOUT, [rows[i] for i in sorted(heldout)])
+    write_rows(work / TRAIN_ROWS, [rows[i] for i in train_ids + replay_ids])
+    write_rows(work / HELDOUT, [rows[i] for i in sorted(heldout)])
     stamps = [utterances[i][1] for i in window if utterances[i][1] is not None]
     return {"train_ids": train_ids, "replay_ids": replay_ids, "heldout_ids": sorted(heldout),
             "utterances": len(window), "first_id": window[0] if window else None,
             "last_id": max(utterances) if utterances else None,
             "time_range": [min(stamps), max(stamps)] if stamps else None}  # fmt: skip
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _train(work: Path, parent: AdapterVersion | None, options: VoiceOptions, hooks: Hooks) -> dict[str, Any]:
