@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,7 @@ class FakeTrainer:
         self.rows.append([json.loads(line) for line in open(config.data)])
         (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": config.rank,
                                                              "lora_alpha": config.alpha}))  # fmt: skip
-        summary = {"config": {"model": config.model, "rank": config.rank, "alpha": config.alpha},
-                   "steps": 2, "seconds": 0.5, "final_loss": 1.25}  # fmt: skip
+        summary = {"config": asdict(config), "steps": 2, "seconds": 0.5, "final_loss": 1.25}
         (out / "train_config.json").write_text(json.dumps(summary))
 
 

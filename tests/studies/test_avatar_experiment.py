@@ -38,6 +38,7 @@ def critic(keyword_critic):
     keyword_critic.meta["topics"] = TOPICS
     return keyword_critic
 
+
 STYLES = {
     "ann_a": "Verily, harvest number {i} is bountiful, and verily the river runs clear.",
     "bob_b": "Folks, jobs are back in town {i}, folks, and the economy is roaring, believe me.",
@@ -66,6 +67,31 @@ class EchoStyleModel(TextModel):
             hits = sum(w.lower() in seen for w in option.split())
             scores.append(TokenScores(["x"], [float(hits)]))
         return scores
+
+
+class FakeVoices:
+    """Voices whose 'adapter' speaks the first reply it was trained on (the person's own words), and
+    which record every chat sent to an adapter."""
+
+    def __init__(self):
+        self.trained, self.chats = [], []
+
+    def train(self, rows, out):
+        out.mkdir(parents=True, exist_ok=True)
+        first = json.loads(rows.read_text().splitlines()[0])
+        (out / "reply.txt").write_text(first["messages"][-1]["content"])
+        self.trained.append(out)
+        return {"steps": 1, "examples": len(rows.read_text().splitlines()), "seconds": 0.0, "final_loss": 1.0}
+
+    def model(self, adapter):
+        voices, reply = self, (adapter / "reply.txt").read_text()
+
+        class Spoken(EchoStyleModel):
+            def generate(self, prompts, params=None, progress=None):
+                voices.chats += prompts
+                return [Generation(reply, "stop", 1, 1) for _ in prompts]
+
+        return Spoken()
 
 
 def make_data(root):
@@ -130,9 +156,10 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     memory = AvatarMemory(SQLiteStore(tmp_path / "m.db", embedder.dimension), embedder)
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
-        prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12,
+        prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, voice_persons=2,
     )  # fmt: skip
-    results = run(config, model=EchoStyleModel(), memory=memory, critic=critic)
+    voices = FakeVoices()
+    results = run(config, model=EchoStyleModel(), memory=memory, critic=critic, voices=voices)
     for key in ("attribution_acc_rag", "attribution_acc_norag", "prefeval_acc_memory", "prefeval_acc_nomemory",
                 "retrieval_recall_at_5", "attribution_acc_profile", "similarity_rag", "rag_copy_rate",
                 "free_answer_respect_plain", "free_answer_respect_preferences"):  # fmt: skip
@@ -157,10 +184,25 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert results["attribution_acc_norag"] < 1.0
     assert results["prefeval_acc_memory"] > results["prefeval_acc_nomemory"]
     assert results["seed"] == 0 and results["versions"]["numpy"] == np.__version__
+    # Voice conditions: 2 of the 3 persons (spread), their 4 prompts, an adapter each trained on the
+    # person's own utterances; the adapter gets exactly the chats of its counterpart without it.
+    voice = results["likeness"]["voice"]
+    assert voice["persons"] == ["ann_a", "bob_b"] and voice["prompts"] == 4 and len(voices.trained) == 2
+    assert results["attribution_acc_voice"] == 1.0 and results["attribution_acc_voice_items"] == 4
+    for a, b in (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"), ("voice_rag", "voice")):
+        key = f"attribution_acc_{a}_minus_{b}"
+        low, high = results[f"{key}_ci"]
+        assert low <= results[key] <= high and results[f"{key}_items"] == 4, key
+        first = a if a.startswith("voice") else f"{a}_voice_persons"
+        second = b if b.startswith("voice") else f"{b}_voice_persons"
+        assert results[key] == pytest.approx(results[f"attribution_acc_{first}"] - results[f"attribution_acc_{second}"])
+    assert sum(m["role"] == "assistant" for chat in voices.chats for m in chat) > 0  # the rag chats went in too
+    assert results["attribution_acc_norag_voice_persons"] < 1.0
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["attribution_acc_rag"] == results["attribution_acc_rag"]
     assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
-    assert "Preference memory" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Preference memory" in page and "Voice adapters" in page
     assert saved["provenance"]["settings"]["critic"] is None
 
 
@@ -214,6 +256,7 @@ def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder, cr
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
         prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, prefeval_only=True,
+        voice_persons=0,
     )  # fmt: skip
     with pytest.raises(PersonalmError, match="needs an earlier results.json"):
         run(config, model=EchoStyleModel(), memory=AvatarMemory(SQLiteStore(tmp_path / "a.db", 512), embedder),
@@ -223,9 +266,7 @@ def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder, cr
     again = run(replace(config, prefeval_validation_items=4), model=EchoStyleModel(),
                 memory=AvatarMemory(SQLiteStore(tmp_path / "c.db", 512), embedder), critic=critic)  # fmt: skip
     assert again["likeness"] == first["likeness"] and again["attribution_acc_rag"] == first["attribution_acc_rag"]
-    assert (
-        again["likeness_run"]["seconds"] == first["seconds"] and again["prefeval"]["validation_items"] == 4
-    )
+    assert again["likeness_run"]["seconds"] == first["seconds"] and again["prefeval"]["validation_items"] == 4
     read = again["prefeval"]["preferences_read"]
     assert read["chosen"] in [row["preferences"] for row in read["validation"]]
     with pytest.raises(PersonalmError, match="seed 0"):
@@ -241,3 +282,28 @@ def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder, cr
     with pytest.raises(PersonalmError, match="no intervals"):
         run(config, model=EchoStyleModel(), memory=AvatarMemory(SQLiteStore(tmp_path / "e.db", 512), embedder),
             critic=critic)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_real_voices_train_once_and_speak(tmp_path):
+    """The study's voices on the embedded model: trained with `avatar create`'s settings, kept when
+    asked again (a re-run resumes), and answering with the adapter merged."""
+    from personalm.models.base import SamplingParams
+    from personalm.models.registry import DEFAULT_MODEL
+    from personalm.studies.avatar_likeness import AdapterVoices
+    from personalm.tables import write_rows
+
+    rows = tmp_path / "train.jsonl"
+    chat = [{"role": "system", "content": "You are Ann A."}, {"role": "user", "content": "Continue: Verily."}]
+    write_rows(rows, [{"messages": [*chat, {"role": "assistant", "content": STYLES["ann_a"].format(i=i)}]}
+                      for i in range(4)])  # fmt: skip
+    voices = AdapterVoices(DEFAULT_MODEL, 0, 2, tmp_path / "generations.db", lambda m: None)
+    first = voices.train(rows, tmp_path / "adapter")
+    assert first["steps"] == 2 and first["examples"] == 4 and first["final_loss"] > 0
+    assert voices.train(rows, tmp_path / "adapter") == first  # kept, not trained again
+    spoken = voices.model(tmp_path / "adapter")
+    try:
+        assert spoken.generate([chat], SamplingParams(max_tokens=8, seed=0))[0].text.strip()
+        assert spoken.info()["adapter"] == str(tmp_path / "adapter")
+    finally:
+        spoken.close()

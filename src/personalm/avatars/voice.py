@@ -43,7 +43,6 @@ WINDOW = "window.json"
 HELDOUT = "heldout.jsonl"
 TRAIN_ROWS = "train.jsonl"
 TRAINED = "train"  # the trainer's folder inside WORK (checkpoints, then the finished adapter)
-FINISHED = "train_config.json"  # the trainer writes it last: its presence means training finished
 PAGE = 500
 
 
@@ -373,23 +372,30 @@ def _data(memory: AvatarMemory, avatar: str, work: Path, parent: AdapterVersion 
             "time_range": [min(stamps), max(stamps)] if stamps else None}  # fmt: skip
 
 
-def _train(work: Path, parent: AdapterVersion | None, options: VoiceOptions, hooks: Hooks) -> dict[str, Any]:
-    """Train (or, after a kill, resume from the last checkpoint) into WORK/train; an update starts
-    from its parent's weights with the parent's base, rank and alpha."""
-    from personalm.train.loop import TrainConfig, train
+def train_config(rows: Path, out: Path, options: VoiceOptions, parent: AdapterVersion | None = None):
+    """How a voice version trains on `rows` into `out` (a TrainConfig): a first version from the
+    options' base, rank and alpha; an update from its parent's weights with the parent's base, rank
+    and alpha. The likeness study trains its voice adapters with this too."""
+    from personalm.train.loop import TrainConfig
 
-    out = work / TRAINED
-    if not (out / FINISHED).is_file():
-        base, rank, alpha = (parent.base, parent.rank, parent.alpha) if parent else (options.model, options.rank,
-                                                                                     options.alpha)  # fmt: skip
-        config = TrainConfig(
-            data=str(work / TRAIN_ROWS), out=str(out), model=base, rank=rank, alpha=alpha, lr=options.lr,
-            epochs=options.epochs, max_steps=options.max_steps, batch_size=options.batch_size,
-            max_len=options.max_len, save_every=options.save_every, seed=options.seed, threads=options.threads,
-            init_adapter=parent.path if parent else None,
-        )  # fmt: skip
+    base, rank, alpha = (parent.base, parent.rank, parent.alpha) if parent else (options.model, options.rank,
+                                                                                 options.alpha)  # fmt: skip
+    return TrainConfig(
+        data=str(rows), out=str(out), model=base, rank=rank, alpha=alpha, lr=options.lr, epochs=options.epochs,
+        max_steps=options.max_steps, batch_size=options.batch_size, max_len=options.max_len,
+        save_every=options.save_every, seed=options.seed, threads=options.threads,
+        init_adapter=parent.path if parent else None,
+    )  # fmt: skip
+
+
+def _train(work: Path, parent: AdapterVersion | None, options: VoiceOptions, hooks: Hooks) -> dict[str, Any]:
+    """Train (or, after a kill, resume from the last checkpoint) into WORK/train."""
+    from personalm.train.loop import finished_run, read_run, train
+
+    config = train_config(work / TRAIN_ROWS, work / TRAINED, options, parent)
+    if not finished_run(config):
         (hooks.train or train)(config)
-    summary = json.loads((out / FINISHED).read_text())
+    summary = read_run(config.out)
     return {"steps": summary["steps"], "seconds": summary["seconds"], "final_loss": summary["final_loss"],
             "base": summary["config"]["model"], "rank": summary["config"]["rank"],
             "alpha": summary["config"]["alpha"]}  # fmt: skip

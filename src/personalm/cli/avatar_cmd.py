@@ -489,8 +489,12 @@ def experiment_cmd(
     candidates: int = typer.Option(4, min=1, max=16, help="Candidates per free answer (preference-aware answering)."),
     critic: Path = typer.Option(None, help="The trained preference critic (default PERSONALM_HOME/critic)."),
     judge: str = typer.Option(None, help="A larger model judging the free answers (default: the embedding rule)."),
+    voice_persons: int = typer.Option(
+        8, min=0, help="Persons given a voice adapter, trained as `avatar create` trains (0: no voice conditions)."
+    ),
+    voice_steps: int = typer.Option(0, min=0, help="Training steps per voice adapter (0: one epoch, as create)."),
     quick: bool = typer.Option(
-        False, "--quick", help="A small run: 4 persons, 40 test and 40 validation questions, 20 free answers."
+        False, "--quick", help="A small run: 4 persons, 40 test and 40 validation questions, 20 free answers, 2 voices of 2 steps."
     ),
     seed: int = typer.Option(0),
     prefeval_only: bool = typer.Option(
@@ -500,7 +504,7 @@ def experiment_cmd(
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory on the critic's unseen topics."""
     from personalm.avatars.preferences import load_critic
     from personalm.cli.inputs import data_folder
-    from personalm.studies.avatar_experiment import ExperimentConfig, headline_rows, run
+    from personalm.studies.avatar_experiment import ExperimentConfig, headline_rows, run, voice_rows
 
     needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
     folder = data_folder(data, required=needed)
@@ -509,17 +513,22 @@ def experiment_cmd(
         persons, memory_chunks, prompts = persons or 4, min(memory_chunks, 100), min(prompts, 2)
         prefeval_items, validation_items = prefeval_items or 40, min(validation_items, 40)
         free_items = free_items or 20
+        voice_persons, voice_steps = min(voice_persons, 2), voice_steps or 2
     config = ExperimentConfig(
         data=folder, out=out, model=model, persons=persons, memory_fraction=memory_fraction,
         memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
         seed=seed, prefeval_only=prefeval_only, critic=critic, free_items=free_items, candidates=candidates,
-        judge=judge,
+        judge=judge, voice_persons=voice_persons, voice_steps=voice_steps,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False), critic=loaded)
     table = Table("answers by", "attribution accuracy", "similarity to real passage")
     for row in headline_rows(results):
         table.add_row(*row)
+    if "voice" in results["likeness"]:
+        table.add_section()
+        for row in voice_rows(results):
+            table.add_row(*row)
     console = Console()
     console.print(table)
 

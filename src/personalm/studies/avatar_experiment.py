@@ -22,7 +22,17 @@ from personalm.avatars.profile import display_name
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.errors import PersonalmError
 from personalm.models.base import TextModel
-from personalm.studies.avatar_likeness import CONDITIONS, LABELS, likeness
+from personalm.models.registry import DEFAULT_MODEL
+from personalm.studies.avatar_likeness import (
+    CONDITIONS,
+    LABELS,
+    VOICE_CONDITIONS,
+    VOICE_DIFFERENCES,
+    AdapterVoices,
+    Voices,
+    likeness,
+    voice_estimates,
+)
 from personalm.studies.avatar_prefeval import prefeval
 from personalm.studies.harness import Study
 
@@ -50,6 +60,8 @@ class ExperimentConfig:
     candidates: int = 4  # answers sampled per free-answer question for preference-aware answering
     candidate_temperature: float = 0.7
     judge: str | None = None  # a larger model judging the free answers (default: the embedding rule)
+    voice_persons: int = 8  # persons given a voice adapter (spread over the list; 0: no voice conditions)
+    voice_steps: int = 0  # 0: one epoch, as `avatar create` trains
 
 
 Log = Callable[[str], None]
@@ -112,6 +124,7 @@ def run(
     model: TextModel | None = None,
     memory: AvatarMemory | None = None,
     critic: Critic | None = None,
+    voices: Voices | None = None,
 ) -> dict:
     """Both experiments (or PrefEval only, the likeness part taken from the results.json already
     there); writes results.json, avatar.png and report.html into config.out. Generations are cached
@@ -132,7 +145,10 @@ def run(
         memory = AvatarMemory(SQLiteStore(work / "memory.db", 384))
     judge = load_model(config.judge, cache=config.out / ".cache" / "generations.db") if config.judge else None
     try:
-        like = earlier[0] if earlier else likeness(config, model, memory, log)
+        if voices is None and config.voice_persons and not earlier:
+            voices = AdapterVoices(config.model or DEFAULT_MODEL, config.seed, config.voice_steps,
+                                   config.out / ".cache" / "generations.db", log)  # fmt: skip
+        like = earlier[0] if earlier else likeness(config, model, memory, log, voices, work)
         pref = prefeval(config, model, memory, critic, log, judge)
     finally:
         memory.close()
@@ -140,39 +156,43 @@ def run(
         if judge is not None:
             judge.close()
     free = pref["free_answers"]
-    results = {k: like[k] for k in LIKENESS_KEYS} | {
-        "rag_copy_rate": like["rag_copy_rate"],
-        "prefeval_acc_memory": pref["prefeval_acc_memory"],
-        "prefeval_acc_memory_ci": pref["prefeval_acc_memory_ci"],
-        "prefeval_acc_nomemory": pref["prefeval_acc_nomemory"],
-        "prefeval_acc_nomemory_ci": pref["prefeval_acc_nomemory_ci"],
-        "prefeval_acc_difference": pref["prefeval_acc_difference"]["mean"],
-        "prefeval_acc_difference_ci": pref["prefeval_acc_difference"]["ci"],
-        "prefeval_items": pref["items"],
-        "prefeval_validation_items": pref["validation_items"],
-        "free_answer_items": free["items"],
-        "free_answer_respect_plain": free["respect_plain"]["mean"],
-        "free_answer_respect_plain_ci": free["respect_plain"]["ci"],
-        "free_answer_respect_preferences": free["respect_preferences"]["mean"],
-        "free_answer_respect_preferences_ci": free["respect_preferences"]["ci"],
-        "free_answer_difference": free["difference"]["mean"],
-        "free_answer_difference_ci": free["difference"]["ci"],
-        "retrieval_recall_at_5": pref["retrieval_recall_at_5"],
-        "chance_attribution": 1.0 / like["persons"],
-        "chance_prefeval": 0.25,
-        "likeness": like,
-        "prefeval": pref,
-        "model": model.model_id,
-        "embedder": memory.embedder.name,
-        "critic": {
-            "path": str(config.critic) if config.critic else "default",
-            "topics": pref["topics"],
-            "base": (getattr(critic, "meta", None) or {}).get("base"),
-        },  # fmt: skip
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "seed": config.seed,
-        "seconds": round(time.time() - study.started, 1),
-    }
+    results = (
+        {k: like[k] for k in LIKENESS_KEYS}
+        | voice_estimates(like)
+        | {
+            "rag_copy_rate": like["rag_copy_rate"],
+            "prefeval_acc_memory": pref["prefeval_acc_memory"],
+            "prefeval_acc_memory_ci": pref["prefeval_acc_memory_ci"],
+            "prefeval_acc_nomemory": pref["prefeval_acc_nomemory"],
+            "prefeval_acc_nomemory_ci": pref["prefeval_acc_nomemory_ci"],
+            "prefeval_acc_difference": pref["prefeval_acc_difference"]["mean"],
+            "prefeval_acc_difference_ci": pref["prefeval_acc_difference"]["ci"],
+            "prefeval_items": pref["items"],
+            "prefeval_validation_items": pref["validation_items"],
+            "free_answer_items": free["items"],
+            "free_answer_respect_plain": free["respect_plain"]["mean"],
+            "free_answer_respect_plain_ci": free["respect_plain"]["ci"],
+            "free_answer_respect_preferences": free["respect_preferences"]["mean"],
+            "free_answer_respect_preferences_ci": free["respect_preferences"]["ci"],
+            "free_answer_difference": free["difference"]["mean"],
+            "free_answer_difference_ci": free["difference"]["ci"],
+            "retrieval_recall_at_5": pref["retrieval_recall_at_5"],
+            "chance_attribution": 1.0 / like["persons"],
+            "chance_prefeval": 0.25,
+            "likeness": like,
+            "prefeval": pref,
+            "model": model.model_id,
+            "embedder": memory.embedder.name,
+            "critic": {
+                "path": str(config.critic) if config.critic else "default",
+                "topics": pref["topics"],
+                "base": (getattr(critic, "meta", None) or {}).get("base"),
+            },  # fmt: skip
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            "seed": config.seed,
+            "seconds": round(time.time() - study.started, 1),
+        }
+    )
     if earlier:
         results["likeness_run"] = earlier[1]
     plot(results, config.out / "avatar.png")
@@ -185,8 +205,14 @@ def _spans(results: dict, keys: list[str]) -> np.ndarray:
     return np.array([[results[k] - results[f"{k}_ci"][0], results[f"{k}_ci"][1] - results[k]] for k in keys]).T
 
 
+VOICE_BARS = (("none", "norag_voice_persons"), ("retrieval", "rag_voice_persons"), ("adapter", "voice"),
+              ("adapter + retrieval", "voice_rag"))  # fmt: skip
+"""The voice panel's bars: the chain on the voice persons' prompts."""
+
+
 def plot(results: dict, path: Path) -> None:
-    fig, axes = report.figure(3, width=13)
+    voiced = "voice" in results["likeness"]
+    fig, axes = report.figure(4 if voiced else 3, width=17 if voiced else 13)
     names = [LABELS[c] for c in CONDITIONS]
     colors = ["#2b6cb0", "#a0aec0", "#68a063"]
     acc = [f"attribution_acc_{c}" for c in CONDITIONS]
@@ -210,6 +236,12 @@ def plot(results: dict, path: Path) -> None:
                 capsize=4, color=[colors[0], colors[1], colors[1], colors[0]])  # fmt: skip
     axes[2].axhline(0.25, ls="--", c="k", lw=1)
     axes[2].set_title(f"PrefEval, unseen topics (recall@5 {results['retrieval_recall_at_5']:.2f}; 95% CI)")
+    if voiced:
+        keys = [f"attribution_acc_{k}" for _, k in VOICE_BARS]
+        axes[3].bar([label for label, _ in VOICE_BARS], [results[k] for k in keys], yerr=_spans(results, keys),
+                    capsize=4, color=["#a0aec0", "#2b6cb0", "#d69e2e", "#68a063"])  # fmt: skip
+        axes[3].axhline(results["chance_attribution"], ls="--", c="k", lw=1)
+        axes[3].set_title(f"voice adapters: {results['likeness']['voice']['prompts']} prompts (95% CI)")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
@@ -321,6 +353,50 @@ def report_parts(results: dict) -> list[str]:
             report.paragraph("Reciprocal-rank fusion on validation (retrieval of the stated preference):"),
             report.table(pref["fusion"]["validation"]),
         ),
+        *voice_section(results),
         report.section("Per person (attribution accuracy)", report.table(per_person)),
         report.section("Examples", report.table(examples)),
+    ]
+
+
+def voice_rows(results: dict) -> list[tuple[str, str, str]]:
+    """(answers by, attribution accuracy, similarity) on the voice persons' prompts: each condition,
+    then each paired difference of the chain."""
+    rows = [(label, report.interval(results, f"attribution_acc_{k}"), report.interval(results, f"similarity_{k}"))
+            for label, k in VOICE_BARS]  # fmt: skip
+    return rows + [
+        (f"{LABELS[a]} − {LABELS[b]} (paired)", report.interval(results, f"attribution_acc_{a}_minus_{b}"),
+         report.interval(results, f"similarity_{a}_minus_{b}"))
+        for a, b in VOICE_DIFFERENCES
+    ]  # fmt: skip
+
+
+def voice_section(results: dict) -> list[str]:
+    """The voice conditions, when the run had them."""
+    voice = results["likeness"].get("voice")
+    if not voice:
+        return []
+    training = [{"person": display_name(p)} | t for p, t in voice["training"].items()]
+    examples = [{"person": display_name(e["person"]), "cue": e["cue"], "real": e["reference"]}
+                | {LABELS[c]: e[c] for c in VOICE_CONDITIONS} for e in voice["examples"]]  # fmt: skip
+    return [
+        report.section(
+            "Voice adapters (adapter only, retrieval only, both)",
+            report.paragraph(
+                f"{len(voice['persons'])} persons ({', '.join(display_name(p) for p in voice['persons'])}), "
+                f"{voice['prompts']} held-out prompts. Each person's adapter is trained as `avatar create` trains "
+                "one, with its default settings (nothing chosen on these persons), on the memory-period "
+                "utterances only; the held-out prompts come from later speeches. Mean [95% bootstrap interval]; "
+                "differences paired over the same prompts."
+            ),
+            report.table(
+                [
+                    {"answers by": a, "attribution accuracy": b, "similarity to real passage": c}
+                    for a, b, c in voice_rows(results)
+                ]
+            ),  # fmt: skip
+            report.paragraph("Training of each adapter:"),
+            report.table(training),
+            report.table(examples),
+        )
     ]

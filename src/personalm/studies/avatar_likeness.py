@@ -10,6 +10,13 @@ accuracy and MiniLM similarity to the real continuation, plus how much of the RA
 from the retrieved exemplars (8-gram overlap), so a copying avatar cannot pass unnoticed. Every rate
 carries a 95% bootstrap interval over the prompts (`*_ci`, `*_items`); retrieval minus no retrieval
 is paired over the same prompts; the classifier's ceiling is its accuracy on the real passages.
+
+The voice conditions (issue 24): for `voice_persons` persons spread over the list, a LoRA voice
+adapter trained exactly as `avatar create` trains one (avatars.voice.train_config, the product's
+default settings: nothing is tuned on these persons) on that person's memory-period utterances, then
+the same prompts answered by the adapter alone (name only) and by the adapter with retrieval (the
+avatar as served). On those persons' prompts the chain adapter + retrieval vs retrieval only vs none
+is compared pairwise, each difference with its 95% paired interval.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from personalm.avatars.adapter_data import continue_message
+from personalm.avatars.adapter_data import continue_message, training_examples
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import system_prompt
 from personalm.avatars.chunking import Chunking, chunk_text, sentences
@@ -35,12 +42,29 @@ from personalm.avatars.store import NewMemory, Profile, SourceRecord
 from personalm.errors import PersonalmError
 from personalm.eval.bootstrap import bootstrap_mean, paired_bootstrap
 from personalm.models.base import SamplingParams, TextModel
+from personalm.tables import write_rows
 
 if TYPE_CHECKING:
     from personalm.studies.avatar_experiment import ExperimentConfig, Log
 
 CONDITIONS = ("rag", "norag", "profile")
-LABELS = {"rag": "avatar with retrieval", "norag": "same model, no retrieval", "profile": "profile only"}
+VOICE_CONDITIONS = ("voice_rag", "voice")
+LABELS = {"rag": "avatar with retrieval", "norag": "same model, no retrieval", "profile": "profile only",
+          "voice_rag": "voice adapter + retrieval", "voice": "voice adapter, no retrieval"}  # fmt: skip
+VOICE_DIFFERENCES = (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"), ("voice_rag", "voice"))
+"""The paired comparisons on the voice persons' prompts: adapter + retrieval > retrieval > none."""
+
+
+class Voices(Protocol):
+    """Where the voice conditions get a person's adapter and a model speaking with it."""
+
+    def train(self, rows: Path, out: Path) -> dict:
+        """Train (or keep a finished run of) a voice adapter on `rows` into `out`; its summary."""
+        ...
+
+    def model(self, adapter: Path) -> TextModel:
+        """The study's base model with `adapter` applied (closed by the caller)."""
+        ...
 
 
 @dataclass
@@ -172,9 +196,14 @@ def write_profiles(memory: AvatarMemory, persons: list[str], model: TextModel, s
 
 def answer_prompt(condition: str, prompt: Prompt, profile: str, recall: Recall) -> list[dict]:
     """The chat each condition sends: the avatar (profile + retrieved passages as few-shot turns),
-    the bare model told whom to be, or the profile alone."""
+    the bare model told whom to be, or the profile alone; a voice condition sends what its
+    counterpart without the adapter sends (the adapter is the only change)."""
     who = display_name(prompt.person)
     ask = {"role": "user", "content": continue_message(prompt.cue)}
+    if condition == "voice_rag":
+        condition = "rag"
+    if condition == "voice":
+        condition = "norag"
     if condition == "rag":
         turns, quotes = passage_turns(recall)
         return [{"role": "system", "content": system_prompt(who, profile, quotes)}, *turns, ask]
@@ -190,7 +219,63 @@ def estimate(key: str, values: np.ndarray, seed: int) -> dict:
     return {key: found.mean, f"{key}_ci": [found.low, found.high], f"{key}_items": found.n}
 
 
-def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log) -> dict:
+@dataclass
+class AdapterVoices:
+    """The real voices: adapters trained as `avatar create` trains them (its default settings, at
+    most `steps` steps when given), merged into the base model to answer."""
+
+    model_name: str
+    seed: int
+    steps: int
+    cache: Path
+    log: Log
+
+    def train(self, rows: Path, out: Path) -> dict:
+        from personalm.avatars.voice import VoiceOptions, train_config
+        from personalm.train.loop import finished_run, read_run, train
+
+        options = VoiceOptions(model=self.model_name, seed=self.seed, max_steps=self.steps or None)
+        settings = train_config(rows, out, options)
+        if not finished_run(settings):
+            train(settings, log=self.log)
+        run = read_run(out)
+        return {k: run[k] for k in ("steps", "examples", "tokens_seen", "seconds", "final_loss")}
+
+    def model(self, adapter: Path) -> TextModel:
+        from personalm.models import load_model
+
+        return load_model(self.model_name, adapter=adapter, cache=self.cache)
+
+
+def voice_outputs(config: ExperimentConfig, persons: list[str], prompts: list[Prompt], batches: dict[str, list],
+                  memory: AvatarMemory, voices: Voices, work: Path, params: SamplingParams,
+                  log: Log) -> tuple[dict[str, list[str]], dict[str, dict]]:  # fmt: skip
+    """Per voice person: its adapter trained on the memory-period utterances (kept across runs),
+    then its prompts answered with the adapter in each voice condition. Outputs align with the
+    prompts of `persons` in order; the second value is each person's training summary."""
+    outputs: dict[str, list[str]] = {c: [] for c in VOICE_CONDITIONS}
+    training: dict[str, dict] = {}
+    for number, person in enumerate(persons, start=1):
+        folder = work / "voice" / f"{person}-seed{config.seed}-steps{config.voice_steps}"
+        rows = folder / "train.jsonl"
+        if not rows.is_file():
+            write_rows(rows, training_examples(memory, person))
+        log(f"likeness: voice adapter {number}/{len(persons)} ({person})")
+        training[person] = voices.train(rows, folder / "adapter")
+        mine = [i for i, p in enumerate(prompts) if p.person == person]
+        spoken = voices.model(folder / "adapter")
+        try:
+            for condition in VOICE_CONDITIONS:
+                generated = spoken.generate([batches[condition][i] for i in mine], params)
+                outputs[condition] += [g.text.replace(prompts[i].cue, " ").strip() for g, i in zip(generated, mine,
+                                                                                                     strict=True)]  # fmt: skip
+        finally:
+            spoken.close()
+    return outputs, training
+
+
+def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log,
+             voices: Voices | None = None, work: Path | None = None) -> dict:  # fmt: skip
     rng = random.Random(config.seed)
     root = config.data / "speeches"
     if not root.is_dir():
@@ -222,13 +307,17 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         hits = hybrid_search(memory.store, prompt.person, prompt.cue, vector, config.exemplars, ("utterance",))
         recalls.append(Recall(exemplars=hits))
     params = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, top_p=0.9, seed=config.seed)
+    batches = {
+        c: [answer_prompt(c, p, profiles[p.person], r) for p, r in zip(prompts, recalls, strict=True)]
+        for c in CONDITIONS + VOICE_CONDITIONS
+    }
     outputs: dict[str, list[str]] = {}
     for condition in CONDITIONS:
         log(f"likeness: generating {len(prompts)} answers ({LABELS[condition]})")
-        batch = [answer_prompt(condition, p, profiles[p.person], r) for p, r in zip(prompts, recalls, strict=True)]
         # An answer that repeats the cue would be credited with the real person's words: cut it.
         outputs[condition] = [
-            g.text.replace(p.cue, " ").strip() for g, p in zip(model.generate(batch, params), prompts, strict=True)
+            g.text.replace(p.cue, " ").strip()
+            for g, p in zip(model.generate(batches[condition], params), prompts, strict=True)
         ]
 
     truth = [p.person for p in prompts]
@@ -256,6 +345,15 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         result |= {f"{metric}_difference": diff.mean, f"{metric}_difference_ci": [diff.low, diff.high],
                    f"{metric}_difference_items": diff.n,
                    f"{metric}_difference_share_above_zero": diff.share_above_zero}  # fmt: skip
+    voiced = spread(list(split), config.voice_persons) if voices is not None and config.voice_persons else []
+    if voiced:
+        order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
+        spoken, training = voice_outputs(config, voiced, prompts, batches, memory, voices, work or config.out, params,
+                                         log)  # fmt: skip
+        result["voice"] = voice_results(config, spoken, training, [prompts[i] for i in order],
+                                        {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
+                                        attributor, memory, ref_vectors[order])  # fmt: skip
+        result |= voice_estimates(result)
     result["rag_copy_rate"] = float(
         np.mean(
             [copy_rate(o, [h.memory.text for h in r.exemplars]) for o, r in zip(outputs["rag"], recalls, strict=True)]
@@ -271,3 +369,44 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         for p, (m, h) in split.items()
     }
     return result
+
+
+def voice_estimates(like: dict) -> dict:
+    """The voice part's rates and differences (with `_ci`, `_items`), for the top of results.json."""
+    return {k: v for k, v in like.get("voice", {}).items() if k.startswith(("attribution_acc_", "similarity_"))}
+
+
+def voice_results(config: ExperimentConfig, outputs: dict[str, list[str]], training: dict[str, dict],
+                  prompts: list[Prompt], scores: dict[str, dict[str, np.ndarray]], attributor, memory: AvatarMemory,
+                  ref_vectors: np.ndarray) -> dict:  # fmt: skip
+    """The voice persons' prompts under the voice conditions (scored as the others) and, paired over
+    the same prompts, each comparison of VOICE_DIFFERENCES: `attribution_acc_voice_rag_minus_rag`..."""
+    truth = np.array([p.person for p in prompts])
+    scores = dict(scores)
+    found: dict = {"persons": sorted(training), "prompts": len(prompts), "training": training}
+    for condition in VOICE_CONDITIONS:
+        texts = [o or "." for o in outputs[condition]]
+        correct = (attributor.predict(texts) == truth).astype(float)
+        scores[condition] = {
+            "attribution_acc": correct,
+            "similarity": np.sum(memory.embed(texts) * ref_vectors, axis=1),
+        }
+    for condition in VOICE_CONDITIONS + ("rag", "norag"):
+        for metric in ("attribution_acc", "similarity"):
+            key = f"{metric}_{condition}" + ("" if condition in VOICE_CONDITIONS else "_voice_persons")
+            found |= estimate(key, scores[condition][metric], config.seed)
+    for a, b in VOICE_DIFFERENCES:
+        for metric in ("attribution_acc", "similarity"):
+            diff = paired_bootstrap(scores[a][metric], scores[b][metric], seed=config.seed)
+            key = f"{metric}_{a}_minus_{b}"
+            found |= {key: diff.mean, f"{key}_ci": [diff.low, diff.high], f"{key}_items": diff.n}
+    found["per_person"] = {
+        person: {f"acc_{c}": float(scores[c]["attribution_acc"][truth == person].mean())
+                 for c in VOICE_CONDITIONS + ("rag", "norag")}
+        for person in training
+    }  # fmt: skip
+    found["examples"] = [
+        {"person": p.person, "cue": p.cue, "reference": p.reference[:300], **{c: outputs[c][i] for c in VOICE_CONDITIONS}}
+        for i, p in enumerate(prompts[:: max(1, len(prompts) // 4)][:4])
+    ]  # fmt: skip
+    return found

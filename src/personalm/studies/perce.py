@@ -445,7 +445,7 @@ def _train(
     """Train (or resume, or reuse) one adapter; its per-step log, wall and CPU seconds.
     `bounds` are PerCE's (m, M) (None for CE)."""
     from personalm.progress import progress_bar
-    from personalm.train.loop import TrainConfig, train
+    from personalm.train.loop import TrainConfig, read_run, train
 
     cpu = time.process_time()
     if not is_adapter_dir(folder):
@@ -458,10 +458,10 @@ def _train(
         with progress_bar(f"train {folder.name}", steps) as advance:
             result = train(train_config, lambda step, total, loss: advance(1), log=log)
         log(f"{folder.name}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s, loss {result.losses[-1]:.3f}")
-    summary = json.loads((folder / "train_config.json").read_text())
+    summary = read_run(folder)
     return {
         "name": folder.name,
-        "train_log": [json.loads(line) for line in open(folder / "train_log.jsonl")],
+        "train_log": summary["log"],
         "train_seconds": summary["seconds"],
         "train_cpu_seconds": round(time.process_time() - cpu, 1),
     }

@@ -38,7 +38,7 @@ from personalm.models.registry import DEFAULT_MODEL, load_model
 from personalm.report import write_json
 from personalm.tables import write_rows
 from personalm.tone import prompts
-from personalm.train.loop import TrainConfig, finished_run, train
+from personalm.train.loop import TrainConfig, finished_run, read_run, train
 
 Log = Callable[[str], None]
 METHODS = ("dpo", "rft", "dpo-meaning")
@@ -211,12 +211,12 @@ def _round(config: RoundsConfig, number: int, start: Path, items, folder: Path, 
 
 
 def _training_summary(adapter: Path) -> dict[str, Any]:
-    """Steps, losses and (DPO) reward accuracy from the finished run's train_log.jsonl."""
-    steps = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    """Steps, losses and (DPO) reward accuracy of the finished run."""
+    run = read_run(adapter)
+    steps = run["log"]
     accuracy = [s["reward_accuracy"] for s in steps if "reward_accuracy" in s]
-    seconds = json.loads((adapter / "train_config.json").read_text()).get("seconds")
     return {
-        "steps": len(steps), "seconds": seconds,
+        "steps": len(steps), "seconds": run["seconds"],
         "first_loss": round(steps[0]["loss"], 4), "final_loss": round(steps[-1]["loss"], 4),
         "reward_accuracy": round(float(np.mean(accuracy)), 4) if accuracy else None,
         "final_reward_accuracy": accuracy[-1] if accuracy else None,

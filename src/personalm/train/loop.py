@@ -38,7 +38,7 @@ KEEP_CHECKPOINTS = 2
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run; written next to the adapter as train_config.json."""
+    """Every knob of a run; written next to the adapter (in RUN_SUMMARY)."""
 
     data: str
     out: str
@@ -211,12 +211,28 @@ def _optimizer_step(
     return loss_sum / total
 
 
+RUN_SUMMARY = "train_config.json"  # written last, after the adapter: a run with it finished
+RUN_LOG = "train_log.jsonl"
+
+
+def read_run(out: str | Path) -> dict[str, Any]:
+    """A finished run's record (settings, steps, tokens, seconds, final loss, versions) with its
+    per-step log under "log": the one reader of the files `train` leaves beside the adapter."""
+    out = Path(out)
+    summary = json.loads((out / RUN_SUMMARY).read_text())
+    log = out / RUN_LOG
+    summary["log"] = (
+        [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    )
+    return summary
+
+
 def finished_run(config: TrainConfig) -> bool:
     """Whether `config.out` already holds the adapter of a finished run with exactly these settings
     (a command run again after a kill, or with nothing changed, then keeps it instead of training again)."""
     out = Path(config.out)
     try:
-        saved = json.loads((out / "train_config.json").read_text())
+        saved = json.loads((out / RUN_SUMMARY).read_text())
     except (OSError, ValueError):
         return False
     return is_adapter_dir(out) and saved.get("config") == json.loads(json.dumps(asdict(config)))
@@ -312,9 +328,11 @@ def _write_run_files(out: Path, config: TrainConfig, dataset: Dataset, state: di
         "final_loss": state["losses"][-1] if state["losses"] else None,
         "versions": versions("personalm", "torch", "transformers", "peft"),
     }
-    (out / "train_config.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(out / "train_log.jsonl", "w") as handle:
+    with open(out / RUN_LOG, "w") as handle:
         stats = state.get("stats", [])
         stats = [{}] * (len(state["losses"]) - len(stats)) + stats
         for step, (loss, extra) in enumerate(zip(state["losses"], stats, strict=True), start=1):
             handle.write(json.dumps({"step": step, "loss": loss} | extra) + "\n")
+    tmp = out / f".{RUN_SUMMARY}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out / RUN_SUMMARY)
