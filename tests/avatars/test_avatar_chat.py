@@ -202,20 +202,45 @@ def test_smoke_real_model_chat_and_fact_extraction(memory, embedded_model, tmp_p
     assert any("London" in m.text for m in memory.list("ada", kind="fact"))
 
 
-def test_demo_step_builds_an_avatar_and_chats(tmp_path, word_hash_embedder):
+def test_demo_step_creates_updates_and_chats(tmp_path, word_hash_embedder):
+    """The demo's avatar step runs `avatar create` then `avatar update` (v1, v2; the update ingests
+    only the later note) and chats with the latest version's model."""
     from rich.console import Console
+    from test_avatar_voice import FakeTrainer
 
     from personalm.demo import avatars as demo
 
     console = Console(record=True, width=200)
     replies = [
-        "Mara Keel is a patient sailor and gardener who speaks plainly.",  # profile
+        "Mara Keel is a patient sailor and gardener who speaks plainly.",  # profile (create)
+        "Mara Keel is a patient sailor, baker and gardener.",  # profile (update)
         "Bees are patient too.",  # first answer
         "- I started keeping bees.",  # facts of the first message
         "Tomatoes, by the wall.",  # second answer
         "- none",  # facts of the second message
     ]
-    demo.run(console, ScriptedModel(*replies), tmp_path, word_hash_embedder())
+    model, trainer, spoken = ScriptedModel(*replies), FakeTrainer(), []
+    demo.run(console, model, tmp_path, word_hash_embedder(), speaker=lambda v: spoken.append(v) or model, train=trainer)
     text = console.export_text()
-    assert "ingested 3 files: 3 new memories" in text and "profile: Mara Keel is a patient sailor" in text
+    assert "4 files (0 already ingested), 4 new memories" in text
+    assert "profile: Mara Keel is a patient sailor and gardener" in text and "v1 published" in text
+    assert "5 files (4 already ingested), 1 new memories" in text and "v2 published" in text  # only the later note
+    assert "v2: 1 utterances trained, 1 replayed" in text
+    assert [v.label for v in spoken] == ["v2"] and len(trainer.configs) == 2
+    assert trainer.configs[1].init_adapter == str(tmp_path / "avatar-memory-adapters" / demo.NAME / "v1")
+    assert any("I baked four loaves" in row["messages"][-1]["content"] for row in trainer.rows[1])
     assert "memory ADD: I started keeping bees." in text and "Mara Keel: Tomatoes, by the wall." in text
+
+
+@pytest.mark.slow
+def test_demo_step_on_the_embedded_model(tmp_path, embedded_model):
+    """The real step: adapters trained for a few steps, the chat answered by v2 merged into the base."""
+    from rich.console import Console
+
+    from personalm.demo import avatars as demo
+
+    console = Console(record=True, width=200)
+    demo.run(console, embedded_model, tmp_path)
+    text = console.export_text()
+    assert "v1 published" in text and "v2 published" in text and "chatting with avatar:mara_keel (voice v2" in text
+    assert (tmp_path / "avatar-memory-adapters" / demo.NAME / "v2" / "adapter_model.safetensors").is_file()

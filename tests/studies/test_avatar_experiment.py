@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,8 +74,21 @@ class FakeVoices:
     """Voices whose 'adapter' speaks the first reply it was trained on (the person's own words), and
     which record every chat sent to an adapter."""
 
+    model_name = "fake-base"
+
     def __init__(self):
-        self.trained, self.chats = [], []
+        self.trained, self.chats, self.fitted = [], [], []
+
+    def fit(self, config):
+        """What the trainer leaves: an adapter folder and its run record (avatar create/update train here)."""
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": config.rank}))
+        first = json.loads(Path(config.data).read_text().splitlines()[0])
+        (out / "reply.txt").write_text(first["messages"][-1]["content"])
+        (out / "train_config.json").write_text(json.dumps({"config": asdict(config), "steps": 1, "seconds": 0.1,
+                                                           "final_loss": 1.0}))  # fmt: skip
+        self.fitted.append(config)
 
     def train(self, rows, out):
         out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +171,7 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
         prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, voice_persons=2,
+        update_persons=1, update_speeches=1,
     )  # fmt: skip
     voices = FakeVoices()
     results = run(config, model=EchoStyleModel(), memory=memory, critic=critic, voices=voices)
@@ -197,12 +212,27 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
         second = b if b.startswith("voice") else f"{b}_voice_persons"
         assert results[key] == pytest.approx(results[f"attribution_acc_{first}"] - results[f"attribution_acc_{second}"])
     assert sum(m["role"] == "assistant" for chat in voices.chats for m in chat) > 0  # the rag chats went in too
+    # The update check: create on the earlier speech (v1), update with the later one (v2, from v1's
+    # weights), create on both from scratch; v1 and v2 scored on both windows' held-out cues.
+    update = results["likeness"]["update"]
+    row = update["per_person"]["ann_a"]
+    assert update["persons"] == ["ann_a"] and row["earlier"] == ["1901-01-01-speech.txt"]
+    assert row["later"] == ["1902-01-01-speech.txt"] and min(row["held_out"].values()) >= 1
+    assert len(voices.fitted) == 3 and voices.fitted[1].init_adapter and not voices.fitted[2].init_adapter
+    assert row["v2_replayed"] >= 1 and set(row["seconds"]) == {"create_earlier", "update_later", "create_both"}
+    for window in ("earlier", "later"):
+        for metric in ("similarity", "attribution_acc"):
+            key = f"update_{metric}_{window}_v2_minus_v1"
+            assert results[f"{key}_ci"][0] <= results[key] <= results[f"{key}_ci"][1]
+            assert results[f"{key}_items"] == row["held_out"][window]
+    assert results["update_time_ratio"] == pytest.approx(row["seconds"]["update_later"]
+                                                         / row["seconds"]["create_both"], abs=1e-3)  # fmt: skip
     assert results["attribution_acc_norag_voice_persons"] < 1.0
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["attribution_acc_rag"] == results["attribution_acc_rag"]
     assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "Preference memory" in page and "Voice adapters" in page
+    assert "Preference memory" in page and "Voice adapters" in page and "Update check" in page
     assert saved["provenance"]["settings"]["critic"] is None
 
 

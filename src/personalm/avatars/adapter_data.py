@@ -16,8 +16,16 @@ from personalm.avatars.retrieval import Recall
 PAGE = 500
 
 
+CONTINUE = "Continue this passage from one of your speeches, in your own words and style:\n"
+
+
 def continue_message(cue: str) -> str:
-    return f'Continue this passage from one of your speeches, in your own words and style:\n"{cue}"'
+    return f'{CONTINUE}"{cue}"'
+
+
+def cue_of(message: str) -> str:
+    """The cue of a `continue_message` (a chat message's own text otherwise)."""
+    return message[len(CONTINUE) + 1 : -1] if message.startswith(CONTINUE) else message
 
 
 def training_examples(memory: AvatarMemory, avatar: str, limit: int = 0) -> Iterator[dict]:

@@ -277,9 +277,7 @@ def search_cmd(
 @app.command("forget")
 def forget_cmd(
     name: str = typer.Argument(...),
-    ids: list[int] = typer.Argument(
-        None, min=1, max=INT64_MAX, help="Memory ids to delete (see `avatar list NAME`)."
-    ),
+    ids: list[int] = typer.Argument(None, min=1, max=INT64_MAX, help="Memory ids to delete (see `avatar list NAME`)."),
     everything: bool = typer.Option(False, "--all", help="Delete the whole avatar."),
     store: str = typer.Option(None, help=STORE_HELP),
 ) -> None:
@@ -493,8 +491,14 @@ def experiment_cmd(
         8, min=0, help="Persons given a voice adapter, trained as `avatar create` trains (0: no voice conditions)."
     ),
     voice_steps: int = typer.Option(0, min=0, help="Training steps per voice adapter (0: one epoch, as create)."),
+    update_persons: int = typer.Option(
+        0, min=0, help="Persons in the update check: create on earlier speeches, update with later ones (0: none)."
+    ),
+    update_speeches: int = typer.Option(3, min=1, help="Speeches in each window of the update check."),
     quick: bool = typer.Option(
-        False, "--quick", help="A small run: 4 persons, 40 test and 40 validation questions, 20 free answers, 2 voices of 2 steps."
+        False,
+        "--quick",
+        help="A small run: 4 persons, 40 test and 40 validation questions, 20 free answers, 2 voices of 2 steps.",
     ),
     seed: int = typer.Option(0),
     prefeval_only: bool = typer.Option(
@@ -514,12 +518,14 @@ def experiment_cmd(
         prefeval_items, validation_items = prefeval_items or 40, min(validation_items, 40)
         free_items = free_items or 20
         voice_persons, voice_steps = min(voice_persons, 2), voice_steps or 2
+        update_persons, update_speeches = min(update_persons, 1), 1
     config = ExperimentConfig(
         data=folder, out=out, model=model, persons=persons, memory_fraction=memory_fraction,
         memory_chunks=memory_chunks, prompts_per_person=prompts, max_tokens=max_tokens,
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
         seed=seed, prefeval_only=prefeval_only, critic=critic, free_items=free_items, candidates=candidates,
-        judge=judge, voice_persons=voice_persons, voice_steps=voice_steps,
+        judge=judge, voice_persons=voice_persons, voice_steps=voice_steps, update_persons=update_persons,
+        update_speeches=update_speeches,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False), critic=loaded)
     table = Table("answers by", "attribution accuracy", "similarity to real passage")
@@ -531,6 +537,16 @@ def experiment_cmd(
             table.add_row(*row)
     console = Console()
     console.print(table)
+    if results["likeness"].get("update", {}).get("persons"):
+        from personalm.studies.avatar_update import update_rows
+
+        console.print(
+            f"update check ({', '.join(results['likeness']['update']['persons'])}): update {results['update_seconds']} s"
+            f" vs create from scratch {results['update_scratch_seconds']} s",
+            markup=False,
+        )
+        for row in update_rows(results):
+            console.print("  " + "; ".join(f"{k}: {v}" for k, v in row.items()), markup=False)
 
     def ci(key: str) -> str:
         low, high = results[f"{key}_ci"]

@@ -173,7 +173,9 @@ def _explain_step(console: Console, model, out: Path) -> None:
 def _avatar_step(console: Console, model, out: Path) -> None:
     from personalm.demo import avatars as avatar_demo
 
-    console.rule("[bold]8. an avatar: memory of one person's words, retrieval, chat")
+    console.rule(
+        "[bold]8. an avatar from one person's words: avatar create, avatar update, chat with its voice and memory"
+    )
     avatar_demo.run(console, model, out)
 
 

@@ -26,7 +26,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -56,7 +56,14 @@ VOICE_DIFFERENCES = (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"),
 
 
 class Voices(Protocol):
-    """Where the voice conditions get a person's adapter and a model speaking with it."""
+    """Where the voice conditions get a person's adapter and a model speaking with it (and the
+    update check its trainer and base model)."""
+
+    model_name: str
+
+    def fit(self, config: Any) -> Any:
+        """Run one training (a train.loop.TrainConfig), as train.loop.train does."""
+        ...
 
     def train(self, rows: Path, out: Path) -> dict:
         """Train (or keep a finished run of) a voice adapter on `rows` into `out`; its summary."""
@@ -232,14 +239,19 @@ class AdapterVoices:
 
     def train(self, rows: Path, out: Path) -> dict:
         from personalm.avatars.voice import VoiceOptions, train_config
-        from personalm.train.loop import finished_run, read_run, train
+        from personalm.train.loop import finished_run, read_run
 
         options = VoiceOptions(model=self.model_name, seed=self.seed, max_steps=self.steps or None)
         settings = train_config(rows, out, options)
         if not finished_run(settings):
-            train(settings, log=self.log)
+            self.fit(settings)
         run = read_run(out)
         return {k: run[k] for k in ("steps", "examples", "tokens_seen", "seconds", "final_loss")}
+
+    def fit(self, config: Any) -> Any:
+        from personalm.train.loop import train
+
+        return train(config, log=self.log)
 
     def model(self, adapter: Path) -> TextModel:
         from personalm.models import load_model
@@ -354,6 +366,13 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
                                         {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
                                         attributor, memory, ref_vectors[order])  # fmt: skip
         result |= voice_estimates(result)
+    checked = spread(list(split), config.update_persons) if voices is not None and config.update_persons else []
+    if checked:
+        from personalm.studies.avatar_update import update_check
+
+        result["update"] = update_check(config, {p: split[p][0] for p in checked}, attributor, memory, voices,
+                                        work or config.out, params, log)  # fmt: skip
+        result |= voice_estimates(result)
     result["rag_copy_rate"] = float(
         np.mean(
             [copy_rate(o, [h.memory.text for h in r.exemplars]) for o, r in zip(outputs["rag"], recalls, strict=True)]
@@ -372,8 +391,10 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
 
 
 def voice_estimates(like: dict) -> dict:
-    """The voice part's rates and differences (with `_ci`, `_items`), for the top of results.json."""
-    return {k: v for k, v in like.get("voice", {}).items() if k.startswith(("attribution_acc_", "similarity_"))}
+    """The rates, differences (with `_ci`, `_items`) and times of the voice part and the update check,
+    for the top of results.json."""
+    return {k: v for part in ("voice", "update") for k, v in like.get(part, {}).items()
+            if k.startswith(("attribution_acc_", "similarity_", "update_"))}  # fmt: skip
 
 
 def voice_results(config: ExperimentConfig, outputs: dict[str, list[str]], training: dict[str, dict],
