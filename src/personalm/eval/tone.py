@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -29,6 +30,29 @@ class ToneScorer(Protocol):
     def accepts(self, texts: Sequence[str], margin: float = 0.0) -> np.ndarray:
         """One bool per text: meets the target tone, with `margin` added to the bar (a training
         set can ask for rewrites well inside the tone, not just over the line)."""
+
+
+@dataclass(frozen=True)
+class ToneScores:
+    """Per text: its tone score, whether it clears the tone bar, and its MiniLM similarity to its reference."""
+
+    tone: np.ndarray
+    accepted: np.ndarray
+    semsim: np.ndarray
+
+
+def score_answers(texts: Sequence[str], references: Sequence[str], embedder, scorer: ToneScorer,
+                  per_reference: int = 1) -> ToneScores:  # fmt: skip
+    """Tone and meaning of answers at once, the two checks every tone stage applies (data building,
+    preference rounds, the study): text j answers references[j // per_reference], each reference
+    embedded once."""
+    texts = list(texts)
+    if len(texts) != len(references) * per_reference:
+        raise ValueError(f"{len(texts)} texts for {len(references)} references x {per_reference}")
+    answers = embedder.embed(texts)
+    refs = np.repeat(embedder.embed(list(references)), per_reference, axis=0)
+    return ToneScores(scorer.score(texts), np.asarray(scorer.accepts(texts), dtype=bool),
+                      np.sum(answers * refs, axis=1))  # fmt: skip
 
 
 class FleschScorer:

@@ -29,7 +29,7 @@ import numpy as np
 from personalm import report
 from personalm.adapters import is_adapter_dir
 from personalm.eval.bootstrap import bootstrap_mean, paired_bootstrap
-from personalm.eval.tone import ToneScorer
+from personalm.eval.tone import ToneScorer, score_answers
 from personalm.models.base import SamplingParams
 from personalm.models.registry import DEFAULT_MODEL, load_model
 from personalm.studies.harness import Study
@@ -253,11 +253,8 @@ def evaluate(config, adapter: Path | None, system: str | None, test: list[dict],
     with load_model(config.model, adapter=adapter, cache=True) as model:
         gens = model.generate(chats, params)
     texts = [g.text.strip() for g in gens]
-    answers = embedder.embed(texts)
-    references = embedder.embed([t["reference"] for t in test])
-    semsim = np.sum(answers * references, axis=1)
-    tone = scorer.score(texts)
-    accepted = scorer.accepts(texts)
+    scores = score_answers(texts, [t["reference"] for t in test], embedder, scorer)
+    tone, accepted, semsim = scores.tone, scores.accepted, scores.semsim
     rows = [
         {
             "passage_id": t["passage_id"],

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from personalm.eval.tone import ToneScorer
+from personalm.eval.tone import ToneScorer, score_answers
 from personalm.models.base import SamplingParams, TextModel
 from personalm.provenance import versions
 from personalm.report import write_json
@@ -132,15 +132,13 @@ class ToneBuilder:
         chats = [prompts.tone_prompt(i["question"], i["reference"]) for i in items for _ in range(k)]
         gens = self.model.generate(chats, self._params(self.config.temperature, salt=1))
         texts = [prompts.clean_answer(g.text, g.finish_reason == "length")[0] or "" for g in gens]
-        refs = self.embedder.embed([i["reference"] for i in items])
-        cands = self.embedder.embed(texts)
-        tone = self.scorer.score(texts)
-        accepted = self.scorer.accepts(texts)
+        scores = score_answers(texts, [i["reference"] for i in items], self.embedder, self.scorer, k)
+        tone, accepted = scores.tone, scores.accepted
         out = []
         for n, item in enumerate(items):
             candidates, reasons = [], []
             for j in range(n * k, (n + 1) * k):
-                semsim = float(cands[j] @ refs[n])
+                semsim = float(scores.semsim[j])
                 if not texts[j]:
                     reasons.append("empty or cut off")
                 elif not accepted[j]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from personalm.adapters import is_adapter_dir
 from personalm.errors import PersonalmError
-from personalm.eval.tone import ToneScorer
+from personalm.eval.tone import ToneScorer, score_answers
 from personalm.models.base import SamplingParams
 from personalm.models.local import weights_digest
 from personalm.models.registry import DEFAULT_MODEL, load_model
@@ -76,18 +76,14 @@ def score_samples(
 ) -> list[dict[str, Any]]:
     """One row per sample (items[i]'s samples are texts[i*k:(i+1)*k]): its tone score, whether it
     clears the tone bar, its similarity to the item's reference, and whether it passes both."""
-    references = embedder.embed([item["reference"] for item in items])
-    answers = embedder.embed(list(texts))
-    tone = scorer.score(texts)
-    accepted = scorer.accepts(texts)
+    scores = score_answers(texts, [item["reference"] for item in items], embedder, scorer, k)
     rows = []
     for j, text in enumerate(texts):
-        n = j // k
-        semsim = float(answers[j] @ references[n])
+        n, semsim, accepted = j // k, float(scores.semsim[j]), bool(scores.accepted[j])
         rows.append({
             "passage_id": items[n]["passage_id"], "question": items[n]["question"], "facts": items[n]["facts"],
-            "answer": text, "tone_score": round(float(tone[j]), 2), "tone_ok": bool(accepted[j]),
-            "semsim": round(semsim, 4), "passes": bool(accepted[j]) and semsim >= min_semsim,
+            "answer": text, "tone_score": round(float(scores.tone[j]), 2), "tone_ok": accepted,
+            "semsim": round(semsim, 4), "passes": accepted and semsim >= min_semsim,
         })  # fmt: skip
     return rows
 
