@@ -181,3 +181,22 @@ def test_tone_experiment_end_to_end_on_a_tiny_corpus(tmp_path, monkeypatch, caps
     assert train_rows and all(r["messages"][-1]["role"] == "assistant" for r in train_rows)
     test_docs = {json.loads(line)["doc"] for line in (out / "data" / "test.jsonl").read_text().splitlines()}
     assert not test_docs & {r["doc"] for r in train_rows}
+
+
+def test_one_rule_keeps_margins_and_rounds_on_validation():
+    """keep_on_validation: the best tone rate among candidates that keep 95% of the prompted base's
+    similarity; all scored ones when none does; ties to the highest tiebreak; None when none scored."""
+    from personalm.studies.tone import keep_on_validation
+
+    prompted = {"semsim": 0.60}
+    scores = {
+        "0": {"val_tone_rate": 0.70, "val_semsim": 0.58},
+        "10": {"val_tone_rate": 0.90, "val_semsim": 0.50},  # best tone, lost meaning: not eligible
+        "20": {"val_tone_rate": 0.70, "val_semsim": 0.59},
+        "30": {"examples": 4},  # too few examples, never scored
+    }
+    assert keep_on_validation(scores, prompted, lambda m: -float(m)) == "0"  # tie: the smaller margin
+    assert keep_on_validation(scores, prompted, lambda m: float(m)) == "20"
+    lost = {k: v | {"val_semsim": 0.1} for k, v in scores.items() if "val_tone_rate" in v}
+    assert keep_on_validation(lost, prompted, lambda m: 0) == "10"  # none eligible: the best of all scored
+    assert keep_on_validation({"30": {"examples": 4}}, prompted, lambda m: 0) is None

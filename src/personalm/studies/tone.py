@@ -89,7 +89,12 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
     test = dataset.test
 
     mark = time.perf_counter()
-    selection = choose_margin(config, dataset, embedder, scorer, study, log)
+    val_prompted = (
+        evaluate(config, None, prompts.TONE_SYSTEM, dataset.val, embedder, scorer, out, "val-prompted")
+        if dataset.val
+        else None
+    )
+    selection = choose_margin(config, dataset, val_prompted, embedder, scorer, study, log)
     margin = selection["chosen_margin"]
     timings["margin_selection_s"] = time.perf_counter() - mark
     write_dataset(dataset, out / "data", margin)
@@ -108,7 +113,7 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
 
     mark = time.perf_counter()
     sft = f"lora{config.curve_size}"
-    rounds = preference_rounds(config, examples, margin, dataset.val, embedder, scorer, study, log)
+    rounds = preference_rounds(config, examples, margin, dataset.val, val_prompted, embedder, scorer, study, log)
     for name, adapter in rounds["adapters"].items():
         conditions[f"{sft}_{name}"] = evaluate(config, adapter, None, test, embedder, scorer, out, f"{sft}_{name}")
         log(f"{sft}_{name}: tone rate {conditions[f'{sft}_{name}']['tone_rate']:.2f}")
@@ -129,14 +134,25 @@ def run(config: ToneExperimentConfig, embedder, scorer: ToneScorer, log: Log = p
     return write_outputs(study, results, conditions, test)
 
 
-def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneScorer, study: Study, log: Log) -> dict:
-    """Train the curve-size fp32 adapter at each margin and keep the margin with the best
-    validation tone rate among those whose validation similarity stays within 5% of the
-    prompted base's (ties go to the smaller margin, which keeps more data)."""
-    if len(config.margins) == 1 or not dataset.val:
+KEEP_RULE = "best validation tone rate with validation similarity >= 0.95 x prompted base's"
+
+
+def keep_on_validation(scores: dict[str, dict], prompted: dict, tiebreak: Callable[[str], Any]) -> str | None:
+    """The candidate kept by KEEP_RULE: among those with `val_tone_rate` whose `val_semsim` is at
+    least 0.95 x the prompted base's (all that were scored when none is), the best tone rate, ties
+    to the highest `tiebreak`; None when nothing was scored."""
+    scored = [name for name, v in scores.items() if "val_tone_rate" in v]
+    eligible = [n for n in scored if scores[n]["val_semsim"] >= 0.95 * prompted["semsim"]] or scored
+    return max(eligible, key=lambda n: (scores[n]["val_tone_rate"], tiebreak(n))) if eligible else None
+
+
+def choose_margin(config: ToneExperimentConfig, dataset, prompted: dict | None, embedder, scorer: ToneScorer,
+                  study: Study, log: Log) -> dict:  # fmt: skip
+    """Train the curve-size fp32 adapter at each margin and keep one by KEEP_RULE (ties go to the
+    smaller margin, which keeps more data)."""
+    if len(config.margins) == 1 or prompted is None:
         return {"chosen_margin": config.margins[0], "rule": "single margin given", "by_margin": {}}
     out = study.out
-    prompted = evaluate(config, None, prompts.TONE_SYSTEM, dataset.val, embedder, scorer, out, "val-prompted")
     by_margin = {}
     for margin in sorted(config.margins):
         examples = dataset.examples(margin)
@@ -149,16 +165,12 @@ def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneS
         by_margin[f"{margin:g}"] = {"examples": len(examples), "val_tone_rate": round(scores["tone_rate"], 4),
                                     "val_semsim": round(scores["semsim"], 4)}  # fmt: skip
         log(f"margin {margin:g}: validation tone rate {scores['tone_rate']:.2f}, similarity {scores['semsim']:.3f}")
-    floor = 0.95 * prompted["semsim"]
-    eligible = [(v["val_tone_rate"], -float(m)) for m, v in by_margin.items() if v.get("val_semsim", -1) >= floor]
-    if not eligible:
-        eligible = [(v["val_tone_rate"], -float(m)) for m, v in by_margin.items() if "val_tone_rate" in v]
-    if not eligible:
+    chosen = keep_on_validation(by_margin, prompted, lambda m: -float(m))
+    if chosen is None:
         return {"chosen_margin": 0.0, "rule": "no margin had enough examples; margin 0", "by_margin": by_margin}
-    chosen = -max(eligible)[1]
     return {
-        "chosen_margin": chosen,
-        "rule": "best validation tone rate with validation similarity >= 0.95 x prompted base's",
+        "chosen_margin": float(chosen),
+        "rule": KEEP_RULE,
         "val_prompted_tone_rate": round(prompted["tone_rate"], 4),
         "val_prompted_semsim": round(prompted["semsim"], 4),
         "val_questions": len(dataset.val),
@@ -167,10 +179,10 @@ def choose_margin(config: ToneExperimentConfig, dataset, embedder, scorer: ToneS
 
 
 def preference_rounds(config: ToneExperimentConfig, examples: list[dict], margin: float, val: list[dict],
-                      embedder, scorer: ToneScorer, study: Study, log: Log) -> dict[str, Any]:  # fmt: skip
+                      prompted: dict | None, embedder, scorer: ToneScorer, study: Study,
+                      log: Log) -> dict[str, Any]:  # fmt: skip
     """Rounds 1..N of each method after the curve-size SFT adapter; every adapter (SFT included)
-    scored on the validation questions, and the one kept: the best validation tone rate among those
-    whose validation similarity stays within 5% of the prompted base's (ties: fewer rounds, then the
+    scored on the validation questions, and the one kept by KEEP_RULE (ties: fewer rounds, then the
     method listed first). Returns the test-time adapters by name, the choice and its evidence."""
     sft = train_adapter(config, examples, config.curve_size, margin, "fp32", study, log)
     items = examples[: config.curve_size]
@@ -187,25 +199,22 @@ def preference_rounds(config: ToneExperimentConfig, examples: list[dict], margin
         for record in records[method]:
             if record["adapter"]:
                 adapters[f"{method}{record['round']}"] = Path(record["adapter"])
-    if not val:
+    if not val or prompted is None:
         log("no validation questions: the SFT adapter is kept, the rounds only reported")
         return {"chosen": "sft", "rule": "no validation questions: SFT kept", "val_prompted_tone_rate": None,
                 "val_prompted_semsim": None, "by_adapter": {}, "records": _plain_records(records),
                 "adapters": {n: a for n, a in adapters.items() if n != "sft"}}  # fmt: skip
-    prompted = evaluate(config, None, prompts.TONE_SYSTEM, val, embedder, scorer, study.out, "val-prompted")
     by_adapter = {}
     for name, adapter in adapters.items():
         scores = evaluate(config, adapter, None, val, embedder, scorer, study.out, f"val-{name}")
         by_adapter[name] = {"val_tone_rate": round(scores["tone_rate"], 4), "val_semsim": round(scores["semsim"], 4)}
         log(f"{name}: validation tone rate {scores['tone_rate']:.2f}, similarity {scores['semsim']:.3f}")
-    floor = 0.95 * prompted["semsim"]
     order = list(adapters)
-    eligible = [n for n in order if by_adapter[n]["val_semsim"] >= floor] or order
-    chosen = max(eligible, key=lambda n: (by_adapter[n]["val_tone_rate"], -_rounds_of(n), -order.index(n)))
+    chosen = keep_on_validation(by_adapter, prompted, lambda n: (-_rounds_of(n), -order.index(n)))
     log(f"kept on validation: {chosen}")
     return {
         "chosen": chosen,
-        "rule": "best validation tone rate with validation similarity >= 0.95 x prompted base's; ties: fewer rounds",
+        "rule": f"{KEEP_RULE}; ties: fewer rounds",
         "val_prompted_tone_rate": round(prompted["tone_rate"], 4),
         "val_prompted_semsim": round(prompted["semsim"], 4),
         "by_adapter": by_adapter,
