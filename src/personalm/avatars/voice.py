@@ -388,14 +388,22 @@ def train_config(rows: Path, out: Path, options: VoiceOptions, parent: AdapterVe
     )  # fmt: skip
 
 
-def _train(work: Path, parent: AdapterVersion | None, options: VoiceOptions, hooks: Hooks) -> dict[str, Any]:
-    """Train (or, after a kill, resume from the last checkpoint) into WORK/train."""
+def train_adapter(rows: Path, out: Path, options: VoiceOptions, parent: AdapterVersion | None = None,
+                  trainer: Callable[[Any], Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train a voice adapter on `rows` into `out` with `trainer` (train.loop.train by default): a
+    finished run with the same settings is kept, a killed one resumes from its last checkpoint.
+    Returns the trainer's record of the run (train.loop.read_run)."""
     from personalm.train.loop import finished_run, read_run, train
 
-    config = train_config(work / TRAIN_ROWS, work / TRAINED, options, parent)
+    config = train_config(rows, out, options, parent)
     if not finished_run(config):
-        (hooks.train or train)(config)
-    summary = read_run(config.out)
+        (trainer or train)(config)
+    return read_run(out)
+
+
+def _train(work: Path, parent: AdapterVersion | None, options: VoiceOptions, hooks: Hooks) -> dict[str, Any]:
+    """Train (or, after a kill, resume from the last checkpoint) into WORK/train."""
+    summary = train_adapter(work / TRAIN_ROWS, work / TRAINED, options, parent, hooks.train)
     return {"steps": summary["steps"], "seconds": summary["seconds"], "final_loss": summary["final_loss"],
             "base": summary["config"]["model"], "rank": summary["config"]["rank"],
             "alpha": summary["config"]["alpha"]}  # fmt: skip

@@ -12,7 +12,7 @@ carries a 95% bootstrap interval over the prompts (`*_ci`, `*_items`); retrieval
 is paired over the same prompts; the classifier's ceiling is its accuracy on the real passages.
 
 The voice conditions (issue 24): for `voice_persons` persons spread over the list, a LoRA voice
-adapter trained exactly as `avatar create` trains one (avatars.voice.train_config, the product's
+adapter trained exactly as `avatar create` trains one (avatars.voice.train_adapter, the product's
 default settings: nothing is tuned on these persons) on that person's memory-period utterances, then
 the same prompts answered by the adapter alone (name only) and by the adapter with retrieval (the
 avatar as served). On those persons' prompts the chain adapter + retrieval vs retrieval only vs none
@@ -226,6 +226,27 @@ def estimate(key: str, values: np.ndarray, seed: int) -> dict:
     return {key: found.mean, f"{key}_ci": [found.low, found.high], f"{key}_items": found.n}
 
 
+def paired_estimate(key: str, a: np.ndarray, b: np.ndarray, seed: int) -> dict:
+    """`key` (mean of a − b over the same prompts), `key_ci` (its 95% paired bootstrap interval),
+    `key_items` and `key_share_above_zero`."""
+    diff = paired_bootstrap(a, b, seed=seed)
+    return {key: diff.mean, f"{key}_ci": [diff.low, diff.high], f"{key}_items": diff.n,
+            f"{key}_share_above_zero": diff.share_above_zero}  # fmt: skip
+
+
+def without_cue(text: str, cue: str) -> str:
+    """An answer that repeats the cue would be credited with the real person's words: cut it."""
+    return text.replace(cue, " ").strip()
+
+
+def score_texts(texts: list[str], truth: list[str], attributor, memory: AvatarMemory,
+                ref_vectors: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per answer: attributed to its true person (1/0), and MiniLM similarity to its reference."""
+    texts = [t or "." for t in texts]
+    return {"attribution_acc": (attributor.predict(texts) == np.array(truth)).astype(float),
+            "similarity": np.sum(memory.embed(texts) * ref_vectors, axis=1)}  # fmt: skip
+
+
 @dataclass
 class AdapterVoices:
     """The real voices: adapters trained as `avatar create` trains them (its default settings, at
@@ -238,14 +259,10 @@ class AdapterVoices:
     log: Log
 
     def train(self, rows: Path, out: Path) -> dict:
-        from personalm.avatars.voice import VoiceOptions, train_config
-        from personalm.train.loop import finished_run, read_run
+        from personalm.avatars.voice import VoiceOptions, train_adapter
 
         options = VoiceOptions(model=self.model_name, seed=self.seed, max_steps=self.steps or None)
-        settings = train_config(rows, out, options)
-        if not finished_run(settings):
-            self.fit(settings)
-        run = read_run(out)
+        run = train_adapter(rows, out, options, trainer=self.fit)
         return {k: run[k] for k in ("steps", "examples", "tokens_seen", "seconds", "final_loss")}
 
     def fit(self, config: Any) -> Any:
@@ -279,8 +296,9 @@ def voice_outputs(config: ExperimentConfig, persons: list[str], prompts: list[Pr
         try:
             for condition in VOICE_CONDITIONS:
                 generated = spoken.generate([batches[condition][i] for i in mine], params)
-                outputs[condition] += [g.text.replace(prompts[i].cue, " ").strip() for g, i in zip(generated, mine,
-                                                                                                     strict=True)]  # fmt: skip
+                outputs[condition] += [
+                    without_cue(g.text, prompts[i].cue) for g, i in zip(generated, mine, strict=True)
+                ]
         finally:
             spoken.close()
     return outputs, training
@@ -326,10 +344,8 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
     outputs: dict[str, list[str]] = {}
     for condition in CONDITIONS:
         log(f"likeness: generating {len(prompts)} answers ({LABELS[condition]})")
-        # An answer that repeats the cue would be credited with the real person's words: cut it.
         outputs[condition] = [
-            g.text.replace(p.cue, " ").strip()
-            for g, p in zip(model.generate(batches[condition], params), prompts, strict=True)
+            without_cue(g.text, p.cue) for g, p in zip(model.generate(batches[condition], params), prompts, strict=True)
         ]
 
     truth = [p.person for p in prompts]
@@ -339,11 +355,8 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
     result |= estimate("attribution_acc_real", attributor.predict(references) == np.array(truth), config.seed)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for condition in CONDITIONS:
-        texts_out = [o or "." for o in outputs[condition]]
-        predicted = attributor.predict(texts_out)
-        correct = (predicted == np.array(truth)).astype(float)
-        similarity = np.sum(memory.embed(texts_out) * ref_vectors, axis=1)
-        scores[condition] = {"attribution_acc": correct, "similarity": similarity}
+        scores[condition] = score_texts(outputs[condition], truth, attributor, memory, ref_vectors)
+        correct, similarity = scores[condition]["attribution_acc"], scores[condition]["similarity"]
         result |= estimate(f"attribution_acc_{condition}", correct, config.seed)
         result |= estimate(f"similarity_{condition}", similarity, config.seed)
         for person in split:
@@ -353,10 +366,7 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
                 row[f"acc_{condition}"] = float(correct[mask].mean())
                 row[f"sim_{condition}"] = float(similarity[mask].mean())
     for metric in ("attribution_acc", "similarity"):
-        diff = paired_bootstrap(scores["rag"][metric], scores["norag"][metric], seed=config.seed)
-        result |= {f"{metric}_difference": diff.mean, f"{metric}_difference_ci": [diff.low, diff.high],
-                   f"{metric}_difference_items": diff.n,
-                   f"{metric}_difference_share_above_zero": diff.share_above_zero}  # fmt: skip
+        result |= paired_estimate(f"{metric}_difference", scores["rag"][metric], scores["norag"][metric], config.seed)
     voiced = spread(list(split), config.voice_persons) if voices is not None and config.voice_persons else []
     if voiced:
         order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
@@ -365,14 +375,12 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         result["voice"] = voice_results(config, spoken, training, [prompts[i] for i in order],
                                         {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
                                         attributor, memory, ref_vectors[order])  # fmt: skip
-        result |= voice_estimates(result)
     checked = spread(list(split), config.update_persons) if voices is not None and config.update_persons else []
     if checked:
         from personalm.studies.avatar_update import update_check
 
         result["update"] = update_check(config, {p: split[p][0] for p in checked}, attributor, memory, voices,
                                         work or config.out, params, log)  # fmt: skip
-        result |= voice_estimates(result)
     result["rag_copy_rate"] = float(
         np.mean(
             [copy_rate(o, [h.memory.text for h in r.exemplars]) for o, r in zip(outputs["rag"], recalls, strict=True)]
@@ -406,21 +414,14 @@ def voice_results(config: ExperimentConfig, outputs: dict[str, list[str]], train
     scores = dict(scores)
     found: dict = {"persons": sorted(training), "prompts": len(prompts), "training": training}
     for condition in VOICE_CONDITIONS:
-        texts = [o or "." for o in outputs[condition]]
-        correct = (attributor.predict(texts) == truth).astype(float)
-        scores[condition] = {
-            "attribution_acc": correct,
-            "similarity": np.sum(memory.embed(texts) * ref_vectors, axis=1),
-        }
+        scores[condition] = score_texts(outputs[condition], list(truth), attributor, memory, ref_vectors)
     for condition in VOICE_CONDITIONS + ("rag", "norag"):
         for metric in ("attribution_acc", "similarity"):
             key = f"{metric}_{condition}" + ("" if condition in VOICE_CONDITIONS else "_voice_persons")
             found |= estimate(key, scores[condition][metric], config.seed)
     for a, b in VOICE_DIFFERENCES:
         for metric in ("attribution_acc", "similarity"):
-            diff = paired_bootstrap(scores[a][metric], scores[b][metric], seed=config.seed)
-            key = f"{metric}_{a}_minus_{b}"
-            found |= {key: diff.mean, f"{key}_ci": [diff.low, diff.high], f"{key}_items": diff.n}
+            found |= paired_estimate(f"{metric}_{a}_minus_{b}", scores[a][metric], scores[b][metric], config.seed)
     found["per_person"] = {
         person: {f"acc_{c}": float(scores[c]["attribution_acc"][truth == person].mean())
                  for c in VOICE_CONDITIONS + ("rag", "norag")}

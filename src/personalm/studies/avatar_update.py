@@ -27,9 +27,8 @@ from personalm.avatars import voice
 from personalm.avatars.adapter_data import cue_of
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.sqlite_store import SQLiteStore
-from personalm.eval.bootstrap import paired_bootstrap
 from personalm.models.base import SamplingParams
-from personalm.studies.avatar_likeness import Voices, estimate
+from personalm.studies.avatar_likeness import Voices, estimate, paired_estimate, score_texts, without_cue
 from personalm.tables import read_rows
 
 if TYPE_CHECKING:
@@ -92,8 +91,7 @@ def answers(version: voice.AdapterVersion, rows: list[dict], voices: Voices, par
         generated = spoken.generate([row["messages"][:-1] for row in rows], params)
     finally:
         spoken.close()
-    return [g.text.replace(cue_of(row["messages"][-2]["content"]), " ").strip() or "." for g, row in
-            zip(generated, rows, strict=True)]  # fmt: skip
+    return [without_cue(g.text, cue_of(row["messages"][-2]["content"])) for g, row in zip(generated, rows, strict=True)]
 
 
 def update_check(config: ExperimentConfig, persons: dict[str, list[Path]], attributor, memory: AvatarMemory,
@@ -120,8 +118,9 @@ def update_check(config: ExperimentConfig, persons: dict[str, list[Path]], attri
             references = memory.embed([row["messages"][-1]["content"] for row in rows])
             for label in ("v1", "v2"):
                 texts = answers(made[label], rows, voices, params)
-                scores[window][label]["similarity"] += np.sum(memory.embed(texts) * references, axis=1).tolist()
-                scores[window][label]["attribution_acc"] += (attributor.predict(texts) == person).astype(float).tolist()
+                for metric, values in score_texts(texts, [person] * len(texts), attributor, memory,
+                                                  references).items():  # fmt: skip
+                    scores[window][label][metric] += values.tolist()
     found: dict = {"persons": sorted(per_person), "per_person": per_person}
     for window in WINDOWS:
         for metric in METRICS:
@@ -130,9 +129,7 @@ def update_check(config: ExperimentConfig, persons: dict[str, list[Path]], attri
                 continue
             found |= estimate(f"update_{metric}_{window}_v1", v1, config.seed)
             found |= estimate(f"update_{metric}_{window}_v2", v2, config.seed)
-            diff = paired_bootstrap(v2, v1, seed=config.seed)
-            key = f"update_{metric}_{window}_v2_minus_v1"
-            found |= {key: diff.mean, f"{key}_ci": [diff.low, diff.high], f"{key}_items": diff.n}
+            found |= paired_estimate(f"update_{metric}_{window}_v2_minus_v1", v2, v1, config.seed)
     if per_person:
         update = sum(p["seconds"]["update_later"] for p in per_person.values())
         scratch = sum(p["seconds"]["create_both"] for p in per_person.values())
