@@ -150,7 +150,7 @@ def run(
         if voices is None and (config.voice_persons or config.update_persons) and not earlier:
             voices = AdapterVoices(config.model or DEFAULT_MODEL, config.seed, config.voice_steps,
                                    config.out / ".cache" / "generations.db", log)  # fmt: skip
-        like = earlier[0] if earlier else likeness(config, model, memory, log, voices, work)
+        like = earlier[0] if earlier else likeness(config, model, memory, log, work, voices)
         pref = prefeval(config, model, memory, critic, log, judge)
     finally:
         memory.close()

@@ -305,7 +305,7 @@ def voice_outputs(config: ExperimentConfig, persons: list[str], prompts: list[Pr
 
 
 def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log,
-             voices: Voices | None = None, work: Path | None = None) -> dict:  # fmt: skip
+             work: Path, voices: Voices | None = None) -> dict:  # fmt: skip
     rng = random.Random(config.seed)
     root = config.data / "speeches"
     if not root.is_dir():
@@ -370,7 +370,7 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
     voiced = spread(list(split), config.voice_persons) if voices is not None and config.voice_persons else []
     if voiced:
         order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
-        spoken, training = voice_outputs(config, voiced, prompts, batches, memory, voices, work or config.out, params,
+        spoken, training = voice_outputs(config, voiced, prompts, batches, memory, voices, work, params,
                                          log)  # fmt: skip
         result["voice"] = voice_results(config, spoken, training, [prompts[i] for i in order],
                                         {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
@@ -380,7 +380,7 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         from personalm.studies.avatar_update import update_check
 
         result["update"] = update_check(config, {p: split[p][0] for p in checked}, attributor, memory, voices,
-                                        work or config.out, params, log)  # fmt: skip
+                                        work, params, log)  # fmt: skip
     result["rag_copy_rate"] = float(
         np.mean(
             [copy_rate(o, [h.memory.text for h in r.exemplars]) for o, r in zip(outputs["rag"], recalls, strict=True)]
