@@ -21,9 +21,11 @@ from personalm.models.base import Generation, TextModel, TokenScores
 from personalm.studies.avatar_experiment import ExperimentConfig, run
 from personalm.studies.avatar_likeness import (
     Prompt,
+    VoiceSetting,
     answer_prompt,
     copy_rate,
     held_out_prompts,
+    parse_voice_grid,
     passage_turns,
     split_person,
     spread,
@@ -71,8 +73,9 @@ class EchoStyleModel(TextModel):
 
 
 class FakeVoices:
-    """Voices whose 'adapter' speaks the first reply it was trained on (the person's own words), and
-    which record every chat sent to an adapter."""
+    """Voices whose 'adapter' speaks the first reply it was trained on (the person's own words) when
+    trained for more than one epoch and a plain line otherwise, and which record every training and
+    every chat sent to an adapter."""
 
     model_name = "fake-base"
 
@@ -90,11 +93,11 @@ class FakeVoices:
                                                            "final_loss": 1.0}))  # fmt: skip
         self.fitted.append(config)
 
-    def train(self, rows, out):
+    def train(self, rows, out, setting):
         out.mkdir(parents=True, exist_ok=True)
         first = json.loads(rows.read_text().splitlines()[0])
-        (out / "reply.txt").write_text(first["messages"][-1]["content"])
-        self.trained.append(out)
+        (out / "reply.txt").write_text(first["messages"][-1]["content"] if setting.epochs > 1 else "Plain words.")
+        self.trained.append((rows.stem, setting))
         return {"steps": 1, "examples": len(rows.read_text().splitlines()), "seconds": 0.0, "final_loss": 1.0}
 
     def model(self, adapter):
@@ -153,6 +156,15 @@ def test_small_pieces(tmp_path):
     assert len(norag) == 2 and "Ann is calm." not in norag[0]["content"]
 
 
+def test_voice_grid_parses_and_bad_grids_are_one_error():
+    assert parse_voice_grid(" 1:2e-4, 3:1e-3,1:2e-4") == (VoiceSetting(1, 2e-4), VoiceSetting(3, 1e-3))
+    assert VoiceSetting(3, 1e-3).label == "3 epochs, lr 0.001" and VoiceSetting(1, 2e-4).key == "epochs1-lr0.0002"
+    for bad, message in (("3", "expected EPOCHS:LR"), ("x:1e-3", "expected EPOCHS:LR"), ("0:1e-3", ">= 1"),
+                         ("2:5", r"in \(0, 1\)"), (" , ", "empty")):  # fmt: skip
+        with pytest.raises(PersonalmError, match=message):
+            parse_voice_grid(bad)
+
+
 def test_held_out_prompts_split_cue_and_reference(tmp_path):
     make_data(tmp_path)
     files = sorted((tmp_path / "speeches" / "ann_a").glob("*.txt"))
@@ -199,10 +211,20 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert results["attribution_acc_norag"] < 1.0
     assert results["prefeval_acc_memory"] > results["prefeval_acc_nomemory"]
     assert results["seed"] == 0 and results["versions"]["numpy"] == np.__version__
+    # The voice setting is chosen on the one person neither voiced nor update-checked (cy_c): every
+    # setting of the grid tried there, the first of the two that speak in the person's words kept;
+    # the voice persons are trained with it alone (nothing tried on them).
+    voice = results["likeness"]["voice"]
+    validation = voice["validation"]
+    assert validation["persons"] == ["cy_c"] and validation["prompts"] == 2
+    assert [(r["epochs"], r["lr"]) for r in validation["settings"]] == [(1, 2e-4), (3, 2e-4), (3, 1e-3)]
+    assert [r["attribution_acc_voice_rag"] for r in validation["settings"]][1:] == [1.0, 1.0]
+    assert validation["chosen"] == voice["setting"] == {"epochs": 3, "lr": 2e-4}
+    assert voices.trained == [("cy_c", s) for s in config.voice_grid] + [("ann_a", VoiceSetting(3, 2e-4)),
+                                                                         ("bob_b", VoiceSetting(3, 2e-4))]  # fmt: skip
     # Voice conditions: 2 of the 3 persons (spread), their 4 prompts, an adapter each trained on the
     # person's own utterances; the adapter gets exactly the chats of its counterpart without it.
-    voice = results["likeness"]["voice"]
-    assert voice["persons"] == ["ann_a", "bob_b"] and voice["prompts"] == 4 and len(voices.trained) == 2
+    assert voice["persons"] == ["ann_a", "bob_b"] and voice["prompts"] == 4
     assert results["attribution_acc_voice"] == 1.0 and results["attribution_acc_voice_items"] == 4
     for a, b in (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"), ("voice_rag", "voice")):
         key = f"attribution_acc_{a}_minus_{b}"
@@ -219,6 +241,7 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert update["persons"] == ["ann_a"] and row["earlier"] == ["1901-01-01-speech.txt"]
     assert row["later"] == ["1902-01-01-speech.txt"] and min(row["held_out"].values()) >= 1
     assert len(voices.fitted) == 3 and voices.fitted[1].init_adapter and not voices.fitted[2].init_adapter
+    assert {(c.epochs, c.lr) for c in voices.fitted} == {(3, 2e-4)}  # the chosen setting
     assert row["v2_replayed"] >= 1 and set(row["seconds"]) == {"create_earlier", "update_later", "create_both"}
     for window in ("earlier", "later"):
         for metric in ("similarity", "attribution_acc"):
@@ -233,6 +256,7 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Preference memory" in page and "Voice adapters" in page and "Update check" in page
+    assert "3 epochs, lr 0.0002: chosen among 3 settings on 1 other person," in page
     assert saved["provenance"]["settings"]["critic"] is None
 
 
@@ -328,9 +352,11 @@ def test_real_voices_train_once_and_speak(tmp_path):
     write_rows(rows, [{"messages": [*chat, {"role": "assistant", "content": STYLES["ann_a"].format(i=i)}]}
                       for i in range(4)])  # fmt: skip
     voices = AdapterVoices(DEFAULT_MODEL, 0, 2, tmp_path / "generations.db", lambda m: None)
-    first = voices.train(rows, tmp_path / "adapter")
+    first = voices.train(rows, tmp_path / "adapter", VoiceSetting(3, 1e-3))
     assert first["steps"] == 2 and first["examples"] == 4 and first["final_loss"] > 0
-    assert voices.train(rows, tmp_path / "adapter") == first  # kept, not trained again
+    assert voices.train(rows, tmp_path / "adapter", VoiceSetting(3, 1e-3)) == first  # kept, not trained again
+    saved = json.loads((tmp_path / "adapter" / "train_config.json").read_text())["config"]
+    assert (saved["epochs"], saved["lr"], saved["rank"]) == (3, 1e-3, 16)  # the setting, else create's defaults
     spoken = voices.model(tmp_path / "adapter")
     try:
         assert spoken.generate([chat], SamplingParams(max_tokens=8, seed=0))[0].text.strip()

@@ -490,7 +490,15 @@ def experiment_cmd(
     voice_persons: int = typer.Option(
         8, min=0, help="Persons given a voice adapter, trained as `avatar create` trains (0: no voice conditions)."
     ),
-    voice_steps: int = typer.Option(0, min=0, help="Training steps per voice adapter (0: one epoch, as create)."),
+    voice_steps: int = typer.Option(
+        0, min=0, help="At most this many steps per voice adapter (0: the setting's epochs)."
+    ),
+    voice_grid: str = typer.Option(
+        "1:2e-4,3:2e-4,3:1e-3", help="Voice settings EPOCHS:LR,... chosen among on validation persons."
+    ),
+    voice_validation_persons: int = typer.Option(
+        3, min=0, help="Persons (not voice or update persons) the voice setting is chosen on (0: the first setting)."
+    ),
     update_persons: int = typer.Option(
         0, min=0, help="Persons in the update check: create on earlier speeches, update with later ones (0: none)."
     ),
@@ -498,7 +506,7 @@ def experiment_cmd(
     quick: bool = typer.Option(
         False,
         "--quick",
-        help="A small run: 4 persons, 40 test and 40 validation questions, 20 free answers, 2 voices of 2 steps.",
+        help="A small run: 4 persons, 40 test and 40 validation questions, 20 free answers, 2 voices of 2 steps, chosen on 1 person.",
     ),
     seed: int = typer.Option(0),
     prefeval_only: bool = typer.Option(
@@ -509,7 +517,9 @@ def experiment_cmd(
     from personalm.avatars.preferences import load_critic
     from personalm.cli.inputs import data_folder
     from personalm.studies.avatar_experiment import ExperimentConfig, headline_rows, run, voice_rows
+    from personalm.studies.avatar_likeness import parse_voice_grid
 
+    grid = parse_voice_grid(voice_grid)
     needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
     folder = data_folder(data, required=needed)
     loaded = load_critic(critic)
@@ -518,6 +528,7 @@ def experiment_cmd(
         prefeval_items, validation_items = prefeval_items or 40, min(validation_items, 40)
         free_items = free_items or 20
         voice_persons, voice_steps = min(voice_persons, 2), voice_steps or 2
+        voice_validation_persons = min(voice_validation_persons, 1)
         update_persons, update_speeches = min(update_persons, 1), 1
     config = ExperimentConfig(
         data=folder, out=out, model=model, persons=persons, memory_fraction=memory_fraction,
@@ -525,7 +536,8 @@ def experiment_cmd(
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
         seed=seed, prefeval_only=prefeval_only, critic=critic, free_items=free_items, candidates=candidates,
         judge=judge, voice_persons=voice_persons, voice_steps=voice_steps, update_persons=update_persons,
-        update_speeches=update_speeches,
+        update_speeches=update_speeches, voice_grid=grid,
+        voice_validation_persons=voice_validation_persons,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False), critic=loaded)
     table = Table("answers by", "attribution accuracy", "similarity to real passage")

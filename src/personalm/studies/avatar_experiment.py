@@ -30,11 +30,16 @@ from personalm.studies.avatar_likeness import (
     VOICE_DIFFERENCES,
     AdapterVoices,
     Voices,
+    VoiceSetting,
     likeness,
     voice_estimates,
 )
 from personalm.studies.avatar_prefeval import prefeval
 from personalm.studies.harness import Study
+
+VOICE_GRID = (VoiceSetting(1, 2e-4), VoiceSetting(3, 2e-4), VoiceSetting(3, 1e-3))
+"""The voice settings chosen among: `avatar create`'s default (one epoch at 2e-4), three epochs, and
+three epochs at a five times higher rate (a stronger imprint of the voice on a few hundred rows)."""
 
 
 @dataclass
@@ -61,7 +66,9 @@ class ExperimentConfig:
     candidate_temperature: float = 0.7
     judge: str | None = None  # a larger model judging the free answers (default: the embedding rule)
     voice_persons: int = 8  # persons given a voice adapter (spread over the list; 0: no voice conditions)
-    voice_steps: int = 0  # 0: one epoch, as `avatar create` trains
+    voice_steps: int = 0  # at most this many steps per voice adapter (0: the setting's epochs)
+    voice_grid: tuple[VoiceSetting, ...] = VOICE_GRID  # epochs and learning rates chosen among on validation
+    voice_validation_persons: int = 3  # persons (not voice or update persons) the voice setting is chosen on
     update_persons: int = 0  # persons in the update check (create, then update with a later period; 0: none)
     update_speeches: int = 3  # speeches in each of the update check's two windows
 
@@ -419,7 +426,7 @@ def _voice_part(results: dict) -> list[str]:
             report.paragraph(
                 f"{len(voice['persons'])} persons ({', '.join(display_name(p) for p in voice['persons'])}), "
                 f"{voice['prompts']} held-out prompts. Each person's adapter is trained as `avatar create` trains "
-                "one, with its default settings (nothing chosen on these persons), on the memory-period "
+                f"one ({VoiceSetting(**voice['setting']).label}: {_chosen_how(voice)}), on the memory-period "
                 "utterances only; the held-out prompts come from later speeches. Mean [95% bootstrap interval]; "
                 "differences paired over the same prompts."
             ),
@@ -429,8 +436,40 @@ def _voice_part(results: dict) -> list[str]:
                     for a, b, c in voice_rows(results)
                 ]
             ),  # fmt: skip
+            *_validation_part(voice),
             report.paragraph("Training of each adapter:"),
             report.table(training),
             report.table(examples),
         )
+    ]
+
+
+def _chosen_how(voice: dict) -> str:
+    validation = voice.get("validation")
+    if not validation:
+        return "the only setting given"
+    persons = len(validation["persons"])
+    return (f"chosen among {len(validation['settings'])} settings on {persons} other person{'s' * (persons != 1)}, "
+            "nothing chosen on these")  # fmt: skip
+
+
+def _validation_part(voice: dict) -> list[str]:
+    """The settings tried on the validation persons and how each scored there."""
+    validation = voice.get("validation")
+    if not validation:
+        return []
+    rows = [
+        {"setting": VoiceSetting(row["epochs"], row["lr"]).label, "steps (all persons)": str(row["steps"]),
+         "attribution, adapter + retrieval": report.interval(row, "attribution_acc_voice_rag"),
+         "minus retrieval only (paired)": report.interval(row, "attribution_acc_voice_rag_minus_rag"),
+         "similarity, adapter + retrieval": report.interval(row, "similarity_voice_rag")}
+        for row in validation["settings"]
+    ]  # fmt: skip
+    return [
+        report.paragraph(
+            f"The setting was chosen on {validation['prompts']} held-out prompts of "
+            f"{', '.join(display_name(p) for p in validation['persons'])} (best attribution of adapter + retrieval "
+            f"answers): {VoiceSetting(**validation['chosen']).label}."
+        ),
+        report.table(rows),
     ]

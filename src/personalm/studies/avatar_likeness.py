@@ -12,11 +12,13 @@ carries a 95% bootstrap interval over the prompts (`*_ci`, `*_items`); retrieval
 is paired over the same prompts; the classifier's ceiling is its accuracy on the real passages.
 
 The voice conditions (issue 24): for `voice_persons` persons spread over the list, a LoRA voice
-adapter trained exactly as `avatar create` trains one (avatars.voice.train_adapter, the product's
-default settings: nothing is tuned on these persons) on that person's memory-period utterances, then
-the same prompts answered by the adapter alone (name only) and by the adapter with retrieval (the
-avatar as served). On those persons' prompts the chain adapter + retrieval vs retrieval only vs none
-is compared pairwise, each difference with its 95% paired interval.
+adapter trained as `avatar create` trains one (avatars.voice.train_adapter) on that person's
+memory-period utterances, then the same prompts answered by the adapter alone (name only) and by the
+adapter with retrieval (the avatar as served). Its epochs and learning rate are chosen among
+`voice_grid` on `voice_validation_persons` other persons (the setting whose adapter + retrieval
+answers are attributed best on their held-out prompts), never on the persons it is then measured
+on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
+pairwise, each difference with its 95% paired interval.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +57,40 @@ VOICE_DIFFERENCES = (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"),
 """The paired comparisons on the voice persons' prompts: adapter + retrieval > retrieval > none."""
 
 
+@dataclass(frozen=True)
+class VoiceSetting:
+    """What the study chooses for the voice adapters on validation persons: epochs and learning
+    rate (the rest as `avatar create` trains)."""
+
+    epochs: int
+    lr: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, lr {self.lr:g}"
+
+    @property
+    def key(self) -> str:
+        return f"epochs{self.epochs}-lr{self.lr:g}"
+
+
+def parse_voice_grid(text: str) -> tuple[VoiceSetting, ...]:
+    """`EPOCHS:LR,...` (for example `1:2e-4,3:1e-3`) into the settings to choose among."""
+    settings = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        epochs, _, lr = item.partition(":")
+        try:
+            setting = VoiceSetting(int(epochs), float(lr))
+        except ValueError:
+            raise PersonalmError(f"--voice-grid {item!r}: expected EPOCHS:LR, for example 3:1e-3") from None
+        if setting.epochs < 1 or not 0 < setting.lr < 1:
+            raise PersonalmError(f"--voice-grid {item!r}: epochs must be >= 1 and the learning rate in (0, 1)")
+        settings.append(setting)
+    if not settings:
+        raise PersonalmError("--voice-grid is empty: expected EPOCHS:LR,... for example 1:2e-4,3:1e-3")
+    return tuple(dict.fromkeys(settings))
+
+
 class Voices(Protocol):
     """Where the voice conditions get a person's adapter and a model speaking with it (and the
     update check its trainer and base model)."""
@@ -65,7 +101,7 @@ class Voices(Protocol):
         """Run one training (a train.loop.TrainConfig), as train.loop.train does."""
         ...
 
-    def train(self, rows: Path, out: Path) -> dict:
+    def train(self, rows: Path, out: Path, setting: VoiceSetting) -> dict:
         """Train (or keep a finished run of) a voice adapter on `rows` into `out`; its summary."""
         ...
 
@@ -249,8 +285,9 @@ def score_texts(texts: list[str], truth: list[str], attributor, memory: AvatarMe
 
 @dataclass
 class AdapterVoices:
-    """The real voices: adapters trained as `avatar create` trains them (its default settings, at
-    most `steps` steps when given), merged into the base model to answer."""
+    """The real voices: adapters trained as `avatar create` trains them (its defaults but the
+    setting's epochs and learning rate, at most `steps` steps when given), merged into the base
+    model to answer."""
 
     model_name: str
     seed: int
@@ -258,10 +295,11 @@ class AdapterVoices:
     cache: Path
     log: Log
 
-    def train(self, rows: Path, out: Path) -> dict:
+    def train(self, rows: Path, out: Path, setting: VoiceSetting) -> dict:
         from personalm.avatars.voice import VoiceOptions, train_adapter
 
-        options = VoiceOptions(model=self.model_name, seed=self.seed, max_steps=self.steps or None)
+        options = VoiceOptions(model=self.model_name, seed=self.seed, max_steps=self.steps or None,
+                               epochs=setting.epochs, lr=setting.lr)  # fmt: skip
         run = train_adapter(rows, out, options, trainer=self.fit)
         return {k: run[k] for k in ("steps", "examples", "tokens_seen", "seconds", "final_loss")}
 
@@ -277,24 +315,25 @@ class AdapterVoices:
 
 
 def voice_outputs(config: ExperimentConfig, persons: list[str], prompts: list[Prompt], batches: dict[str, list],
-                  memory: AvatarMemory, voices: Voices, work: Path, params: SamplingParams,
-                  log: Log) -> tuple[dict[str, list[str]], dict[str, dict]]:  # fmt: skip
-    """Per voice person: its adapter trained on the memory-period utterances (kept across runs),
-    then its prompts answered with the adapter in each voice condition. Outputs align with the
-    prompts of `persons` in order; the second value is each person's training summary."""
-    outputs: dict[str, list[str]] = {c: [] for c in VOICE_CONDITIONS}
+                  memory: AvatarMemory, voices: Voices, work: Path, params: SamplingParams, log: Log,
+                  setting: VoiceSetting, conditions: tuple[str, ...] = VOICE_CONDITIONS,
+                  ) -> tuple[dict[str, list[str]], dict[str, dict]]:  # fmt: skip
+    """Per voice person: its adapter trained with `setting` on the memory-period utterances (kept
+    across runs), then its prompts answered with the adapter in each of `conditions`. Outputs align
+    with the prompts of `persons` in order; the second value is each person's training summary."""
+    outputs: dict[str, list[str]] = {c: [] for c in conditions}
     training: dict[str, dict] = {}
     for number, person in enumerate(persons, start=1):
-        folder = work / "voice" / f"{person}-seed{config.seed}-steps{config.voice_steps}"
-        rows = folder / "train.jsonl"
+        rows = work / "voice" / f"{person}.jsonl"
         if not rows.is_file():
             write_rows(rows, training_examples(memory, person))
-        log(f"likeness: voice adapter {number}/{len(persons)} ({person})")
-        training[person] = voices.train(rows, folder / "adapter")
+        adapter = work / "voice" / f"{person}-seed{config.seed}-steps{config.voice_steps}-{setting.key}"
+        log(f"likeness: voice adapter {number}/{len(persons)} ({person}, {setting.label})")
+        training[person] = voices.train(rows, adapter, setting)
         mine = [i for i, p in enumerate(prompts) if p.person == person]
-        spoken = voices.model(folder / "adapter")
+        spoken = voices.model(adapter)
         try:
-            for condition in VOICE_CONDITIONS:
+            for condition in conditions:
                 generated = spoken.generate([batches[condition][i] for i in mine], params)
                 outputs[condition] += [
                     without_cue(g.text, prompts[i].cue) for g, i in zip(generated, mine, strict=True)
@@ -368,19 +407,26 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
     for metric in ("attribution_acc", "similarity"):
         result |= paired_estimate(f"{metric}_difference", scores["rag"][metric], scores["norag"][metric], config.seed)
     voiced = spread(list(split), config.voice_persons) if voices is not None and config.voice_persons else []
+    checked = spread(list(split), config.update_persons) if voices is not None and config.update_persons else []
+    setting, validation = config.voice_grid[0], None
+    if voiced or checked:
+        rest = [p for p in split if p not in voiced and p not in checked]
+        judges = VoiceJudges(prompts, batches, scores, attributor, memory, ref_vectors)
+        setting, validation = choose_voice(config, spread(rest, config.voice_validation_persons), judges, voices,
+                                           work, params, log)  # fmt: skip
     if voiced:
         order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
-        spoken, training = voice_outputs(config, voiced, prompts, batches, memory, voices, work, params,
-                                         log)  # fmt: skip
+        spoken, training = voice_outputs(config, voiced, prompts, batches, memory, voices, work, params, log,
+                                         setting)  # fmt: skip
         result["voice"] = voice_results(config, spoken, training, [prompts[i] for i in order],
                                         {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
                                         attributor, memory, ref_vectors[order])  # fmt: skip
-    checked = spread(list(split), config.update_persons) if voices is not None and config.update_persons else []
+        result["voice"] |= {"setting": asdict(setting), "validation": validation}
     if checked:
         from personalm.studies.avatar_update import update_check
 
         result["update"] = update_check(config, {p: split[p][0] for p in checked}, attributor, memory, voices,
-                                        work, params, log)  # fmt: skip
+                                        work, params, log, setting)  # fmt: skip
     result["rag_copy_rate"] = float(
         np.mean(
             [copy_rate(o, [h.memory.text for h in r.exemplars]) for o, r in zip(outputs["rag"], recalls, strict=True)]
@@ -396,6 +442,46 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         for p, (m, h) in split.items()
     }
     return result
+
+
+@dataclass
+class VoiceJudges:
+    """What scoring a voice setting on some persons needs: every prompt with its chats per
+    condition, the scores of the conditions without an adapter, and the scorers."""
+
+    prompts: list[Prompt]
+    batches: dict[str, list]
+    scores: dict[str, dict[str, np.ndarray]]
+    attributor: Any
+    memory: AvatarMemory
+    ref_vectors: np.ndarray
+
+
+def choose_voice(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
+                 params: SamplingParams, log: Log) -> tuple[VoiceSetting, dict | None]:  # fmt: skip
+    """The setting of `config.voice_grid` whose adapter + retrieval answers on `persons`' held-out
+    prompts are attributed best (then the most similar; then the first, the cheapest), and a record
+    of every setting's scores there. With one setting or no validation persons: the first, unscored."""
+    grid = config.voice_grid
+    if len(grid) == 1 or not persons:
+        return grid[0], None
+    order = [i for person in persons for i, p in enumerate(judges.prompts) if p.person == person]
+    truth = [judges.prompts[i].person for i in order]
+    rows = []
+    for setting in grid:
+        log(f"likeness: choosing the voice setting on {len(persons)} validation persons: {setting.label}")
+        spoken, training = voice_outputs(config, persons, judges.prompts, judges.batches, judges.memory, voices,
+                                         work, params, log, setting, ("voice_rag",))  # fmt: skip
+        found = score_texts(spoken["voice_rag"], truth, judges.attributor, judges.memory, judges.ref_vectors[order])
+        rag = {m: v[order] for m, v in judges.scores["rag"].items()}
+        row: dict[str, Any] = asdict(setting) | {"steps": sum(t["steps"] for t in training.values())}
+        for metric in ("attribution_acc", "similarity"):
+            row |= estimate(f"{metric}_voice_rag", found[metric], config.seed)
+            row |= paired_estimate(f"{metric}_voice_rag_minus_rag", found[metric], rag[metric], config.seed)
+        rows.append(row)
+    best = max(range(len(grid)), key=lambda k: (rows[k]["attribution_acc_voice_rag"], rows[k]["similarity_voice_rag"],
+                                                -k))  # fmt: skip
+    return grid[best], {"persons": persons, "prompts": len(order), "settings": rows, "chosen": asdict(grid[best])}
 
 
 def voice_estimates(like: dict) -> dict:

@@ -28,7 +28,14 @@ from personalm.avatars.adapter_data import cue_of
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.models.base import SamplingParams
-from personalm.studies.avatar_likeness import Voices, estimate, paired_estimate, score_texts, without_cue
+from personalm.studies.avatar_likeness import (
+    Voices,
+    VoiceSetting,
+    estimate,
+    paired_estimate,
+    score_texts,
+    without_cue,
+)
 from personalm.tables import read_rows
 
 if TYPE_CHECKING:
@@ -52,16 +59,21 @@ def timed_job(folder: Path, name: str, job: Callable[[], voice.Outcome]) -> floa
 
 
 def person_versions(config: ExperimentConfig, person: str, files: list[Path], memory: AvatarMemory, voices: Voices,
-                    work: Path, log: Log) -> dict | None:  # fmt: skip
+                    work: Path, log: Log, setting: VoiceSetting) -> dict | None:  # fmt: skip
     """v1 (create on the earlier window) and v2 (update with the later one) in one store, a create
     on both in another; their versions and wall times. None when the person has too few speeches."""
     files = files[-2 * config.update_speeches :]
     if len(files) < 2:
         return None
     earlier, later = files[: len(files) // 2], files[len(files) // 2 :]
-    folder = work / "update" / f"{person}-seed{config.seed}-speeches{config.update_speeches}"
+    folder = (
+        work
+        / "update"
+        / f"{person}-seed{config.seed}-speeches{config.update_speeches}-steps{config.voice_steps}-{setting.key}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    options = voice.VoiceOptions(model=voices.model_name, seed=config.seed, max_steps=config.voice_steps or None)
+    options = voice.VoiceOptions(model=voices.model_name, seed=config.seed, max_steps=config.voice_steps or None,
+                                 epochs=setting.epochs, lr=setting.lr)  # fmt: skip
     hooks = voice.Hooks(log=lambda m: log(f"update check, {person}: {m}"), train=voices.fit)
     stores = {name: AvatarMemory(SQLiteStore(folder / f"{name}.db", memory.embedder.dimension), memory.embedder)
               for name in ("stepwise", "scratch")}  # fmt: skip
@@ -95,16 +107,18 @@ def answers(version: voice.AdapterVersion, rows: list[dict], voices: Voices, par
 
 
 def update_check(config: ExperimentConfig, persons: dict[str, list[Path]], attributor, memory: AvatarMemory,
-                 voices: Voices, work: Path, params: SamplingParams, log: Log) -> dict:  # fmt: skip
-    """The check on `persons` (name → memory-period speeches by date): per window, v1 and v2 scored
-    on its held-out cues and their paired difference, plus the times of update and create."""
+                 voices: Voices, work: Path, params: SamplingParams, log: Log,
+                 setting: VoiceSetting) -> dict:  # fmt: skip
+    """The check on `persons` (name → memory-period speeches by date), every version trained with
+    `setting`: per window, v1 and v2 scored on its held-out cues and their paired difference, plus
+    the times of update and create."""
     scores: dict[str, dict[str, dict[str, list[float]]]] = {
         w: {v: {m: [] for m in METRICS} for v in ("v1", "v2")} for w in WINDOWS
     }
     per_person: dict[str, dict] = {}
     for number, (person, files) in enumerate(persons.items(), start=1):
         log(f"update check {number}/{len(persons)}: {person}")
-        made = person_versions(config, person, files, memory, voices, work, log)
+        made = person_versions(config, person, files, memory, voices, work, log, setting)
         if made is None:
             continue
         held = {w: [row for _, row in read_rows(Path(made[v].path) / voice.HELDOUT)]
