@@ -9,7 +9,7 @@ import pytest
 from test_avatar_profile import ScriptedModel
 
 from personalm.avatars.api import AvatarMemory
-from personalm.avatars.chat import DONT_KNOW, AvatarChat, exemplar_turns, system_prompt
+from personalm.avatars.chat import DONT_KNOW, AvatarChat, denial, exemplar_turns, system_prompt
 from personalm.avatars.facts import Extraction, RuleFactExtractor, parse_fact_lines
 from personalm.avatars.memory_update import decide, slot
 from personalm.avatars.retrieval import Hit, Recall
@@ -170,6 +170,38 @@ def test_a_question_about_a_fact_taken_back_is_not_answered_by_the_model(memory)
     assert memory.undo("ada", chess).action == "restored"
     back = chat.prepare(question)
     assert back.supported and not back.recall.forgotten and back.recall.taken_back is not None
+
+
+def test_a_yes_no_question_the_persons_own_denial_answers_gets_that_denial(memory):
+    model = ScriptedModel("Nice.", "I see.")  # the two statements; a third call would fail
+    chat = AvatarChat(memory, "ada", model, RuleFactExtractor())
+    chat.send("I play darts every weekend.")
+    time.sleep(0.01)
+    between = time.time()
+    time.sleep(0.01)
+    assert chat.send("I don't play darts anymore.").updates[0].op == "UPDATE"  # supersedes, both kept
+    prepared = chat.prepare("Do you play darts?")
+    assert prepared.messages is None and prepared.supported and prepared.reply == "I don't play darts anymore."
+    turn = chat.send("Do you play darts?")
+    assert turn.reply == "I don't play darts anymore." and turn.supported and len(model.prompts) == 2
+    # asked as of before the denial, when memory believed the fact: the model answers from it
+    then = chat.prepare("Do you play darts?", as_of=between)
+    assert then.messages is not None and [h.memory.text for h in then.recall.facts] == ["I play darts every weekend."]
+    # the model still answers what the denial does not: other words, open questions
+    assert chat.prepare("Do you play darts with your brother?").messages is not None
+    assert chat.prepare("What do you play every weekend?").messages is not None
+
+
+def test_denial_needs_a_negated_closest_fact_holding_the_question():
+    darts = hit("I don't play darts anymore.", 0.8)
+    assert denial("Do you play darts?", Recall([], [darts])) == "I don't play darts anymore."
+    assert denial("Are you playing darts?", Recall([], [darts])) is None  # "playing" is not in it
+    assert denial("Do you have a dog?", Recall([], [hit("I don't have a cat anymore.", 0.7)])) is None
+    assert denial("Do you play darts?", Recall([], [hit("I play darts every weekend.", 0.9)])) is None
+    assert denial("Can you recommend a darts pub?", Recall([], [darts])) is None  # a request, not about you
+    closer = Hit(Memory(2, "utterance", "Darts, darts, darts!"), 0.0, 0.9)  # an exemplar is closest
+    assert denial("Do you play darts?", Recall([closer], [darts])) is None
+    assert denial("Do you play darts?", Recall([], [])) is None
 
 
 def test_system_prompt_keeps_exemplars_apart_from_facts():

@@ -125,6 +125,18 @@ def test_avatar_chat_streams_and_says_when_it_does_not_know(served):
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
 
 
+def test_avatar_chat_answers_a_yes_no_question_with_the_persons_own_denial(served):
+    admin, _, _ = served
+    added = admin.post("/v1/avatars/alice/memories", json={"text": "I don't play darts anymore."}).json()
+    try:
+        ask = {"model": "avatar:alice", "max_tokens": 24, "temperature": 0,
+               "messages": [{"role": "user", "content": "Do you play darts?"}]}  # fmt: skip
+        body = admin.post("/v1/chat/completions", json=ask).json()
+        assert body["supported"] and body["choices"][0]["message"]["content"] == "I don't play darts anymore."
+    finally:
+        admin.delete(f"/v1/avatars/alice/memories/{added['id']}")
+
+
 def grounded_messages() -> dict:
     return {"messages": [{"role": "user", "content": "Which book do you reread every winter?"}]}
 

@@ -84,6 +84,11 @@ def test_versioned_memory_keeps_what_overwrite_loses(tmp_path, word_hash_embedde
         states = [mt.memory_state(memory, p, condition == "versioned") for h in histories for p in h.probes
                   if p.kind in mt.STATE_KINDS]  # fmt: skip
         checks[condition]["state"] = sum(states) / len(states)
+        if condition == "versioned":
+            probes = [p for h in histories for p in h.probes]
+            seen = mt.contexts(condition, probes, {condition: memory}, {h.avatar: h for h in histories}, None, 2048)
+            replies = {p.question: (c, p.options[pick]) for p, c, pick in zip(probes, seen, mt.choose(None, probes, [
+                c if not isinstance(c, list) else None for c in seen], {}), strict=True) if isinstance(c, str)}  # fmt: skip
         memory.close()
     versioned, overwrite = checks["versioned"], checks["overwrite"]
     assert versioned["stated_facts_lost"] == 0 < versioned["stated_facts"]  # nothing stated is lost
@@ -92,8 +97,19 @@ def test_versioned_memory_keeps_what_overwrite_loses(tmp_path, word_hash_embedde
     assert versioned["versions"] > versioned["current"]  # superseded and retracted versions are kept
     assert overwrite["stated_facts_lost"] > 0  # a negation's fact was dropped
     assert built["versioned"]["operations"].get("DELETE", 0) > 0  # requests to forget retract
+    # a yes/no question the person's own denial answers gets the denial, read as the option that denies
+    assert replies and all(mt.denies(reply) and pick.startswith("No, ") for reply, pick in replies.values())
     paths = built["versioned"]["extraction_paths"]  # "none": a message that only asked to forget
     assert set(paths) == {"rules", "none"} and sum(paths.values()) == sum(len(h.turns) for h in histories)
+
+
+def test_a_reply_from_memory_picks_the_option_it_says():
+    options = ["Yes, I play darts every weekend.", "No, I don't play darts.", mt.DONT_KNOW]
+    assert mt.reply_option(options, "I don't play darts anymore.") == 1
+    assert mt.reply_option(options, "I play darts on Sundays.") == 0
+    assert mt.reply_option(options, "I don't have a cat anymore.") == 2  # says none of them
+    learning = ["Yes, I am learning Greek.", "No, I am not learning Greek.", mt.DONT_KNOW]
+    assert mt.reply_option(learning, "I stopped learning Greek.") == 1
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Answering as the person: profile + retrieved facts + style exemplars + recent turns, with an
 honest "I don't know" when memory does not cover a question, and memory updates after each
 exchange (the one chatting is taken to be the person, telling their avatar about themselves).
-With preference-aware answering on, the stated preferences among the retrieved facts pick the
+A yes/no question whose closest belief is the person's own denial of it is answered with that
+denial, not by the model (`denial`). With preference-aware answering on, the stated preferences among the retrieved facts pick the
 answer among n sampled candidates (avatars.preferences)."""
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 from personalm.avatars.api import AvatarMemory
-from personalm.avatars.facts import FactExtractor
-from personalm.avatars.memory_update import Update, learn
+from personalm.avatars.facts import FactExtractor, content_words
+from personalm.avatars.memory_update import NEGATION, Update, learn
 from personalm.avatars.preferences import (
     TRAIN_HINT,
     Choice,
@@ -34,22 +35,44 @@ QUESTION = re.compile(
     r"\?\s*$|^(?:who|what|when|where|why|how|which|do|does|did|is|are|was|were|can|could|would|will|have|has)\b",
     re.IGNORECASE,
 )
+YES_NO_ABOUT_YOU = re.compile(r"^(?:do|does|did|are|is|was|were|have|has)\s+you\b", re.IGNORECASE)
 
 
 @dataclass
 class Prepared:
     """What memory says about one user message: the recall, the stated preferences among the
-    retrieved facts, and the messages for the model, or None when memory does not cover a question
-    (the reply is then DONT_KNOW, without the model)."""
+    retrieved facts, and the messages for the model, or None when the model is not asked: then
+    `answer` is the reply memory gives by itself (a denial the person stated), or, when memory
+    does not cover the question, the reply is DONT_KNOW."""
 
     question: str
     recall: Recall
     messages: list[Message] | None
     preferences: list[str] = field(default_factory=list)
+    answer: str | None = None
 
     @property
     def supported(self) -> bool:
-        return self.messages is not None
+        return self.messages is not None or self.answer is not None
+
+    @property
+    def reply(self) -> str | None:
+        """The reply when the model is not asked (None when it is)."""
+        return None if self.messages is not None else self.answer or DONT_KNOW
+
+
+def denial(question: str, recall: Recall) -> str | None:
+    """The person's own denial when it answers a yes/no question about them: the closest memory
+    is a fact they stated negated ("I don't play darts anymore.") that holds every content word of
+    the question ("Do you play darts?"). A 135M model shown that fact still picks "Yes, I play darts
+    every weekend." (15 of 96 such probes of the memory test's seed 2), so the denial is the reply."""
+    if not YES_NO_ABOUT_YOU.match(question.strip()) or not recall.facts:
+        return None
+    closest = max(recall.facts + recall.exemplars, key=lambda h: h.similarity)
+    asked = content_words(question)
+    if closest not in recall.facts or not NEGATION.search(closest.memory.text):
+        return None
+    return closest.memory.text if asked and asked <= content_words(closest.memory.text) else None
 
 
 @dataclass
@@ -132,13 +155,16 @@ class AvatarChat:
         return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
 
     def prepare(self, user: str, as_of: float | None = None) -> Prepared:
-        """Retrieval, the support rule and the stated preferences: a question no memory supports, or
-        one closer to a fact the user took back than to anything still believed, gets no prompt. The one place the rule lives (`send` and the server's avatar chat both come
-        through here). `as_of`: answer from what memory believed then."""
+        """Retrieval, the support rule, the denial rule and the stated preferences: a question no
+        memory supports, or one closer to a fact the user took back than to anything still believed,
+        gets no prompt (the reply is DONT_KNOW); a yes/no question the person's own denial answers
+        gets that denial (`denial`). The one place these rules live: `send` and the server's avatar
+        chat both come through here. `as_of`: answer from what memory believed then."""
         recall = self.memory.recall(self.avatar, user, self.exemplars, self.facts, fusion=self.fusion, as_of=as_of)
         supported = (recall.support >= self.min_support and not recall.forgotten) or not is_question(user)
-        messages = self.compose(user, recall) if supported else None
-        return Prepared(user, recall, messages, stated_preferences(recall))
+        denied = denial(user, recall) if supported else None
+        messages = self.compose(user, recall) if supported and denied is None else None
+        return Prepared(user, recall, messages, stated_preferences(recall), denied)
 
     def send(self, user: str) -> ChatTurn:
         prepared = self.prepare(user)
@@ -153,7 +179,7 @@ class AvatarChat:
             else:
                 reply = self.model.generate([prepared.messages], params)[0].text.strip() or DONT_KNOW
         else:
-            reply = DONT_KNOW
+            reply = prepared.reply or DONT_KNOW
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         if self.extractor is None:
             return ChatTurn(reply, prepared.recall, prepared.supported, choice=choice)

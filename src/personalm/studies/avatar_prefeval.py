@@ -209,7 +209,8 @@ def recall_cases(memory: AvatarMemory, model: TextModel, cases: list[PrefCase], 
         talk = AvatarChat(memory, case.avatar, model, preferences=PreferenceSettings(), min_support=0.0, fusion=fusion)
         prepared = talk.prepare(case.item.question)
         case.ranked = [h.memory.text for h in prepared.recall.facts]
-        case.preferences, case.prompt = prepared.preferences, prepared.messages or []
+        case.preferences = prepared.preferences
+        case.prompt = prepared.messages or talk.compose(case.item.question, prepared.recall)
     return float(np.mean([c.item.preference in c.ranked for c in cases])) if cases else 0.0
 
 

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from personalm import report
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import AvatarChat
-from personalm.avatars.facts import Extraction, ModelFactExtractor, split_retractions
+from personalm.avatars.facts import Extraction, ModelFactExtractor, content_words, split_retractions
 from personalm.avatars.ingest import memory_key
 from personalm.avatars.memory_update import NEGATION, decide, learn, similar_facts
 from personalm.avatars.sqlite_store import SQLiteStore
@@ -446,18 +446,18 @@ def stuffed(who: str, history: Script, question: str, model: TextModel, window: 
 
 
 def contexts(condition: str, probes: list[Probe], memories: dict[str, AvatarMemory], histories: dict[str, Script],
-             model: TextModel, window: int) -> list[list[Message] | None]:  # fmt: skip
-    """What the model sees for each probe (None: the avatar says it does not know, unasked)."""
+             model: TextModel, window: int) -> list[list[Message] | str | None]:  # fmt: skip
+    """What the model sees for each probe, or (a string) the reply memory gives without the model:
+    a denial the person stated, or the avatar's "I don't know" (None)."""
     out = []
     for probe in probes:
         if condition == "stuffing":
             out.append(stuffed(probe.avatar.capitalize(), histories[probe.avatar], probe.question, model, window))
             continue
         chat = AvatarChat(memories[condition], probe.avatar, model)
-        if condition == "versioned":
-            out.append(chat.prepare(probe.asked, probe.as_of).messages)
-        else:  # the overwrite memory cannot read the past: it gets the dated question, as stuffing does
-            out.append(chat.prepare(probe.question).messages)
+        # the overwrite memory cannot read the past: it gets the dated question, as stuffing does
+        prepared = chat.prepare(probe.asked, probe.as_of) if condition == "versioned" else chat.prepare(probe.question)
+        out.append(prepared.messages if prepared.messages is not None else prepared.answer)
     return out
 
 
@@ -531,15 +531,41 @@ def prior_scores(model: Any, texts: list[str], per_row: int = 16) -> dict[str, f
     return {t: v for group, row in zip(groups, scores, strict=True) for t, v in zip(group, row, strict=True)}
 
 
-def choose(model: Any, probes: list[Probe], seen: list[list[Message] | None], prior: dict[str, float]) -> list[int]:
-    """The option each probe's answer picks: best calibrated likelihood, or "I don't know." unasked."""
-    asked = [i for i, context in enumerate(seen) if context is not None]
+def choose(model: Any, probes: list[Probe], seen: list[list[Message] | str | None],
+           prior: dict[str, float]) -> list[int]:  # fmt: skip
+    """The option each probe's answer picks: best calibrated likelihood; for a reply memory gave
+    by itself, the option it says (`reply_option`); "I don't know." unasked."""
+    asked = [i for i, context in enumerate(seen) if isinstance(context, list)]
     scores = shared_context_scores(model, [seen[i] for i in asked], [probes[i].options for i in asked])
     by_probe = {
-        i: [s - prior[o] for s, o in zip(row, probes[i].options, strict=True)]
+        i: int(np.argmax([s - prior[o] for s, o in zip(row, probes[i].options, strict=True)]))
         for i, row in zip(asked, scores, strict=True)
     }
-    return [int(np.argmax(by_probe[i])) if i in by_probe else p.options.index(DONT_KNOW) for i, p in enumerate(probes)]
+    by_probe |= {i: reply_option(probes[i].options, reply) for i, reply in enumerate(seen) if isinstance(reply, str)}
+    return [by_probe.get(i, p.options.index(DONT_KNOW)) for i, p in enumerate(probes)]
+
+
+NO_OR_NOT = re.compile(r"^no\b|\bnot\b|n't\b", re.IGNORECASE)
+
+
+def denies(text: str) -> bool:
+    """A statement that something is not so: "No, ...", "not", or a negation memory updates read."""
+    return bool(NO_OR_NOT.search(text) or NEGATION.search(text))
+
+
+def topic_words(text: str) -> set[str]:
+    """Content words besides the negation ("I don't play darts anymore." → play, darts)."""
+    return content_words(NEGATION.sub(" ", NO_OR_NOT.sub(" ", text)))
+
+
+def reply_option(options: list[str], reply: str) -> int:
+    """The option a reply from memory says: of the options that deny when it denies (affirm when it
+    affirms), the one sharing the most topic words with it; "I don't know." when none shares any."""
+    said, denied = topic_words(reply), denies(reply)
+    ranked = [(len(topic_words(o) & said), -i) for i, o in enumerate(options)
+              if o != DONT_KNOW and denies(o) == denied]  # fmt: skip
+    best = max(ranked, default=(0, 0))
+    return -best[1] if best[0] else options.index(DONT_KNOW)
 
 
 def memory_state(memory: AvatarMemory, probe: Probe, versioned: bool) -> float:
