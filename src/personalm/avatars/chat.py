@@ -2,8 +2,8 @@
 honest "I don't know" when memory does not cover a question, and memory updates after each
 exchange (the one chatting is taken to be the person, telling their avatar about themselves).
 A yes/no question whose closest belief is the person's own denial of it is answered with that
-denial, not by the model (`denial`). With preference-aware answering on, the stated preferences among the retrieved facts pick the
-answer among n sampled candidates (avatars.preferences)."""
+denial, not by the model (`denial`). With preference-aware answering on, the stated preferences
+among the retrieved facts pick the answer among n sampled candidates (avatars.preferences)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,9 @@ Three memories answer the same probes with the same model and scorer:
 Accuracies carry 95% bootstrap intervals (eval.bootstrap) and the differences to each baseline
 paired intervals over the same probes. Nothing here was tuned on these probes: the scorer, the
 templates and the thresholds of memory_update were fixed before the first run. The chat's rule for
-retracted facts came after seed 0's misses, so seed 1 (`--seed 1`) is the held-out run.
+retracted facts came after seed 0's misses, so seed 1 (`--seed 1`) is its held-out run; its rule for
+a stated denial came after seed 2's (`--seed 2 --people 48`), so seed 3 (`--seed 3 --people 48`) is
+that rule's held-out run.
 """
 
 from __future__ import annotations
