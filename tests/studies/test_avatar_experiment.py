@@ -97,7 +97,7 @@ class FakeVoices:
         out.mkdir(parents=True, exist_ok=True)
         first = json.loads(rows.read_text().splitlines()[0])
         (out / "reply.txt").write_text(first["messages"][-1]["content"] if setting.epochs > 1 else "Plain words.")
-        self.trained.append((rows.stem, setting))
+        self.trained.append((rows.stem.split("-rows")[0], setting))
         return {"steps": 1, "examples": len(rows.read_text().splitlines()), "seconds": 0.0, "final_loss": 1.0}
 
     def model(self, adapter):
@@ -165,6 +165,21 @@ def test_voice_grid_parses_and_bad_grids_are_one_error():
             parse_voice_grid(bad)
 
 
+def test_voice_rows_spread_passages_of_the_memory_period_speeches(tmp_path):
+    from personalm.studies.avatar_likeness import voice_rows
+
+    make_data(tmp_path)
+    files = sorted((tmp_path / "speeches" / "ann_a").glob("*.txt"))[:3]
+    config = ExperimentConfig(data=tmp_path, out=tmp_path / "out", voice_rows=600)
+    every = voice_rows(config, "ann_a", files, memory=None)
+    assert len(every) >= 3 and {r["id"].split(":")[0] for r in every} == {"ann_a"}
+    chat = every[0]["messages"]
+    assert chat[0]["content"].startswith("You are Ann A.") and chat[1]["content"].startswith("Continue this passage")
+    assert chat[2]["content"] and "Verily" in chat[2]["content"]
+    two = voice_rows(replace(config, voice_rows=2), "ann_a", files, memory=None)
+    assert [r["id"] for r in two] == [every[0]["id"], every[len(every) // 2]["id"]]  # spread, not the first two
+
+
 def test_held_out_prompts_split_cue_and_reference(tmp_path):
     make_data(tmp_path)
     files = sorted((tmp_path / "speeches" / "ann_a").glob("*.txt"))
@@ -222,8 +237,11 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert validation["chosen"] == voice["setting"] == {"epochs": 3, "lr": 2e-4}
     assert voices.trained == [("cy_c", s) for s in config.voice_grid] + [("ann_a", VoiceSetting(3, 2e-4)),
                                                                          ("bob_b", VoiceSetting(3, 2e-4))]  # fmt: skip
-    # Voice conditions: 2 of the 3 persons (spread), their 4 prompts, an adapter each trained on the
-    # person's own utterances; the adapter gets exactly the chats of its counterpart without it.
+    # Voice conditions: 2 of the 3 persons (spread), their 4 prompts, an adapter each trained on
+    # passages of the person's memory-period speeches (not the memory's capped utterances); the
+    # adapter gets exactly the chats of its counterpart without it.
+    rows = next((tmp_path / "out" / ".cache").rglob("ann_a-rows600.jsonl")).read_text().splitlines()
+    assert rows and all(json.loads(r)["id"].startswith("ann_a:") for r in rows)
     assert voice["persons"] == ["ann_a", "bob_b"] and voice["prompts"] == 4
     assert results["attribution_acc_voice"] == 1.0 and results["attribution_acc_voice_items"] == 4
     for a, b in (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"), ("voice_rag", "voice")):

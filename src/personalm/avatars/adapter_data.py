@@ -28,10 +28,26 @@ def cue_of(message: str) -> str:
     return message[len(CONTINUE) + 1 : -1] if message.startswith(CONTINUE) else message
 
 
+def example(who: str, text: str, context: str | None = None, row_id: str = "") -> dict | None:
+    """One row in the person's voice: the reply to what was said to them, or the passage continued
+    from its first sentence (None: a one-sentence passage with nothing said to it)."""
+    if context:
+        user, reply = context, text
+    else:
+        parts = sentences(text)
+        if len(parts) < 2:
+            return None
+        user, reply = continue_message(parts[0]), " ".join(parts[1:])
+    system = {"role": "system", "content": system_prompt(who, None, Recall())}
+    return {
+        "id": row_id,
+        "messages": [system, {"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+    }
+
+
 def training_examples(memory: AvatarMemory, avatar: str, limit: int = 0) -> Iterator[dict]:
     """Rows with `messages` (system, user, assistant) for every usable utterance of the avatar."""
     who = display_name(avatar)
-    system = {"role": "system", "content": system_prompt(who, None, Recall())}
     made, offset = 0, 0
     while True:
         page = memory.list(avatar, "utterance", PAGE, offset)
@@ -39,17 +55,10 @@ def training_examples(memory: AvatarMemory, avatar: str, limit: int = 0) -> Iter
             return
         offset += len(page)
         for utterance in page:
-            if utterance.context:
-                user, reply = utterance.context, utterance.text
-            else:
-                parts = sentences(utterance.text)
-                if len(parts) < 2:
-                    continue
-                user, reply = continue_message(parts[0]), " ".join(parts[1:])
-            yield {
-                "id": str(utterance.id),
-                "messages": [system, {"role": "user", "content": user}, {"role": "assistant", "content": reply}],
-            }
+            row = example(who, utterance.text, utterance.context, str(utterance.id))
+            if row is None:
+                continue
+            yield row
             made += 1
             if limit and made >= limit:
                 return

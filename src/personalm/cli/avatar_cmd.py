@@ -499,6 +499,9 @@ def experiment_cmd(
     voice_validation_persons: int = typer.Option(
         3, min=0, help="Persons (not voice or update persons) the voice setting is chosen on (0: the first setting)."
     ),
+    voice_rows: int = typer.Option(
+        600, min=0, help="Training passages per voice, spread over the memory-period speeches (0: the memory's)."
+    ),
     update_persons: int = typer.Option(
         0, min=0, help="Persons in the update check: create on earlier speeches, update with later ones (0: none)."
     ),
@@ -537,7 +540,7 @@ def experiment_cmd(
         seed=seed, prefeval_only=prefeval_only, critic=critic, free_items=free_items, candidates=candidates,
         judge=judge, voice_persons=voice_persons, voice_steps=voice_steps, update_persons=update_persons,
         update_speeches=update_speeches, voice_grid=grid,
-        voice_validation_persons=voice_validation_persons,
+        voice_validation_persons=voice_validation_persons, voice_rows=voice_rows,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False), critic=loaded)
     table = Table("answers by", "attribution accuracy", "similarity to real passage")

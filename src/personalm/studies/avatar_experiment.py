@@ -69,6 +69,7 @@ class ExperimentConfig:
     voice_steps: int = 0  # at most this many steps per voice adapter (0: the setting's epochs)
     voice_grid: tuple[VoiceSetting, ...] = VOICE_GRID  # epochs and learning rates chosen among on validation
     voice_validation_persons: int = 3  # persons (not voice or update persons) the voice setting is chosen on
+    voice_rows: int = 600  # training passages per voice, spread over the memory-period speeches (0: the memory's)
     update_persons: int = 0  # persons in the update check (create, then update with a later period; 0: none)
     update_speeches: int = 3  # speeches in each of the update check's two windows
 

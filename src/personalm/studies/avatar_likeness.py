@@ -12,9 +12,9 @@ carries a 95% bootstrap interval over the prompts (`*_ci`, `*_items`); retrieval
 is paired over the same prompts; the classifier's ceiling is its accuracy on the real passages.
 
 The voice conditions (issue 24): for `voice_persons` persons spread over the list, a LoRA voice
-adapter trained as `avatar create` trains one (avatars.voice.train_adapter) on that person's
-memory-period utterances, then the same prompts answered by the adapter alone (name only) and by the
-adapter with retrieval (the avatar as served). Its epochs and learning rate are chosen among
+adapter trained as `avatar create` trains one (avatars.voice.train_adapter) on up to `voice_rows`
+passages of that person's memory-period speeches, then the same prompts answered by the adapter
+alone (name only) and by the adapter with retrieval (the avatar as served). Its epochs and learning rate are chosen among
 `voice_grid` on `voice_validation_persons` other persons (the setting whose adapter + retrieval
 answers are attributed best on their held-out prompts), never on the persons it is then measured
 on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from personalm.avatars.adapter_data import continue_message, training_examples
+from personalm.avatars.adapter_data import continue_message, example, training_examples
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import system_prompt
 from personalm.avatars.chunking import Chunking, chunk_text, sentences
@@ -314,20 +314,37 @@ class AdapterVoices:
         return load_model(self.model_name, adapter=adapter, cache=self.cache)
 
 
-def voice_outputs(config: ExperimentConfig, persons: list[str], prompts: list[Prompt], batches: dict[str, list],
-                  memory: AvatarMemory, voices: Voices, work: Path, params: SamplingParams, log: Log,
-                  setting: VoiceSetting, conditions: tuple[str, ...] = VOICE_CONDITIONS,
-                  ) -> tuple[dict[str, list[str]], dict[str, dict]]:  # fmt: skip
-    """Per voice person: its adapter trained with `setting` on the memory-period utterances (kept
-    across runs), then its prompts answered with the adapter in each of `conditions`. Outputs align
-    with the prompts of `persons` in order; the second value is each person's training summary."""
+def voice_rows(config: ExperimentConfig, person: str, files: list[Path], memory: AvatarMemory) -> list[dict]:
+    """A voice adapter's training rows: up to `voice_rows` passages spread over the person's
+    memory-period speeches (`avatar create` trains on everything its sources hold; the study's
+    memory keeps only `memory_chunks` of them for retrieval), or with 0 the memory's utterances."""
+    if not config.voice_rows:
+        return list(training_examples(memory, person))
+    who = display_name(person)
+    rows = [
+        example(who, chunk, row_id=f"{person}:{i}") for i, (chunk, _) in enumerate(person_chunks(files, Chunking()))
+    ]
+    return spread([r for r in rows if r is not None], config.voice_rows)
+
+
+def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
+                  params: SamplingParams, log: Log, setting: VoiceSetting,
+                  conditions: tuple[str, ...] = VOICE_CONDITIONS) -> tuple[dict[str, list[str]], dict[str, dict]]:  # fmt: skip
+    """Per voice person: its adapter trained with `setting` on `voice_rows` (kept across runs), then
+    its prompts answered with the adapter in each of `conditions`. Outputs align with the prompts of
+    `persons` in order; the second value is each person's training summary."""
+    prompts, batches = judges.prompts, judges.batches
     outputs: dict[str, list[str]] = {c: [] for c in conditions}
     training: dict[str, dict] = {}
     for number, person in enumerate(persons, start=1):
-        rows = work / "voice" / f"{person}.jsonl"
+        rows = work / "voice" / f"{person}-rows{config.voice_rows}.jsonl"
         if not rows.is_file():
-            write_rows(rows, training_examples(memory, person))
-        adapter = work / "voice" / f"{person}-seed{config.seed}-steps{config.voice_steps}-{setting.key}"
+            write_rows(rows, voice_rows(config, person, judges.sources[person], judges.memory))
+        adapter = (
+            work
+            / "voice"
+            / f"{person}-seed{config.seed}-steps{config.voice_steps}-rows{config.voice_rows}-{setting.key}"
+        )
         log(f"likeness: voice adapter {number}/{len(persons)} ({person}, {setting.label})")
         training[person] = voices.train(rows, adapter, setting)
         mine = [i for i, p in enumerate(prompts) if p.person == person]
@@ -409,15 +426,15 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
     voiced = spread(list(split), config.voice_persons) if voices is not None and config.voice_persons else []
     checked = spread(list(split), config.update_persons) if voices is not None and config.update_persons else []
     setting, validation = config.voice_grid[0], None
+    judges = VoiceJudges(prompts, batches, scores, attributor, memory, ref_vectors,
+                         {p: mem for p, (mem, _) in split.items()})  # fmt: skip
     if voiced or checked:
         rest = [p for p in split if p not in voiced and p not in checked]
-        judges = VoiceJudges(prompts, batches, scores, attributor, memory, ref_vectors)
         setting, validation = choose_voice(config, spread(rest, config.voice_validation_persons), judges, voices,
                                            work, params, log)  # fmt: skip
     if voiced:
         order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
-        spoken, training = voice_outputs(config, voiced, prompts, batches, memory, voices, work, params, log,
-                                         setting)  # fmt: skip
+        spoken, training = voice_outputs(config, voiced, judges, voices, work, params, log, setting)
         result["voice"] = voice_results(config, spoken, training, [prompts[i] for i in order],
                                         {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
                                         attributor, memory, ref_vectors[order])  # fmt: skip
@@ -446,8 +463,9 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
 
 @dataclass
 class VoiceJudges:
-    """What scoring a voice setting on some persons needs: every prompt with its chats per
-    condition, the scores of the conditions without an adapter, and the scorers."""
+    """What training and scoring voices on some persons needs: every prompt with its chats per
+    condition, the scores of the conditions without an adapter, the scorers, and each person's
+    memory-period speeches (the voices' training text)."""
 
     prompts: list[Prompt]
     batches: dict[str, list]
@@ -455,6 +473,7 @@ class VoiceJudges:
     attributor: Any
     memory: AvatarMemory
     ref_vectors: np.ndarray
+    sources: dict[str, list[Path]]
 
 
 def choose_voice(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
@@ -470,8 +489,7 @@ def choose_voice(config: ExperimentConfig, persons: list[str], judges: VoiceJudg
     rows = []
     for setting in grid:
         log(f"likeness: choosing the voice setting on {len(persons)} validation persons: {setting.label}")
-        spoken, training = voice_outputs(config, persons, judges.prompts, judges.batches, judges.memory, voices,
-                                         work, params, log, setting, ("voice_rag",))  # fmt: skip
+        spoken, training = voice_outputs(config, persons, judges, voices, work, params, log, setting, ("voice_rag",))
         found = score_texts(spoken["voice_rag"], truth, judges.attributor, judges.memory, judges.ref_vectors[order])
         rag = {m: v[order] for m, v in judges.scores["rag"].items()}
         row: dict[str, Any] = asdict(setting) | {"steps": sum(t["steps"] for t in training.values())}
