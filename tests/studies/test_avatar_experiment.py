@@ -166,17 +166,17 @@ def test_voice_grid_parses_and_bad_grids_are_one_error():
 
 
 def test_voice_rows_spread_passages_of_the_memory_period_speeches(tmp_path):
-    from personalm.studies.avatar_likeness import voice_rows
+    from personalm.studies.avatar_likeness import voice_training_rows
 
     make_data(tmp_path)
     files = sorted((tmp_path / "speeches" / "ann_a").glob("*.txt"))[:3]
     config = ExperimentConfig(data=tmp_path, out=tmp_path / "out", voice_rows=600)
-    every = voice_rows(config, "ann_a", files, memory=None)
+    every = voice_training_rows(config, "ann_a", files, memory=None)
     assert len(every) >= 3 and {r["id"].split(":")[0] for r in every} == {"ann_a"}
     chat = every[0]["messages"]
     assert chat[0]["content"].startswith("You are Ann A.") and chat[1]["content"].startswith("Continue this passage")
     assert chat[2]["content"] and "Verily" in chat[2]["content"]
-    two = voice_rows(replace(config, voice_rows=2), "ann_a", files, memory=None)
+    two = voice_training_rows(replace(config, voice_rows=2), "ann_a", files, memory=None)
     assert [r["id"] for r in two] == [every[0]["id"], every[len(every) // 2]["id"]]  # spread, not the first two
 
 

@@ -56,9 +56,9 @@ class Prepared:
         return self.messages is not None or self.answer is not None
 
     @property
-    def reply(self) -> str | None:
-        """The reply when the model is not asked (None when it is)."""
-        return None if self.messages is not None else self.answer or DONT_KNOW
+    def reply(self) -> str:
+        """The reply when the model is not asked: the answer memory gave, else DONT_KNOW."""
+        return self.answer or DONT_KNOW
 
 
 def denial(question: str, recall: Recall) -> str | None:
@@ -179,7 +179,7 @@ class AvatarChat:
             else:
                 reply = self.model.generate([prepared.messages], params)[0].text.strip() or DONT_KNOW
         else:
-            reply = prepared.reply or DONT_KNOW
+            reply = prepared.reply
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
         if self.extractor is None:
             return ChatTurn(reply, prepared.recall, prepared.supported, choice=choice)

@@ -494,7 +494,7 @@ def experiment_cmd(
         0, min=0, help="At most this many steps per voice adapter (0: the setting's epochs)."
     ),
     voice_grid: str = typer.Option(
-        "1:2e-4,3:2e-4,3:1e-3", help="Voice settings EPOCHS:LR,... chosen among on validation persons."
+        None, help="Voice settings EPOCHS:LR,... chosen among on validation persons (default: the study's grid)."
     ),
     voice_validation_persons: int = typer.Option(
         3, min=0, help="Persons (not voice or update persons) the voice setting is chosen on (0: the first setting)."
@@ -519,10 +519,10 @@ def experiment_cmd(
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory on the critic's unseen topics."""
     from personalm.avatars.preferences import load_critic
     from personalm.cli.inputs import data_folder
-    from personalm.studies.avatar_experiment import ExperimentConfig, headline_rows, run, voice_rows
+    from personalm.studies.avatar_experiment import VOICE_GRID, ExperimentConfig, headline_rows, run, voice_rows
     from personalm.studies.avatar_likeness import parse_voice_grid
 
-    grid = parse_voice_grid(voice_grid)
+    grid = parse_voice_grid(voice_grid) if voice_grid is not None else VOICE_GRID
     needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
     folder = data_folder(data, required=needed)
     loaded = load_critic(critic)

@@ -427,8 +427,8 @@ def _voice_part(results: dict) -> list[str]:
             report.paragraph(
                 f"{len(voice['persons'])} persons ({', '.join(display_name(p) for p in voice['persons'])}), "
                 f"{voice['prompts']} held-out prompts. Each person's adapter is trained as `avatar create` trains "
-                f"one ({VoiceSetting(**voice['setting']).label}: {_chosen_how(voice)}), on the memory-period "
-                "utterances only; the held-out prompts come from later speeches. Mean [95% bootstrap interval]; "
+                f"one ({VoiceSetting(**voice['setting']).label}: {_chosen_how(voice)}), on the person's "
+                "memory-period text only; the held-out prompts come from later speeches. Mean [95% bootstrap interval]; "
                 "differences paired over the same prompts."
             ),
             report.table(

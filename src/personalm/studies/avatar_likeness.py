@@ -14,10 +14,10 @@ is paired over the same prompts; the classifier's ceiling is its accuracy on the
 The voice conditions (issue 24): for `voice_persons` persons spread over the list, a LoRA voice
 adapter trained as `avatar create` trains one (avatars.voice.train_adapter) on up to `voice_rows`
 passages of that person's memory-period speeches, then the same prompts answered by the adapter
-alone (name only) and by the adapter with retrieval (the avatar as served). Its epochs and learning rate are chosen among
-`voice_grid` on `voice_validation_persons` other persons (the setting whose adapter + retrieval
-answers are attributed best on their held-out prompts), never on the persons it is then measured
-on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
+alone (name only) and by the adapter with retrieval (the avatar as served). Its epochs and
+learning rate are chosen among `voice_grid` on `voice_validation_persons` other persons (the setting
+whose adapter + retrieval answers are attributed best on their held-out prompts), never on the
+persons it is then measured on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
 pairwise, each difference with its 95% paired interval.
 """
 
@@ -47,6 +47,7 @@ from personalm.models.base import SamplingParams, TextModel
 from personalm.tables import write_rows
 
 if TYPE_CHECKING:
+    from personalm.avatars.voice import VoiceOptions
     from personalm.studies.avatar_experiment import ExperimentConfig, Log
 
 CONDITIONS = ("rag", "norag", "profile")
@@ -72,6 +73,13 @@ class VoiceSetting:
     @property
     def key(self) -> str:
         return f"epochs{self.epochs}-lr{self.lr:g}"
+
+    def options(self, model: str, seed: int, steps: int = 0) -> VoiceOptions:
+        """`avatar create`'s training options with this setting's epochs and learning rate (at most
+        `steps` steps when given)."""
+        from personalm.avatars.voice import VoiceOptions
+
+        return VoiceOptions(model=model, seed=seed, max_steps=steps or None, epochs=self.epochs, lr=self.lr)
 
 
 def parse_voice_grid(text: str) -> tuple[VoiceSetting, ...]:
@@ -296,11 +304,9 @@ class AdapterVoices:
     log: Log
 
     def train(self, rows: Path, out: Path, setting: VoiceSetting) -> dict:
-        from personalm.avatars.voice import VoiceOptions, train_adapter
+        from personalm.avatars.voice import train_adapter
 
-        options = VoiceOptions(model=self.model_name, seed=self.seed, max_steps=self.steps or None,
-                               epochs=setting.epochs, lr=setting.lr)  # fmt: skip
-        run = train_adapter(rows, out, options, trainer=self.fit)
+        run = train_adapter(rows, out, setting.options(self.model_name, self.seed, self.steps), trainer=self.fit)
         return {k: run[k] for k in ("steps", "examples", "tokens_seen", "seconds", "final_loss")}
 
     def fit(self, config: Any) -> Any:
@@ -314,7 +320,8 @@ class AdapterVoices:
         return load_model(self.model_name, adapter=adapter, cache=self.cache)
 
 
-def voice_rows(config: ExperimentConfig, person: str, files: list[Path], memory: AvatarMemory) -> list[dict]:
+def voice_training_rows(config: ExperimentConfig, person: str, files: list[Path],
+                        memory: AvatarMemory) -> list[dict]:  # fmt: skip
     """A voice adapter's training rows: up to `voice_rows` passages spread over the person's
     memory-period speeches (`avatar create` trains on everything its sources hold; the study's
     memory keeps only `memory_chunks` of them for retrieval), or with 0 the memory's utterances."""
@@ -330,7 +337,7 @@ def voice_rows(config: ExperimentConfig, person: str, files: list[Path], memory:
 def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
                   params: SamplingParams, log: Log, setting: VoiceSetting,
                   conditions: tuple[str, ...] = VOICE_CONDITIONS) -> tuple[dict[str, list[str]], dict[str, dict]]:  # fmt: skip
-    """Per voice person: its adapter trained with `setting` on `voice_rows` (kept across runs), then
+    """Per voice person: its adapter trained with `setting` on its training rows (kept across runs), then
     its prompts answered with the adapter in each of `conditions`. Outputs align with the prompts of
     `persons` in order; the second value is each person's training summary."""
     prompts, batches = judges.prompts, judges.batches
@@ -339,7 +346,7 @@ def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJud
     for number, person in enumerate(persons, start=1):
         rows = work / "voice" / f"{person}-rows{config.voice_rows}.jsonl"
         if not rows.is_file():
-            write_rows(rows, voice_rows(config, person, judges.sources[person], judges.memory))
+            write_rows(rows, voice_training_rows(config, person, judges.sources[person], judges.memory))
         adapter = (
             work
             / "voice"

@@ -72,8 +72,7 @@ def person_versions(config: ExperimentConfig, person: str, files: list[Path], me
         / f"{person}-seed{config.seed}-speeches{config.update_speeches}-steps{config.voice_steps}-{setting.key}"
     )
     folder.mkdir(parents=True, exist_ok=True)
-    options = voice.VoiceOptions(model=voices.model_name, seed=config.seed, max_steps=config.voice_steps or None,
-                                 epochs=setting.epochs, lr=setting.lr)  # fmt: skip
+    options = setting.options(voices.model_name, config.seed, config.voice_steps)
     hooks = voice.Hooks(log=lambda m: log(f"update check, {person}: {m}"), train=voices.fit)
     stores = {name: AvatarMemory(SQLiteStore(folder / f"{name}.db", memory.embedder.dimension), memory.embedder)
               for name in ("stepwise", "scratch")}  # fmt: skip

@@ -25,7 +25,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from personalm.avatars.api import Undone
-from personalm.avatars.chat import DONT_KNOW, AvatarChat
+from personalm.avatars.chat import AvatarChat
 from personalm.avatars.facts import RuleFactExtractor
 from personalm.avatars.memory_update import Learned, Update, learn
 from personalm.avatars.preferences import (
@@ -168,7 +168,7 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
              "adapter_version": voice.label if voice else None}  # fmt: skip
     if prepared.messages is None:
         final = {"preferences": {"applied": [], "candidates": 0, "chosen": None, "scores": None}}
-        return fixed_reply(prepared.reply or DONT_KNOW, body, extra, final if settings.apply else None)
+        return fixed_reply(prepared.reply, body, extra, final if settings.apply else None)
     if settings.apply:
         return await preference_reply(request, base, prepared.messages, prepared.question, prepared.preferences,
                                       critic, settings.candidates, body, limit, extra)  # fmt: skip
