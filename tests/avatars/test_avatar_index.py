@@ -132,3 +132,40 @@ def test_store_rebuilds_after_many_deletes(tmp_path, small_ann, unit):
     hits = store.vector_search("ada", vectors[500], 5)
     assert hits[0][0] == ids[500] and store._indexes["ada"].size == 401
     store.close()
+
+
+def test_keyword_top_k_is_the_head_of_the_full_ranking(unit):
+    """The top k comes from the k x terms best postings: it must equal the first k of the full
+    BM25 ranking (ties by id), with common terms in thousands of rows, duplicate texts and kinds."""
+    rng = np.random.default_rng(7)
+    words = ["river", "tax", "school", "farm", "rail", "soldier", "tariff", "harbor", "court", "mine"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(2, 9), p=np.linspace(2, 0.2, 10) / 11)) for _ in range(3000)]
+    texts += texts[:200]  # exact duplicates tie
+    index = MemoryIndex(unit.dim, Tokenizer())
+    n = len(texts)
+    index.add(list(range(n)), [i % 3 for i in range(n)], texts, np.stack([unit(i % 50) for i in range(n)]))
+    for query in ("river tax", "mine court harbor", "school farm rail soldier tariff", "tax"):
+        for kinds in ([0, 1, 2], [1]):
+            full = index.keyword_search(query, n, kinds)
+            for k in (1, 5, 50):
+                assert index.keyword_search(query, k, kinds) == full[:k], (query, kinds, k)
+
+
+def test_store_probes_trade_recall_for_speed(tmp_path, small_ann, unit):
+    """More IVF lists probed, closer to exact (the 4-bit codes pick the candidates, the float
+    vectors rank them, so even all lists are not quite exact)."""
+    store = SQLiteStore(tmp_path / "memory.db", dimension=unit.dim)
+    vectors = random_units(3000, 5, unit.dim)
+    ids = np.array(store.add("ada", [mem(f"row {i}", v) for i, v in enumerate(vectors)]))
+    queries = random_units(40, 6, unit.dim)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+
+    def recall() -> float:
+        found = [{i for i, _ in store.vector_search("ada", q, 10)} for q in queries]
+        return float(np.mean([len(f & set(ids[e])) / 10 for f, e in zip(found, exact, strict=True)]))
+
+    store.probes = 1
+    one = recall()
+    store.probes = 10_000
+    assert recall() >= 0.95 > one
+    store.close()

@@ -47,13 +47,26 @@ def test_corpus_is_deterministic_and_tiles_the_unembedded(tmp_path, monkeypatch,
     assert "fact" in first.kinds and "utterance" in first.kinds
 
 
+def test_corpus_tiles_texts_past_the_distinct_ones(tmp_path, monkeypatch, word_hash_embedder):
+    """A store larger than the data's distinct texts repeats them as marked near-copies, every
+    stored text still distinct, and the queries still come from texts never stored."""
+    monkeypatch.setenv("PERSONALM_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(retrieval_data, "DISTINCT_TEXTS", 120)
+    write_data(tmp_path / "data")
+    corpus = retrieval_data.build(tmp_path / "data", 300, 10, 100, word_hash_embedder().embed)
+    assert len(corpus.texts) == len(set(corpus.texts)) == 300 and len(corpus.kinds) == 300
+    assert corpus.texts[120] == f"{corpus.texts[0]} (1)" and corpus.texts[299] == f"{corpus.texts[59]} (2)"
+    assert corpus.kinds[120] == corpus.kinds[0]
+    assert not {q for q in corpus.queries} & set(corpus.texts[:120])
+
+
 def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch, cli, word_hash_embedder):
     monkeypatch.setenv("PERSONALM_HOME", str(tmp_path / "home"))
     write_data(tmp_path / "data")
     monkeypatch.setattr(retrieval, "_minilm", word_hash_embedder().embed)
     out = tmp_path / "bench.json"
     result = cli.invoke("bench", "retrieval", "--memories", "300", "--queries", "10", "--embedded", "100",
-                        "--data", str(tmp_path / "data"), "--out", str(out), "--json")  # fmt: skip
+                        "--validation-queries", "10", "--data", str(tmp_path / "data"), "--out", str(out), "--json")  # fmt: skip
     assert result.returncode == 0, str(result)
     numbers = json.loads(result.stdout.strip().splitlines()[-1])
     assert numbers == json.loads(out.read_text())
@@ -61,6 +74,10 @@ def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch, cli,
                 "p95_ms", "peer_p95_ms", "dense_p95_ms", "hybrid_p50_ms", "chroma_p50_ms"):  # fmt: skip
         assert numbers[key] > 0, key
     assert numbers["dense_recall_at_10"] == 1.0  # 300 rows: our dense search is exact
+    assert numbers["matched_probes"] == retrieval.PROBE_GRID[0] and numbers["matched_on_validation"]
+    sweep = numbers["probe_sweep"]
+    assert len(sweep) == 1 and sweep[0]["recall"] == numbers["validation_dense_recall_at_10"]
+    assert numbers["validation_dense_recall_at_10"] >= numbers["validation_chroma_recall_at_10"]
     assert numbers["embedded"] == 100 and numbers["tiled"] == 200
     assert numbers["superseded"] == 300 and numbers["versions_stored"] == 600 and numbers["superseded_hits"] == 0
     assert numbers["versions"]["chromadb"]

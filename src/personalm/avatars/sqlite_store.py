@@ -1,6 +1,6 @@
 """The embedded memory store: one SQLite file in WAL mode, the source of truth, searched through
 an in-memory index per avatar (`memory_index.MemoryIndex`: BM25 postings and dense vectors, exact
-below 10k rows and faiss IVF above).
+below 10k rows and faiss IVF-PQ fast scan with exact re-ranking above).
 
 The index only ever holds committed current rows. Every change takes the next number of a
 store-wide sequence: the rows it writes or ends carry it (`seq`), and the avatar records it as its
@@ -125,8 +125,11 @@ def _when(as_of: float | None) -> tuple[str, tuple]:
 class SQLiteStore:
     """MemoryStore on one SQLite file; safe to share between threads and between processes."""
 
-    def __init__(self, path: str | Path, dimension: int = 384, clock: Clock = time.time):
+    def __init__(self, path: str | Path, dimension: int = 384, clock: Clock = time.time, probes: int | None = None):
+        """`probes`: IVF lists scanned per dense search above 10k rows (None: the index's share);
+        more is slower and closer to exact."""
         self.path = Path(path)
+        self.probes = probes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         try:
@@ -275,7 +278,7 @@ class SQLiteStore:
         check_int64("k", [k])
         query = as_vector(vector, self.dimension)
         with self._lock:
-            return self._searchable(check_avatar(avatar), as_of).vector_search(query, k, codes)
+            return self._searchable(check_avatar(avatar), as_of).vector_search(query, k, codes, self.probes)
 
     def _searchable(self, avatar: str, as_of: float | None) -> MemoryIndex:
         """The live index of the current rows, or a one-off index of the rows believed at `as_of`
@@ -344,21 +347,22 @@ class SQLiteStore:
         return [found[i] for i in ids if i in found]
 
     def embeddings(self, avatar: str, ids: Sequence[int]) -> np.ndarray:
+        """Vectors of these memories (those found, in order): current rows from the index, which
+        holds them in memory, the rest (superseded, retracted) from the table."""
         check_int64("memory id", ids)
         if not ids:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        marks = ",".join("?" * len(ids))
-        rows = dict(
-            self._read(
-                f"SELECT id, embedding FROM memories WHERE +avatar = ? AND id IN ({marks})",
-                (check_avatar(avatar), *ids),
-            )
-        )
-        return (
-            np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in ids if i in rows])
-            if rows
-            else (np.zeros((0, self.dimension), dtype=np.float32))
-        )
+        with self._lock:
+            found = self._index(check_avatar(avatar)).vectors(ids)
+            rest = [i for i in ids if i not in found]
+            if rest:
+                marks = ",".join("?" * len(rest))
+                rows = self._db.execute(
+                    f"SELECT id, embedding FROM memories WHERE +avatar = ? AND id IN ({marks})", (avatar, *rest)
+                ).fetchall()
+                found |= {i: np.frombuffer(blob, dtype=np.float32) for i, blob in rows}
+        vectors = [found[i] for i in ids if i in found]
+        return np.stack(vectors) if vectors else np.zeros((0, self.dimension), dtype=np.float32)
 
     def list(
         self, avatar: str, kind: str | None = None, limit: int = 100, offset: int = 0, as_of: float | None = None

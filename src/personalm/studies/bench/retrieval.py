@@ -37,6 +37,7 @@ from personalm.studies.bench import retrieval_data
 BATCH = 1000
 AVATAR = "bench"
 WARMUP = 5
+PROBE_GRID = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 def run(
@@ -51,12 +52,19 @@ def run(
     embed: Callable[[list[str]], np.ndarray] | None = None,
     log: Callable[[str], None] = lambda message: None,
     superseded: int | None = None,
+    validation_queries: int = 200,
 ) -> dict[str, Any]:
     """Build the corpus (embedding what is not cached), run both stores, return the results.
-    `superseded`: earlier versions kept beside the current memories (None: as many as memories)."""
+    `superseded`: earlier versions kept beside the current memories (None: as many as memories);
+    `validation_queries`: further held-out sentences on which our probes are matched to Chroma's recall."""
     superseded = memories if superseded is None else min(superseded, memories)
-    corpus = retrieval_data.build(data_dir, memories, queries, embedded, embed or _minilm, seed)
-    log(f"{memories} memories ({corpus.embedded} embedded for real, the rest tiled with noise), {queries} queries")
+    corpus = retrieval_data.build(data_dir, memories, queries + validation_queries, embedded, embed or _minilm, seed)
+    validation = corpus.query_vectors[queries:]
+    corpus.queries, corpus.query_vectors = corpus.queries[:queries], corpus.query_vectors[:queries]
+    log(
+        f"{memories} memories ({corpus.embedded} embedded for real, the rest tiled with noise), "
+        f"{queries} queries, {validation_queries} validation queries"
+    )
     exact = _exact_top(corpus.vectors, corpus.query_vectors, k)
     with tempfile.TemporaryDirectory(prefix="personalm-bench-retrieval-") as tmp:
         store = SQLiteStore(Path(tmp) / "memory.db", dimension=corpus.vectors.shape[1])
@@ -64,14 +72,16 @@ def run(
             ids, ours = _ours_ingest(store, corpus, k, log)
             old, history = _supersede(store, corpus, ids, superseded, seed, log)
             collection, peer = _chroma_ingest(Path(tmp) / "chroma", corpus, k, log)
+            matched = _match_probes(store, collection, corpus.vectors, validation, ids, k, log)
             timings, found = _queries(store, collection, corpus, k, candidates, rounds)
             stored = store.count(AVATAR) + len(old)
         finally:
             store.close()
     returned = {i for name in ("hybrid", "keyword", "dense") for hits in found[name] for i in _ids(hits)}
+    ours |= matched
     history |= {"versions_stored": stored, "superseded_hits": len(returned & old)}
     row_of = {memory_id: row for row, memory_id in enumerate(ids)}
-    ours[f"dense_recall_at_{k}"] = _recall([[row_of[i] for i in hits] for hits in found["dense"]], exact)
+    ours[f"dense_recall_at_{k}"] = _recall([[row_of[i] for i in _ids(hits)] for hits in found["dense"]], exact)
     peer[f"chroma_recall_at_{k}"] = _recall([[int(i) for i in hits] for hits in found["chroma"]], exact)
     for name, latencies in timings.items():
         (peer if name == "chroma" else ours).update(_percentiles(name, latencies))
@@ -79,6 +89,7 @@ def run(
     result: dict[str, Any] = {
         "memories": memories,
         "queries": queries,
+        "validation_queries": validation_queries,
         "k": k,
         "candidates": candidates,
         "embedded": corpus.embedded,
@@ -172,8 +183,44 @@ def _supersede(
 
 
 def _ids(hits: list) -> list[int]:
-    """Memory ids of one result list (hybrid: hits; keyword: (id, score) pairs; dense: ids)."""
-    return [h.memory.id if hasattr(h, "memory") else h[0] if isinstance(h, tuple) else int(h) for h in hits]
+    """Memory ids of one result list (hybrid: hits; keyword: (id, score) pairs; dense: memories)."""
+    return [h.memory.id if hasattr(h, "memory") else h[0] if isinstance(h, tuple) else h.id for h in hits]
+
+
+def _match_probes(
+    store: SQLiteStore,
+    collection: Any,
+    vectors: np.ndarray,
+    validation: np.ndarray,
+    ids: list[int],
+    k: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The fewest probes in PROBE_GRID whose recall@k on the validation queries reaches Chroma's
+    on the same queries (the largest when none does); left set on the store for the timed queries."""
+    exact = _exact_top(vectors, validation, k)
+    chroma = collection.query(query_embeddings=validation, n_results=k)["ids"]
+    target = _recall([[int(i) for i in hits] for hits in chroma], exact)
+    row_of = {memory_id: row for row, memory_id in enumerate(ids)}
+    sweep = []
+    for probes in PROBE_GRID:
+        store.probes = probes
+        start = time.perf_counter()
+        found = [[row_of[i] for i, _ in store.vector_search(AVATAR, query, k)] for query in validation]
+        seconds = time.perf_counter() - start
+        sweep.append(
+            {"probes": probes, "recall": _recall(found, exact), "mean_ms": round(seconds * 1e3 / len(validation), 3)}
+        )
+        if sweep[-1]["recall"] >= target:
+            break
+    log(f"probes {store.probes}: validation recall@{k} {sweep[-1]['recall']} (Chroma {target})")
+    return {
+        "matched_probes": store.probes,
+        "matched_on_validation": sweep[-1]["recall"] >= target,
+        f"validation_dense_recall_at_{k}": sweep[-1]["recall"],
+        f"validation_chroma_recall_at_{k}": target,
+        "probe_sweep": sweep,
+    }
 
 
 def _chroma_ingest(
@@ -212,7 +259,7 @@ def _queries(
             store, AVATAR, corpus.queries[i], corpus.query_vectors[i], k, candidates=candidates
         ),
         "keyword": lambda i: store.keyword_search(AVATAR, corpus.queries[i], candidates),
-        "dense": lambda i: [h for h, _ in store.vector_search(AVATAR, corpus.query_vectors[i], k)],
+        "dense": lambda i: store.get(AVATAR, [h for h, _ in store.vector_search(AVATAR, corpus.query_vectors[i], k)]),
         "chroma": lambda i: collection.query(query_embeddings=corpus.query_vectors[i : i + 1], n_results=k)["ids"][0],
     }
     n = len(corpus.queries)

@@ -2,7 +2,7 @@
 
 Texts: every sentence (12-300 characters) and every default ingestion chunk of the speeches,
 plus the Persona Hub personas (stored as facts), de-duplicated and shuffled with the seed; the
-first `memories` are stored, queries are sentences from the rest. Embedding 100k texts with
+first `memories` (at most DISTINCT_TEXTS) are stored, queries are sentences from the rest. Embedding 100k texts with
 MiniLM takes about half an hour on two busy cores, so by default only the first `embedded`
 memories (and every query) are embedded for real, once, and cached under PERSONALM_HOME; the
 other memories get the vector of a real one plus seeded Gaussian noise, renormalized (the
@@ -27,6 +27,8 @@ from personalm.paths import home
 
 SPEECHES = Path("speeches")
 PERSONAS = Path("personahub") / "tool_personas.jsonl"
+DISTINCT_TEXTS = 100_000
+"""Distinct texts stored at most (the data has ~117k; the rest are where queries come from)."""
 NOISE_SIGMA = 0.03
 """Per-dimension noise of a tiled vector: ~0.6 of a unit vector's norm in 384-d, so a tile sits
 at cosine ~0.85 from its real source, as near as a paraphrase and no nearer."""
@@ -72,14 +74,18 @@ def build(
     embed: Callable[[list[str]], np.ndarray],
     seed: int = 0,
 ) -> Corpus:
-    """The stored memories and the queries, with their (cached) embeddings."""
+    """The stored memories and the queries, with their (cached) embeddings. Past DISTINCT_TEXTS
+    memories the texts are tiled too: tile t of a text is the text with " (t)" appended, so a
+    large store holds near-copies of the same words, as a long history of paraphrases would,
+    and the queries still come from the texts after the first DISTINCT_TEXTS."""
     texts, kinds = real_texts(data_dir, seed)
+    distinct = min(memories, DISTINCT_TEXTS)
     query_pool = [
-        t for t, k in zip(texts[memories:], kinds[memories:], strict=True) if k == "utterance" and len(t) < 200
+        t for t, k in zip(texts[distinct:], kinds[distinct:], strict=True) if k == "utterance" and len(t) < 200
     ]
-    if len(texts) < memories or len(query_pool) < queries:
+    if len(texts) < distinct or len(query_pool) < queries:
         raise PersonalmError(
-            f"the data has {len(texts)} distinct texts: not enough for {memories} memories and {queries} queries",
+            f"the data has {len(texts)} distinct texts: not enough for {distinct} memories and {queries} queries",
             source=str(data_dir),
         )
     embedded = min(embedded, memories)
@@ -92,7 +98,9 @@ def build(
         stop = min(start + embedded, memories)
         tile = real[: stop - start] + rng.normal(0.0, NOISE_SIGMA, (stop - start, real.shape[1])).astype(np.float32)
         vectors[start:stop] = tile / np.linalg.norm(tile, axis=1, keepdims=True)
-    return Corpus(texts[:memories], kinds[:memories], vectors, query_texts, real[embedded:], embedded)
+    stored = texts[:distinct] + [f"{texts[i % distinct]} ({i // distinct})" for i in range(distinct, memories)]
+    stored_kinds = kinds[:distinct] + [kinds[i % distinct] for i in range(distinct, memories)]
+    return Corpus(stored, stored_kinds, vectors, query_texts, real[embedded:], embedded)
 
 
 def _cached_embeddings(texts: list[str], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
