@@ -78,6 +78,8 @@ def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch, cli,
     sweep = numbers["probe_sweep"]
     assert len(sweep) == 1 and sweep[0]["recall"] == numbers["validation_dense_recall_at_10"]
     assert numbers["validation_dense_recall_at_10"] >= numbers["validation_chroma_recall_at_10"]
+    assert numbers["default_probes_recall_at_10"] == numbers["dense_recall_at_10"]  # exact at 300 rows either way
+    assert 0 < numbers["default_probes_p50_ms"] <= numbers["default_probes_p95_ms"]
     assert numbers["embedded"] == 100 and numbers["tiled"] == 200
     assert numbers["superseded"] == 300 and numbers["versions_stored"] == 600 and numbers["superseded_hits"] == 0
     assert numbers["versions"]["chromadb"]

@@ -33,7 +33,7 @@ ANN_MIN_ROWS = 10_000
 """Below this many searchable rows exact search (~0.5 ms) is used instead of IVF."""
 ANN_PROBE_SHARE = 3 / 16
 """Share of the IVF lists probed per query (96 of 512 at 100k rows; measured on held-out speech
-sentences there: recall@10 0.948 at 48 lists, 0.960 at 64, 0.977 at 96, 0.983 at 128)."""
+sentences there: recall@10 0.948 at 48 lists, 0.961 at 64, 0.978 at 96, 0.984 at 128)."""
 ANN_RERANK = 100
 """Fast-scan candidates re-scored exactly (at least twice k): 100 gave the same recall@10 as 300."""
 TRAIN_PER_LIST = 64
