@@ -357,9 +357,9 @@ class SQLiteStore:
             rest = [i for i in ids if i not in found]
             if rest:
                 marks = ",".join("?" * len(rest))
-                rows = self._db.execute(
+                rows = self._read(
                     f"SELECT id, embedding FROM memories WHERE +avatar = ? AND id IN ({marks})", (avatar, *rest)
-                ).fetchall()
+                )
                 found |= {i: np.frombuffer(blob, dtype=np.float32) for i, blob in rows}
         vectors = [found[i] for i in ids if i in found]
         return np.stack(vectors) if vectors else np.zeros((0, self.dimension), dtype=np.float32)
