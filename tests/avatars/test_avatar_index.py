@@ -169,3 +169,29 @@ def test_store_probes_trade_recall_for_speed(tmp_path, small_ann, unit):
     store.probes = 10_000
     assert recall() >= 0.95 > one
     store.close()
+
+
+def test_keyword_scores_after_updates_equal_a_fresh_index(unit):
+    """Dead rows (updated or removed) are out of the counts and the scores: the index after
+    changes ranks and scores like one built from the current rows alone, kinds filtered or not."""
+    rng = np.random.default_rng(3)
+    words = ["river", "tax", "school", "farm", "rail", "soldier", "tariff", "harbor"]
+    texts = {i: " ".join(rng.choice(words, size=rng.integers(1, 7))) for i in range(600)}
+    kinds = {i: i % 2 for i in texts}
+    changed = MemoryIndex(unit.dim, Tokenizer())
+    for start in range(0, 600, 100):  # several blocks
+        batch = list(range(start, start + 100))
+        changed.add(batch, [kinds[i] for i in batch], [texts[i] for i in batch], np.stack([unit(i) for i in batch]))
+    updated = list(range(0, 600, 7))
+    for i in updated:
+        texts[i] = " ".join(rng.choice(words, size=rng.integers(1, 7)))
+    changed.add(updated, [kinds[i] for i in updated], [texts[i] for i in updated], np.stack([unit(i) for i in updated]))
+    removed = list(range(3, 600, 11))
+    changed.remove(removed)
+    current = sorted(set(texts) - set(removed))
+    fresh = MemoryIndex(unit.dim, Tokenizer())
+    fresh.add(current, [kinds[i] for i in current], [texts[i] for i in current], np.stack([unit(i) for i in current]))
+    assert changed.live < changed.size
+    for query in ("river tax", "harbor", "school farm rail soldier"):
+        for kind_filter in ([0, 1], [1]):
+            assert changed.keyword_search(query, 40, kind_filter) == fresh.keyword_search(query, 40, kind_filter)

@@ -3,8 +3,12 @@ store's committed rows and updated incrementally (appends, updates and deletes b
 
 Why in memory: at 100k memories SQLite FTS5 spends 25-60 ms per OR-query computing bm25 for every
 matching row, and a numpy matrix-vector product over all vectors takes ~12 ms. Here BM25 is
-scored over the query terms' postings with numpy (exactly, k1 = 1.2, b = 0.75, FTS5's idf), and
-dense search is exact below `ANN_MIN_ROWS` rows and above it an inverted-file index with 4-bit
+scored over the query terms' postings (exactly, k1 = 1.2, b = 0.75, FTS5's idf) by two compiled
+(numba) loops: one adds each posting's weight into a scratch score per row and notes the rows it
+touches, one finds the k-th best of those with a heap of k. Own code because numpy needed a chain
+of whole-array passes per query (concatenate the postings, weigh them, bincount over every row,
+partition): at 100k memories and 13k postings per query p50 0.37 → 0.15 ms, p95 0.70 → 0.33 ms
+(measured here). Dense search is exact below `ANN_MIN_ROWS` rows and above it an inverted-file index with 4-bit
 product-quantized codes scanned by faiss's fast-scan kernels (IVF-PQ fast scan, ~2√n lists, a
 share of them probed), whose best `ANN_RERANK` candidates are re-scored exactly on the float
 vectors. Why: at 100k rows a query's scan of float vectors is memory-bound (IVF-Flat needed 2.7 ms
@@ -24,6 +28,7 @@ import re
 from collections.abc import Sequence
 from itertools import chain
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -85,6 +90,8 @@ class MemoryIndex:
         self._alive = np.zeros(0, bool)
         self._lengths = np.zeros(0, np.float64)
         self._vectors = np.zeros((0, dimension), np.float32)
+        self._scores = np.zeros(0, np.float64)  # BM25 scratch: zero between queries
+        self._touched = np.zeros(0, np.int64)
         self._position: dict[int, int] = {}
         self._terms: dict[str, int] = {}
         self._word_terms: dict[str, int] = {}
@@ -151,6 +158,7 @@ class MemoryIndex:
         vectors = np.zeros((capacity, self.dimension), np.float32)
         vectors[: self.size] = self._vectors[: self.size]
         self._vectors = vectors
+        self._scores, self._touched = np.zeros(capacity, np.float64), np.zeros(capacity, np.int64)
 
     def _add_postings(self, start: int, texts: Sequence[str]) -> None:
         """One CSC block (rows: positions from `start`, columns: term ids, values: term counts)."""
@@ -209,52 +217,28 @@ class MemoryIndex:
 
     def keyword_search(self, query: str, k: int, kinds: Sequence[int]) -> list[tuple[int, float]]:
         """Top k by BM25 over the allowed rows; only rows containing a query term are returned."""
-        wanted = [self._terms[t] for t in self.tokenizer.query(query) if t in self._terms]
-        if not wanted or k <= 0 or not self.live:
+        wanted = np.array([self._terms[t] for t in self.tokenizer.query(query) if t in self._terms], np.int64)
+        if not len(wanted) or k <= 0 or not self.live:
             return []
-        positions, counts, lengths, sizes = [], [], [], []
-        for start, block, row_lengths in self._blocks:
-            indptr, indices, data = block.indptr, block.indices, block.data
-            for term in wanted:
-                low, high = (indptr[term], indptr[term + 1]) if term < block.shape[1] else (0, 0)
-                sizes.append(high - low)
-                if high > low:
-                    positions.append(indices[low:high] + start)
-                    counts.append(data[low:high])
-                    lengths.append(row_lengths[low:high])
-        if not positions:
-            return []
-        position, count, length = np.concatenate(positions), np.concatenate(counts), np.concatenate(lengths)
-        slot = np.repeat(np.tile(np.arange(len(wanted), dtype=np.int32), len(self._blocks)), sizes)
-        if self.live < self.size:
-            keep = self._alive[position]
-            position, count, length, slot = position[keep], count[keep], length[keep], slot[keep]
+        df = np.zeros(len(wanted), np.int64)
+        for start, block, _ in self._blocks:
+            if self.live < self.size:
+                _live_df(block.indptr, block.indices, start, wanted, self._alive, df)
+            else:
+                inside = wanted[wanted < block.shape[1]]
+                df[wanted < block.shape[1]] += block.indptr[inside + 1] - block.indptr[inside]
         live = self.live
-        df = np.bincount(slot, minlength=len(wanted))
         idf = np.maximum(np.log((live - df + 0.5) / (df + 0.5)), 1e-6).astype(np.float32)
         avgdl = max(self._total_length / live, 1.0)
-        norm = np.float32(BM25_K1 * (1 - BM25_B)) + np.float32(BM25_K1 * BM25_B / avgdl) * length
-        weight = idf[slot] * count * np.float32(BM25_K1 + 1) / (count + norm)
-        if len(kinds) == 1:
-            keep = self._kinds[position] == kinds[0]
-            position, weight = position[keep], weight[keep]
-        if not len(position):
-            return []
-        scores = np.bincount(position, weights=weight)
-        return self._top(*self._best_rows(position, scores, k * len(wanted)), k)
-
-    @staticmethod
-    def _best_rows(position: np.ndarray, scores: np.ndarray, most: int) -> tuple[np.ndarray, np.ndarray]:
-        """The rows that can make the top k, with their scores. A row has at most one posting per
-        query term, so the `most` = k x terms best postings by their row's score hold every row of
-        the top k; ties with the last of them are kept, so the cut is exact. Cheaper than finding
-        every scored row among all positions when common terms bring in thousands."""
-        totals = scores[position]
-        if len(totals) > most:
-            cut = len(totals) - most
-            position = position[totals >= np.partition(totals, cut)[cut]]
-        rows = np.unique(position)
-        return rows, scores[rows]
+        kind = kinds[0] if len(kinds) == 1 else -1
+        touched = 0
+        for start, block, row_lengths in self._blocks:
+            touched = _bm25_add(
+                block.indptr, block.indices, block.data, row_lengths, start, wanted, idf, self._alive, self._kinds,
+                kind, np.float32(BM25_K1 * (1 - BM25_B)), np.float32(BM25_K1 * BM25_B / avgdl),
+                np.float32(BM25_K1 + 1), self._scores, self._touched, touched,
+            )  # fmt: skip
+        return self._top(*_best_touched(self._scores, self._touched, touched, k), k)
 
     def vector_search(
         self, query: np.ndarray, k: int, kinds: Sequence[int], probes: int | None = None
@@ -319,3 +303,102 @@ def _dot(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Matrix-vector product on one thread: multithreaded BLAS sgemv stalls for milliseconds
     when the other cores are busy (p95 12 ms instead of 0.2 ms for 5k rows, measured here)."""
     return np.einsum("ij,j->i", vectors, query)
+
+
+_jit = numba.njit(nogil=True, cache=True)
+
+
+@_jit
+def _live_df(
+    indptr: np.ndarray, indices: np.ndarray, start: int, terms: np.ndarray, alive: np.ndarray, df: np.ndarray
+) -> None:
+    """Add to df[j] the live rows of one block holding terms[j] (columns past the block's width: none)."""
+    width = len(indptr) - 1
+    for j in range(len(terms)):
+        if terms[j] < width:
+            for p in range(indptr[terms[j]], indptr[terms[j] + 1]):
+                if alive[indices[p] + start]:
+                    df[j] += 1
+
+
+@_jit
+def _bm25_add(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    counts: np.ndarray,
+    lengths: np.ndarray,
+    start: int,
+    terms: np.ndarray,
+    idf: np.ndarray,
+    alive: np.ndarray,
+    kinds: np.ndarray,
+    kind: int,
+    norm_a: np.float32,
+    norm_b: np.float32,
+    k1_plus_1: np.float32,
+    scores: np.ndarray,
+    touched: np.ndarray,
+    n: int,
+) -> int:
+    """Add one block's BM25 weights of the query terms to `scores` (float32 weights summed in
+    float64, block by block and term by term, as a bincount over the concatenated postings would),
+    skipping dead rows and, with kind >= 0, rows of other kinds; each row first scored is appended
+    to `touched`, whose new length is returned."""
+    width = len(indptr) - 1
+    for j in range(len(terms)):
+        if terms[j] >= width:
+            continue
+        weight = idf[j]
+        for p in range(indptr[terms[j]], indptr[terms[j] + 1]):
+            row = indices[p] + start
+            if not alive[row] or (kind >= 0 and kinds[row] != kind):
+                continue
+            count = counts[p]
+            if scores[row] == 0.0:
+                touched[n] = row
+                n += 1
+            scores[row] += weight * count * k1_plus_1 / (count + (norm_a + norm_b * lengths[p]))
+    return n
+
+
+@_jit
+def _best_touched(scores: np.ndarray, touched: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The touched rows scoring at least the k-th best (ties with it kept, so the caller's cut by
+    id is exact) and their scores; every touched score is reset to 0. The k-th best comes from a
+    min-heap of k, one pass instead of a partition of all touched rows."""
+    heap = np.empty(min(k, n), np.float64)
+    size = 0
+    for i in range(n):
+        value = scores[touched[i]]
+        if size < len(heap):
+            j = size
+            size += 1
+            while j > 0 and heap[(j - 1) // 2] > value:
+                heap[j] = heap[(j - 1) // 2]
+                j = (j - 1) // 2
+            heap[j] = value
+        elif value > heap[0]:
+            j = 0
+            while True:
+                child = 2 * j + 1
+                if child >= size:
+                    break
+                if child + 1 < size and heap[child + 1] < heap[child]:
+                    child += 1
+                if heap[child] >= value:
+                    break
+                heap[j] = heap[child]
+                j = child
+            heap[j] = value
+    kth = heap[0] if size else 0.0
+    rows = np.empty(n, np.int64)
+    best = np.empty(n, np.float64)
+    m = 0
+    for i in range(n):
+        row = touched[i]
+        if scores[row] >= kth:
+            rows[m] = row
+            best[m] = scores[row]
+            m += 1
+        scores[row] = 0.0
+    return rows[:m], best[:m]
