@@ -381,3 +381,24 @@ def test_real_voices_train_once_and_speak(tmp_path):
         assert spoken.info()["adapter"] == str(tmp_path / "adapter")
     finally:
         spoken.close()
+
+
+def test_cli_passes_its_options_to_the_study(tmp_path, cli, monkeypatch):
+    """Every option reaches the config as given (an import in the command once shadowed
+    --voice-rows with a function of the same name)."""
+    import personalm.avatars.preferences
+    import personalm.studies.avatar_experiment as experiment
+
+    make_data(tmp_path)
+    seen = {}
+
+    def capture(config, **_):
+        seen["config"] = config
+        raise PersonalmError("captured")
+
+    monkeypatch.setattr(personalm.avatars.preferences, "load_critic", lambda path: None)
+    monkeypatch.setattr(experiment, "run", capture)
+    cli.one_error_line(cli.invoke("avatar", "experiment", "--data", str(tmp_path), "-o", str(tmp_path / "out"),
+                                  "--voice-rows", "17", "--voice-persons", "3", "--update-persons", "1"))  # fmt: skip
+    config = seen["config"]
+    assert (config.voice_rows, config.voice_persons, config.update_persons) == (17, 3, 1)

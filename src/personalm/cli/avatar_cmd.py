@@ -519,7 +519,7 @@ def experiment_cmd(
     """Likeness on held-out speeches (attribution, similarity) and PrefEval preference memory on the critic's unseen topics."""
     from personalm.avatars.preferences import load_critic
     from personalm.cli.inputs import data_folder
-    from personalm.studies.avatar_experiment import VOICE_GRID, ExperimentConfig, headline_rows, run, voice_rows
+    from personalm.studies.avatar_experiment import VOICE_GRID, ExperimentConfig, headline_rows, run, voice_table_rows
     from personalm.studies.avatar_likeness import parse_voice_grid
 
     grid = parse_voice_grid(voice_grid) if voice_grid is not None else VOICE_GRID
@@ -548,7 +548,7 @@ def experiment_cmd(
         table.add_row(*row)
     if "voice" in results["likeness"]:
         table.add_section()
-        for row in voice_rows(results):
+        for row in voice_table_rows(results):
             table.add_row(*row)
     console = Console()
     console.print(table)

@@ -369,7 +369,7 @@ def report_parts(results: dict) -> list[str]:
     ]
 
 
-def voice_rows(results: dict) -> list[tuple[str, str, str]]:
+def voice_table_rows(results: dict) -> list[tuple[str, str, str]]:
     """(answers by, attribution accuracy, similarity) on the voice persons' prompts: each condition,
     then each paired difference of the chain."""
     rows = [(label, report.interval(results, f"attribution_acc_{k}"), report.interval(results, f"similarity_{k}"))
@@ -434,7 +434,7 @@ def _voice_part(results: dict) -> list[str]:
             report.table(
                 [
                     {"answers by": a, "attribution accuracy": b, "similarity to real passage": c}
-                    for a, b, c in voice_rows(results)
+                    for a, b, c in voice_table_rows(results)
                 ]
             ),  # fmt: skip
             *_validation_part(voice),
