@@ -47,7 +47,7 @@ def apply_deltas(model: torch.nn.Module, deltas: Mapping[str, torch.Tensor], sou
     with torch.no_grad():
         for module, delta in deltas.items():
             weight = model.get_submodule(module).weight
-            weight += delta.to(weight.dtype)
+            weight += delta.to(weight)
 
 
 def apply_factors(model: torch.nn.Module, factors: Mapping[str, LoraFactors], source: str | None = None) -> None:
@@ -58,9 +58,9 @@ def apply_factors(model: torch.nn.Module, factors: Mapping[str, LoraFactors], so
         for module, f in factors.items():
             weight = model.get_submodule(module).weight
             if f.fan_in_fan_out:
-                weight.addmm_(f.A.T.to(weight.dtype), f.B.T.to(weight.dtype), alpha=f.scale)
+                weight.addmm_(f.A.T.to(weight), f.B.T.to(weight), alpha=f.scale)
             else:
-                weight.addmm_(f.B.to(weight.dtype), f.A.to(weight.dtype), alpha=f.scale)
+                weight.addmm_(f.B.to(weight), f.A.to(weight), alpha=f.scale)
 
 
 def apply_update(model: torch.nn.Module, update: Update, source: str | None = None) -> None:

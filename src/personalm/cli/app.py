@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -22,6 +23,7 @@ from personalm.cli import (
     tone_cmd,
     train_cmd,
 )
+from personalm.devices import DEVICE_ENV, resolve_device
 from personalm.errors import PersonalmError
 from personalm.progress import stderr
 
@@ -37,6 +39,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def root(
+    device: str = typer.Option(
+        None,
+        "--device",
+        help="Where every model of this command runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps "
+        f"(default: ${DEVICE_ENV}, else auto).",
+    ),
+) -> None:
+    if device is not None:
+        os.environ[DEVICE_ENV] = str(resolve_device(device))  # a device named but absent fails here, in one line
+
+
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(train_cmd.app, name="train")

@@ -48,6 +48,7 @@ def sft(
     import personalm.perce  # noqa: F401 - registers --loss perce (train itself never imports perce)
     from personalm.adapters import is_adapter_dir
     from personalm.train.data import check_overlong, read_examples, read_pairs
+    from personalm.train.distributed import launched_rank
     from personalm.train.loop import TrainConfig, train
     from personalm.train.losses import contrast_of, get_loss, needs_pairs
 
@@ -60,7 +61,11 @@ def sft(
     if is_adapter_dir(out) and not overwrite:
         raise PersonalmError(f"{out}: already holds a finished adapter (pass --overwrite to train again)")
     # Every row is checked here, before the model loads: a bad file costs no model load.
-    rows = read_pairs(data) if needs_pairs(loss_fn) else read_examples(data, require_persona=contrast_of(loss_fn) is not None)
+    rows = (
+        read_pairs(data)
+        if needs_pairs(loss_fn)
+        else read_examples(data, require_persona=contrast_of(loss_fn) is not None)
+    )
     if not rows:
         raise PersonalmError("no training examples (empty input)", source=str(data))
     config = TrainConfig(
@@ -69,6 +74,9 @@ def sft(
         overlong=overlong, save_every=save_every, seed=seed, quant=quant, loss=loss, clip_min=clip_min,
         clip_max=clip_max, beta=beta,
     )  # fmt: skip
+    if launched_rank() > 0:  # one of several processes (torchrun): rank 0 reports
+        train(config)
+        return
     with training_bar() as progress:
         result = train(config, progress, log=lambda m: stderr.print(m, markup=False))
     stderr.print(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from personalm import paths
+from personalm.devices import autocast, resolve_device
 from personalm.errors import PersonalmError
 from personalm.models.embedder import DEFAULT_EMBEDDER, embedded_embedder_path
 from personalm.models.hf import transformers_offline
@@ -79,12 +80,23 @@ def pair_text(question: str, answer: str) -> str:
 class PreferenceCritic:
     """P(answer respects the stated preferences), batched; load a trained one with `load`."""
 
-    def __init__(self, encoder: torch.nn.Module, tokenizer: Any, head: torch.nn.Linear, meta: dict[str, Any]):
-        self.encoder, self.tokenizer, self.head, self.meta = encoder, tokenizer, head, meta
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        tokenizer: Any,
+        head: torch.nn.Linear,
+        meta: dict[str, Any],
+        device: str | torch.device | None = None,
+    ):
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.encoder, self.head = encoder.to(self.device), head.to(self.device)
+        self.tokenizer, self.meta = tokenizer, meta
         self.meta.setdefault("settings", {}).setdefault("combine", "min")
 
     @classmethod
-    def initial(cls, base: str | Path | None = None, seed: int = 0) -> PreferenceCritic:
+    def initial(
+        cls, base: str | Path | None = None, seed: int = 0, device: str | torch.device | None = None
+    ) -> PreferenceCritic:
         """An untrained critic on `base` (default: the embedded all-MiniLM-L6-v2), head seeded."""
         transformers = transformers_offline()
         path = Path(base) if base else embedded_embedder_path()
@@ -95,7 +107,7 @@ class PreferenceCritic:
         torch.manual_seed(seed)
         head = torch.nn.Linear(encoder.config.hidden_size, 1)
         meta = {"design": DESIGN, "base": DEFAULT_EMBEDDER if base is None else str(path), "topics": {}, "settings": {}}
-        return cls(encoder, tokenizer, head, meta)
+        return cls(encoder, tokenizer, head, meta, device)
 
     @staticmethod
     def check_dir(path: str | Path) -> dict[str, Any]:
@@ -116,7 +128,7 @@ class PreferenceCritic:
         return meta
 
     @classmethod
-    def load(cls, path: str | Path) -> PreferenceCritic:
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> PreferenceCritic:
         """A saved critic (`save`'s folder)."""
         from safetensors.torch import load_file
 
@@ -128,7 +140,7 @@ class PreferenceCritic:
         weights = load_file(str(path / HEAD))
         head = torch.nn.Linear(weights["weight"].shape[1], 1)
         head.load_state_dict(weights)
-        critic = cls(encoder, tokenizer, head, meta)
+        critic = cls(encoder, tokenizer, head, meta, device)
         critic.eval()
         return critic
 
@@ -140,7 +152,7 @@ class PreferenceCritic:
         path.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(str(path / ENCODER))
         self.tokenizer.save_pretrained(str(path / ENCODER))
-        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD))
         (path / META).write_text(json.dumps(self.meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def eval(self) -> None:
@@ -158,11 +170,12 @@ class PreferenceCritic:
         """One logit per (preference, question + answer) pair, with gradients (training and scoring)."""
         batch = self.tokenizer(
             list(preferences), list(seconds), truncation=True, max_length=MAX_LEN, padding=True, return_tensors="pt"
-        )
-        hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(pooled).squeeze(-1)
+        ).to(self.device)
+        with autocast(self.device):
+            hidden = self.encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return self.head(pooled).squeeze(-1).float()
 
     @torch.inference_mode()
     def pair_probabilities(self, preferences: Sequence[str], seconds: Sequence[str], batch: int = BATCH) -> np.ndarray:
@@ -173,7 +186,7 @@ class PreferenceCritic:
         order = np.argsort([-(len(p) + len(s)) for p, s in zip(preferences, seconds, strict=True)], kind="stable")
         firsts, rest = [preferences[i] for i in order], [seconds[i] for i in order]
         probs = np.concatenate([
-            torch.sigmoid(self.logits(firsts[i : i + batch], rest[i : i + batch])).float().numpy()
+            torch.sigmoid(self.logits(firsts[i : i + batch], rest[i : i + batch])).cpu().numpy()
             for i in range(0, len(firsts), batch)
         ])  # fmt: skip
         out = np.empty_like(probs)

@@ -41,7 +41,7 @@ BEST = "best"
 
 
 def bce(scores: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    labels = torch.cat([torch.tensor([1.0] + [0.0] * (n - 1)) for n in sizes])
+    labels = torch.cat([torch.tensor([1.0] + [0.0] * (n - 1)) for n in sizes]).to(scores.device)
     return F.binary_cross_entropy_with_logits(scores, labels, reduction="sum") / len(sizes)
 
 
@@ -122,7 +122,7 @@ def fit(
     result = FitResult()
     torch.manual_seed(config.seed)
     if (checkpoint / STATE).is_file():
-        saved = torch.load(checkpoint / STATE, weights_only=False)
+        saved = torch.load(checkpoint / STATE, weights_only=False, map_location="cpu")
         critic.encoder.load_state_dict(saved["encoder"])
         critic.head.load_state_dict(saved["head"])
         optimizer.load_state_dict(saved["optimizer"])

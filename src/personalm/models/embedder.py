@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personalm.devices import resolve_device
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.paths import installed_package_dir
@@ -23,7 +24,7 @@ def embedded_embedder_path() -> Path:
 class Embedder:
     """Batched, normalized sentence embeddings (384-d for the default)."""
 
-    def __init__(self, path: str | Path | None = None, batch_size: int = 64):
+    def __init__(self, path: str | Path | None = None, batch_size: int = 64, device: str | None = None):
         transformers_offline()
         from sentence_transformers import SentenceTransformer
 
@@ -32,7 +33,8 @@ class Embedder:
             raise PersonalmError(f"{self.path}: not a sentence-transformers model directory")
         self.name = DEFAULT_EMBEDDER if path is None else self.path.name
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        self.device = resolve_device(device)
+        self.model = SentenceTransformer(str(self.path), device=str(self.device), local_files_only=True)
 
     @property
     def dimension(self) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+import torch
+
 
 def transformers_offline() -> ModuleType:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,7 +22,23 @@ def logits_at(model, input_ids, attention_mask, positions, position_ids=None):
     (rows, columns) pair of index tensors, which may repeat a position) without computing the rest:
     the body runs on every position, the output head (a vocabulary-wide matmul per token) only where
     a logit is wanted. Models whose head does more than a linear map (logit soft-capping) take the
-    full forward. `attention_mask` may be a custom 4D mask, then with explicit `position_ids`."""
+    full forward. `attention_mask` may be a custom 4D mask, then with explicit `position_ids`.
+    Inputs move to the model's device and run under its autocast (bf16 on a GPU that has it); the
+    logits come back on that device."""
+    from personalm.devices import autocast
+
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        position_ids = position_ids.to(device) if position_ids is not None else None
+        positions = (
+            positions.to(device) if isinstance(positions, torch.Tensor) else tuple(p.to(device) for p in positions)
+        )
+    with autocast(device):
+        return _logits_at(model, input_ids, attention_mask, positions, position_ids)
+
+
+def _logits_at(model, input_ids, attention_mask, positions, position_ids):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, getattr(base, "base_model_prefix", ""), None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None

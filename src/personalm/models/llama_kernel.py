@@ -22,10 +22,12 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 
 
 def supports(model: torch.nn.Module) -> bool:
-    """True for plain Llama models (no attention/MLP biases, no sliding window)."""
+    """True for plain Llama models (no attention/MLP biases, no sliding window) held on the CPU
+    (the kernel is CPU code; on a GPU transformers' generate runs instead)."""
     cfg = model.config
     return (
-        cfg.model_type in SUPPORTED_MODEL_TYPES
+        next(model.parameters()).device.type == "cpu"
+        and cfg.model_type in SUPPORTED_MODEL_TYPES
         and not getattr(cfg, "attention_bias", False)
         and not getattr(cfg, "mlp_bias", False)
         and getattr(cfg, "hidden_act", "silu") == "silu"

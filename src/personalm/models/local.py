@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from personalm.adapters import merge_into, validate
+from personalm.devices import autocast, describe, resolve_device
 from personalm.errors import PersonalmError
 from personalm.models.base import (
     Generation,
@@ -61,8 +62,10 @@ class LocalModel(TextModel):
         name: str | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
     ):
         transformers = transformers_offline()
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise PersonalmError(f"{self.path}: not a Hugging Face model directory (no config.json)")
@@ -73,12 +76,16 @@ class LocalModel(TextModel):
         self.model = transformers.AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).eval()
         if self.adapter is not None:
             self.model = merge_into(self.model, self.adapter).eval()  # inference then costs what the base costs
+        if self.device.type != "cpu":
+            self.model = self.model.to(self.device)
         self.max_batch = max_batch
         self.name = name or self.path.name
         digest = weights_digest(self.path)
         if self.adapter is not None:
             digest += "+" + weights_digest(self.adapter, contents=True)
         self.model_id = f"local:{self.name}@{digest}"
+        if self.device.type != "cpu":  # other kernels, other numbers: never share the CPU's cached outputs
+            self.model_id += f"~{self.device.type}"
         self.eos_ids = self._eos_ids()
         self._kernel: LlamaKernel | None = None
         self._weights: LlamaWeights | None = None
@@ -102,6 +109,7 @@ class LocalModel(TextModel):
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "context_length": self.context_length,
             "dtype": str(self.model.dtype).removeprefix("torch."),
+            **describe(self.device),
             "engine": "llama-kernel" if supports(self.model) else "transformers-generate",
             "chat_template": self.tokenizer.chat_template is not None,
         }
@@ -192,21 +200,24 @@ class LocalModel(TextModel):
         for start in range(0, len(requests), self.max_batch):
             chunk = requests[start : start + self.max_batch]
             width = max(len(r.prompt_ids) for r in chunk)
-            ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in chunk])
-            mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in chunk])
+            ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in chunk], device=self.device)
+            mask = torch.tensor(
+                [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in chunk], device=self.device
+            )
             if not params.greedy:
                 torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=chunk[0].generator)))
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=params.max_tokens,
-                do_sample=not params.greedy,
-                temperature=params.temperature if not params.greedy else None,
-                top_p=params.top_p if not params.greedy else None,
-                top_k=params.top_k if not params.greedy else None,
-                pad_token_id=pad,
-                eos_token_id=sorted(self.eos_ids),
-            )
+            with autocast(self.device):
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=params.max_tokens,
+                    do_sample=not params.greedy,
+                    temperature=params.temperature if not params.greedy else None,
+                    top_p=params.top_p if not params.greedy else None,
+                    top_k=params.top_k if not params.greedy else None,
+                    pad_token_id=pad,
+                    eos_token_id=sorted(self.eos_ids),
+                )
             for row in out[:, width:].tolist():
                 cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
                 results.append(DecodeResult(row[:cut], "length" if cut is None else "stop"))
@@ -251,7 +262,7 @@ class LocalModel(TextModel):
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
             positions[row, len(ctx) - 1 : len(seq) - 1] = True
-        logits = logits_at(self.model, ids, mask, positions)
+        logits = logits_at(self.model, ids, mask, positions).float().cpu()
         start = 0
         for (_, cont), index in zip(pairs, indices, strict=True):
             # one continuation's softmax at a time: a softmax over every row would double peak memory

@@ -16,6 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from typing import Any
 import torch
 
 from personalm.adapters import is_adapter_dir, read_config
+from personalm.devices import autocast, resolve_device
 from personalm.errors import PersonalmError
 from personalm.models.hf import transformers_offline
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.provenance import versions
 from personalm.train.data import Dataset, batch_tokens, bucketed_batches, collate, load_examples, load_pairs
+from personalm.train.distributed import Group, join, leave
 from personalm.train.frozen_base import freeze_base_layers
 from personalm.train.losses import contrast_of, get_loss, loss_units, needs_pairs, supervised_rows
 
@@ -91,8 +94,9 @@ ProgressFn = Callable[[int, int, float], None]
 """Called after each optimizer step with (step, total steps, loss)."""
 
 
-def build_model(config: TrainConfig):
-    """Tokenizer and PEFT-wrapped model with the frozen base swapped for the fast/int8 layers."""
+def build_model(config: TrainConfig, device: torch.device | None = None):
+    """Tokenizer and PEFT-wrapped model: on the CPU (the default) with the frozen base swapped for
+    the fast/int8 layers, on another device as plain PEFT layers moved there."""
     transformers = transformers_offline()
     from peft import LoraConfig, get_peft_model
 
@@ -113,7 +117,12 @@ def build_model(config: TrainConfig):
         model = get_peft_model(model, lora)
     except ValueError as err:
         raise PersonalmError(f"LoRA targets {config.targets!r}: {err}") from None
-    freeze_base_layers(model, config.quant)
+    if device is None or device.type == "cpu":
+        freeze_base_layers(model, config.quant)
+    elif config.quant != "fp32":
+        raise PersonalmError(f"--quant {config.quant} is the CPU's int8 path; on {device} train with --quant fp32")
+    else:
+        model.to(device)
     return tokenizer, model
 
 
@@ -129,13 +138,20 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device()
+    procs = join(device)
+    if device.type == "cuda" and procs.world > 1:
+        device = torch.device("cuda", procs.local_rank)
+        torch.cuda.set_device(device)
+    if not procs.main:
+        progress, log = None, lambda message: None
     out = Path(config.out)
     loss_fn = get_loss(
         config.loss, clip_min=config.clip_min, clip_max=config.clip_max, beta=config.beta, reference=config.reference
     )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    tokenizer, model = build_model(config)
+    tokenizer, model = build_model(config, device)
     if needs_pairs(loss_fn):
         dataset = load_pairs(config.data, tokenizer, config.max_len, config.overlong)
     else:
@@ -157,7 +173,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     elif config.init_adapter:
         _load_start(model, config, set_peft_model_state_dict)
     if getattr(loss_fn, "needs_start_reference", False):
-        _start_reference(model, dataset, pad_id, config.batch_size, loss_fn, state)
+        _start_reference(model, dataset, pad_id, config.batch_size, loss_fn, state, device)
     model.train()
     start = time.perf_counter() - state["seconds"]
     while state["step"] < steps:
@@ -166,7 +182,9 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
             state["epoch"], state["batch"] = state["epoch"] + 1, 0
             continue
         group = order[state["batch"] : state["batch"] + config.grad_accum]
-        loss = _optimizer_step(model, dataset, group, pad_id, loss_fn, optimizer, scheduler, params, config, state)
+        loss = _optimizer_step(
+            model, dataset, group, pad_id, loss_fn, optimizer, scheduler, params, config, state, device, procs
+        )
         state["batch"] += len(group)
         state["step"] += 1
         state["losses"].append(loss)
@@ -174,13 +192,15 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
         state["seconds"] = time.perf_counter() - start
         if progress:
             progress(state["step"], steps, loss)
-        if config.snapshot_every and state["step"] % config.snapshot_every == 0:
+        if procs.main and config.snapshot_every and state["step"] % config.snapshot_every == 0:
             model.save_pretrained(out / SNAPSHOTS / f"step-{state['step']:07d}")
-        if state["step"] % config.save_every == 0 and state["step"] < steps:
+        if procs.main and state["step"] % config.save_every == 0 and state["step"] < steps:
             _checkpoint(out, model, optimizer, scheduler, state, get_peft_model_state_dict)
-    model.save_pretrained(out)
-    _write_run_files(out, config, dataset, state, steps)
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    if procs.main:
+        model.save_pretrained(out)
+        _write_run_files(out, config, dataset, state, steps, device, procs.world)
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    leave(procs)
     return TrainResult(
         out, state["step"], state["tokens"], state["seconds"], state["losses"], resumed_from, state["stats"],
         len(dataset.examples),
@@ -188,27 +208,53 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
 
 
 def _optimizer_step(
-    model, dataset: Dataset, group, pad_id, loss_fn, optimizer, scheduler, params, config, state
+    model,
+    dataset: Dataset,
+    group,
+    pad_id,
+    loss_fn,
+    optimizer,
+    scheduler,
+    params,
+    config,
+    state,
+    device: torch.device | None = None,
+    procs: Group = Group(),
 ) -> float:
     """One optimizer step over `grad_accum` micro-batches, averaging the loss over all their tokens
-    (or pairs)."""
-    micro = [collate([dataset.examples[i] for i in batch], pad_id) | {"index": torch.tensor(batch)} for batch in group]
-    total = sum(loss_units(b) for b in micro)
-    loss_sum = 0.0
+    (or pairs): with several processes, over all of theirs (this one holds its shard of each)."""
+    shards = [procs.shard(batch) for batch in group]
+    micro = [_batch(dataset, shard, pad_id, device) for shard in shards if shard]
+    local = sum(loss_units(b) for b in micro)
+    total = procs.sum([local], device)[0] if procs.world > 1 else local
+    loss_sum, tokens = 0.0, 0
     prepare = getattr(loss_fn, "prepare", None)
     for batch in micro:
         if prepare:
             prepare(model, batch)
         rows, targets = supervised_rows(model, batch)
-        loss, _ = loss_fn(rows, targets, batch)
+        with autocast(device) if device is not None else nullcontext():
+            loss, _ = loss_fn(rows, targets, batch)
         (loss / total).backward()
         loss_sum += float(loss.detach())
-        state["tokens"] += batch_tokens(batch)
+        tokens += batch_tokens(batch)
+    if procs.world > 1:
+        procs.sum_grads(params)
+        loss_sum, tokens = procs.sum([loss_sum, tokens], device)
+    state["tokens"] += int(tokens)
     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / total
+
+
+def _batch(dataset: Dataset, rows: list[int], pad_id: int, device: torch.device | None) -> dict[str, Any]:
+    """The collated rows (with their indices), on `device` when one is given and not the CPU."""
+    batch = collate([dataset.examples[i] for i in rows], pad_id) | {"index": torch.tensor(rows)}
+    if device is None or device.type == "cpu":
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 RUN_SUMMARY = "train_config.json"  # written last, after the adapter: a run with it finished
@@ -263,7 +309,9 @@ def _load_start(model, config: TrainConfig, set_state) -> None:
 
 
 @torch.no_grad()
-def _start_reference(model, dataset: Dataset, pad_id: int, batch_size: int, loss_fn, state: dict) -> None:
+def _start_reference(
+    model, dataset: Dataset, pad_id: int, batch_size: int, loss_fn, state: dict, device: torch.device
+) -> None:
     """Reference log-probs of every pair under the starting policy, before any step (they ride in
     the checkpoints, so a resumed run keeps the reference it began with)."""
     if "reference" in state:
@@ -272,9 +320,7 @@ def _start_reference(model, dataset: Dataset, pad_id: int, batch_size: int, loss
     model.eval()
     indices = list(range(len(dataset.examples)))
     for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        batch = collate([dataset.examples[i] for i in chunk], pad_id) | {"index": torch.tensor(chunk)}
-        loss_fn.prepare(model, batch)
+        loss_fn.prepare(model, _batch(dataset, indices[start : start + batch_size], pad_id, device))
     state["reference"] = loss_fn.reference_logps()
 
 
@@ -306,7 +352,7 @@ def _resume(out: Path, model, optimizer, scheduler, state: dict, set_state) -> i
     checkpoints = sorted((out / CHECKPOINTS).glob("step-*")) if (out / CHECKPOINTS).is_dir() else []
     if not checkpoints:
         return None
-    saved = torch.load(checkpoints[-1] / "state.pt", weights_only=False)
+    saved = torch.load(checkpoints[-1] / "state.pt", weights_only=False, map_location="cpu")
     set_state(model, saved["adapter"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -316,9 +362,13 @@ def _resume(out: Path, model, optimizer, scheduler, state: dict, set_state) -> i
     return int(state["step"])
 
 
-def _write_run_files(out: Path, config: TrainConfig, dataset: Dataset, state: dict, steps: int) -> None:
+def _write_run_files(
+    out: Path, config: TrainConfig, dataset: Dataset, state: dict, steps: int, device: torch.device, processes: int
+) -> None:
     summary = {
         "config": asdict(config),
+        "device": str(device),
+        "processes": processes,
         "steps": steps,
         "examples": len(dataset.examples),
         "truncated": dataset.truncated,

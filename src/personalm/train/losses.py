@@ -69,7 +69,7 @@ def sequence_logprobs(rows: Tensor, targets: Tensor, sequence: Tensor, count: in
     """Σ log p of each sequence's supervised tokens, (count,): `rows`/`targets` are the supervised
     logits and labels, `sequence` says which sequence each token belongs to."""
     token = -F.cross_entropy(rows.float(), targets, reduction="none")
-    return torch.zeros(count, dtype=token.dtype).index_add(0, sequence, token)
+    return torch.zeros(count, dtype=token.dtype, device=token.device).index_add(0, sequence, token)
 
 
 def dpo_sigmoid(
@@ -118,7 +118,9 @@ class DPOLoss:
                 rows, targets = supervised_rows(model, batch)
             logps = sequence_logprobs(rows, targets, batch["target_sequence"], 2 * len(index)).view(2, -1).t().tolist()
             self._reference.update(zip(index, map(tuple, logps), strict=True))
-        batch["reference_logps"] = torch.tensor([self._reference[i] for i in index]).t().reshape(-1)
+        batch["reference_logps"] = (
+            torch.tensor([self._reference[i] for i in index], device=batch["input_ids"].device).t().reshape(-1)
+        )
 
     @property
     def needs_start_reference(self) -> bool:
