@@ -63,3 +63,32 @@ def test_extract_on_ray_matches_local(ray_executor, tmp_path: Path):
         with executor.generator(DEFAULT_MODEL, str(cache), None, 1) as (generate, model_id):
             results.append(mining.extract(texts, generate, model_id, ("read",), options))
     assert json.dumps(results[0]) == json.dumps(results[1])
+
+
+def test_minhash_stage_on_the_cluster_decides_like_one_process(ray_executor):
+    """A planted set (near copies, exact copies, wordless rows) through the cluster's two hash
+    shuffles: the same rows kept and dropped, pointing at the same rows, as the local path, also
+    when Ray Data cuts everything else into tiny blocks."""
+    import ray
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(200)]
+    originals = [rng.choice(words, 12, replace=False).tolist() for _ in range(150)]
+    texts = []
+    for _ in range(1200):
+        row = list(originals[rng.integers(len(originals))])
+        if rng.random() < 0.5:
+            row[rng.integers(len(row))] = str(rng.choice(words))  # a near copy
+        texts.append(" ".join(row) if rng.random() > 0.03 else "!!!")
+    texts = pa.array(texts)
+    local = Executor().minhash_dedup(texts, 128, 0.7)
+    context = ray.data.DataContext.get_current()
+    saved, context.target_max_block_size = context.target_max_block_size, 4096
+    try:
+        remote = ray_executor.minhash_dedup(texts, 128, 0.7)
+    finally:
+        context.target_max_block_size = saved
+    assert 300 < (~local.keep).sum() < 1150
+    np.testing.assert_array_equal(remote.keep, local.keep)
+    np.testing.assert_array_equal(remote.duplicate_of, local.duplicate_of)
+    np.testing.assert_array_equal(remote.similarity, local.similarity)

@@ -18,3 +18,16 @@ def test_minhash_bench_is_exact_and_finds_the_planted_duplicates():
     assert result["ours"]["recall"] >= 0.95 and result["ours_planted_recall"] >= 0.95
     assert result["ours"]["dropped"] >= result["planted_at_or_above_threshold"] * 0.95
     assert result["ours_seconds"] > 0 and result["peer_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_minhash_bench_on_ray_prints_both_rates_and_the_same_decision():
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'personalm[ray]')")
+    if not (data_dir() / PERSONAS_FILE).is_file():
+        pytest.skip(f"needs the Persona Hub sample at {data_dir() / PERSONAS_FILE}")
+    try:
+        result = dedup.run_minhash(data_dir(), 3000, seed=2, log=lambda _: None, engine="ray")
+    finally:
+        ray.shutdown()
+    assert result["ray_same_decision"] is True
+    assert result["ray_rows_per_s"] > 0 and result["ours_rows_per_s"] > 0 and result["ray_cpus"] >= 1

@@ -292,19 +292,25 @@ def dedup_bench(
         50_000, min=1000, help="Prefix of the vectors also deduplicated by exact blockwise search."
     ),
     seed: int = typer.Option(0, help="Seed of the generated rows, vectors and samples."),
+    engine: str = typer.Option(
+        "local", help="ray: also run the MinHash stage on Ray (RAY_ADDRESS, else a local instance), rows/s beside local."
+    ),
     data: Path = PERSONAS_DATA,
     report: Path = typer.Option(None, help="Write results.json, minhash.png, embedding.png, report.html here."),
     out: Path = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
     """Our MinHash stage vs datasketch's MinHash + LSH loop; our embedding stage on 1M vectors vs exact search."""
+    from personalm.executors import EXECUTORS
     from personalm.studies.bench import dedup, dedup_report
     from personalm.studies.harness import Study
 
+    if engine not in EXECUTORS:
+        raise PersonalmError(f"--engine {engine}: expected one of {', '.join(EXECUTORS)}")
     folder = data_folder(data, required=[PERSONAS_FILE])
-    settings = {"rows": rows, "vectors": vectors, "subset": subset, "seed": seed, "data": folder}
+    settings = {"rows": rows, "vectors": vectors, "subset": subset, "seed": seed, "engine": engine, "data": folder}
     study = Study(report, settings) if report else None
-    result = dedup.run(folder, rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False))
+    result = dedup.run(folder, rows, vectors, subset, seed, log=lambda m: stderr.print(m, markup=False), engine=engine)
     table = Table("measure", "personalm", "peer", "ratio")
     for row in dedup_report.headline(result):
         table.add_row(*row)

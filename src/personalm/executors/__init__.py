@@ -21,6 +21,7 @@ import pyarrow as pa
 from personalm.errors import PersonalmError
 from personalm.models.base import Generation, ProgressCallback, Prompt, SamplingParams, TextModel, TokenScores
 from personalm.personas import minhash_stage
+from personalm.personas.greedy import Decision
 from personalm.personas.mining import Generate
 from personalm.personas.tokens import TokenSets
 
@@ -56,6 +57,10 @@ class Executor:
             TokenSets.concat([p.tokens for p in parts]),
             np.concatenate([p.set_keys for p in parts]),
         )
+
+    def minhash_dedup(self, texts: pa.Array | pa.ChunkedArray, num_perm: int, threshold: float) -> Decision:
+        """Stage 1 of dedup: which rows are near-duplicates of an earlier kept row."""
+        return minhash_stage.dedup(self.minhash_features(texts, num_perm), threshold)
 
     def embed(self, texts: Sequence[str], embedder: str | None) -> np.ndarray:
         from personalm.models.embedder import Embedder

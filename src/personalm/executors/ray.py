@@ -1,5 +1,14 @@
 """The Ray Data executor: the same per-batch functions as the local executor, run as Ray tasks/actors.
 
+MinHash dedup runs on the cluster end to end (`minhash_dedup`), so no process ever holds all the
+signatures: workers sign their blocks and key each row's LSH bands; a hash shuffle on the word-set
+key brings identical sets together (each row learns its first copy); a second hash shuffle on
+(band, band key) brings every candidate pair onto one worker, which keeps the pairs that this band
+is the first to share (so each pair is verified once) and computes their exact Jaccard with the
+same kernel as the local path. Only the similar pairs and the copies' representatives come back
+to the driver, which takes the same greedy decision in input order as the local path: the same
+rows kept and dropped. Shuffle volume per row: bands x (24 + 8 x bands + 8 x words) bytes.
+
 Rows carry their input position (`_i`) through Ray and are put back in order on the driver, so
 every later decision sees exactly what the local executor would. Connects to RAY_ADDRESS when set,
 otherwise starts a local Ray instance.
@@ -13,6 +22,7 @@ be sampled differently from the local run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,17 +30,31 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from personalm.errors import PersonalmError
 from personalm.executors import Executor, ExecutorModel
 from personalm.models.base import TextModel
-from personalm.personas import minhash_stage
+from personalm.personas import kernels, minhash_stage
+from personalm.personas.greedy import Decision
 from personalm.personas.mining import Generate
 from personalm.personas.tokens import TokenSets
 
 BATCH_ROWS = 16_384
+WHOLE_PARTITION = 2**60
+"""Block size limit while dedup's hash partitions are formed and read: Ray Data would otherwise cut
+a partition past its block size (128 MiB), and a group cut in two would miss its pairs."""
 EMBED_BATCH = 256
 GENERATE_BATCH = 64
+
+
+def _with_words(block: pa.Table) -> pa.Table:
+    """The rows that have words (a wordless row only matches its identical copies)."""
+    return block.filter(pc.greater(pc.list_value_length(block.column("tokens")), 0))
+
+
+def _cluster_cpus(ray: Any) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def ensure_ray() -> Any:
@@ -46,7 +70,10 @@ def ensure_ray() -> Any:
             ignore_reinit_error=True,
             configure_logging=False,
         )
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.shuffle_strategy = ray.data.context.ShuffleStrategy.HASH_SHUFFLE  # repartition by keys
     return ray
 
 
@@ -55,6 +82,85 @@ def _feature_batch(batch: pa.Table, num_perm: int) -> pa.Table:
     tokens = pa.LargeListArray.from_arrays(pa.array(feats.tokens.offsets), pa.array(feats.tokens.hashes))
     signatures = pa.FixedSizeListArray.from_arrays(pa.array(feats.signatures.reshape(-1)), num_perm)
     return pa.table({"_i": batch.column("_i"), "sig": signatures, "tokens": tokens, "set_key": feats.set_keys})
+
+
+_EMPTY_EDGES = pa.table(
+    {"left": pa.array([], pa.int64()), "right": pa.array([], pa.int64()), "sim": pa.array([], pa.float32())}
+)
+_EMPTY_COPIES = pa.table({"_i": pa.array([], pa.int64()), "first": pa.array([], pa.int64())})
+
+
+def _sign_batch(batch: pa.Table, num_perm: int, bands: int, width: int) -> pa.Table:
+    """Per row: its set key, its word hashes and its band keys (with the row position)."""
+    feats = minhash_stage.features(batch.column("text"), num_perm)
+    keys = kernels.band_keys(feats.signatures, np.arange(len(feats)), bands, width)
+    return pa.table({
+        "_i": batch.column("_i"),
+        "set_key": feats.set_keys,
+        "tokens": pa.LargeListArray.from_arrays(pa.array(feats.tokens.offsets), pa.array(feats.tokens.hashes)),
+        "keys": pa.FixedSizeListArray.from_arrays(pa.array(keys.reshape(-1)), bands),
+    })  # fmt: skip
+
+
+def _first_of_set(block: pa.Table) -> pa.Table:
+    """A block holding every row of its set keys: each row with the first row (in input order) of
+    its set."""
+    positions = np.asarray(block.column("_i"), np.int64)
+    order = np.argsort(positions, kind="stable")
+    first_in_order = minhash_stage.first_of_identical(np.asarray(block.column("set_key"), np.uint64)[order])
+    first = np.empty(len(positions), np.int64)
+    first[order] = positions[order][first_in_order]
+    return block.append_column("first", pa.array(first))
+
+
+def _band_rows(block: pa.Table, bands: int) -> pa.Table:
+    """One row per band of each representative with words: (band, key, _i, its keys, its words)."""
+    n = block.num_rows
+    keys = np.asarray(block.column("keys").combine_chunks().flatten(), np.uint64).reshape(n, bands)
+    repeat = pa.array(np.repeat(np.arange(n), bands))
+    return pa.table({
+        "band": np.tile(np.arange(bands, dtype=np.int16), n),
+        "key": keys.reshape(-1),
+        "_i": block.column("_i").take(repeat),
+        "keys": block.column("keys").take(repeat),
+        "tokens": block.column("tokens").take(repeat),
+    })  # fmt: skip
+
+
+def _similar_pairs(block: pa.Table, bands: int, threshold: float) -> pa.Table:
+    """A block holding every row of its (band, key) groups: the pairs (i < j) of each group that
+    no earlier band shares, with their exact Jaccard, those at or above the threshold."""
+    if block.num_rows < 2:
+        return _EMPTY_EDGES
+    band, key = np.asarray(block.column("band"), np.int64), np.asarray(block.column("key"), np.uint64)
+    order = np.lexsort((key, band))
+    same = (band[order][1:] == band[order][:-1]) & (key[order][1:] == key[order][:-1])
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    stops = np.append(starts[1:], len(order))
+    groups = [order[a:b] for a, b in zip(starts, stops, strict=True) if b - a > 1]
+    if not groups:
+        return _EMPTY_EDGES
+    positions = np.asarray(block.column("_i"), np.int64)
+    keys = np.asarray(block.column("keys").combine_chunks().flatten(), np.uint64).reshape(block.num_rows, bands)
+    left, right = [], []
+    for rows in groups:
+        rows = rows[np.argsort(positions[rows], kind="stable")]
+        a, b = np.triu_indices(len(rows), 1)
+        a, b = rows[a], rows[b]
+        earlier = (keys[a] == keys[b])[:, : band[rows[0]]].any(axis=1)
+        left.append(a[~earlier])
+        right.append(b[~earlier])
+    left, right = np.concatenate(left), np.concatenate(right)
+    if not len(left):
+        return _EMPTY_EDGES
+    words = block.column("tokens").combine_chunks()
+    rows = np.concatenate([left, right])
+    picked = words.take(pa.array(rows))
+    offsets = np.asarray(picked.offsets, np.int64) - picked.offsets[0].as_py()
+    tokens = TokenSets.from_hashes(np.asarray(picked.flatten(), np.uint64), offsets)
+    sim = minhash_stage.jaccard(tokens, np.arange(len(left)), np.arange(len(left), 2 * len(left)))
+    keep = sim >= threshold
+    return pa.table({"left": positions[left][keep], "right": positions[right][keep], "sim": sim[keep]})
 
 
 class _Embed:
@@ -109,6 +215,53 @@ class RayExecutor(Executor):
                 np.asarray(tokens.flatten(), np.uint64), offsets if len(tokens) else np.zeros(1, np.int64)
             ),
             np.asarray(result.column("set_key"), np.uint64),
+        )
+
+    def minhash_dedup(self, texts: pa.Array | pa.ChunkedArray, num_perm: int, threshold: float) -> Decision:
+        """Stage 1 on the cluster (see the module docstring); the decision equals the local one."""
+        ray = ensure_ray()
+        n = len(texts)
+        bands, width = minhash_stage.band_shape(threshold, num_perm)
+        partitions = max(2 * _cluster_cpus(ray), -(-n // BATCH_ROWS))
+        context = ray.data.DataContext.get_current()
+        saved = context.target_max_block_size
+        context.target_max_block_size = WHOLE_PARTITION  # a group is whole only within one block
+        try:
+            table = pa.table({"_i": pa.array(np.arange(n, dtype=np.int64)), "text": texts})
+            signed = (
+                ray.data.from_arrow(table)
+                .map_batches(
+                    _sign_batch, fn_kwargs={"num_perm": num_perm, "bands": bands, "width": width},
+                    batch_format="pyarrow", batch_size=BATCH_ROWS,
+                )
+                .repartition(partitions, keys=["set_key"])
+                .map_batches(_first_of_set, batch_format="pyarrow", batch_size=None)
+                .materialize()
+            )  # fmt: skip
+            copies = signed.filter(expr="_i != first").select_columns(["_i", "first"]).to_arrow_refs()
+            pairs = (
+                signed.filter(expr="_i == first")
+                .map_batches(_with_words, batch_format="pyarrow")
+                .map_batches(_band_rows, fn_kwargs={"bands": bands}, batch_format="pyarrow")
+                .repartition(partitions, keys=["band", "key"])
+                .map_batches(
+                    _similar_pairs, fn_kwargs={"bands": bands, "threshold": threshold}, batch_format="pyarrow",
+                    batch_size=None,
+                )
+                .to_arrow_refs()
+            )  # fmt: skip
+        finally:
+            context.target_max_block_size = saved
+        representative = np.arange(n, dtype=np.int64)
+        copied = pa.concat_tables([_EMPTY_COPIES, *ray.get(copies)])
+        representative[np.asarray(copied.column("_i"), np.int64)] = np.asarray(copied.column("first"), np.int64)
+        edges = pa.concat_tables([_EMPTY_EDGES, *ray.get(pairs)])
+        return minhash_stage.decide(
+            representative,
+            np.asarray(edges.column("left"), np.int64),
+            np.asarray(edges.column("right"), np.int64),
+            np.asarray(edges.column("sim"), np.float32),
+            threshold,
         )
 
     def embed(self, texts: Sequence[str], embedder: str | None) -> np.ndarray:

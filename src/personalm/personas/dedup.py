@@ -56,8 +56,7 @@ def dedup_table(
     n = table.num_rows
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     texts = table.column(column)
-    feats = executor.minhash_features(texts, options.num_perm)
-    first = minhash_stage.dedup(feats, options.minhash_threshold)
+    first = executor.minhash_dedup(texts, options.num_perm, options.minhash_threshold)
     stage1_s = time.perf_counter() - started
 
     duplicate_of = np.full(n, None, dtype=object)

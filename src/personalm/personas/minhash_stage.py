@@ -120,24 +120,37 @@ def jaccard(tokens: TokenSets, left: np.ndarray, right: np.ndarray) -> np.ndarra
 
 def dedup(feats: Features, threshold: float = 0.9) -> Decision:
     """Stage 1 decision over rows in input order (see personas.greedy for which row is kept)."""
-    n = len(feats)
-    order = np.argsort(feats.set_keys, kind="stable")
-    sorted_keys = feats.set_keys[order]
+    representative = first_of_identical(feats.set_keys)
+    reps = np.flatnonzero((representative == np.arange(len(feats))) & (feats.tokens.sizes > 0))
+    bands, rows = band_shape(threshold, feats.signatures.shape[1])
+    local_i, local_j = candidate_pairs(feats.signatures, bands, rows, reps)
+    left, right = reps[local_i], reps[local_j]
+    return decide(representative, left, right, jaccard(feats.tokens, left, right), threshold)
+
+
+def first_of_identical(set_keys: np.ndarray) -> np.ndarray:
+    """Each row's representative: the first row (in input order) with the same set key."""
+    n = len(set_keys)
+    order = np.argsort(set_keys, kind="stable")
+    sorted_keys = set_keys[order]
     starts = np.ones(n, bool)
     starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
     first_of_group = order[starts][np.cumsum(starts) - 1] if n else order
     representative = np.empty(n, np.int64)
     representative[order] = first_of_group
-    reps = np.flatnonzero((representative == np.arange(n)) & (feats.tokens.sizes > 0))
+    return representative
 
-    bands, rows = band_shape(threshold, feats.signatures.shape[1])
-    local_i, local_j = candidate_pairs(feats.signatures, bands, rows, reps)
-    left, right = reps[local_i], reps[local_j]
-    sim = jaccard(feats.tokens, left, right)
+
+def decide(
+    representative: np.ndarray, left: np.ndarray, right: np.ndarray, sim: np.ndarray, threshold: float
+) -> Decision:
+    """The decision from each row's representative and the candidate pairs among representatives
+    (each pair once, with its exact Jaccard): the greedy over the pairs at or above the threshold,
+    and every copy of an identical set follows its representative. Whoever found the pairs (this
+    process, or Ray workers) gets the same rows kept and dropped."""
     similar = sim >= threshold
-    decision = greedy_from_edges(n, left[similar], right[similar], sim[similar])
-
-    copies = np.flatnonzero(representative != np.arange(n))
+    decision = greedy_from_edges(len(representative), left[similar], right[similar], sim[similar])
+    copies = np.flatnonzero(representative != np.arange(len(representative)))
     rep = representative[copies]
     rep_kept = decision.keep[rep]
     decision.keep[copies] = False

@@ -58,9 +58,9 @@ def peer_minhash(texts: pa.Array, threshold: float, num_perm: int) -> tuple[np.n
     return keep, duplicate_of
 
 
-def ours_minhash(texts: pa.Array, threshold: float, num_perm: int) -> Decision:
-    """Stage 1 exactly as `personalm personas dedup` runs it (local executor)."""
-    return minhash_stage.dedup(Executor().minhash_features(texts, num_perm), threshold)
+def ours_minhash(texts: pa.Array, threshold: float, num_perm: int, executor: Executor | None = None) -> Decision:
+    """Stage 1 exactly as `personalm personas dedup` runs it (the local executor by default)."""
+    return (executor or Executor()).minhash_dedup(texts, num_perm, threshold)
 
 
 def _timed(fn: Callable[[], Any], memory: bool = True, repeats: int = 1) -> tuple[Any, float, float | None]:
@@ -118,7 +118,9 @@ def pair_metrics(
     }
 
 
-def run_minhash(data_dir: Path, rows: int, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+def run_minhash(
+    data_dir: Path, rows: int, seed: int, log: Callable[[str], None], engine: str = "local"
+) -> dict[str, Any]:
     texts_list, planted, kinds = dedup_data.persona_rows(data_dir, rows, seed=seed)
     texts = pa.array(texts_list, pa.large_string())
     log(f"minhash: {rows} rows ({int((planted >= 0).sum())} planted near-duplicates), best of {REPEATS} runs each")
@@ -131,6 +133,7 @@ def run_minhash(data_dir: Path, rows: int, seed: int, log: Callable[[str], None]
         lambda: peer_minhash(texts, THRESHOLD, minhash_stage.NUM_PERM), repeats=REPEATS
     )
     log(f"  datasketch {peer_s:.2f}s")
+    on_ray = _ray_minhash(texts, warm, ours, log) if engine == "ray" else {}
 
     tokens = minhash_stage.features(texts).tokens
 
@@ -162,6 +165,27 @@ def run_minhash(data_dir: Path, rows: int, seed: int, log: Callable[[str], None]
         "bands_rows": list(minhash_stage.band_shape(THRESHOLD)),
         "sample_rows": len(sample),
         "repeats": REPEATS,
+        **on_ray,
+    }
+
+
+def _ray_minhash(texts: pa.Array, warm: pa.Array, local: Decision, log: Callable[[str], None]) -> dict[str, Any]:
+    """The same stage on Ray (`--engine ray`: the cluster at RAY_ADDRESS, else a local one), timed
+    once after a warm-up run that starts Ray's workers; its decision must equal the local one."""
+    from personalm.executors.ray import RayExecutor, ensure_ray
+
+    executor = RayExecutor()
+    ours_minhash(warm, THRESHOLD, minhash_stage.NUM_PERM, executor)
+    start = time.perf_counter()
+    remote = ours_minhash(texts, THRESHOLD, minhash_stage.NUM_PERM, executor)
+    seconds = time.perf_counter() - start
+    same = bool((remote.keep == local.keep).all() and (remote.duplicate_of == local.duplicate_of).all())
+    log(f"  ours on Ray {seconds:.2f}s (same decision as local: {same})")
+    return {
+        "ray_seconds": round(seconds, 3),
+        "ray_rows_per_s": round(len(texts) / seconds),
+        "ray_same_decision": same,
+        "ray_cpus": int(ensure_ray().cluster_resources().get("CPU", 0)),
     }
 
 
@@ -240,11 +264,12 @@ def run(
     subset: int = 50_000,
     seed: int = 0,
     log: Callable[[str], None] = lambda _: None,
+    engine: str = "local",
 ) -> dict[str, Any]:
     from personalm.provenance import load_average, machine, versions
 
     load = {"start": load_average()}
-    minhash = run_minhash(data_dir, rows, seed, log)
+    minhash = run_minhash(data_dir, rows, seed, log, engine)
     load["after_minhash"] = load_average()
     embedding = run_embedding(data_dir, vectors, min(subset, vectors), seed, log)
     load["end"] = load_average()
@@ -256,6 +281,13 @@ def run(
         "minhash_speedup": round(minhash["peer_seconds"] / minhash["ours_seconds"], 2),
         "minhash_precision": minhash["ours"]["precision"],
         "minhash_recall": minhash["ours"]["recall"],
+        "engine": engine,
+        "local_rows_per_s": minhash["ours_rows_per_s"],
+        **(
+            {"ray_rows_per_s": minhash["ray_rows_per_s"], "ray_same_decision": minhash["ray_same_decision"]}
+            if engine == "ray"
+            else {}
+        ),
         "peer_precision": minhash["peer"]["precision"],
         "peer_recall": minhash["peer"]["recall"],
         "embed_1m_seconds": embedding["seconds"],

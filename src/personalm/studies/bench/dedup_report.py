@@ -81,7 +81,16 @@ def headline(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{round(e['exact_extrapolated_seconds'] / e['seconds'], 1)}x",
         ),
         ("embedding recall", str(e["metrics"]["recall"]), "1.0 (exact)", ""),
-    ]
+    ] + (
+        [(
+            f"MinHash stage on Ray ({m['ray_cpus']} CPUs) rows/s, vs local",
+            f"{m['ray_rows_per_s']:,}",
+            f"{m['ours_rows_per_s']:,} (local)",
+            f"{round(m['ray_rows_per_s'] / m['ours_rows_per_s'], 2)}x, same decision: {m['ray_same_decision']}",
+        )]
+        if "ray_rows_per_s" in m
+        else []
+    )  # fmt: skip
 
 
 def _load_note(result: dict[str, Any]) -> str:
