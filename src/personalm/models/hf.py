@@ -1,11 +1,16 @@
-"""Import transformers the way personalm always runs it: offline, without progress-bar noise."""
+"""transformers as personalm runs it (offline, no progress-bar noise) and what local backends share:
+prompt rendering and logits at chosen positions."""
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import Any
 
 import torch
+
+from personalm.errors import PersonalmError
+from personalm.models.base import Prompt
 
 
 def transformers_offline() -> ModuleType:
@@ -15,6 +20,17 @@ def transformers_offline() -> ModuleType:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     return transformers
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt, name: str) -> list[int]:
+    """Token ids of a prompt: a string as is, a chat through the model's chat template with the
+    assistant turn opened (every backend that tokenizes locally renders prompts this one way)."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    if tokenizer.chat_template is None:
+        raise PersonalmError(f"model {name} has no chat template; give plain-text prompts")
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def logits_at(model, input_ids, attention_mask, positions, position_ids=None):

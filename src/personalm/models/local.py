@@ -25,7 +25,7 @@ from personalm.models.base import (
     occurrences,
 )
 from personalm.models.batching import ContinuousBatcher, DecodeRequest, DecodeResult
-from personalm.models.hf import logits_at, transformers_offline
+from personalm.models.hf import encode_prompt, logits_at, transformers_offline
 from personalm.models.llama_kernel import LlamaKernel, LlamaWeights, supports
 from personalm.models.sampling import row_generator
 
@@ -116,12 +116,7 @@ class LocalModel(TextModel):
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Chats go through the model's chat template with the assistant turn opened."""
-        if isinstance(prompt, str):
-            return self.tokenizer(prompt)["input_ids"]
-        if self.tokenizer.chat_template is None:
-            raise PersonalmError(f"model {self.name} has no chat template; give plain-text prompts")
-        text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt, self.name)
 
     def generate(
         self,

@@ -3,7 +3,7 @@
 Names: the embedded default (`smollm2-135m-instruct`, alias `default`), a model converted or
 saved under PERSONALM_HOME/models, any local Hugging Face model directory, or
 `openai:MODEL[@BASE_URL]` for an OpenAI-compatible endpoint (BASE_URL defaults to
-$OPENAI_BASE_URL).
+$OPENAI_BASE_URL), or `vllm:MODEL` for any of the local ones run by vLLM in this process (a GPU).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from personalm.paths import home
 DEFAULT_MODEL = EMBEDDED_NAME
 ALIASES = {"default": EMBEDDED_NAME, "embedded": EMBEDDED_NAME, "smollm2": EMBEDDED_NAME}
 OPENAI_PREFIX = "openai:"
+VLLM_PREFIX = "vllm:"
 
 
 def resolve_local(name: str) -> Path | None:
@@ -66,11 +67,20 @@ def _load_uncached(name: str, *, adapter, api_key, max_concurrency) -> TextModel
                 "e.g. openai:qwen2.5@http://127.0.0.1:8000/v1"
             )
         return OpenAICompatModel(base_url=base_url, model=model, api_key=api_key, max_concurrency=max_concurrency)
+    if name.startswith(VLLM_PREFIX):
+        from personalm.models.vllm_model import VLLMModel, import_vllm
+
+        import_vllm(name)  # before any conversion: without vLLM, one line at once
+        local = name[len(VLLM_PREFIX) :]
+        path = resolve_local(local)
+        if path is None:
+            raise PersonalmError(f"unknown model '{name}': expected vllm: and a local model name or directory")
+        return VLLMModel(path, adapter=adapter, name=ALIASES.get(local, local))
     path = resolve_local(name)
     if path is None:
         raise PersonalmError(
             f"unknown model '{name}': expected '{DEFAULT_MODEL}', a model under {home() / 'models'}, "
-            "a local Hugging Face model directory, or openai:MODEL@BASE_URL"
+            "a local Hugging Face model directory, openai:MODEL@BASE_URL or vllm:MODEL"
         )
     from personalm.models.local import LocalModel
 
