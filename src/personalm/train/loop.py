@@ -16,7 +16,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,7 +232,7 @@ def _optimizer_step(
         if prepare:
             prepare(model, batch)
         rows, targets = supervised_rows(model, batch)
-        with autocast(device) if device is not None else nullcontext():
+        with autocast(device or torch.device("cpu")):
             loss, _ = loss_fn(rows, targets, batch)
         (loss / total).backward()
         loss_sum += float(loss.detach())
