@@ -50,7 +50,14 @@ GENERATE_BATCH = 64
 
 def _with_words(block: pa.Table) -> pa.Table:
     """The rows that have words (a wordless row only matches its identical copies)."""
+    if not block.num_rows:
+        return block
     return block.filter(pc.greater(pc.list_value_length(block.column("tokens")), 0))
+
+
+def _rows(tables: list[pa.Table]) -> list[pa.Table]:
+    """The tables that hold rows (an empty block from Ray may come without the columns)."""
+    return [t for t in tables if t.num_rows]
 
 
 def _cluster_cpus(ray: Any) -> int:
@@ -105,6 +112,8 @@ def _sign_batch(batch: pa.Table, num_perm: int, bands: int, width: int) -> pa.Ta
 def _first_of_set(block: pa.Table) -> pa.Table:
     """A block holding every row of its set keys: each row with the first row (in input order) of
     its set."""
+    if not block.num_rows:  # an empty block may come without its columns
+        return block
     positions = np.asarray(block.column("_i"), np.int64)
     order = np.argsort(positions, kind="stable")
     first_in_order = minhash_stage.first_of_identical(np.asarray(block.column("set_key"), np.uint64)[order])
@@ -115,6 +124,8 @@ def _first_of_set(block: pa.Table) -> pa.Table:
 
 def _band_rows(block: pa.Table, bands: int) -> pa.Table:
     """One row per band of each representative with words: (band, key, _i, its keys, its words)."""
+    if not block.num_rows:
+        return block
     n = block.num_rows
     keys = np.asarray(block.column("keys").combine_chunks().flatten(), np.uint64).reshape(n, bands)
     repeat = pa.array(np.repeat(np.arange(n), bands))
@@ -253,9 +264,9 @@ class RayExecutor(Executor):
         finally:
             context.target_max_block_size = saved
         representative = np.arange(n, dtype=np.int64)
-        copied = pa.concat_tables([_EMPTY_COPIES, *ray.get(copies)])
+        copied = pa.concat_tables([_EMPTY_COPIES, *_rows(ray.get(copies))])
         representative[np.asarray(copied.column("_i"), np.int64)] = np.asarray(copied.column("first"), np.int64)
-        edges = pa.concat_tables([_EMPTY_EDGES, *ray.get(pairs)])
+        edges = pa.concat_tables([_EMPTY_EDGES, *_rows(ray.get(pairs))])
         return minhash_stage.decide(
             representative,
             np.asarray(edges.column("left"), np.int64),
