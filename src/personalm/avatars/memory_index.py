@@ -225,8 +225,9 @@ class MemoryIndex:
             if self.live < self.size:
                 _live_df(block.indptr, block.indices, start, wanted, self._alive, df)
             else:
-                inside = wanted[wanted < block.shape[1]]
-                df[wanted < block.shape[1]] += block.indptr[inside + 1] - block.indptr[inside]
+                inside = wanted < block.shape[1]
+                terms = wanted[inside]
+                df[inside] += block.indptr[terms + 1] - block.indptr[terms]
         live = self.live
         idf = np.maximum(np.log((live - df + 0.5) / (df + 0.5)), 1e-6).astype(np.float32)
         avgdl = max(self._total_length / live, 1.0)

@@ -84,13 +84,6 @@ def ensure_ray() -> Any:
     return ray
 
 
-def _feature_batch(batch: pa.Table, num_perm: int) -> pa.Table:
-    feats = minhash_stage.features(batch.column("text"), num_perm)
-    tokens = pa.LargeListArray.from_arrays(pa.array(feats.tokens.offsets), pa.array(feats.tokens.hashes))
-    signatures = pa.FixedSizeListArray.from_arrays(pa.array(feats.signatures.reshape(-1)), num_perm)
-    return pa.table({"_i": batch.column("_i"), "sig": signatures, "tokens": tokens, "set_key": feats.set_keys})
-
-
 _EMPTY_EDGES = pa.table(
     {"left": pa.array([], pa.int64()), "right": pa.array([], pa.int64()), "sim": pa.array([], pa.float32())}
 )
@@ -206,27 +199,6 @@ class RayExecutor(Executor):
     """Ray Data execution of the data-parallel steps."""
 
     name = "ray"
-
-    def minhash_features(self, texts: pa.Array | pa.ChunkedArray, num_perm: int) -> minhash_stage.Features:
-        ray = ensure_ray()
-        table = pa.table({"_i": pa.array(np.arange(len(texts))), "text": texts})
-        out = (
-            ray.data.from_arrow(table)
-            .map_batches(
-                _feature_batch, fn_kwargs={"num_perm": num_perm}, batch_format="pyarrow", batch_size=BATCH_ROWS
-            )
-            .to_arrow_refs()
-        )
-        result = pa.concat_tables(ray.get(out)).sort_by("_i").combine_chunks()
-        tokens = result.column("tokens").chunk(0) if result.num_rows else pa.array([], pa.large_list(pa.uint64()))
-        offsets = np.asarray(tokens.offsets, np.int64) - (tokens.offsets[0].as_py() if len(tokens) else 0)
-        return minhash_stage.Features(
-            np.asarray(result.column("sig").combine_chunks().flatten(), np.uint32).reshape(-1, num_perm),
-            TokenSets.from_hashes(
-                np.asarray(tokens.flatten(), np.uint64), offsets if len(tokens) else np.zeros(1, np.int64)
-            ),
-            np.asarray(result.column("set_key"), np.uint64),
-        )
 
     def minhash_dedup(self, texts: pa.Array | pa.ChunkedArray, num_perm: int, threshold: float) -> Decision:
         """Stage 1 on the cluster (see the module docstring); the decision equals the local one."""
