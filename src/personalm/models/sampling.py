@@ -13,9 +13,14 @@ from torch import Tensor
 from personalm.models.base import SamplingParams, stable_hash
 
 
+def row_seed(seed: int, prompt_key: str, occurrence: int) -> int:
+    """The seed of one sample: the run's seed, the prompt and how many identical prompts came before."""
+    return int(stable_hash(seed, prompt_key, occurrence)[:15], 16)
+
+
 def row_generator(seed: int, prompt_key: str, occurrence: int) -> torch.Generator:
     generator = torch.Generator()
-    generator.manual_seed(int(stable_hash(seed, prompt_key, occurrence)[:15], 16))
+    generator.manual_seed(row_seed(seed, prompt_key, occurrence))
     return generator
 
 

@@ -25,11 +25,11 @@ from personalm.models.base import (
     TextModel,
     TokenScores,
     occurrences,
-    stable_hash,
 )
 from personalm.models.hf import encode_prompt
 from personalm.models.local import weights_digest
 from personalm.models.registry import VLLM_PREFIX
+from personalm.models.sampling import row_seed
 
 
 def import_vllm(name: str) -> Any:
@@ -96,7 +96,7 @@ class VLLMModel(TextModel):
                     temperature=params.temperature,
                     top_p=params.top_p,
                     top_k=params.top_k if params.top_k > 0 else -1,
-                    seed=None if params.greedy else int(stable_hash(params.seed, key, occurrence)[:8], 16),
+                    seed=None if params.greedy else row_seed(params.seed, key, occurrence),
                     stop=list(params.stop) or None,
                 )
             )
