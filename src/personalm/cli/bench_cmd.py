@@ -30,16 +30,21 @@ def generate_bench(
     model: str = typer.Option(DEFAULT_MODEL, help="Local model (llama.cpp always uses the embedded GGUF)."),
     data: Path = PERSONAS_DATA,
     llamacpp: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="Also run llama.cpp on the same GGUF."),
+    server_slots: list[int] = typer.Option(
+        [8, 16], "--server-slots", min=1, help="Parallel slots of each llama-server run (repeat the option)."
+    ),
     out: Path = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Ours (continuous batching) vs HF generate one-at-a-time vs llama.cpp, tokens/s and ratios."""
+    """Ours (continuous batching) vs HF generate one-at-a-time vs llama.cpp alone and as a server with
+    parallel slots, tokens/s and ratios."""
     from personalm.studies.bench import generate
 
     folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
     result = generate.run(
-        prompts, max_tokens, folder, model, llamacpp, log=lambda m: stderr.print(m, markup=False)
-    )
+        prompts, max_tokens, folder, model, llamacpp, tuple(server_slots),
+        log=lambda m: stderr.print(m, markup=False),
+    )  # fmt: skip
     table = Table("contender", "tokens", "seconds", "tokens/s", "ours is")
     table.add_row(
         "personalm (continuous batching)",
@@ -63,6 +68,14 @@ def generate_bench(
             str(result["llamacpp_tok_s"]),
             f"{result['llamacpp_speedup']}x",
         )
+    for run in result["llamacpp_server"]:
+        table.add_row(
+            f"llama-server (same GGUF), {run['slots']} parallel slots",
+            str(run["tokens"]),
+            str(run["s"]),
+            str(run["tok_s"]),
+            f"{round(result['ours_tok_s'] / run['tok_s'], 2)}x",
+        )
     console = Console()
     console.print(table)
     console.print(
@@ -81,19 +94,26 @@ def serve_bench(
     max_tokens: int = typer.Option(64, min=1, help="Token budget per request."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local model to serve."),
     data: Path = PERSONAS_DATA,
+    peer: bool = typer.Option(
+        True, "--peer/--no-peer", help="Also run the concurrent load against llama-server (same GGUF)."
+    ),
     out: Path = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Streaming clients on loopback against `personalm serve` vs the same requests one at a time."""
+    """Streaming clients on loopback against `personalm serve` vs the same requests one at a time,
+    and the same concurrent load against llama.cpp's llama-server."""
     from personalm.studies.bench import serve
 
     folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
     result = serve.run(
-        clients, seconds, sequential_seconds, max_tokens, folder, model,
+        clients, seconds, sequential_seconds, max_tokens, folder, model, peer=peer,
         log=lambda m: stderr.print(m, markup=False),
     )  # fmt: skip
     table = Table("phase", "requests", "tokens", "seconds", "tokens/s", "TTFT p50 ms", "TTFT p95 ms", "errors")
-    for name, phase in (("concurrent", result["concurrent"]), ("one at a time", result["sequential"])):
+    phases = [("concurrent", result["concurrent"]), ("one at a time", result["sequential"])]
+    if result["peer"]:
+        phases.append(("llama-server, concurrent", result["peer"]))
+    for name, phase in phases:
         table.add_row(
             name,
             *(
@@ -169,9 +189,7 @@ def perce_bench(
     from personalm.studies.bench import perce
 
     folder = data_folder(data, required=["persona_chat/valid.csv"])
-    result = perce.run(
-        folder, model, batch_size, max_len, repeats, log=lambda m: stderr.print(m, markup=False)
-    )
+    result = perce.run(folder, model, batch_size, max_len, repeats, log=lambda m: stderr.print(m, markup=False))
     table = Table("loss", "step s (median)", "tokens/s")
     table.add_row("CE", str(result["ce_step_s"]), str(result["ce_tok_s"]))
     table.add_row("PerCE", str(result["perce_step_s"]), str(result["perce_tok_s"]))
@@ -244,9 +262,7 @@ def train_bench(
     from personalm.studies.bench import train
 
     folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
-    result = train.run(
-        steps, batch_size, seq_len, rank, folder, model, log=lambda m: stderr.print(m, markup=False)
-    )
+    result = train.run(steps, batch_size, seq_len, rank, folder, model, log=lambda m: stderr.print(m, markup=False))
     table = Table("trainer", "tokens", "seconds", "tokens/s", "peak fraction", "ours is")
     table.add_row("personalm train sft", str(result["ours_tokens"]), str(result["ours_s"]), str(result["ours_tok_s"]),
                   f"{result['peak_fraction']:.1%}", "")  # fmt: skip
@@ -293,7 +309,8 @@ def dedup_bench(
     ),
     seed: int = typer.Option(0, help="Seed of the generated rows, vectors and samples."),
     engine: str = typer.Option(
-        "local", help="ray: also run the MinHash stage on Ray (RAY_ADDRESS, else a local instance), rows/s beside local."
+        "local",
+        help="ray: also run the MinHash stage on Ray (RAY_ADDRESS, else a local instance), rows/s beside local.",
     ),
     data: Path = PERSONAS_DATA,
     report: Path = typer.Option(None, help="Write results.json, minhash.png, embedding.png, report.html here."),

@@ -3,7 +3,9 @@ otherwise run, on the same prompts and token budget in one process:
 
 * Hugging Face `generate`, one prompt at a time (how the Persona Hub reference scripts call a
   local model), on the very same fp32 weights: tokens/s and greedy agreement;
-* llama.cpp (llama-cpp-python) on the very same GGUF file, one request at a time.
+* llama.cpp (llama-cpp-python) on the very same GGUF file, one request at a time;
+* llama.cpp's `llama-server` on the same GGUF with N parallel slots and continuous batching, every
+  request in flight at once (how a CPU user serves many requests), when the binary is built.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from personalm.models.embedded import gguf_path
 from personalm.models.local import LocalModel
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.provenance import fp32_matmul_peak_gflops, machine, versions
+from personalm.studies.bench import llamacpp_server
 from personalm.studies.bench.peers import hf_one_at_a_time
 from personalm.studies.bench.workloads import synthesis_prompts
 
@@ -54,9 +57,10 @@ def run(
     data_dir: Path | None = None,
     model_name: str = DEFAULT_MODEL,
     llamacpp: bool = True,
+    server_slots: tuple[int, ...] = (8, 16),
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Run all three and return the measurements (tokens/s, ratios, agreement, peak fraction)."""
+    """Run all four and return the measurements (tokens/s, ratios, agreement, peak fraction)."""
     path = resolve_local(model_name)
     model = LocalModel(path)
     prompts = synthesis_prompts(prompts_count, data_dir)
@@ -98,6 +102,9 @@ def run(
         "compute_bound_tok_s": round(peak * 1e9 / (body + head), 1),
         "llamacpp_tok_s": None,
         "llamacpp_speedup": None,
+        "llamacpp_server": [],
+        "llamacpp_server_tok_s": None,
+        "llamacpp_server_speedup": None,
         "seed": 0,
         "versions": versions("personalm", "torch", "transformers", "llama_cpp_python"),
         "machine": machine(),
@@ -113,4 +120,13 @@ def run(
             result["llamacpp_s"] = round(cpp_s, 3)
             result["llamacpp_tok_s"] = round(cpp_tokens / cpp_s, 2)
             result["llamacpp_speedup"] = round((ours_tokens / ours_s) / (cpp_tokens / cpp_s), 2)
+    if llamacpp and server_slots:
+        if llamacpp_server.binary() is None:
+            log("llama-server not built (scripts/build-llama-server.sh); skipping the llama.cpp server")
+        else:
+            runs = [llamacpp_server.throughput(gguf_path(), prompts, max_tokens, n, log) for n in server_slots]
+            best = max(run["tok_s"] for run in runs)
+            result["llamacpp_server"] = runs
+            result["llamacpp_server_tok_s"] = best
+            result["llamacpp_server_speedup"] = round((ours_tokens / ours_s) / best, 2)
     return result

@@ -4,6 +4,8 @@ Both phases talk to the same real server on loopback (uvicorn, HTTP, SSE) and wa
 persona-driven chat requests in the same order. The concurrent phase keeps `clients` requests in
 flight for `seconds`; the sequential phase sends them one after another for `sequential_seconds`
 (a full sequential replay would take several times longer, and tokens/s is what is compared).
+The peer phase runs the same concurrent load against llama.cpp's `llama-server` on the same GGUF
+with one parallel slot per client, for its time to first token beside ours.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 import httpx
 import numpy as np
 
+from personalm.models.embedded import gguf_path
 from personalm.models.registry import DEFAULT_MODEL, load_model
 from personalm.provenance import machine, versions
 from personalm.serve.app import create_app
 from personalm.serve.auth import KeyStore
 from personalm.serve.background import BackgroundServer
 from personalm.serve.catalog import Catalog
+from personalm.studies.bench import llamacpp_server
 from personalm.studies.bench.workloads import synthesis_prompts
 
 REQUEST_POOL = 2048
@@ -113,6 +117,7 @@ def run(
     data_dir: Path | None = None,
     model_name: str = DEFAULT_MODEL,
     seed: int = 0,
+    peer: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     model = load_model(model_name)
@@ -134,6 +139,7 @@ def run(
         sequential = asyncio.run(_drive(url, bodies, 1, sequential_seconds, log))
     catalog.close()
     c, s = concurrent.summary(), sequential.summary()
+    p = _peer(bodies, clients, seconds, log) if peer else None
     return {
         "benchmark": "serve",
         "model": model.model_id,
@@ -146,7 +152,23 @@ def run(
         "concurrent": c,
         "sequential": s,
         "throughput_ratio": round(c["tok_s"] / s["tok_s"], 2) if s["tok_s"] else None,
+        "peer": p,
+        "peer_ttft_p50_ms": p["ttft_p50_ms"] if p else None,
+        "peer_ttft_p95_ms": p["ttft_p95_ms"] if p else None,
         "seed": seed,
         "versions": versions("personalm", "torch", "transformers", "fastapi", "uvicorn", "httpx"),
         "machine": machine(),
     }
+
+
+def _peer(bodies: list[dict], clients: int, seconds: float, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The same concurrent phase against llama-server (embedded GGUF, one slot per client)."""
+    if llamacpp_server.binary() is None:
+        log("llama-server not built (scripts/build-llama-server.sh); no peer time to first token")
+        return None
+    with llamacpp_server.LlamaServer(gguf_path(), slots=clients, ctx_per_slot=512) as url:
+        asyncio.run(_drive(url, bodies[:2], 2, 60.0, log))
+        log(f"llama-server: {clients} streaming clients for {seconds:g}s")
+        phase = asyncio.run(_drive(url, bodies, clients, seconds, log))
+    return {"server": "llama-server (llama.cpp), same GGUF", "slots": clients, **phase.summary(),
+            "error_samples": phase.errors[:5]}  # fmt: skip
