@@ -1,10 +1,17 @@
 """Continuous batching over the Llama kernel: keep every slot busy until the queue is empty.
 
 One step-based engine serves both callers. `run` pushes a whole batch through it (prompts queued
-longest first, the prefix all prompts share computed once); the server (`serve/`) submits requests
+longest first); the server (`serve/`) submits requests
 as they arrive, calls `step` in its engine thread and streams each step's tokens. Finished or
 cancelled rows leave at once and their slots are refilled with a batched prefill, so a long answer
 never holds a half-empty batch hostage. Each request carries its own sampling parameters.
+
+Prompts usually open alike (a chat template's system prompt, an avatar's profile), so the batcher
+keeps the KV cache of one shared prefix, learned from the prompts it admits, and prefills only what
+follows it: that cuts a third or more of the prefill work of a typical chat request (time to first
+token). Prompts of unlike lengths are prefilled in separate passes, shortest first, where padding
+them to one length would cost more than another pass, so in a burst of arrivals the short ones
+start streaming while the long ones are prefilled.
 
 A request that fails ends alone: a prefill that fails is retried one prompt at a time, so only the
 prompt that fails by itself gets an error event (finish reason "error"); a decode step that fails
@@ -14,7 +21,6 @@ ends the rows it was decoding, and queued requests still run.
 from __future__ import annotations
 
 import itertools
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +33,10 @@ from personalm.models.sampling import choose_tokens
 
 PREFILL_TOKEN_BUDGET = 8192
 MIN_SHARED_PREFIX = 8
+# One prefill pass of the embedded model costs about as much as 40 more prompt tokens (on a 2-core
+# CPU: 74 ms for one 40-token prompt, 37 ms for each more), so a batch is split by length only where
+# padding would cost more than another pass.
+PASS_COST_TOKENS = 40
 
 
 @dataclass
@@ -47,7 +57,6 @@ class _Row:
     handle: int
     request: DecodeRequest
     generated: list[int] = field(default_factory=list)
-    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def prompt(self) -> list[int]:
@@ -79,19 +88,16 @@ class ContinuousBatcher:
         eos_ids: set[int],
         decode_text: Callable[[list[int]], str],
         refill_at: int | None = None,
-        max_wait_s: float | None = None,
     ):
         """Queued prompts are prefilled together once `refill_at` slots are free (default: a quarter),
         since one prefill of many prompts costs little more than one of a single prompt: every weight
-        is read from memory once either way. A server also sets `max_wait_s`, the longest a queued
-        request waits for company before it is admitted alone (time to first token)."""
+        is read from memory once either way. A server sets 1: a new request is prefilled at once."""
         self.kernel = kernel
         self.refill_at = refill_at or max(1, kernel.slots // 4)
-        self.max_wait_s = max_wait_s
         self.eos_ids = eos_ids
         self.decode_text = decode_text
-        self.prefix: list | None = None
-        self.prefix_len = 0
+        self.prefix: _Prefix | None = None
+        self._last_uncovered: list[int] | None = None
         self.queue: deque[_Row] = deque()
         self.active: list[_Row] = []
         self._handles = itertools.count()
@@ -124,14 +130,32 @@ class ContinuousBatcher:
         return events
 
     def step(self) -> list[StepEvent]:
-        """Admit queued requests when enough slots are free, then decode one token for every row."""
+        """Admit queued requests when enough slots are free, then decode one token for every row
+        that was decoding before (the admitted ones got their first token from prefill)."""
+        decoding = len(self.active)
+        return self.admit() + self.decode(decoding)
+
+    def admit(self) -> list[StepEvent]:
+        """Prefill queued requests when enough slots are free (or the oldest has waited long enough);
+        the events carry their first tokens. A server sends these before the next decode."""
         events: list[StepEvent] = []
-        slots = self.kernel.slots
-        count = len(self.active)
-        if self.queue and count < slots and (slots - count >= self.refill_at or not count or self._waited_enough()):
-            self._admit(slots - count, events)
+        if self.can_admit:
+            self._admit(self.kernel.slots - len(self.active), events)
+        self._retire(events)
+        return events
+
+    @property
+    def can_admit(self) -> bool:
+        """Whether `admit` would prefill now: prompts are queued and enough slots are free (or nothing
+        is decoding)."""
+        free = self.kernel.slots - len(self.active)
+        return bool(self.queue) and free > 0 and (free >= self.refill_at or not self.active)
+
+    def decode(self, rows: int | None = None) -> list[StepEvent]:
+        """One token for each of the first `rows` active rows (default: all of them)."""
+        events: list[StepEvent] = []
+        count = len(self.active) if rows is None else rows
         if count:
-            # Rows admitted just now sit after the decoding ones and got their token from prefill.
             decoding = self.active[:count]
             tokens = torch.tensor([row.generated[-1] for row in decoding])
             positions = torch.tensor([row.position for row in decoding])
@@ -153,56 +177,95 @@ class ContinuousBatcher:
     ) -> list[DecodeResult]:
         """Decode a whole batch; results in request order."""
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids), reverse=True)
-        self._cache_shared_prefix([r.prompt_ids for r in requests])
         index_of = {self.submit(requests[i]): i for i in order}
         results: list[DecodeResult | None] = [None] * len(requests)
-        try:
-            while self.busy:
-                for event in self.step():
-                    if event.error is not None:
-                        self.cancel(set(index_of))
-                        raise RuntimeError(f"generation failed: {event.error}")
-                    if event.finish_reason is not None:
-                        results[index_of[event.handle]] = DecodeResult(event.token_ids, event.finish_reason)
-                        if progress:
-                            progress(1)
-        finally:
-            self.prefix, self.prefix_len = None, 0
+        while self.busy:
+            for event in self.step():
+                if event.error is not None:
+                    self.cancel(set(index_of))
+                    raise RuntimeError(f"generation failed: {event.error}")
+                if event.finish_reason is not None:
+                    results[index_of[event.handle]] = DecodeResult(event.token_ids, event.finish_reason)
+                    if progress:
+                        progress(1)
         return [r for r in results if r is not None]
 
-    def _waited_enough(self) -> bool:
-        return self.max_wait_s is not None and time.monotonic() - self.queue[0].queued_at >= self.max_wait_s
+    def forget_prefix(self) -> None:
+        """Drop the cached prefix (its KV is stale once the model's weights were edited)."""
+        self.prefix, self._last_uncovered = None, None
 
     def _admit(self, free: int, events: list[StepEvent]) -> None:
-        """Prefill up to `free` queued prompts into the slots after the active ones."""
+        """Prefill queued prompts into the slots after the active ones: of the first `free` (at most
+        PREFILL_TOKEN_BUDGET padded tokens past the cached prefix), the group of the shortest that one
+        forward pass should take; the others stay queued first for the next call."""
         batch: list[_Row] = []
+        longest = 0
         while self.queue and len(batch) < free:
-            prompt = self.queue[0].prompt
-            longest = max([len(prompt)] + [len(r.prompt) for r in batch])
+            longest = max(longest, self._tail_len(self.queue[0].prompt))
             if batch and longest * (len(batch) + 1) > PREFILL_TOKEN_BUDGET:
                 break
             batch.append(self.queue.popleft())
+        self._learn_prefix([row.prompt for row in batch])
+        covered = [row for row in batch if self._covers(row.prompt)]
+        plain = [row for row in batch if not self._covers(row.prompt)]
+        choices = [
+            (rows, prefix, length_groups([self._tail_len(row.prompt) for row in rows])[0])
+            for rows, prefix in ((covered, self.prefix), (plain, None))
+            if rows
+        ]
+        rows, prefix, first = min(choices, key=lambda c: max(self._tail_len(c[0][i].prompt) for i in c[2]))
+        group = [rows[i] for i in first]
+        chosen = {row.handle for row in group}
+        self.queue.extendleft(reversed([row for row in batch if row.handle not in chosen]))
         try:
-            self._prefill(batch)
+            self._prefill(group, prefix)
         except Exception:  # noqa: BLE001 - find the prompt that fails alone; the others are admitted
-            for row in batch:
+            for row in group:
                 try:
-                    self._prefill([row])
+                    self._prefill([row], prefix)
                 except Exception as err:  # noqa: BLE001
                     events.append(_failure(row, err))
-        events.extend(StepEvent(row.handle, list(row.generated), None) for row in batch if row.generated)
+        events.extend(StepEvent(row.handle, list(row.generated), None) for row in group if row.generated)
 
-    def _prefill(self, rows: list[_Row]) -> None:
-        """Prefill `rows` into the slots after the active ones; they join the active rows only
-        when the prefill and their first token succeeded."""
+    def _prefill(self, rows: list[_Row], prefix: _Prefix | None) -> None:
+        """Prefill `rows` into the slots after the active ones (after `prefix`'s cache when given);
+        they join the active rows only when the prefill and their first token succeeded."""
         first = len(self.active)
-        if self.prefix is not None:
-            self.kernel.load_prefix(self.prefix, first, len(rows))
-        offset = self.prefix_len
+        offset = 0
+        if prefix is not None:
+            self.kernel.load_prefix(prefix.cache, first, len(rows))
+            offset = len(prefix.ids)
         logits = self.kernel.prefill(first, [row.prompt[offset:] for row in rows], offset)
         for row, token in zip(rows, self._choose(logits, rows), strict=True):
             row.generated.append(token)
         self.active.extend(rows)
+
+    def _covers(self, prompt: list[int]) -> bool:
+        """Whether the cached prefix starts `prompt` and leaves it a token of its own."""
+        ids = self.prefix.ids if self.prefix else None
+        return ids is not None and len(prompt) > len(ids) and prompt[: len(ids)] == ids
+
+    def _tail_len(self, prompt: list[int]) -> int:
+        return len(prompt) - len(self.prefix.ids) if self._covers(prompt) else len(prompt)
+
+    def _learn_prefix(self, prompts: list[list[int]]) -> None:
+        """When prompts the cached prefix does not cover share a long enough start among themselves
+        (or with the last uncovered prompt before them), prefill that start once into a free slot
+        and cache it instead, if it would cover at least as many of these prompts as the old one."""
+        uncovered = [p for p in prompts if not self._covers(p)]
+        if not uncovered:
+            return
+        others = uncovered if len(uncovered) > 1 else uncovered + [self._last_uncovered or []]
+        self._last_uncovered = uncovered[-1]
+        shared = _shared_start(others)
+        if shared < MIN_SHARED_PREFIX or len(uncovered) < len(prompts) - len(uncovered):
+            return
+        ids = others[0][:shared]
+        try:
+            self.kernel.prefill(len(self.active), [ids])
+        except Exception:  # noqa: BLE001 - no cached prefix then; the rows' own prefill reports errors
+            return
+        self.prefix = _Prefix(ids, self.kernel.save_prefix(len(self.active), shared))
 
     def _fail(self, handles: set[int], err: Exception) -> list[StepEvent]:
         """End these rows with an error event each, freeing their slots."""
@@ -223,19 +286,6 @@ class ContinuousBatcher:
             for i, token in zip(members, picks.tolist(), strict=True):
                 chosen[i] = token
         return chosen
-
-    def _cache_shared_prefix(self, prompts: list[list[int]]) -> None:
-        """Prefill the longest common token prefix once (leaving every prompt one token of its own)."""
-        self.prefix, self.prefix_len = None, 0
-        if len(prompts) < 2 or self.active:
-            return
-        shared = min(len(p) for p in prompts) - 1
-        first = prompts[0]
-        for prompt in prompts[1:]:
-            shared = next((i for i in range(shared) if prompt[i] != first[i]), shared)
-        if shared >= MIN_SHARED_PREFIX:
-            self.kernel.prefill(0, [first[:shared]])
-            self.prefix, self.prefix_len = self.kernel.save_prefix(0, shared), shared
 
     def _finish_reason(self, row: _Row) -> str | None:
         params = row.request.params
@@ -268,6 +318,41 @@ class ContinuousBatcher:
         if slot < len(self.active):
             self.kernel.move_slot(len(self.active), slot, last.position + 1)
             self.active[slot] = last
+
+
+@dataclass
+class _Prefix:
+    """The token ids of a cached prompt start and their per-layer (K, V) cache."""
+
+    ids: list[int]
+    cache: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def length_groups(lengths: list[int], pass_cost: int = PASS_COST_TOKENS) -> list[list[int]]:
+    """Indices of `lengths` split into prefill passes, shortest first: each pass pads its prompts to
+    its longest and costs `pass_cost` tokens more (every weight is read once per pass), and the
+    split minimises the total (prompts sorted by length, cut into runs by dynamic programming)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = [0] + [0] * len(order)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        best[end], cut[end] = min(
+            (best[start] + pass_cost + (end - start) * lengths[order[end - 1]], start) for start in range(end)
+        )
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def _shared_start(prompts: list[list[int]]) -> int:
+    """Length of the start all `prompts` share, leaving each at least one token of its own."""
+    shared = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for prompt in prompts[1:]:
+        shared = next((i for i in range(shared) if prompt[i] != first[i]), shared)
+    return max(shared, 0)
 
 
 def _failure(row: _Row, err: Exception) -> StepEvent:

@@ -1,7 +1,8 @@
 """Dynamic batching for the server: one worker thread per local model steps a ContinuousBatcher.
 
-Requests that arrive while others decode join the next step (they share its forward passes);
-each step's tokens go back to the asyncio side through per-request queues. A request whose client
+Prefill comes first: a request that arrives while others decode is prefilled before the next
+decode step and its first token sent at once (time to first token), then it joins the decode
+steps (sharing their forward passes); each step's tokens go back to the asyncio side through per-request queues. A request whose client
 went away is cancelled between two steps, so it stops consuming compute at once. A request that
 fails (the batcher reports it in an error event) fails alone: the others keep streaming.
 """
@@ -28,9 +29,6 @@ class Ticket:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
 
 
-ADMIT_WAIT_S = 0.3
-
-
 class GenerationError(RuntimeError):
     """A request could not be generated (it failed in the batch worker, or its soup could not be merged)."""
 
@@ -43,9 +41,7 @@ class BatchWorker:
         self.model = model
         self.max_len = min(max_len, model.context_length)
         kernel = LlamaKernel(model.kernel_weights(), model.slots_for(self.max_len, slots), self.max_len)
-        self.batcher = ContinuousBatcher(
-            kernel, model.eos_ids, model.decode_ids, refill_at=max(1, kernel.slots // 8), max_wait_s=ADMIT_WAIT_S
-        )
+        self.batcher = ContinuousBatcher(kernel, model.eos_ids, model.decode_ids, refill_at=1)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._tickets: dict[int, Ticket] = {}
         self._handles: dict[Ticket, int] = {}
@@ -82,6 +78,7 @@ class BatchWorker:
         """Re-pack the kernel's copy of the weights of `modules`, edited in place (a soup merge).
         Only while no request is in flight: the caller guarantees the worker is idle."""
         self.batcher.kernel.weights.refresh(self.model.model, modules)
+        self.batcher.forget_prefix()
 
     def close(self) -> None:
         self._closed = True
@@ -99,8 +96,11 @@ class BatchWorker:
                 pass
             if self._closed or not self.batcher.busy:
                 continue
+            # Prefill first: a queued prompt is admitted (and its first token sent) before the next
+            # decode, chunk by chunk, so new requests never wait behind long answers.
+            phase = self.batcher.admit if self.batcher.can_admit else self.batcher.decode
             try:
-                events = self.batcher.step()
+                events = phase()
             except Exception as err:  # noqa: BLE001 - every waiting client must hear about it
                 self._fail_all(err)
                 continue

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,9 +18,9 @@ import httpx
 
 from personalm.models.base import Prompt
 from personalm.serve.background import free_port
+from personalm.studies.bench.server_process import ServerProcess
 
 VERSION = "0.3.36"
-START_TIMEOUT_S = 120.0
 
 
 def binary() -> Path | None:
@@ -35,57 +33,23 @@ def binary() -> Path | None:
     return path if path.is_file() else None
 
 
-class LlamaServer:
-    """`with LlamaServer(gguf, slots=8) as url:` runs llama-server on a loopback port with `slots`
-    parallel sequences of `ctx_per_slot` tokens each (continuous batching is on by default)."""
+class LlamaServer(ServerProcess):
+    """llama-server with `slots` parallel sequences of `ctx_per_slot` tokens each (continuous
+    batching is on by default)."""
 
     def __init__(self, gguf: Path, slots: int, ctx_per_slot: int = 1024, threads: int | None = None):
         path = binary()
         if path is None:
             raise FileNotFoundError("llama-server is not built (run scripts/build-llama-server.sh)")
-        self.port = free_port()
+        port = free_port()
         threads = threads or os.cpu_count() or 1
-        self.argv = [
-            str(path), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+        argv = [
+            str(path), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
             "-np", str(slots), "-c", str(slots * ctx_per_slot), "-t", str(threads), "-tb", str(threads),
             "--cont-batching", "--no-webui", "--seed", "0",
         ]  # fmt: skip
+        super().__init__(argv, port, "llama-server")
         self.slots = slots
-        self._log = tempfile.TemporaryFile()
-        self._proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> str:
-        self._proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self._proc.returncode}: {self._tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self.url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError(f"llama-server did not become healthy in {START_TIMEOUT_S:g}s: {self._tail()}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._log.close()
-
-    def _tail(self) -> str:
-        self._log.seek(0)
-        return self._log.read()[-500:].decode("utf-8", "replace").strip()
 
 
 async def _all_in_flight(url: str, prompts: Sequence[Prompt], max_tokens: int) -> int:

@@ -1,7 +1,7 @@
 """`personalm bench serve`: many streaming clients against the server vs the same requests one at a time.
 
-Both phases talk to the same real server on loopback (uvicorn, HTTP, SSE) and walk the same list of
-persona-driven chat requests in the same order. The concurrent phase keeps `clients` requests in
+Both phases talk to the same real server on loopback (`personalm serve` as its own process: uvicorn,
+HTTP, SSE) and walk the same list of persona-driven chat requests in the same order. The concurrent phase keeps `clients` requests in
 flight for `seconds`; the sequential phase sends them one after another for `sequential_seconds`
 (a full sequential replay would take several times longer, and tokens/s is what is compared).
 The peer phase runs the same concurrent load against llama.cpp's `llama-server` on the same GGUF
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,13 +24,11 @@ import httpx
 import numpy as np
 
 from personalm.models.embedded import gguf_path
-from personalm.models.registry import DEFAULT_MODEL, load_model
+from personalm.models.registry import DEFAULT_MODEL
 from personalm.provenance import machine, versions
-from personalm.serve.app import create_app
-from personalm.serve.auth import KeyStore
-from personalm.serve.background import BackgroundServer
-from personalm.serve.catalog import Catalog
+from personalm.serve.background import free_port
 from personalm.studies.bench import llamacpp_server
+from personalm.studies.bench.server_process import ServerProcess
 from personalm.studies.bench.workloads import synthesis_prompts
 
 REQUEST_POOL = 2048
@@ -120,29 +119,22 @@ def run(
     peer: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    model = load_model(model_name)
-    catalog = Catalog([model_name], slots=clients, max_len=512)
-    catalog.attach(model_name, model)
     bodies = [
         {"model": model_name, "messages": chat, "max_tokens": max_tokens, "temperature": 0.7, "seed": seed + i,
          "stream": True, "stream_options": {"include_usage": True}}
         for i, chat in enumerate(synthesis_prompts(REQUEST_POOL, data_dir, seed))
     ]  # fmt: skip
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        BackgroundServer(create_app(catalog, KeyStore(Path(tmp) / "k.db", None))) as url,
-    ):
+    with tempfile.TemporaryDirectory() as tmp, _personalm_server(model_name, clients, Path(tmp)) as url:
         asyncio.run(_drive(url, bodies[:2], 2, 60.0, log))
         log(f"concurrent: {clients} streaming clients for {seconds:g}s")
         concurrent = asyncio.run(_drive(url, bodies, clients, seconds, log))
         log(f"sequential: one request at a time for {sequential_seconds:g}s")
         sequential = asyncio.run(_drive(url, bodies, 1, sequential_seconds, log))
-    catalog.close()
     c, s = concurrent.summary(), sequential.summary()
     p = _peer(bodies, clients, seconds, log) if peer else None
     return {
         "benchmark": "serve",
-        "model": model.model_id,
+        "model": model_name,
         "clients": clients,
         "max_tokens": max_tokens,
         "errors": c["errors"] + s["errors"],
@@ -159,6 +151,17 @@ def run(
         "versions": versions("personalm", "torch", "transformers", "fastapi", "uvicorn", "httpx"),
         "machine": machine(),
     }
+
+
+def _personalm_server(model_name: str, clients: int, tmp: Path) -> ServerProcess:
+    """`personalm serve` in its own process, `clients` sequences batched, keys and memory in `tmp`."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "personalm", "serve", "--port", str(port), "--model", model_name,
+        "--max-batch", str(clients), "--max-len", "512", "--keys-db", str(tmp / "keys.db"),
+        "--avatar-store", str(tmp / "memory.db"),
+    ]  # fmt: skip
+    return ServerProcess(argv, port, "personalm serve")
 
 
 def _peer(bodies: list[dict], clients: int, seconds: float, log: Callable[[str], None]) -> dict[str, Any] | None:
