@@ -455,10 +455,11 @@ BENCH_KEYS = {
 
 @pytest.mark.slow
 def test_bench_generate_json(tmp_path: Path, cli: Cli) -> None:
-    args = ["bench", "generate", "--prompts", "2", "--max-tokens", "4", "--no-llamacpp", "--json"]
+    args = ["bench", "generate", "--prompts", "2", "--max-tokens", "4", "--no-llamacpp", "--profile", "--json"]
     result = ok(cli.run(*args, cwd=tmp_path))
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert BENCH_KEYS <= set(summary)
+    assert summary["profile"]["shares"]["matmul"] > 0.3 and summary["profile"]["matmul_gflops"] > 0
     assert summary["llamacpp_tok_s"] is None
     assert summary["ours_tok_s"] > 0 and summary["peer_tok_s"] > 0 and summary["speedup"] > 0
     assert 0 < summary["peak_fraction"]

@@ -171,7 +171,10 @@ def test_cli_errors_and_a_trained_adapter_loads_for_generation(tmp_path, cli):
 
 @pytest.mark.slow
 def test_bench_train_runs_both_trainers_on_the_same_batch(tmp_path: Path, cli) -> None:
-    args = ["bench", "train", "--steps", "2", "--batch-size", "1", "--seq-len", "128", "--rank", "2", "--json"]
+    args = ["bench", "train", "--steps", "2", "--batch-size", "1", "--seq-len", "128", "--rank", "2", "--profile",
+            "--json"]  # fmt: skip
     summary = cli.json(*args, cwd=tmp_path)
     assert {"ours_tok_s", "trl_tok_s", "speedup", "peak_fraction"} <= set(summary)
     assert summary["ours_tok_s"] > 0 and summary["trl_tok_s"] > 0 and 0 < summary["peak_fraction"] < 1
+    assert summary["trl_kept_memory_tok_s"] > 0 and summary["speedup_same_allocator"] > 0
+    assert summary["profile"]["steps"] == 4 and summary["profile"]["shares"]["matmul"] > 0.1

@@ -18,6 +18,7 @@ app = typer.Typer(help="Performance benchmarks against the libraries users would
 
 OUT = typer.Option(None, help="Also write the results JSON here.")
 AS_JSON = typer.Option(False, "--json", help="End with the results as one JSON line.")
+PROFILE = typer.Option(False, "--profile", help="Also profile our run by kind of work (torch.profiler).")
 PERSONAS_DATA = typer.Option(
     None, help="Data folder with personahub/tool_personas.jsonl (default: PERSONALM_DATA or ../shared/data)."
 )
@@ -33,6 +34,7 @@ def generate_bench(
     server_slots: list[int] = typer.Option(
         [8, 16], "--server-slots", min=1, help="Parallel slots of each llama-server run (repeat the option)."
     ),
+    profile: bool = PROFILE,
     out: Path = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
@@ -42,7 +44,7 @@ def generate_bench(
 
     folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
     result = generate.run(
-        prompts, max_tokens, folder, model, llamacpp, tuple(server_slots),
+        prompts, max_tokens, folder, model, llamacpp, tuple(server_slots), profile,
         log=lambda m: stderr.print(m, markup=False),
     )  # fmt: skip
     table = Table("contender", "tokens", "seconds", "tokens/s", "ours is")
@@ -83,7 +85,20 @@ def generate_bench(
         f"ours {result['ours_gflops']} GFLOP/s = {result['peak_fraction']:.1%} of the {result['peak_gflops']} GFLOP/s "
         f"fp32 matmul peak measured now (compute bound ≈ {result['compute_bound_tok_s']} tok/s)"
     )
+    _print_profile(result["profile"])
     _finish(result, out, as_json)
+
+
+def _print_profile(profile: dict | None) -> None:
+    if not profile:
+        return
+    table = Table("kind of work", "share of profiled time")
+    for kind, share in profile["shares"].items():
+        table.add_row(kind, f"{share:.1%}")
+    console = Console()
+    console.print(table)
+    if "matmul_gflops" in profile:
+        console.print(f"matmuls ran at {profile['matmul_gflops']} GFLOP/s while they ran")
 
 
 @app.command("serve")
@@ -255,6 +270,7 @@ def train_bench(
     rank: int = typer.Option(16, min=1, help="LoRA rank (all linear layers)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
     data: Path = PERSONAS_DATA,
+    profile: bool = PROFILE,
     out: Path = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
@@ -262,13 +278,17 @@ def train_bench(
     from personalm.studies.bench import train
 
     folder = data_folder(data, optional=[PERSONAS_FILE], fallback=True)
-    result = train.run(steps, batch_size, seq_len, rank, folder, model, log=lambda m: stderr.print(m, markup=False))
+    result = train.run(steps, batch_size, seq_len, rank, folder, model, profile=profile,
+                       log=lambda m: stderr.print(m, markup=False))  # fmt: skip
     table = Table("trainer", "tokens", "seconds", "tokens/s", "peak fraction", "ours is")
     table.add_row("personalm train sft", str(result["ours_tokens"]), str(result["ours_s"]), str(result["ours_tok_s"]),
                   f"{result['peak_fraction']:.1%}", "")  # fmt: skip
     table.add_row("TRL SFTTrainer", str(result["trl_tokens"]), str(result["trl_s"]), str(result["trl_tok_s"]),
                   f"{result['trl_peak_fraction']:.1%}", f"{result['speedup']}x")  # fmt: skip
+    table.add_row("TRL SFTTrainer, freed memory kept", "", "", str(result["trl_kept_memory_tok_s"]), "",
+                  f"{result['speedup_same_allocator']}x")  # fmt: skip
     Console().print(table)
+    _print_profile(result["profile"])
     _finish(result, out, as_json)
 
 

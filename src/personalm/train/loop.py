@@ -10,6 +10,7 @@ run started again with the same command continues exactly where its last checkpo
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import random
@@ -125,6 +126,25 @@ def build_model(config: TrainConfig, device: torch.device | None = None):
     return tokenizer, model
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+
+
+def reuse_freed_memory(on: bool = True) -> None:
+    """Have glibc keep large freed blocks in the process (no mmap per large block, trimming only
+    past 2 GiB free), so each step's (positions x vocabulary) logits, their gradient and the
+    dropout masks reuse pages already mapped instead of faulting fresh ones in. On this project's
+    2-core VMs that cut the loss's share of a LoRA step from 20% to 1% and zero fills from 10% to
+    2% (`bench train --profile`). Process-wide and lasting (`on=False` puts glibc's defaults
+    back); nothing where libc is not glibc."""
+    mmap_max, trim = (0, 2**31 - 1) if on else (65536, 128 * 1024)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_MAX, mmap_max)
+        libc.mallopt(M_TRIM_THRESHOLD, trim)
+    except (OSError, AttributeError):
+        pass
+
+
 def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     """`max_steps`, when given, overrides `epochs` (as in transformers): the data cycles as needed."""
     return config.max_steps or math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
@@ -138,6 +158,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device()
+    if device.type == "cpu":
+        reuse_freed_memory()
     procs = join(device)
     if device.type == "cuda" and procs.world > 1:
         device = torch.device("cuda", procs.local_rank)

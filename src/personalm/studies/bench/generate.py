@@ -25,6 +25,7 @@ from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.provenance import fp32_matmul_peak_gflops, machine, versions
 from personalm.studies.bench import llamacpp_server
 from personalm.studies.bench.peers import hf_one_at_a_time
+from personalm.studies.bench.profile import profile_steps, summarise
 from personalm.studies.bench.workloads import synthesis_prompts
 
 
@@ -35,6 +36,12 @@ def _flops_per_token(model: torch.nn.Module) -> tuple[int, int]:
         m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"
     )
     return 2 * body, 2 * head
+
+
+def _profile(model: LocalModel, prompts, params: SamplingParams, flops: float) -> dict[str, Any]:
+    """Our whole batch (prefill and decode) once more, under torch.profiler."""
+
+    return summarise(profile_steps(lambda _: model.generate(prompts, params)), flops)
 
 
 def _llamacpp_one_at_a_time(prompts, max_tokens: int, log) -> tuple[int, float]:
@@ -58,9 +65,11 @@ def run(
     model_name: str = DEFAULT_MODEL,
     llamacpp: bool = True,
     server_slots: tuple[int, ...] = (8, 16),
+    profile: bool = False,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Run all four and return the measurements (tokens/s, ratios, agreement, peak fraction)."""
+    """Run all four and return the measurements (tokens/s, ratios, agreement, peak fraction); with
+    `profile`, our run is repeated under torch.profiler."""
     path = resolve_local(model_name)
     model = LocalModel(path)
     prompts = synthesis_prompts(prompts_count, data_dir)
@@ -100,6 +109,9 @@ def run(
         "ours_gflops": round(ours_gflops, 1),
         "peak_fraction": round(ours_gflops / peak, 3),
         "compute_bound_tok_s": round(peak * 1e9 / (body + head), 1),
+        "profile": _profile(model, prompts, params, body * (prompt_tokens + ours_tokens) + head * ours_tokens)
+        if profile
+        else None,
         "llamacpp_tok_s": None,
         "llamacpp_speedup": None,
         "llamacpp_server": [],

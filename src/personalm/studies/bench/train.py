@@ -3,8 +3,10 @@
 Both train the embedded model with LoRA (rank 16 on all linear layers by default) on the same
 chat examples, each exactly `seq_len` tokens long (so padding favours neither), batch `batch_size`,
 for the same number of optimizer steps, one after the other in this process. TRL runs with its
-own defaults otherwise (what a user of `SFTTrainer` gets). Tokens/s count every token processed,
-first step included for both.
+own defaults otherwise (what a user of `SFTTrainer` gets), glibc's default allocator included;
+our trainer keeps freed memory in the process (`train.loop.reuse_freed_memory`), and TRL is run a
+second time with that setting too (`speedup_same_allocator`). Tokens/s count every token
+processed, first step included for both.
 
 Achieved FLOP/s use 4 x (frozen linear params) + 6 x (LoRA params) per token: the frozen base
 costs a forward matmul and one for the input gradient; LoRA weights also get weight gradients.
@@ -17,6 +19,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,10 @@ import torch
 
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.provenance import fp32_matmul_peak_gflops, machine, versions
+from personalm.studies.bench.profile import profile_steps, summarise
 from personalm.studies.bench.workloads import personas as load_personas
 from personalm.train.data import tokenize_chat
-from personalm.train.loop import TrainConfig, build_model, train
+from personalm.train.loop import TrainConfig, build_model, reuse_freed_memory, train
 from personalm.train.trl_setup import cpu_args, load_fp32, lora_all_linear
 
 QUESTIONS = [
@@ -101,6 +105,18 @@ def _trl(rows: list[dict], model_path: Path, config: TrainConfig, out: Path) -> 
     return time.perf_counter() - start
 
 
+def _profile(config: TrainConfig, out: Path, flops_per_step: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Our trainer under torch.profiler: 2 steps to warm up, then 4 profiled."""
+    skip, active = 2, 4
+    log(f"profiling {active} of our steps")
+
+    def run(step: Callable[[], None]) -> None:
+        profiled = replace(config, out=str(out), max_steps=skip + active, save_every=skip + active + 1)
+        train(profiled, progress=lambda *_: step(), log=lambda _: None)
+
+    return {"steps": active, **summarise(profile_steps(run, skip, active), flops_per_step * active)}
+
+
 def run(
     steps: int = 6,
     batch_size: int = 8,
@@ -109,8 +125,10 @@ def run(
     data_dir: Path | None = None,
     model_name: str = DEFAULT_MODEL,
     seed: int = 0,
+    profile: bool = False,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
+    """Time ours and TRL; with `profile`, then also profile 4 of our steps (after 2 unprofiled)."""
     model_path = resolve_local(model_name)
     peak = fp32_matmul_peak_gflops()
     log(f"fp32 matmul peak {peak:.1f} GFLOP/s")
@@ -126,11 +144,17 @@ def run(
         log(f"ours: {steps} steps of {batch_size} x {seq_len} tokens")
         ours = train(config, log=log)
         log(f"  {ours.tokens} tokens in {ours.seconds:.1f}s")
-        log("TRL SFTTrainer: same steps, batch, length, LoRA")
-        trl_s = _trl(rows, model_path, config, Path(tmp) / "trl")
         trl_tokens = sum(min(_length(tokenizer, r["messages"]), seq_len) for r in rows)
+        log("TRL SFTTrainer: same steps, batch, length, LoRA; glibc's default allocator, as its users run it")
+        reuse_freed_memory(False)
+        trl_s = _trl(rows, model_path, config, Path(tmp) / "trl")
         log(f"  {trl_tokens} tokens in {trl_s:.1f}s")
-    flops = _flops_per_token(model_path, config)
+        log("TRL SFTTrainer again, keeping freed memory as our trainer does")
+        reuse_freed_memory(True)
+        trl_kept_s = _trl(rows, model_path, config, Path(tmp) / "trl-kept")
+        log(f"  {trl_tokens} tokens in {trl_kept_s:.1f}s")
+        flops = _flops_per_token(model_path, config)
+        profiled = _profile(config, Path(tmp) / "profiled", ours.tokens / ours.steps * flops, log) if profile else None
     ours_tok_s = ours.tokens / ours.seconds
     trl_tok_s = trl_tokens / trl_s
     return {
@@ -148,12 +172,15 @@ def run(
         "trl_s": round(trl_s, 2),
         "trl_tok_s": round(trl_tok_s, 1),
         "speedup": round(ours_tok_s / trl_tok_s, 2),
+        "trl_kept_memory_tok_s": round(trl_tokens / trl_kept_s, 1),
+        "speedup_same_allocator": round(ours_tok_s / (trl_tokens / trl_kept_s), 2),
         "flops_per_token": flops,
         "peak_gflops": round(peak, 1),
         "ours_gflops": round(ours_tok_s * flops / 1e9, 1),
         "peak_fraction": round(ours_tok_s * flops / 1e9 / peak, 3),
         "trl_peak_fraction": round(trl_tok_s * flops / 1e9 / peak, 3),
         "ours_final_loss": round(ours.losses[-1], 4),
+        "profile": profiled,
         "seed": seed,
         "versions": versions("personalm", "torch", "transformers", "peft", "trl"),
         "machine": machine(),
