@@ -49,7 +49,6 @@ class LlamaServer(ServerProcess):
             "--cont-batching", "--no-webui", "--seed", "0",
         ]  # fmt: skip
         super().__init__(argv, port, "llama-server")
-        self.slots = slots
 
 
 async def _all_in_flight(url: str, prompts: Sequence[Prompt], max_tokens: int) -> int:
