@@ -10,13 +10,14 @@ run started again with the same command continues exactly where its last checkpo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,23 +127,31 @@ def build_model(config: TrainConfig, device: torch.device | None = None):
     return tokenizer, model
 
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters, and their defaults
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
-def reuse_freed_memory(on: bool = True) -> None:
-    """Have glibc keep large freed blocks in the process (no mmap per large block, trimming only
-    past 2 GiB free), so each step's (positions x vocabulary) logits, their gradient and the
-    dropout masks reuse pages already mapped instead of faulting fresh ones in. On this project's
-    2-core VMs that cut the loss's share of a LoRA step from 20% to 1% and zero fills from 10% to
-    2% (`bench train --profile`). Process-wide and lasting (`on=False` puts glibc's defaults
-    back); nothing where libc is not glibc."""
-    mmap_max, trim = (0, 2**31 - 1) if on else (65536, 128 * 1024)
+@contextlib.contextmanager
+def freed_memory_kept() -> Iterator[None]:
+    """While inside, glibc keeps large freed blocks in the process (no mmap per large block,
+    trimming only past 2 GiB free), so each step's (positions x vocabulary) logits, their gradient
+    and the dropout masks reuse pages already mapped instead of faulting fresh ones in: on this
+    project's 2-core VMs that cut the loss's share of a LoRA step from 20% to 1% and zero fills
+    from 10% to 2% (`bench train --profile`). On leaving, glibc's defaults come back and the free
+    memory goes back to the OS. Nothing where libc is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_MAX, mmap_max)
-        libc.mallopt(M_TRIM_THRESHOLD, trim)
-    except (OSError, AttributeError):
-        pass
+    except OSError:
+        yield
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
@@ -152,14 +161,17 @@ def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
 
 def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Train a LoRA adapter into `config.out` (resuming from its latest checkpoint if any)."""
+    with freed_memory_kept() if resolve_device().type == "cpu" else contextlib.nullcontext():
+        return _train(config, progress, log)
+
+
+def _train(config: TrainConfig, progress: ProgressFn | None, log: Callable[[str], None]) -> TrainResult:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_cosine_schedule_with_warmup
 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device()
-    if device.type == "cpu":
-        reuse_freed_memory()
     procs = join(device)
     if device.type == "cuda" and procs.world > 1:
         device = torch.device("cuda", procs.local_rank)

@@ -30,7 +30,6 @@ from personalm.soups.preferences import Preferences
 from personalm.soups.prompts import BUILTIN_PROMPTS
 from personalm.tables import read_rows, write_rows
 from personalm.train.data import collate, load_pairs
-from personalm.train.loop import reuse_freed_memory
 from personalm.train.losses import DPOLoss, loss_units, supervised_rows
 
 COLLECT = CollectConfig(samples=3, max_pairs=3, max_tokens=48, seed=0)
@@ -109,7 +108,6 @@ def run(
         runs, scores = {}, {}
         for trainer in ("ours", "trl"):
             log(f"{trainer}: {steps} steps of {batch_size} pairs, max length {max_length}")
-            reuse_freed_memory(trainer == "ours")  # TRL as its users run it: glibc's default allocator
             settings.trainer = trainer
             runs[trainer] = train_adapter(pairs, folder / trainer, settings, log=log)
             load[f"after_{trainer}"] = load_average()

@@ -4,7 +4,7 @@ Both train the embedded model with LoRA (rank 16 on all linear layers by default
 chat examples, each exactly `seq_len` tokens long (so padding favours neither), batch `batch_size`,
 for the same number of optimizer steps, one after the other in this process. TRL runs with its
 own defaults otherwise (what a user of `SFTTrainer` gets), glibc's default allocator included;
-our trainer keeps freed memory in the process (`train.loop.reuse_freed_memory`), and TRL is run a
+our trainer keeps freed memory in the process (`train.loop.freed_memory_kept`), and TRL is run a
 second time with that setting too (`speedup_same_allocator`). Tokens/s count every token
 processed, first step included for both.
 
@@ -30,7 +30,7 @@ from personalm.provenance import fp32_matmul_peak_gflops, machine, versions
 from personalm.studies.bench.profile import profile_steps, summarise
 from personalm.studies.bench.workloads import personas as load_personas
 from personalm.train.data import tokenize_chat
-from personalm.train.loop import TrainConfig, build_model, reuse_freed_memory, train
+from personalm.train.loop import TrainConfig, build_model, freed_memory_kept, train
 from personalm.train.trl_setup import cpu_args, load_fp32, lora_all_linear
 
 QUESTIONS = [
@@ -146,12 +146,11 @@ def run(
         log(f"  {ours.tokens} tokens in {ours.seconds:.1f}s")
         trl_tokens = sum(min(_length(tokenizer, r["messages"]), seq_len) for r in rows)
         log("TRL SFTTrainer: same steps, batch, length, LoRA; glibc's default allocator, as its users run it")
-        reuse_freed_memory(False)
         trl_s = _trl(rows, model_path, config, Path(tmp) / "trl")
         log(f"  {trl_tokens} tokens in {trl_s:.1f}s")
         log("TRL SFTTrainer again, keeping freed memory as our trainer does")
-        reuse_freed_memory(True)
-        trl_kept_s = _trl(rows, model_path, config, Path(tmp) / "trl-kept")
+        with freed_memory_kept():
+            trl_kept_s = _trl(rows, model_path, config, Path(tmp) / "trl-kept")
         log(f"  {trl_tokens} tokens in {trl_kept_s:.1f}s")
         flops = _flops_per_token(model_path, config)
         profiled = _profile(config, Path(tmp) / "profiled", ours.tokens / ours.steps * flops, log) if profile else None
