@@ -136,8 +136,8 @@ class ContinuousBatcher:
         return self.admit() + self.decode(decoding)
 
     def admit(self) -> list[StepEvent]:
-        """Prefill queued requests when enough slots are free (or the oldest has waited long enough);
-        the events carry their first tokens. A server sends these before the next decode."""
+        """Prefill queued requests when `can_admit`; the events carry their first tokens. A server
+        sends these before the next decode."""
         events: list[StepEvent] = []
         if self.can_admit:
             self._admit(self.kernel.slots - len(self.active), events)
@@ -206,15 +206,17 @@ class ContinuousBatcher:
                 break
             batch.append(self.queue.popleft())
         self._learn_prefix([row.prompt for row in batch])
-        covered = [row for row in batch if self._covers(row.prompt)]
-        plain = [row for row in batch if not self._covers(row.prompt)]
-        choices = [
-            (rows, prefix, length_groups([self._tail_len(row.prompt) for row in rows])[0])
-            for rows, prefix in ((covered, self.prefix), (plain, None))
-            if rows
-        ]
-        rows, prefix, first = min(choices, key=lambda c: max(self._tail_len(c[0][i].prompt) for i in c[2]))
-        group = [rows[i] for i in first]
+        covered: list[_Row] = []
+        plain: list[_Row] = []
+        for row in batch:
+            (covered if self._covers(row.prompt) else plain).append(row)
+        choices = []  # (longest tail, rows of the first pass, prefix) for each kind that is queued
+        for rows, prefix in ((covered, self.prefix), (plain, None)):
+            if rows:
+                tails = [len(row.prompt) - (len(prefix.ids) if prefix else 0) for row in rows]
+                first = length_groups(tails)[0]
+                choices.append((max(tails[i] for i in first), [rows[i] for i in first], prefix))
+        _, group, prefix = min(choices, key=lambda choice: choice[0])
         chosen = {row.handle for row in group}
         self.queue.extendleft(reversed([row for row in batch if row.handle not in chosen]))
         try:
@@ -333,7 +335,7 @@ def length_groups(lengths: list[int], pass_cost: int = PASS_COST_TOKENS) -> list
     its longest and costs `pass_cost` tokens more (every weight is read once per pass), and the
     split minimises the total (prompts sorted by length, cut into runs by dynamic programming)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    best = [0] + [0] * len(order)
+    best = [0] * (len(order) + 1)
     cut = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         best[end], cut[end] = min(

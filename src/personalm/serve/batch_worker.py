@@ -2,7 +2,8 @@
 
 Prefill comes first: a request that arrives while others decode is prefilled before the next
 decode step and its first token sent at once (time to first token), then it joins the decode
-steps (sharing their forward passes); each step's tokens go back to the asyncio side through per-request queues. A request whose client
+steps (sharing their forward passes); each step's tokens go back to the asyncio side through
+per-request queues. A request whose client
 went away is cancelled between two steps, so it stops consuming compute at once. A request that
 fails (the batcher reports it in an error event) fails alone: the others keep streaming.
 """
@@ -96,8 +97,8 @@ class BatchWorker:
                 pass
             if self._closed or not self.batcher.busy:
                 continue
-            # Prefill first: a queued prompt is admitted (and its first token sent) before the next
-            # decode, chunk by chunk, so new requests never wait behind long answers.
+            # Prefill first: queued prompts are admitted (and their first tokens sent) pass by pass
+            # before the next decode, so new requests never wait behind long answers.
             phase = self.batcher.admit if self.batcher.can_admit else self.batcher.decode
             try:
                 events = phase()
