@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from personalm.eval.bootstrap import paired_bootstrap
+from personalm.eval.bootstrap import bootstrap_quantile, paired_bootstrap
 
 
 def test_identical_conditions_give_a_zero_interval():
@@ -49,3 +49,24 @@ def test_bad_inputs_are_refused():
     for a, b in (([1.0, 2.0], [1.0]), ([], []), ([1.0, np.nan], [1.0, 2.0]), ([[1.0]], [[1.0]])):
         with pytest.raises(ValueError):
             paired_bootstrap(a, b)
+
+
+def test_quantile_interval_holds_the_sample_quantile_and_covers_the_true_one():
+    rng = np.random.default_rng(4)
+    values = rng.exponential(scale=100.0, size=300)  # latencies in ms; true p95 = 100 ln 20
+    result = bootstrap_quantile(values, 0.95, resamples=2000, seed=1)
+    assert result.mean == pytest.approx(np.percentile(values, 95))
+    assert result.low < result.mean < result.high and result.n == 300
+    assert bootstrap_quantile(list(values), 0.95, resamples=2000, seed=1) == result
+    trials, covered = 200, 0
+    for trial in range(trials):
+        sample = rng.exponential(scale=100.0, size=300)
+        interval = bootstrap_quantile(sample, 0.95, resamples=500, seed=trial)
+        covered += interval.low <= 100 * np.log(20) <= interval.high
+    assert 0.85 <= covered / trials <= 0.99
+
+
+def test_quantile_bad_inputs_are_refused():
+    for values, q in (([], 0.5), ([1.0, np.nan], 0.5), ([[1.0]], 0.5), ([1.0, 2.0], 1.5)):
+        with pytest.raises(ValueError):
+            bootstrap_quantile(values, q)

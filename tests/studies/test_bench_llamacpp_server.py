@@ -53,3 +53,8 @@ def test_bench_serve_times_the_peer_under_the_same_load() -> None:
     assert peer["errors"] == 0 and peer["requests"] >= 3 and peer["slots"] == 3
     assert result["peer_ttft_p95_ms"] == peer["ttft_p95_ms"] >= result["peer_ttft_p50_ms"] > 0
     assert result["ttft_p95_ms"] >= result["ttft_p50_ms"] > 0
+    for phase, key in ((result, "ttft_p95_ms"), (result, "ttft_p50_ms"), (peer, "ttft_p95_ms")):
+        low, high = phase[f"{key}_ci"]
+        assert low <= phase[key] <= high
+    assert result["peer_ttft_p95_ms_ci"] == peer["ttft_p95_ms_ci"]
+    assert result["ttft_items"] == result["concurrent"]["ttft_items"] >= 3

@@ -128,13 +128,18 @@ def serve_bench(
     phases = [("concurrent", result["concurrent"]), ("one at a time", result["sequential"])]
     if result["peer"]:
         phases.append(("llama-server, concurrent", result["peer"]))
+
+    def with_ci(phase: dict, key: str) -> str:
+        ci = phase.get(f"{key}_ci")
+        return f"{phase[key]} [{ci[0]}, {ci[1]}]" if ci else str(phase[key])
+
     for name, phase in phases:
         table.add_row(
             name,
-            *(
-                str(phase[k])
-                for k in ("requests", "tokens", "seconds", "tok_s", "ttft_p50_ms", "ttft_p95_ms", "errors")
-            ),
+            *(str(phase[k]) for k in ("requests", "tokens", "seconds", "tok_s")),
+            with_ci(phase, "ttft_p50_ms"),
+            with_ci(phase, "ttft_p95_ms"),
+            str(phase["errors"]),
         )
     console = Console()
     console.print(table)

@@ -8,13 +8,28 @@ how often A still wins (Efron & Tibshirani 1993, percentile interval).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 RESAMPLES = 10_000
 _BLOCK_CELLS = 1 << 22  # index cells drawn at once: bounds memory for many items
+
+
+def _resampled(
+    values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], resamples: int, seed: int
+) -> np.ndarray:
+    """`statistic` (of a resamples x items array, one value per row) over `resamples` seeded
+    resamples of `values` with replacement, drawn in blocks to bound memory."""
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    block = max(1, _BLOCK_CELLS // n)
+    for start in range(0, resamples, block):
+        rows = min(block, resamples - start)
+        out[start : start + rows] = statistic(values[rng.integers(0, n, size=(rows, n))])
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,12 +68,7 @@ def paired_bootstrap(
         raise ValueError(f"need resamples >= 1 and 0 < level < 1 (got {resamples}, {level})")
     diff = a - b
     n = len(diff)
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    block = max(1, _BLOCK_CELLS // n)
-    for start in range(0, resamples, block):
-        rows = min(block, resamples - start)
-        means[start : start + rows] = diff[rng.integers(0, n, size=(rows, n))].mean(axis=1)
+    means = _resampled(diff, lambda rows: rows.mean(axis=1), resamples, seed)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return PairedDifference(
@@ -97,3 +107,23 @@ def bootstrap_mean(
     values = np.asarray(values, dtype=np.float64)
     diff = paired_bootstrap(values, np.zeros_like(values), resamples, seed, level)
     return Interval(diff.mean, diff.low, diff.high, diff.n, level, resamples, seed)
+
+
+def bootstrap_quantile(
+    values: Sequence[float] | np.ndarray,
+    q: float,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """The `level` percentile interval of the `q`-quantile of `values` (a latency p95: q = 0.95)
+    from seeded resamples of the items; `mean` holds the quantile of the items themselves."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
+        raise ValueError("a quantile interval needs a non-empty 1-D array of finite values")
+    if resamples < 1 or not 0 < level < 1 or not 0 <= q <= 1:
+        raise ValueError(f"need resamples >= 1, 0 < level < 1 and 0 <= q <= 1 (got {resamples}, {level}, {q})")
+    stats = _resampled(values, lambda rows: np.quantile(rows, q, axis=1), resamples, seed)
+    tail = (1 - level) / 2
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return Interval(float(np.quantile(values, q)), float(low), float(high), len(values), level, resamples, seed)

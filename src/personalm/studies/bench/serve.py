@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from personalm.eval.bootstrap import bootstrap_quantile
 from personalm.models.embedded import gguf_path
 from personalm.models.registry import DEFAULT_MODEL
 from personalm.provenance import machine, versions
@@ -42,17 +43,25 @@ class Phase:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
-    def summary(self) -> dict[str, Any]:
-        ttft = np.array(self.ttft_s or [float("nan")]) * 1000
-        return {
+    def summary(self, seed: int = 0) -> dict[str, Any]:
+        """Rates, and TTFT p50/p95 with 95% bootstrap intervals over the requests (`ttft_items`)."""
+        out: dict[str, Any] = {
             "requests": self.requests,
             "tokens": self.tokens,
             "seconds": round(self.seconds, 2),
             "tok_s": round(self.tokens / self.seconds, 2) if self.seconds else 0.0,
-            "ttft_p50_ms": round(float(np.percentile(ttft, 50)), 1),
-            "ttft_p95_ms": round(float(np.percentile(ttft, 95)), 1),
-            "errors": len(self.errors),
         }
+        ttft_ms = np.array(self.ttft_s) * 1000
+        for name, q in (("ttft_p50_ms", 0.50), ("ttft_p95_ms", 0.95)):
+            if len(ttft_ms):
+                interval = bootstrap_quantile(ttft_ms, q, seed=seed)
+                out[name] = round(interval.mean, 1)
+                out[f"{name}_ci"] = [round(interval.low, 1), round(interval.high, 1)]
+            else:
+                out[name], out[f"{name}_ci"] = float("nan"), None
+        out["ttft_items"] = len(ttft_ms)
+        out["errors"] = len(self.errors)
+        return out
 
 
 async def _one(http: httpx.AsyncClient, url: str, body: dict[str, Any], phase: Phase) -> None:
@@ -99,7 +108,10 @@ async def _drive(url: str, bodies: list[dict], clients: int, seconds: float, log
                 return
             await _one(http, url, bodies[index], phase)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # A connection per request, for both servers: llama-server answers "keep-alive" but closes the
+    # connection after each streamed reply, so a client that reuses it at once races the close and
+    # gets "Server disconnected without sending a response" (~1 in 6 back-to-back requests here).
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=0)
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=300, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
@@ -130,8 +142,8 @@ def run(
         concurrent = asyncio.run(_drive(url, bodies, clients, seconds, log))
         log(f"sequential: one request at a time for {sequential_seconds:g}s")
         sequential = asyncio.run(_drive(url, bodies, 1, sequential_seconds, log))
-    c, s = concurrent.summary(), sequential.summary()
-    p = _peer(bodies, clients, seconds, log) if peer else None
+    c, s = concurrent.summary(seed), sequential.summary(seed)
+    p = _peer(bodies, clients, seconds, seed, log) if peer else None
     return {
         "benchmark": "serve",
         "model": model_name,
@@ -140,13 +152,17 @@ def run(
         "errors": c["errors"] + s["errors"],
         "error_samples": (concurrent.errors + sequential.errors)[:5],
         "ttft_p50_ms": c["ttft_p50_ms"],
+        "ttft_p50_ms_ci": c["ttft_p50_ms_ci"],
         "ttft_p95_ms": c["ttft_p95_ms"],
+        "ttft_p95_ms_ci": c["ttft_p95_ms_ci"],
+        "ttft_items": c["ttft_items"],
         "concurrent": c,
         "sequential": s,
         "throughput_ratio": round(c["tok_s"] / s["tok_s"], 2) if s["tok_s"] else None,
         "peer": p,
         "peer_ttft_p50_ms": p["ttft_p50_ms"] if p else None,
         "peer_ttft_p95_ms": p["ttft_p95_ms"] if p else None,
+        "peer_ttft_p95_ms_ci": p["ttft_p95_ms_ci"] if p else None,
         "seed": seed,
         "versions": versions("personalm", "torch", "transformers", "fastapi", "uvicorn", "httpx"),
         "machine": machine(),
@@ -164,7 +180,9 @@ def _personalm_server(model_name: str, clients: int, tmp: Path) -> ServerProcess
     return ServerProcess(argv, port, "personalm serve")
 
 
-def _peer(bodies: list[dict], clients: int, seconds: float, log: Callable[[str], None]) -> dict[str, Any] | None:
+def _peer(
+    bodies: list[dict], clients: int, seconds: float, seed: int, log: Callable[[str], None]
+) -> dict[str, Any] | None:
     """The same concurrent phase against llama-server (embedded GGUF, one slot per client)."""
     if llamacpp_server.binary() is None:
         log("llama-server not built (scripts/build-llama-server.sh); no peer time to first token")
@@ -173,5 +191,5 @@ def _peer(bodies: list[dict], clients: int, seconds: float, log: Callable[[str],
         asyncio.run(_drive(url, bodies[:2], 2, 60.0, log))
         log(f"llama-server: {clients} streaming clients for {seconds:g}s")
         phase = asyncio.run(_drive(url, bodies, clients, seconds, log))
-    return {"server": "llama-server (llama.cpp), same GGUF", "slots": clients, **phase.summary(),
+    return {"server": "llama-server (llama.cpp), same GGUF", "slots": clients, **phase.summary(seed),
             "error_samples": phase.errors[:5]}  # fmt: skip
