@@ -36,12 +36,28 @@ def fp32_matmul_peak_gflops(size: int = 1536, repeats: int = 12) -> float:
 
 
 def machine() -> dict[str, object]:
+    """What a timing was taken on: the CPU model and the vector units a kernel may pick (these VMs
+    come as Intel with AMX or AMD without, and the same code runs at different speeds on each)."""
     return {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpuinfo("model name"),
+        "cpu_features": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in _cpuinfo("flags").split()],
         "python": platform.python_version(),
     }
+
+
+def _cpuinfo(field: str) -> str:
+    """The first `field` line of /proc/cpuinfo ("" where there is none, e.g. not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def versions(*packages: str) -> dict[str, str | None]:

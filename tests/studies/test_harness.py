@@ -4,6 +4,7 @@ and a re-run skips the units it already finished."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from personalm import report
@@ -47,6 +48,9 @@ def test_a_study_writes_results_with_provenance_a_png_and_the_page(tmp_path):
     assert record["started"] <= record["ended"] and record["seconds"] >= 0
     assert set(record["load_average_1min"]) == {"start", "end"} and record["command"]
     assert "numpy" in saved["versions"] and saved["machine"]["cpu_count"]
+    cpu = open("/proc/cpuinfo", encoding="utf-8").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert f"model name\t: {saved['machine']['cpu_model']}\n" in cpu or not cpu
+    assert set(saved["machine"]["cpu_features"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_tile"}
     assert (out / "squares.png").read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert "<h1>Fake study</h1>" in page and 'src="squares.png"' in page and "<td>4</td>" in page
