@@ -1,4 +1,5 @@
-"""A server command run as its own process on a loopback port, for the serving benchmarks."""
+"""A server command run as its own process on a loopback port, for the serving benchmarks (and the
+tests' llama.cpp server)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ START_TIMEOUT_S = 120.0
 
 class ServerProcess:
     """`with ServerProcess(argv, port) as url:` runs a server command on a loopback port until
-    its /health answers, and stops it on exit. Benchmarks run each contender's server as its own
+    its `health` path answers 200, and stops it on exit. Benchmarks run each contender's server as its own
     process, so the load generator never shares an interpreter with the server it measures."""
 
-    def __init__(self, argv: list[str], port: int, name: str):
-        self.argv, self.port, self.name = argv, port, name
+    def __init__(self, argv: list[str], port: int, name: str, health: str = "/health"):
+        self.argv, self.port, self.name, self.health = argv, port, name, health
         self._log = tempfile.TemporaryFile()
         self._proc: subprocess.Popen | None = None
 
@@ -32,7 +33,7 @@ class ServerProcess:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self._proc.returncode}: {self._tail()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.health}", timeout=2).status_code == 200:
                     return self.url
             except httpx.HTTPError:
                 pass
