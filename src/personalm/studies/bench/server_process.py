@@ -14,8 +14,8 @@ START_TIMEOUT_S = 120.0
 
 class ServerProcess:
     """`with ServerProcess(argv, port) as url:` runs a server command on a loopback port until
-    its `health` path answers 200, and stops it on exit. Benchmarks run each contender's server as its own
-    process, so the load generator never shares an interpreter with the server it measures."""
+    its `health` path answers 200, and stops it on exit. Benchmarks run each contender's server as
+    its own process, so the load generator never shares an interpreter with the server it measures."""
 
     def __init__(self, argv: list[str], port: int, name: str, health: str = "/health"):
         self.argv, self.port, self.name, self.health = argv, port, name, health
