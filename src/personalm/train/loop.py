@@ -161,17 +161,19 @@ def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
 
 def train(config: TrainConfig, progress: ProgressFn | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Train a LoRA adapter into `config.out` (resuming from its latest checkpoint if any)."""
-    with freed_memory_kept() if resolve_device().type == "cpu" else contextlib.nullcontext():
-        return _train(config, progress, log)
+    device = resolve_device()
+    with freed_memory_kept() if device.type == "cpu" else contextlib.nullcontext():
+        return _train(config, device, progress, log)
 
 
-def _train(config: TrainConfig, progress: ProgressFn | None, log: Callable[[str], None]) -> TrainResult:
+def _train(
+    config: TrainConfig, device: torch.device, progress: ProgressFn | None, log: Callable[[str], None]
+) -> TrainResult:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_cosine_schedule_with_warmup
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device()
     procs = join(device)
     if device.type == "cuda" and procs.world > 1:
         device = torch.device("cuda", procs.local_rank)
