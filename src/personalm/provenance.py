@@ -38,26 +38,31 @@ def fp32_matmul_peak_gflops(size: int = 1536, repeats: int = 12) -> float:
 def machine() -> dict[str, object]:
     """What a timing was taken on: the CPU model and the vector units a kernel may pick (these VMs
     come as Intel with AMX or AMD without, and the same code runs at different speeds on each)."""
+    cpu = _first_cpu()
+    flags = cpu.get("flags", "").split()
     return {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpuinfo("model name"),
-        "cpu_features": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in _cpuinfo("flags").split()],
+        "cpu_model": cpu.get("model name", ""),
+        "cpu_features": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
         "python": platform.python_version(),
     }
 
 
-def _cpuinfo(field: str) -> str:
-    """The first `field` line of /proc/cpuinfo ("" where there is none, e.g. not Linux)."""
+def _first_cpu() -> dict[str, str]:
+    """The fields of /proc/cpuinfo's first processor, read once ({} where there is none, e.g. not Linux)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
 
 
 def versions(*packages: str) -> dict[str, str | None]:
