@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from personalm.studies.bench import retrieval, retrieval_data
 
@@ -83,3 +86,46 @@ def test_bench_runs_both_stores_and_reports_the_keys(tmp_path, monkeypatch, cli,
     assert numbers["embedded"] == 100 and numbers["tiled"] == 200
     assert numbers["superseded"] == 300 and numbers["versions_stored"] == 600 and numbers["superseded_hits"] == 0
     assert numbers["versions"]["chromadb"]
+
+
+class _Recording:
+    """A store and a collection that note whether the garbage collector is on at each call."""
+
+    def __init__(self, fail_at: int = -1):
+        self.gc_on: list[bool] = []
+        self.fail_at = fail_at
+
+    def _call(self) -> list:
+        self.gc_on.append(gc.isenabled())
+        if len(self.gc_on) == self.fail_at:
+            raise RuntimeError("store went away")
+        return []
+
+    def keyword_search(self, *args) -> list:
+        return self._call()
+
+    def vector_search(self, *args) -> list:
+        return self._call()
+
+    def get(self, *args) -> list:
+        return []
+
+    def query(self, **kwargs) -> dict:
+        self._call()
+        return {"ids": [[]]}
+
+
+def test_timed_queries_run_with_the_collector_off_and_give_it_back(monkeypatch):
+    monkeypatch.setattr(retrieval, "hybrid_search", lambda store, *args, **kwargs: store._call())
+    corpus = SimpleNamespace(queries=["a", "b"], query_vectors=np.zeros((2, 4), np.float32))
+    recording = _Recording()
+    assert gc.isenabled()
+    timings, found = retrieval._queries(recording, recording, corpus, 1, 5, rounds=2)
+    warmup = 2 * 4  # two queries (fewer than WARMUP), four contenders
+    assert all(recording.gc_on[:warmup]) and not any(recording.gc_on[warmup:])
+    assert len(recording.gc_on) == warmup + 2 * 2 * 4
+    assert gc.isenabled() and all(len(t) == 4 for t in timings.values()) and len(found["chroma"]) == 2
+    failing = _Recording(fail_at=warmup + 3)
+    with pytest.raises(RuntimeError):
+        retrieval._queries(failing, failing, corpus, 1, 5, rounds=2)
+    assert gc.isenabled()

@@ -46,6 +46,10 @@ TRAIN_PER_LIST = 64
 ANN_RETRAIN_GROWTH = 4
 """The IVF lists are retrained (the index rebuilt) once the avatar has grown this many times."""
 BM25_K1, BM25_B = 1.2, 0.75
+DEAD = -1
+"""The state of a position whose row is no longer current (live positions hold their kind's code):
+one byte per row that BM25 reads for each posting, where separate alive and kind arrays cost two
+scattered reads."""
 MAX_BLOCKS = 8
 TOKEN = re.compile(r"\w+", re.UNICODE)
 Block = tuple[int, sp.csc_array, np.ndarray]
@@ -86,11 +90,10 @@ class MemoryIndex:
         self.version = 0
         self.size = 0
         self._ids = np.zeros(0, np.int64)
-        self._kinds = np.zeros(0, np.int8)
-        self._alive = np.zeros(0, bool)
+        self._state = np.zeros(0, np.int8)  # a row's kind code, or DEAD
         self._lengths = np.zeros(0, np.float64)
         self._vectors = np.zeros((0, dimension), np.float32)
-        self._scores = np.zeros(0, np.float64)  # BM25 scratch: zero between queries
+        self._scores = np.zeros(0, np.float32)  # BM25 scratch: zero between queries
         self._touched = np.zeros(0, np.int64)
         self._position: dict[int, int] = {}
         self._terms: dict[str, int] = {}
@@ -120,9 +123,8 @@ class MemoryIndex:
         self._forget([position[i] for i in ids if i in position])
         position.update(zip(ids, range(start, stop), strict=True))
         self._ids[start:stop] = ids
-        self._kinds[start:stop] = kinds
+        self._state[start:stop] = kinds
         self._vectors[start:stop] = vectors
-        self._alive[start:stop] = True
         self._add_postings(start, texts)
         self.size = stop
         if self.live >= ANN_MIN_ROWS and (self._ann is None or self.live > ANN_RETRAIN_GROWTH * self._ann_trained_on):
@@ -138,7 +140,7 @@ class MemoryIndex:
         if not positions:
             return
         positions = np.asarray(positions, dtype=np.int64)
-        self._alive[positions] = False
+        self._state[positions] = DEAD
         self._total_length -= float(self._lengths[positions].sum())
         if self._ann is not None:
             import faiss
@@ -150,7 +152,7 @@ class MemoryIndex:
         if needed <= capacity:
             return
         capacity = max(needed, 2 * capacity, 256)
-        for name in ("_ids", "_kinds", "_alive", "_lengths"):
+        for name in ("_ids", "_state", "_lengths"):
             old = getattr(self, name)
             new = np.zeros(capacity, old.dtype)
             new[: self.size] = old[: self.size]
@@ -158,7 +160,7 @@ class MemoryIndex:
         vectors = np.zeros((capacity, self.dimension), np.float32)
         vectors[: self.size] = self._vectors[: self.size]
         self._vectors = vectors
-        self._scores, self._touched = np.zeros(capacity, np.float64), np.zeros(capacity, np.int64)
+        self._scores, self._touched = np.zeros(capacity, np.float32), np.zeros(capacity, np.int64)
 
     def _add_postings(self, start: int, texts: Sequence[str]) -> None:
         """One CSC block (rows: positions from `start`, columns: term ids, values: term counts)."""
@@ -194,7 +196,7 @@ class MemoryIndex:
         dimensions per code) on the live vectors, and file them."""
         import faiss
 
-        live = np.flatnonzero(self._alive[: self.size])
+        live = np.flatnonzero(self._state[: self.size] != DEAD)
         lists = 2 << int(np.log2(np.sqrt(len(live))))
         codes = self.dimension // 2 if self.dimension % 2 == 0 else self.dimension
         ann = faiss.index_factory(self.dimension, f"IVF{lists},PQ{codes}x4fs", faiss.METRIC_INNER_PRODUCT)
@@ -210,10 +212,8 @@ class MemoryIndex:
         self._ann_probes = max(1, round(lists * ANN_PROBE_SHARE))
 
     def _allowed(self, kinds: Sequence[int]) -> np.ndarray:
-        alive = self._alive[: self.size]
-        if len(kinds) == 1:
-            return alive & (self._kinds[: self.size] == kinds[0])
-        return alive
+        state = self._state[: self.size]
+        return state == kinds[0] if len(kinds) == 1 else state != DEAD
 
     def keyword_search(self, query: str, k: int, kinds: Sequence[int]) -> list[tuple[int, float]]:
         """Top k by BM25 over the allowed rows; only rows containing a query term are returned."""
@@ -223,7 +223,7 @@ class MemoryIndex:
         df = np.zeros(len(wanted), np.int64)
         for start, block, _ in self._blocks:
             if self.live < self.size:
-                _live_df(block.indptr, block.indices, start, wanted, self._alive, df)
+                _live_df(block.indptr, block.indices, start, wanted, self._state, df)
             else:
                 inside = wanted < block.shape[1]
                 terms = wanted[inside]
@@ -235,8 +235,7 @@ class MemoryIndex:
         touched = 0
         for start, block, row_lengths in self._blocks:
             touched = _bm25_add(
-                block.indptr, block.indices, block.data, row_lengths, start, wanted, idf, self._alive, self._kinds,
-                kind, np.float32(BM25_K1 * (1 - BM25_B)), np.float32(BM25_K1 * BM25_B / avgdl),
+                block.indptr, block.indices, block.data, row_lengths, start, wanted, idf, self._state, kind, np.float32(BM25_K1 * (1 - BM25_B)), np.float32(BM25_K1 * BM25_B / avgdl),
                 np.float32(BM25_K1 + 1), self._scores, self._touched, touched,
             )  # fmt: skip
         return self._top(*_best_touched(self._scores, self._touched, touched, k), k)
@@ -258,7 +257,7 @@ class MemoryIndex:
             candidates = np.flatnonzero(allowed)
             return self._top(candidates, scores[candidates], k)
         candidates = np.flatnonzero(allowed)
-        return self._top(candidates, _dot(self._vectors[candidates], query), k)
+        return self._top(candidates, _gather_dot(self._vectors, candidates, query), k)
 
     def _ann_search(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None, probes: int | None
@@ -273,7 +272,7 @@ class MemoryIndex:
             params.sel = faiss.IDSelectorBitmap(bitmap)
         _, positions = self._ann.search(query.reshape(1, -1), max(ANN_RERANK, 2 * k), params=params)
         positions = positions[0][positions[0] >= 0]
-        return self._top(positions, _dot(self._vectors[positions], query), k)
+        return self._top(positions, _gather_dot(self._vectors, positions, query), k)
 
     def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """The vectors of those ids that are indexed rows (copies: the index may grow under them)."""
@@ -309,16 +308,31 @@ def _dot(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
 _jit = numba.njit(nogil=True, cache=True)
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _gather_dot(vectors: np.ndarray, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Dot products of the query with the rows at `positions`, read in place: numpy's
+    `vectors[positions]` first copies the scattered rows (a re-ranking of 100 rows took 0.056 ms
+    p50 that way, 0.040 ms in place, measured here between Chroma queries)."""
+    out = np.empty(len(positions), np.float32)
+    for i in range(len(positions)):
+        row = vectors[positions[i]]
+        total = np.float32(0.0)
+        for d in range(len(query)):
+            total += row[d] * query[d]
+        out[i] = total
+    return out
+
+
 @_jit
 def _live_df(
-    indptr: np.ndarray, indices: np.ndarray, start: int, terms: np.ndarray, alive: np.ndarray, df: np.ndarray
+    indptr: np.ndarray, indices: np.ndarray, start: int, terms: np.ndarray, state: np.ndarray, df: np.ndarray
 ) -> None:
     """Add to df[j] the live rows of one block holding terms[j] (columns past the block's width: none)."""
     width = len(indptr) - 1
     for j in range(len(terms)):
         if terms[j] < width:
             for p in range(indptr[terms[j]], indptr[terms[j] + 1]):
-                if alive[indices[p] + start]:
+                if state[indices[p] + start] != DEAD:
                     df[j] += 1
 
 
@@ -331,8 +345,7 @@ def _bm25_add(
     start: int,
     terms: np.ndarray,
     idf: np.ndarray,
-    alive: np.ndarray,
-    kinds: np.ndarray,
+    state: np.ndarray,
     kind: int,
     norm_a: np.float32,
     norm_b: np.float32,
@@ -341,10 +354,11 @@ def _bm25_add(
     touched: np.ndarray,
     n: int,
 ) -> int:
-    """Add one block's BM25 weights of the query terms to `scores` (float32 weights summed in
-    float64, block by block and term by term, as a bincount over the concatenated postings would),
-    skipping dead rows and, with kind >= 0, rows of other kinds; each row first scored is appended
-    to `touched`, whose new length is returned."""
+    """Add one block's BM25 weights of the query terms to `scores` (float32, block by block and
+    term by term: a query has at most 32 terms, so the sum keeps FTS5's score to ~1e-6 while the
+    scratch array is half the bytes of float64 ones, which the scattered adds pull through the
+    cache), skipping dead rows and, with kind >= 0, rows of other kinds; each row first scored is
+    appended to `touched`, whose new length is returned."""
     width = len(indptr) - 1
     for j in range(len(terms)):
         if terms[j] >= width:
@@ -352,7 +366,7 @@ def _bm25_add(
         weight = idf[j]
         for p in range(indptr[terms[j]], indptr[terms[j] + 1]):
             row = indices[p] + start
-            if not alive[row] or (kind >= 0 and kinds[row] != kind):
+            if state[row] == DEAD or (kind >= 0 and state[row] != kind):
                 continue
             count = counts[p]
             if scores[row] == 0.0:
@@ -367,7 +381,7 @@ def _best_touched(scores: np.ndarray, touched: np.ndarray, n: int, k: int) -> tu
     """The touched rows scoring at least the k-th best (ties with it kept, so the caller's cut by
     id is exact) and their scores; every touched score is reset to 0. The k-th best comes from a
     min-heap of k, one pass instead of a partition of all touched rows."""
-    heap = np.empty(min(k, n), np.float64)
+    heap = np.empty(min(k, n), scores.dtype)
     size = 0
     for i in range(n):
         value = scores[touched[i]]
@@ -393,7 +407,7 @@ def _best_touched(scores: np.ndarray, touched: np.ndarray, n: int, k: int) -> tu
             heap[j] = value
     kth = heap[0] if size else 0.0
     rows = np.empty(n, np.int64)
-    best = np.empty(n, np.float64)
+    best = np.empty(n, scores.dtype)
     m = 0
     for i in range(n):
         row = touched[i]
