@@ -26,6 +26,18 @@ def test_an_answer_that_restates_the_question_is_an_echo():
     assert not prompts.echoes_question("Why?", "Why not, indeed, my friend?")
 
 
+def test_a_rewrite_loses_its_opening_formula_about_the_answer():
+    assert prompts.without_formula("The answer to this question is: ten dollars a ton.") == "Ten dollars a ton."
+    assert prompts.without_formula("So, the answer to your question is yes, it did.") == "Yes, it did."
+    assert prompts.without_formula("Here is the answer: it opened in 1825.") == "It opened in 1825."
+    assert prompts.without_formula("The answer to this question is:") == ""
+    for kept in ("The answers vary from year to year.", "The canal opened in 1825.", "An answer came in May."):
+        assert prompts.without_formula(kept) == kept
+    assert prompts.clean_answer("Sure! The answer is: ten dollars a ton.", False, formula=False) == ("Ten dollars a ton.", "")
+    assert prompts.clean_answer("The answer is: ten dollars.", False) == ("The answer is: ten dollars.", "")
+    assert prompts.clean_answer("The answer is:", False, formula=False) == (None, "answer too short")
+
+
 def test_pairs_put_passing_samples_against_ones_that_fail_the_tone_bar():
     samples = [
         _sample("a", "plain and close", 80, 0.9), _sample("a", "plain but off topic", 85, 0.2),

@@ -99,12 +99,30 @@ def echoes_question(question: str, answer: str, run: int = 5, opening: int = 12)
     return any(tuple(start[i : i + run]) in grams for i in range(len(start) - run + 1))
 
 
-def clean_answer(text: str, truncated: bool, min_words: int = 3) -> tuple[str | None, str]:
-    """(answer, "") or (None, reason). A cut-off answer is trimmed to its last whole sentence."""
+FORMULA = re.compile(
+    r"^(?:(?:so|well|okay|ok),?\s+)?(?:the|my|here'?s\s+the|here\s+is\s+the)\s+(?:short\s+|simple\s+|easy\s+|quick\s+)?"
+    r"answer\b(?:\s+to\s+(?:this|that|the|your)\s+question)?\s*(?:is\b)?\s*[:,\-]?\s*",
+    re.I,
+)
+
+
+def without_formula(text: str) -> str:
+    """The answer without an opening formula about the answer ("The answer to this question is:
+    ..."): a rewrite that opens with it teaches the adapter a phrase that passes any reading-ease
+    bar while saying nothing (126 of 200 test answers of an SFT adapter opened with it)."""
+    rest = FORMULA.sub("", text, count=1)
+    return rest[:1].upper() + rest[1:] if rest != text else text
+
+
+def clean_answer(text: str, truncated: bool, min_words: int = 3, formula: bool = True) -> tuple[str | None, str]:
+    """(answer, "") or (None, reason). A cut-off answer is trimmed to its last whole sentence;
+    `formula=False` also drops an opening formula about the answer (`without_formula`)."""
     lines = [_PREFIX.sub("", line).strip() for line in text.strip().splitlines()]
     lines = [line for line in lines if line and not (META_LINE.match(line) and line.rstrip().endswith(":"))]
     answer = " ".join(lines)
     answer = re.sub(r"^(?:sure|fine|okay|ok|certainly|of course)[!,.]\s*", "", answer, flags=re.I)
+    if not formula:
+        answer = without_formula(answer)
     if truncated:
         ends = list(_SENTENCE_END.finditer(answer))
         if not ends:
