@@ -32,6 +32,7 @@ from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.provenance import versions
 from personalm.train.data import Dataset, batch_tokens, bucketed_batches, collate, load_examples, load_pairs
 from personalm.train.distributed import Group, join, leave
+from personalm.train.dropout import use_fast_dropout
 from personalm.train.frozen_base import freeze_base_layers
 from personalm.train.losses import contrast_of, get_loss, loss_units, needs_pairs, supervised_rows
 
@@ -120,6 +121,7 @@ def build_model(config: TrainConfig, device: torch.device | None = None):
         raise PersonalmError(f"LoRA targets {config.targets!r}: {err}") from None
     if device is None or device.type == "cpu":
         freeze_base_layers(model, config.quant)
+        use_fast_dropout(model)
     elif config.quant != "fp32":
         raise PersonalmError(f"--quant {config.quant} is the CPU's int8 path; on {device} train with --quant fp32")
     else:
