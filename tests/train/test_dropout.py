@@ -57,3 +57,14 @@ def test_every_lora_dropout_of_a_peft_model_is_swapped():
     model.train()
     model(torch.randn(4, 8)).sum().backward()  # trains through the swapped masks
     assert use_fast_dropout(model) == 0
+
+
+def test_the_cpu_trainer_builds_its_model_with_fast_dropout_in_every_lora_layer():
+    from personalm.train.frozen_base import FrozenLinear
+    from personalm.train.loop import TrainConfig, build_model
+
+    _, model = build_model(TrainConfig(data="", out="", rank=2, dropout=0.05))
+    lora_layers = [m for m in model.modules() if hasattr(m, "lora_dropout")]
+    assert lora_layers and all(isinstance(m.lora_dropout["default"], FastDropout) for m in lora_layers)
+    assert all(isinstance(m.base_layer, FrozenLinear) for m in lora_layers)
+    assert not any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
