@@ -235,8 +235,9 @@ class MemoryIndex:
         touched = 0
         for start, block, row_lengths in self._blocks:
             touched = _bm25_add(
-                block.indptr, block.indices, block.data, row_lengths, start, wanted, idf, self._state, kind, np.float32(BM25_K1 * (1 - BM25_B)), np.float32(BM25_K1 * BM25_B / avgdl),
-                np.float32(BM25_K1 + 1), self._scores, self._touched, touched,
+                block.indptr, block.indices, block.data, row_lengths, start, wanted, idf, self._state, kind,
+                np.float32(BM25_K1 * (1 - BM25_B)), np.float32(BM25_K1 * BM25_B / avgdl), np.float32(BM25_K1 + 1),
+                self._scores, self._touched, touched,
             )  # fmt: skip
         return self._top(*_best_touched(self._scores, self._touched, touched, k), k)
 

@@ -305,10 +305,10 @@ def _queries(
             call(i)
     timings = {name: np.empty(n * rounds) for name in calls}
     found: dict[str, list[list]] = {name: [] for name in calls}
+    gc.disable()
     try:
         for round_ in range(rounds):
-            gc.collect()
-            gc.disable()
+            gc.collect()  # runs with the collector disabled too
             for i in range(n):
                 for name, call in calls.items():
                     start = time.perf_counter()
@@ -316,7 +316,6 @@ def _queries(
                     timings[name][round_ * n + i] = (time.perf_counter() - start) * 1e3
                     if round_ == 0:
                         found[name].append(hits)
-            gc.enable()
     finally:
         gc.enable()
     return timings, found
