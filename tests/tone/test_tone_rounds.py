@@ -33,9 +33,9 @@ def test_a_rewrite_loses_its_opening_formula_about_the_answer():
     assert prompts.without_formula("The answer to this question is:") == ""
     for kept in ("The answers vary from year to year.", "The canal opened in 1825.", "An answer came in May."):
         assert prompts.without_formula(kept) == kept
-    assert prompts.clean_answer("Sure! The answer is: ten dollars a ton.", False, formula=False) == ("Ten dollars a ton.", "")
+    assert prompts.clean_answer("Sure! The answer is: ten dollars a ton.", False, drop_formula=True) == ("Ten dollars a ton.", "")
     assert prompts.clean_answer("The answer is: ten dollars.", False) == ("The answer is: ten dollars.", "")
-    assert prompts.clean_answer("The answer is:", False, formula=False) == (None, "answer too short")
+    assert prompts.clean_answer("The answer is:", False, drop_formula=True) == (None, "answer too short")
 
 
 def test_pairs_put_passing_samples_against_ones_that_fail_the_tone_bar():

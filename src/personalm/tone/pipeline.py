@@ -131,7 +131,7 @@ class ToneBuilder:
         k = self.config.candidates
         chats = [prompts.tone_prompt(i["question"], i["reference"]) for i in items for _ in range(k)]
         gens = self.model.generate(chats, self._params(self.config.temperature, salt=1))
-        texts = [prompts.clean_answer(g.text, g.finish_reason == "length", formula=False)[0] or "" for g in gens]
+        texts = [prompts.clean_answer(g.text, g.finish_reason == "length", drop_formula=True)[0] or "" for g in gens]
         scores = score_answers(texts, [i["reference"] for i in items], self.embedder, self.scorer, k)
         tone, accepted = scores.tone, scores.accepted
         out = []

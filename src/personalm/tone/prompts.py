@@ -114,14 +114,16 @@ def without_formula(text: str) -> str:
     return rest[:1].upper() + rest[1:] if rest != text else text
 
 
-def clean_answer(text: str, truncated: bool, min_words: int = 3, formula: bool = True) -> tuple[str | None, str]:
+def clean_answer(
+    text: str, truncated: bool, min_words: int = 3, drop_formula: bool = False
+) -> tuple[str | None, str]:
     """(answer, "") or (None, reason). A cut-off answer is trimmed to its last whole sentence;
-    `formula=False` also drops an opening formula about the answer (`without_formula`)."""
+    `drop_formula` also drops an opening formula about the answer (`without_formula`)."""
     lines = [_PREFIX.sub("", line).strip() for line in text.strip().splitlines()]
     lines = [line for line in lines if line and not (META_LINE.match(line) and line.rstrip().endswith(":"))]
     answer = " ".join(lines)
     answer = re.sub(r"^(?:sure|fine|okay|ok|certainly|of course)[!,.]\s*", "", answer, flags=re.I)
-    if not formula:
+    if drop_formula:
         answer = without_formula(answer)
     if truncated:
         ends = list(_SENTENCE_END.finditer(answer))
