@@ -35,7 +35,7 @@ class _MaskedScale(torch.autograd.Function):
 
 def keep_mask(shape: torch.Size, p: float) -> Tensor:
     """Bool mask, True with probability 1 - p (p rounded to a multiple of 1/65536)."""
-    n = int(np.prod(shape))
+    n = shape.numel()
     seed = int(torch.randint(0, 2**62, (1,)))
     words = np.random.SFC64(seed).random_raw((n + 3) // 4)
     threshold = -(LEVELS // 2) + round(p * LEVELS)
