@@ -12,6 +12,7 @@ from personalm.avatars.chat import AvatarChat
 from personalm.avatars.preferences import (
     MAX_CANDIDATES,
     PreferenceSettings,
+    answer_with_preferences,
     avatar_settings,
     choose,
     is_preference,
@@ -19,6 +20,7 @@ from personalm.avatars.preferences import (
     sample_candidates,
     save_avatar_settings,
     stated_preferences,
+    voice_likelihood,
     with_preferences,
 )
 from personalm.avatars.retrieval import Hit, Recall
@@ -113,6 +115,51 @@ def test_candidates_come_from_one_generate_call():
     assert model.calls == [["hi", "hi", "hi"]]
     greedy = CandidateModel("only")
     assert sample_candidates(greedy, "hi", SamplingParams(temperature=0.0), 3) == ["only"]
+
+
+class WordScores(CandidateModel):
+    """A CandidateModel whose score gives each word of a reply its log-probability in `table` (-1 otherwise)."""
+
+    def __init__(self, table: dict[str, float], *replies: str):
+        super().__init__(*replies)
+        self.table = table
+
+    def score(self, contexts, continuations):
+        self.scored.append(list(continuations))
+        return [TokenScores(c.split(), [self.table.get(w, -1.0) for w in c.split()]) for c in continuations]
+
+
+def test_the_voice_likelihood_keeps_the_answer_the_adapter_expects_most_over_its_base():
+    replies = ["The bill passed today.", "Verily the bill passed.", "Verily, verily."]
+    voice = WordScores({"Verily": -0.5, "Verily,": -0.5, "verily.": -0.5}, *replies)
+    base = WordScores({"The": -0.5})
+    # per token: (voice total - base total) / tokens
+    assert voice_likelihood(voice, base, "hi", replies)([0, 1, 2]) == pytest.approx([-0.125, 0.5 / 4, 0.5])
+    assert voice_likelihood(voice, base, "hi", [""])([0]) == [0.0]
+    picked = answer_with_preferences(voice, None, "hi", "hi", [], SamplingParams(temperature=0.7), 3, base=base)
+    assert (picked.index, picked.answer, picked.scores) == (2, "Verily, verily.", None)
+    assert voice.calls == [["hi"] * 3] and base.calls == []  # sampled by the voice, scored by both
+    assert picked.likelihoods == pytest.approx({0: -0.125, 1: 0.125, 2: 0.5})
+    one = CandidateModel("Only one.")
+    assert answer_with_preferences(one, None, "hi", "hi", [], SamplingParams(temperature=0.7), 3).index == 0
+    assert one.calls == [["hi"]]  # no base, nothing stated: one answer as usual
+
+
+def test_an_avatar_with_a_voice_keeps_its_most_voiced_answer(memory, keyword_critic):
+    memory.remember("ada", "I avoid dairy because of lactose intolerance.")
+    replies = ["Verily, verily.", "Cheese, verily.", "Anything without dairy, thanks."]
+    voice = WordScores({"Verily,": -0.5, "verily.": -0.5}, *replies)
+    chat = AvatarChat(memory, "ada", voice, min_support=0.0, voice_base=WordScores({}), voice_candidates=2)
+    turn = chat.send("What do you say?")
+    assert turn.reply == "Verily, verily." and voice.calls[0] == [voice.calls[0][0]] * 2  # the first 2 sampled
+    assert turn.choice.preferences == [] and len(turn.choice.answers) == 2
+    # With preferences stated, the critic decides among their candidates and the voice breaks ties.
+    voiced = WordScores({"Cheese,": -0.5}, *replies)
+    settings = PreferenceSettings(apply=True, candidates=3)
+    chat = AvatarChat(memory, "ada", voiced, critic=keyword_critic, preferences=settings, min_support=0.0,
+                      voice_base=WordScores({}))  # fmt: skip
+    turn = chat.send("Which dairy foods do you like?")
+    assert turn.choice.preferences and len(turn.choice.answers) == 3 and turn.reply == replies[2]
 
 
 def test_avatar_chat_answers_with_the_preference_it_retrieved(memory, keyword_critic):

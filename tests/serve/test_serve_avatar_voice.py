@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from personalm.avatars.api import AvatarMemory
+from personalm.avatars.preferences import VOICE_CANDIDATES
 from personalm.avatars.voice import AdapterVersion, record
 from personalm.serve.app import create_app
 from personalm.serve.auth import KeyStore
@@ -111,6 +112,19 @@ def test_pinned_and_latest_versions_answer_with_their_adapters(tmp_path, embedde
             assert answer("avatar:alice")["adapter_version"] == "v3"  # following the latest
             assert answer("avatar:alice@v1")["adapter_version"] == "v1"  # pinned
             assert set(catalog._voices) == {folders / "v1", folders / "v2", folders / "v3"}
+            assert not catalog._bases  # greedy: one answer, nothing to rank, no base loaded
+            # Sampling: the best of VOICE_CANDIDATES answers by voice likelihood (adapter over base).
+            reply = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice", "temperature": 0.8,
+                                                                   "max_tokens": 8})  # fmt: skip
+            assert reply.status_code == 200, reply.text
+            voice = reply.json()["voice"]
+            likelihoods = {int(i): v for i, v in voice["likelihoods"].items()}
+            assert voice["candidates"] == VOICE_CANDIDATES and len(likelihoods) == VOICE_CANDIDATES
+            assert likelihoods[voice["chosen"]] == max(likelihoods.values()) and "preferences" not in reply.json()
+            assert reply.json()["usage"]["completion_tokens"] >= VOICE_CANDIDATES
+            assert list(catalog._bases) == ["smollm2-135m-instruct"]
+            plain = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice@base", "temperature": 0.8})
+            assert plain.status_code == 200 and "voice" not in plain.json()
     finally:
         catalog.close()
         memory.close()

@@ -20,11 +20,13 @@ from personalm.eval.prefeval import load_prefeval
 from personalm.models.base import Generation, TextModel, TokenScores
 from personalm.studies.avatar_experiment import ExperimentConfig, run
 from personalm.studies.avatar_likeness import (
+    Candidates,
     Prompt,
     VoiceSetting,
     answer_prompt,
     copy_rate,
     held_out_prompts,
+    parse_candidates,
     parse_voice_grid,
     passage_turns,
     split_person,
@@ -180,6 +182,15 @@ def test_voice_rows_spread_passages_of_the_memory_period_speeches(tmp_path):
     assert [r["id"] for r in two] == [every[0]["id"], every[len(every) // 2]["id"]]  # spread, not the first two
 
 
+def test_the_served_answer_is_the_best_of_the_first_n_by_voice_likelihood():
+    pool = Candidates([["a", "b", "c"], ["d", "e", "f"]], [[0.1, 0.3, 0.2], [0.5, 0.5, 0.9]])
+    assert pool.chosen(1) == ["a", "d"] and pool.chosen(2) == ["b", "d"] and pool.chosen(3) == ["b", "f"]
+    assert parse_candidates(" 8,1,4,1") == (1, 4, 8)
+    for bad in ("", "0,4", "4,x", "17"):
+        with pytest.raises(PersonalmError, match="--voice-candidates"):
+            parse_candidates(bad)
+
+
 def test_held_out_prompts_split_cue_and_reference(tmp_path):
     make_data(tmp_path)
     files = sorted((tmp_path / "speeches" / "ann_a").glob("*.txt"))
@@ -198,7 +209,7 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
         prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, voice_persons=2,
-        update_persons=1, update_speeches=1,
+        update_persons=1, update_speeches=1, voice_candidates=(1, 2),
     )  # fmt: skip
     voices = FakeVoices()
     results = run(config, model=EchoStyleModel(), memory=memory, critic=critic, voices=voices)
@@ -226,15 +237,19 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert results["attribution_acc_norag"] < 1.0
     assert results["prefeval_acc_memory"] > results["prefeval_acc_nomemory"]
     assert results["seed"] == 0 and results["versions"]["numpy"] == np.__version__
-    # The voice setting is chosen on the one person neither voiced nor update-checked (cy_c): every
-    # setting of the grid tried there, the first of the two that speak in the person's words kept;
-    # the voice persons are trained with it alone (nothing tried on them).
+    # The voice setting and candidate count are chosen on the one person neither voiced nor
+    # update-checked (cy_c): every combination tried there, the first of those that speak in the
+    # person's words kept (the fake voice's candidates tie: the first is kept); the voice persons
+    # are trained with it alone (nothing tried on them).
     voice = results["likeness"]["voice"]
     validation = voice["validation"]
     assert validation["persons"] == ["cy_c"] and validation["prompts"] == 2
-    assert [(r["epochs"], r["lr"]) for r in validation["settings"]] == [(1, 2e-4), (3, 2e-4), (3, 1e-3)]
-    assert [r["attribution_acc_voice_rag"] for r in validation["settings"]][1:] == [1.0, 1.0]
-    assert validation["chosen"] == voice["setting"] == {"epochs": 3, "lr": 2e-4}
+    assert [(r["epochs"], r["lr"], r["candidates"]) for r in validation["settings"]] == [
+        (1, 2e-4, 1), (1, 2e-4, 2), (3, 2e-4, 1), (3, 2e-4, 2), (3, 1e-3, 1), (3, 1e-3, 2)]  # fmt: skip
+    assert [r["attribution_acc_voice_rag"] for r in validation["settings"]][2:] == [1.0] * 4
+    assert validation["chosen"] == voice["setting"] | {"candidates": 1} == {"epochs": 3, "lr": 2e-4, "candidates": 1}
+    assert voice["candidates"] == 1 and set(voice["by_candidates"]) == {"1", "2"}
+    assert voice["by_candidates"]["1"]["attribution_acc"] == results["attribution_acc_voice_rag"]
     assert voices.trained == [("cy_c", s) for s in config.voice_grid] + [("ann_a", VoiceSetting(3, 2e-4)),
                                                                          ("bob_b", VoiceSetting(3, 2e-4))]  # fmt: skip
     # Voice conditions: 2 of the 3 persons (spread), their 4 prompts, an adapter each trained on
@@ -274,7 +289,8 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Preference memory" in page and "Voice adapters" in page and "Update check" in page
-    assert "3 epochs, lr 0.0002: chosen among 3 settings on 1 other person," in page
+    assert "3 epochs, lr 0.0002: chosen with the candidate count among 6 combinations on 1 other person," in page
+    assert "best of 1 sampled answers by voice likelihood" in page
     assert saved["provenance"]["settings"]["critic"] is None
 
 

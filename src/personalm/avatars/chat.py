@@ -3,7 +3,9 @@ honest "I don't know" when memory does not cover a question, and memory updates 
 exchange (the one chatting is taken to be the person, telling their avatar about themselves).
 A yes/no question whose closest belief is the person's own denial of it is answered with that
 denial, not by the model (`denial`). With preference-aware answering on, the stated preferences
-among the retrieved facts pick the answer among n sampled candidates (avatars.preferences)."""
+among the retrieved facts pick the answer among n sampled candidates (avatars.preferences); an
+avatar speaking with a voice adapter, given the adapter's base model, keeps the candidate most in
+the person's voice (avatars.preferences.voice_likelihood)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from personalm.avatars.facts import FactExtractor, content_words
 from personalm.avatars.memory_update import NEGATION, Update, learn
 from personalm.avatars.preferences import (
     TRAIN_HINT,
+    VOICE_CANDIDATES,
     Choice,
     Critic,
     PreferenceSettings,
@@ -81,7 +84,7 @@ class ChatTurn:
     recall: Recall
     supported: bool
     updates: list[Update] = field(default_factory=list)
-    choice: Choice | None = None  # set when the answer was chosen for the stated preferences
+    choice: Choice | None = None  # set when the answer was chosen among candidates (preferences, voice)
     extracted: list[str] = field(default_factory=list)
     extractor: str = ""
 
@@ -120,7 +123,9 @@ def is_question(text: str) -> bool:
 
 class AvatarChat:
     """One conversation with an avatar; `send` answers and then updates memory. `preferences`
-    (default: the avatar's stored setting) turns preference-aware answering on; it needs `critic`."""
+    (default: the avatar's stored setting) turns preference-aware answering on; it needs `critic`.
+    `voice_base`, the base model of `model`'s voice adapter, turns voice ranking on: the best of
+    `voice_candidates` answers by voice likelihood (with preferences stated, their candidates)."""
 
     def __init__(
         self,
@@ -135,8 +140,11 @@ class AvatarChat:
         critic: Critic | None = None,
         preferences: PreferenceSettings | None = None,
         fusion: Fusion = PLAIN_RRF,
+        voice_base: TextModel | None = None,
+        voice_candidates: int = VOICE_CANDIDATES,
     ):
         self.memory, self.avatar, self.model = memory, avatar, model
+        self.voice_base, self.voice_candidates = voice_base, voice_candidates
         self.extractor = extractor
         self.params = params or SamplingParams(max_tokens=128, temperature=0.7, top_p=0.9, stop=("\n\n\n",))
         self.exemplars, self.facts, self.min_support = exemplars, facts, min_support
@@ -172,9 +180,11 @@ class AvatarChat:
         if prepared.messages is not None:
             seed = self.params.seed + len(self.history)
             params = SamplingParams(**{**self.params.to_dict(), "seed": seed})
-            if self.preferences.apply:
-                choice = answer_with_preferences(self.model, self.critic, prepared.messages, user,
-                                                 prepared.preferences, params, self.preferences.candidates)  # fmt: skip
+            if self.preferences.apply or self.voice_base is not None:
+                stated = prepared.preferences if self.preferences.apply else []
+                n = self.preferences.candidates if stated else self.voice_candidates
+                choice = answer_with_preferences(self.model, self.critic, prepared.messages, user, stated, params, n,
+                                                 self.voice_base)  # fmt: skip
                 reply = choice.answer or DONT_KNOW
             else:
                 reply = self.model.generate([prepared.messages], params)[0].text.strip() or DONT_KNOW

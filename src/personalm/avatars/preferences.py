@@ -6,6 +6,12 @@ easy for a trained critic and hard for a 135M generator. So the generator propos
 generate call, each seeded by its position) and the preference critic (`personalm critic train`)
 ranks them by the probability that they respect every stated preference; ties go to the model's own
 mean token log-probability of the answer. With nothing stated the model's likelihood alone decides.
+
+An avatar with a voice adapter ranks by its *voice* likelihood instead (`voice_likelihood`): how much
+more the adapter expects the answer than the base model it was trained from, given the same chat.
+The base's term cancels what any answer to that chat would say (the retrieved passages' content), so
+what is left is the person's way of saying it; with a base given, candidates are sampled even when no
+preference is stated.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from personalm.errors import PersonalmError
 from personalm.models.base import Message, Prompt, SamplingParams, TextModel
 
 DEFAULT_CANDIDATES = 4
+VOICE_CANDIDATES = 4
+"""Answers an avatar with a voice adapter samples per turn (docs/avatars.md: chosen on validation persons)."""
 MAX_CANDIDATES = 16
 MAX_PREFERENCES = 5  # stated preferences the critic is conditioned on (the best retrieved first)
 TIE = 1e-6  # critic scores closer than this are a tie, broken by the model's likelihood
@@ -181,6 +189,19 @@ def model_likelihood(model: TextModel, prompt: Prompt, answers: Sequence[str]) -
     return score
 
 
+def voice_likelihood(voice: TextModel, base: TextModel, prompt: Prompt,
+                     answers: Sequence[str]) -> Callable[[list[int]], list[float]]:  # fmt: skip
+    """Mean token log-likelihood ratio of answers[i] as the reply to `prompt`, the voice adapter's
+    over the base model's (two score calls); an empty answer scores 0."""
+
+    def score(indices: list[int]) -> list[float]:
+        texts = [answers[i] for i in indices]
+        mine, theirs = voice.score([prompt] * len(texts), texts), base.score([prompt] * len(texts), texts)
+        return [(a.total - b.total) / max(len(a.logprobs), 1) for a, b in zip(mine, theirs, strict=True)]
+
+    return score
+
+
 def sample_candidates(model: TextModel, prompt: Prompt, params: SamplingParams, n: int) -> list[str]:
     """n answers in one generate call: identical prompts are seeded by their position, so the
     candidates differ and the same seed gives the same candidates. Greedy decoding would give n
@@ -197,8 +218,14 @@ def answer_with_preferences(
     preferences: Sequence[str],
     params: SamplingParams,
     n: int,
+    base: TextModel | None = None,
 ) -> Choice:
     """Sample n candidates for `prompt` and keep the one that best respects `preferences`; with
-    none stated there is nothing to rank, and one answer is sampled as usual."""
-    answers = sample_candidates(model, prompt, params, n if preferences else 1)
-    return choose(critic, preferences, question, answers, model_likelihood(model, prompt, answers))
+    none stated there is nothing to rank, and one answer is sampled as usual. With `base` (the
+    model `model`'s voice adapter was trained from) the voice likelihood breaks ties, and decides
+    among the n candidates when nothing is stated."""
+    answers = sample_candidates(model, prompt, params, n if preferences or base is not None else 1)
+    likelihood = (
+        model_likelihood(model, prompt, answers) if base is None else voice_likelihood(model, base, prompt, answers)
+    )
+    return choose(critic, preferences, question, answers, likelihood)

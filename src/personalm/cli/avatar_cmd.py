@@ -399,6 +399,13 @@ def chat_cmd(
         "see `avatar preferences`).",
     ),
     candidates: int = typer.Option(None, min=1, max=16, help="Answers sampled per turn with --preferences."),
+    voice_candidates: int = typer.Option(
+        None,
+        min=1,
+        max=16,
+        help="With a voice adapter: answers sampled per turn, the one most in the person's voice "
+        "kept (default: 4, chosen in `avatar experiment`; 1: one sample).",
+    ),
     critic: Path = typer.Option(None, help="Preference critic folder (default PERSONALM_HOME/critic)."),
 ) -> None:
     """Talk with the avatar; you are taken to be the person, so facts you state are remembered."""
@@ -406,7 +413,7 @@ def chat_cmd(
 
     from personalm.avatars.chat import AvatarChat
     from personalm.avatars.facts import ModelFactExtractor, RuleFactExtractor
-    from personalm.avatars.preferences import PreferenceSettings, avatar_settings, load_critic
+    from personalm.avatars.preferences import VOICE_CANDIDATES, PreferenceSettings, avatar_settings, load_critic
     from personalm.errors import PersonalmError
     from personalm.models import SamplingParams, load_model
 
@@ -429,11 +436,14 @@ def chat_cmd(
             adapter, model = Path(voice.path), model or voice.base
             stderr.print(f"{name}: voice adapter {voice.label}", markup=False)
     lm = load_model(model, adapter=adapter) if model else load_model(adapter=adapter)
+    voice_candidates = voice_candidates or VOICE_CANDIDATES
+    base = (load_model(model) if model else load_model()) if adapter is not None and voice_candidates > 1 else None
     facts = None
     if learn:
         facts = ModelFactExtractor(lm) if extractor == "model" else RuleFactExtractor()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, seed=seed)
-    chat = AvatarChat(memory, name, lm, facts, params, critic=preference_critic, preferences=settings)
+    chat = AvatarChat(memory, name, lm, facts, params, critic=preference_critic, preferences=settings,
+                      voice_base=base, voice_candidates=voice_candidates)  # fmt: skip
     interactive = not message and sys.stdin.isatty()
     lines = message or (line.rstrip("\n") for line in sys.stdin)
     if interactive:
@@ -451,6 +461,8 @@ def chat_cmd(
         if turn.choice is not None and turn.choice.preferences:
             stderr.print(f"  preferences applied (best of {len(turn.choice.answers)}): "
                          + "; ".join(turn.choice.preferences), markup=False)  # fmt: skip
+        elif turn.choice is not None and show_memory:
+            stderr.print(f"  voice: best of {len(turn.choice.answers)} by voice likelihood", markup=False)
         for update in turn.updates:
             if show_memory or update.op != "NONE":
                 target = f" (was: {update.target_text})" if update.target_text and update.op != "NONE" else ""
@@ -458,6 +470,8 @@ def chat_cmd(
     if learn:
         _refresh_profile(memory, name, None, force=False, loaded=lm)
     lm.close()
+    if base is not None:
+        base.close()
 
 
 @app.command("experiment")
@@ -496,6 +510,11 @@ def experiment_cmd(
     voice_grid: str = typer.Option(
         None, help="Voice settings EPOCHS:LR,... chosen among on validation persons (default: the study's grid)."
     ),
+    voice_candidates: str = typer.Option(
+        "1,4,8",
+        help="Answers sampled per prompt by adapter + retrieval, the best by voice likelihood: counts chosen "
+        "among on validation persons.",
+    ),
     voice_validation_persons: int = typer.Option(
         3, min=0, help="Persons (not voice or update persons) the voice setting is chosen on (0: the first setting)."
     ),
@@ -520,9 +539,10 @@ def experiment_cmd(
     from personalm.avatars.preferences import load_critic
     from personalm.cli.inputs import data_folder
     from personalm.studies.avatar_experiment import VOICE_GRID, ExperimentConfig, headline_rows, run, voice_table_rows
-    from personalm.studies.avatar_likeness import parse_voice_grid
+    from personalm.studies.avatar_likeness import parse_candidates, parse_voice_grid
 
     grid = parse_voice_grid(voice_grid) if voice_grid is not None else VOICE_GRID
+    counts = parse_candidates(voice_candidates)
     needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
     folder = data_folder(data, required=needed)
     loaded = load_critic(critic)
@@ -539,7 +559,7 @@ def experiment_cmd(
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
         seed=seed, prefeval_only=prefeval_only, critic=critic, free_items=free_items, candidates=candidates,
         judge=judge, voice_persons=voice_persons, voice_steps=voice_steps, update_persons=update_persons,
-        update_speeches=update_speeches, voice_grid=grid,
+        update_speeches=update_speeches, voice_grid=grid, voice_candidates=counts,
         voice_validation_persons=voice_validation_persons, voice_rows=voice_rows,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False), critic=loaded)

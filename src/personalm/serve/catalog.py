@@ -57,6 +57,7 @@ class Catalog:
             self.entries[name] = Entry(name, "adapter", next(iter(self.entries)), Path(path))
         self._loaded: dict[str, tuple[LocalModel, BatchWorker | None]] = {}
         self._voices: dict[Path, tuple[LocalModel, BatchWorker | None]] = {}
+        self._bases: dict[str, LocalModel] = {}
         self._lock = threading.Lock()
 
     def get(self, model_id: str) -> Entry:
@@ -95,9 +96,21 @@ class Catalog:
                 self._voices[adapter] = (model, engine)
             return self._voices[adapter]
 
+    def voice_base(self, base: str) -> LocalModel:
+        """The base model voice adapters were trained from, for the voice likelihood (scoring only,
+        no engine; one per base, loaded on first use)."""
+        with self._lock:
+            if base not in self._bases:
+                path = resolve_local(base)
+                if path is None:
+                    raise PersonalmError(f"the adapter's base model '{base}' is not available on this server")
+                self._bases[base] = LocalModel(path, name=f"{base}@voice-base")
+            return self._bases[base]
+
     def close(self) -> None:
         for _, engine in [*self._loaded.values(), *self._voices.values()]:
             if engine is not None:
                 engine.close()
         self._loaded.clear()
         self._voices.clear()
+        self._bases.clear()

@@ -68,6 +68,7 @@ class ExperimentConfig:
     voice_persons: int = 8  # persons given a voice adapter (spread over the list; 0: no voice conditions)
     voice_steps: int = 0  # at most this many steps per voice adapter (0: the setting's epochs)
     voice_grid: tuple[VoiceSetting, ...] = VOICE_GRID  # epochs and learning rates chosen among on validation
+    voice_candidates: tuple[int, ...] = (1, 4, 8)  # adapter + retrieval's best of n by voice likelihood, n chosen among
     voice_validation_persons: int = 3  # persons (not voice or update persons) the voice setting is chosen on
     voice_rows: int = 600  # training passages per voice, spread over the memory-period speeches (0: the memory's)
     update_persons: int = 0  # persons in the update check (create, then update with a later period; 0: none)
@@ -428,8 +429,10 @@ def _voice_part(results: dict) -> list[str]:
                 f"{len(voice['persons'])} persons ({', '.join(display_name(p) for p in voice['persons'])}), "
                 f"{voice['prompts']} held-out prompts. Each person's adapter is trained as `avatar create` trains "
                 f"one ({VoiceSetting(**voice['setting']).label}: {_chosen_how(voice)}), on the person's "
-                "memory-period text only; the held-out prompts come from later speeches. Mean [95% bootstrap interval]; "
-                "differences paired over the same prompts."
+                "memory-period text only; the held-out prompts come from later speeches. Adapter + retrieval answers "
+                f"as the avatar is served: the best of {voice.get('candidates', 1)} sampled answers by voice "
+                "likelihood (the adapter's mean token log-probability over the base model's). Mean [95% bootstrap "
+                "interval]; differences paired over the same prompts."
             ),
             report.table(
                 [
@@ -438,6 +441,7 @@ def _voice_part(results: dict) -> list[str]:
                 ]
             ),  # fmt: skip
             *_validation_part(voice),
+            *_candidates_part(voice),
             report.paragraph("Training of each adapter:"),
             report.table(training),
             report.table(examples),
@@ -450,8 +454,22 @@ def _chosen_how(voice: dict) -> str:
     if not validation:
         return "the only setting given"
     persons = len(validation["persons"])
-    return (f"chosen among {len(validation['settings'])} settings on {persons} other person{'s' * (persons != 1)}, "
-            "nothing chosen on these")  # fmt: skip
+    return (f"chosen with the candidate count among {len(validation['settings'])} combinations on {persons} other "
+            f"person{'s' * (persons != 1)}, nothing chosen on these")  # fmt: skip
+
+
+def _candidates_part(voice: dict) -> list[str]:
+    """Adapter + retrieval at every candidate count of the grid on the voice persons (the chosen one
+    is the headline; the others are shown, not chosen on)."""
+    counts = voice.get("by_candidates")
+    if not counts:
+        return []
+    rows = [{"candidates": n, "attribution, adapter + retrieval": report.interval(row, "attribution_acc"),
+             "minus retrieval only (paired)": report.interval(row, "attribution_acc_minus_rag"),
+             "similarity": report.interval(row, "similarity")}
+            for n, row in counts.items()]  # fmt: skip
+    return [report.paragraph("Adapter + retrieval by candidate count on these persons (the headline uses "
+                             f"{voice.get('candidates', 1)}, chosen on validation persons):"), report.table(rows)]  # fmt: skip
 
 
 def _validation_part(voice: dict) -> list[str]:
@@ -460,7 +478,8 @@ def _validation_part(voice: dict) -> list[str]:
     if not validation:
         return []
     rows = [
-        {"setting": VoiceSetting(row["epochs"], row["lr"]).label, "steps (all persons)": str(row["steps"]),
+        {"setting": VoiceSetting(row["epochs"], row["lr"]).label, "candidates": str(row.get("candidates", 1)),
+         "steps (all persons)": str(row["steps"]),
          "attribution, adapter + retrieval": report.interval(row, "attribution_acc_voice_rag"),
          "minus retrieval only (paired)": report.interval(row, "attribution_acc_voice_rag_minus_rag"),
          "similarity, adapter + retrieval": report.interval(row, "similarity_voice_rag")}
@@ -470,7 +489,8 @@ def _validation_part(voice: dict) -> list[str]:
         report.paragraph(
             f"The setting was chosen on {validation['prompts']} held-out prompts of "
             f"{', '.join(display_name(p) for p in validation['persons'])} (best attribution of adapter + retrieval "
-            f"answers): {VoiceSetting(**validation['chosen']).label}."
+            f"answers): {VoiceSetting(validation['chosen']['epochs'], validation['chosen']['lr']).label}, "
+            f"best of {validation['chosen'].get('candidates', 1)}."
         ),
         report.table(rows),
     ]

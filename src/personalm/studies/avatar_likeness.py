@@ -14,10 +14,11 @@ is paired over the same prompts; the classifier's ceiling is its accuracy on the
 The voice conditions (issue 24): for `voice_persons` persons spread over the list, a LoRA voice
 adapter trained as `avatar create` trains one (avatars.voice.train_adapter) on up to `voice_rows`
 passages of that person's memory-period speeches, then the same prompts answered by the adapter
-alone (name only) and by the adapter with retrieval (the avatar as served). Its epochs and
-learning rate are chosen among `voice_grid` on `voice_validation_persons` other persons (the setting
-whose adapter + retrieval answers are attributed best on their held-out prompts), never on the
-persons it is then measured on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
+alone (name only) and by the adapter with retrieval (the avatar as served: the best of n sampled
+answers by voice likelihood, avatars.preferences.voice_likelihood; n = 1 is one sample). Its epochs,
+learning rate and n are chosen among `voice_grid` x `voice_candidates` on `voice_validation_persons`
+other persons (the combination whose adapter + retrieval answers are attributed best on their
+held-out prompts), never on the persons it is then measured on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
 pairwise, each difference with its 95% paired interval.
 """
 
@@ -37,6 +38,7 @@ from personalm.avatars.api import AvatarMemory
 from personalm.avatars.chat import system_prompt
 from personalm.avatars.chunking import Chunking, chunk_text, sentences
 from personalm.avatars.ingest import memory_key
+from personalm.avatars.preferences import MAX_CANDIDATES, choose, voice_likelihood
 from personalm.avatars.profile import clean_profile, display_name, keyword_profile, profile_prompt
 from personalm.avatars.retrieval import Recall, hybrid_search
 from personalm.avatars.sources import DATE_PREFIX, read_source
@@ -82,6 +84,17 @@ class VoiceSetting:
         return VoiceOptions(model=model, seed=seed, max_steps=steps or None, epochs=self.epochs, lr=self.lr)
 
 
+def parse_candidates(text: str) -> tuple[int, ...]:
+    """`1,4,8` into the candidate counts to choose among (ascending: the cheapest first)."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise PersonalmError(f"--voice-candidates {text!r}: expected counts like 1,4,8") from None
+    if not counts or not all(1 <= n <= MAX_CANDIDATES for n in counts):
+        raise PersonalmError(f"--voice-candidates {text!r}: expected counts from 1 to {MAX_CANDIDATES}, like 1,4,8")
+    return tuple(counts)
+
+
 def parse_voice_grid(text: str) -> tuple[VoiceSetting, ...]:
     """`EPOCHS:LR,...` (for example `1:2e-4,3:1e-3`) into the settings to choose among."""
     settings = []
@@ -124,6 +137,22 @@ class Prompt:
     cue: str
     reference: str
     date: str
+
+
+@dataclass
+class Candidates:
+    """Each prompt's sampled adapter + retrieval answers (cue cut) and their voice likelihoods, in
+    sampling order: the first n are what the served avatar samples with n candidates."""
+
+    texts: list[list[str]]
+    scores: list[list[float]]
+
+    def chosen(self, n: int) -> list[str]:
+        """Per prompt, the answer `choose` keeps among the first n (the avatar as served with n)."""
+        return [
+            answers[choose(None, [], "", answers[:n], lambda idx, s=scores: [s[i] for i in idx]).index]
+            for answers, scores in zip(self.texts, self.scores, strict=True)
+        ]
 
 
 def speech_files(folder: Path) -> list[Path]:
@@ -335,13 +364,16 @@ def voice_training_rows(config: ExperimentConfig, person: str, files: list[Path]
 
 
 def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
-                  params: SamplingParams, log: Log, setting: VoiceSetting,
-                  conditions: tuple[str, ...] = VOICE_CONDITIONS) -> tuple[dict[str, list[str]], dict[str, dict]]:  # fmt: skip
+                  params: SamplingParams, log: Log, setting: VoiceSetting, conditions: tuple[str, ...] = VOICE_CONDITIONS,
+                  candidates: int = 1) -> tuple[dict[str, list[str]], Candidates, dict[str, dict]]:  # fmt: skip
     """Per voice person: its adapter trained with `setting` on its training rows (kept across runs), then
-    its prompts answered with the adapter in each of `conditions`. Outputs align with the prompts of
-    `persons` in order; the second value is each person's training summary."""
+    its prompts answered with the adapter in each of `conditions`; adapter + retrieval samples
+    `candidates` answers per prompt, each with its voice likelihood (against the study's base
+    model). Outputs (one sample each; "voice_rag" the first) and candidates align with the prompts of
+    `persons` in order; the last value is each person's training summary."""
     prompts, batches = judges.prompts, judges.batches
     outputs: dict[str, list[str]] = {c: [] for c in conditions}
+    pool = Candidates([], [])
     training: dict[str, dict] = {}
     for number, person in enumerate(persons, start=1):
         rows = work / "voice" / f"{person}-rows{config.voice_rows}.jsonl"
@@ -358,13 +390,19 @@ def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJud
         spoken = voices.model(adapter)
         try:
             for condition in conditions:
-                generated = spoken.generate([batches[condition][i] for i in mine], params)
-                outputs[condition] += [
-                    without_cue(g.text, prompts[i].cue) for g, i in zip(generated, mine, strict=True)
-                ]
+                n = candidates if condition == "voice_rag" else 1
+                chats = [batches[condition][i] for i in mine]
+                generated = [g.text.strip() for g in spoken.generate([c for c in chats for _ in range(n)], params)]
+                for k, (chat, i) in enumerate(zip(chats, mine, strict=True)):
+                    answers = generated[k * n : (k + 1) * n]
+                    outputs[condition].append(without_cue(answers[0], prompts[i].cue))
+                    if condition == "voice_rag":
+                        pool.texts.append([without_cue(a, prompts[i].cue) for a in answers])
+                        pool.scores.append(voice_likelihood(spoken, judges.base, chat, answers)(list(range(n)))
+                                           if n > 1 else [0.0])  # fmt: skip
         finally:
             spoken.close()
-    return outputs, training
+    return outputs, pool, training
 
 
 def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log,
@@ -432,20 +470,21 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         result |= paired_estimate(f"{metric}_difference", scores["rag"][metric], scores["norag"][metric], config.seed)
     voiced = spread(list(split), config.voice_persons) if voices is not None and config.voice_persons else []
     checked = spread(list(split), config.update_persons) if voices is not None and config.update_persons else []
-    setting, validation = config.voice_grid[0], None
+    setting, candidates, validation = config.voice_grid[0], config.voice_candidates[0], None
     judges = VoiceJudges(prompts, batches, scores, attributor, memory, ref_vectors,
-                         {p: mem for p, (mem, _) in split.items()})  # fmt: skip
+                         {p: mem for p, (mem, _) in split.items()}, model)  # fmt: skip
     if voiced or checked:
         rest = [p for p in split if p not in voiced and p not in checked]
-        setting, validation = choose_voice(config, spread(rest, config.voice_validation_persons), judges, voices,
-                                           work, params, log)  # fmt: skip
+        setting, candidates, validation = choose_voice(config, spread(rest, config.voice_validation_persons), judges,
+                                                       voices, work, params, log)  # fmt: skip
     if voiced:
         order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
-        spoken, training = voice_outputs(config, voiced, judges, voices, work, params, log, setting)
-        result["voice"] = voice_results(config, spoken, training, [prompts[i] for i in order],
+        spoken, pool, training = voice_outputs(config, voiced, judges, voices, work, params, log, setting,
+                                               candidates=max(config.voice_candidates))  # fmt: skip
+        result["voice"] = voice_results(config, spoken, pool, candidates, training, [prompts[i] for i in order],
                                         {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
                                         attributor, memory, ref_vectors[order])  # fmt: skip
-        result["voice"] |= {"setting": asdict(setting), "validation": validation}
+        result["voice"] |= {"setting": asdict(setting), "candidates": candidates, "validation": validation}
     if checked:
         from personalm.studies.avatar_update import update_check
 
@@ -471,8 +510,8 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
 @dataclass
 class VoiceJudges:
     """What training and scoring voices on some persons needs: every prompt with its chats per
-    condition, the scores of the conditions without an adapter, the scorers, and each person's
-    memory-period speeches (the voices' training text)."""
+    condition, the scores of the conditions without an adapter, the scorers, each person's
+    memory-period speeches (the voices' training text) and the base model."""
 
     prompts: list[Prompt]
     batches: dict[str, list]
@@ -481,32 +520,39 @@ class VoiceJudges:
     memory: AvatarMemory
     ref_vectors: np.ndarray
     sources: dict[str, list[Path]]
+    base: TextModel  # the model the voices were trained from (the voice likelihood's denominator)
 
 
 def choose_voice(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
-                 params: SamplingParams, log: Log) -> tuple[VoiceSetting, dict | None]:  # fmt: skip
-    """The setting of `config.voice_grid` whose adapter + retrieval answers on `persons`' held-out
-    prompts are attributed best (then the most similar; then the first, the cheapest), and a record
-    of every setting's scores there. With one setting or no validation persons: the first, unscored."""
-    grid = config.voice_grid
-    if len(grid) == 1 or not persons:
-        return grid[0], None
+                 params: SamplingParams, log: Log) -> tuple[VoiceSetting, int, dict | None]:  # fmt: skip
+    """The setting of `config.voice_grid` and the candidate count of `config.voice_candidates` whose
+    adapter + retrieval answers on `persons`' held-out prompts are attributed best (then the most
+    similar; then the first, the cheapest), and a record of every combination's scores there. With
+    one combination or no validation persons: the first, unscored."""
+    combos = [(setting, n) for setting in config.voice_grid for n in config.voice_candidates]
+    if len(combos) == 1 or not persons:
+        return *combos[0], None
     order = [i for person in persons for i, p in enumerate(judges.prompts) if p.person == person]
     truth = [judges.prompts[i].person for i in order]
+    rag = {m: v[order] for m, v in judges.scores["rag"].items()}
     rows = []
-    for setting in grid:
+    for setting in config.voice_grid:
         log(f"likeness: choosing the voice setting on {len(persons)} validation persons: {setting.label}")
-        spoken, training = voice_outputs(config, persons, judges, voices, work, params, log, setting, ("voice_rag",))
-        found = score_texts(spoken["voice_rag"], truth, judges.attributor, judges.memory, judges.ref_vectors[order])
-        rag = {m: v[order] for m, v in judges.scores["rag"].items()}
-        row: dict[str, Any] = asdict(setting) | {"steps": sum(t["steps"] for t in training.values())}
-        for metric in ("attribution_acc", "similarity"):
-            row |= estimate(f"{metric}_voice_rag", found[metric], config.seed)
-            row |= paired_estimate(f"{metric}_voice_rag_minus_rag", found[metric], rag[metric], config.seed)
-        rows.append(row)
-    best = max(range(len(grid)), key=lambda k: (rows[k]["attribution_acc_voice_rag"], rows[k]["similarity_voice_rag"],
-                                                -k))  # fmt: skip
-    return grid[best], {"persons": persons, "prompts": len(order), "settings": rows, "chosen": asdict(grid[best])}
+        _, pool, training = voice_outputs(config, persons, judges, voices, work, params, log, setting, ("voice_rag",),
+                                          max(config.voice_candidates))  # fmt: skip
+        for n in config.voice_candidates:
+            found = score_texts(pool.chosen(n), truth, judges.attributor, judges.memory, judges.ref_vectors[order])
+            row: dict[str, Any] = asdict(setting) | {"candidates": n,
+                                                     "steps": sum(t["steps"] for t in training.values())}  # fmt: skip
+            for metric in ("attribution_acc", "similarity"):
+                row |= estimate(f"{metric}_voice_rag", found[metric], config.seed)
+                row |= paired_estimate(f"{metric}_voice_rag_minus_rag", found[metric], rag[metric], config.seed)
+            rows.append(row)
+    best = max(range(len(combos)), key=lambda k: (rows[k]["attribution_acc_voice_rag"], rows[k]["similarity_voice_rag"],
+                                                  -k))  # fmt: skip
+    setting, n = combos[best]
+    return setting, n, {"persons": persons, "prompts": len(order), "settings": rows,
+                        "chosen": asdict(setting) | {"candidates": n}}  # fmt: skip
 
 
 def voice_estimates(like: dict) -> dict:
@@ -516,14 +562,23 @@ def voice_estimates(like: dict) -> dict:
             if k.startswith(("attribution_acc_", "similarity_", "update_"))}  # fmt: skip
 
 
-def voice_results(config: ExperimentConfig, outputs: dict[str, list[str]], training: dict[str, dict],
-                  prompts: list[Prompt], scores: dict[str, dict[str, np.ndarray]], attributor, memory: AvatarMemory,
-                  ref_vectors: np.ndarray) -> dict:  # fmt: skip
-    """The voice persons' prompts under the voice conditions (scored as the others) and, paired over
-    the same prompts, each comparison of VOICE_DIFFERENCES: `attribution_acc_voice_rag_minus_rag`..."""
+def voice_results(config: ExperimentConfig, outputs: dict[str, list[str]], pool: Candidates, candidates: int,
+                  training: dict[str, dict], prompts: list[Prompt], scores: dict[str, dict[str, np.ndarray]],
+                  attributor, memory: AvatarMemory, ref_vectors: np.ndarray) -> dict:  # fmt: skip
+    """The voice persons' prompts under the voice conditions (scored as the others; adapter +
+    retrieval with the chosen `candidates`) and, paired over the same prompts, each comparison of
+    VOICE_DIFFERENCES: `attribution_acc_voice_rag_minus_rag`...; `by_candidates` gives adapter +
+    retrieval at every candidate count of the grid (the chosen one is the headline)."""
     truth = np.array([p.person for p in prompts])
     scores = dict(scores)
-    found: dict = {"persons": sorted(training), "prompts": len(prompts), "training": training}
+    outputs = outputs | {"voice_rag": pool.chosen(candidates)}
+    found: dict = {"persons": sorted(training), "prompts": len(prompts), "training": training, "by_candidates": {}}
+    for n in config.voice_candidates:
+        each = score_texts(pool.chosen(n), list(truth), attributor, memory, ref_vectors)
+        row = found["by_candidates"].setdefault(str(n), {})
+        for metric in ("attribution_acc", "similarity"):
+            row |= estimate(metric, each[metric], config.seed)
+            row |= paired_estimate(f"{metric}_minus_rag", each[metric], scores["rag"][metric], config.seed)
     for condition in VOICE_CONDITIONS:
         scores[condition] = score_texts(outputs[condition], list(truth), attributor, memory, ref_vectors)
     for condition in VOICE_CONDITIONS + ("rag", "norag"):

@@ -2,7 +2,8 @@
 avatar, or for any model with `preferences.avatar` naming whose memory to read), and the routes under
 /v1/avatars (ingest, remember, list, search, delete, the preferences default, the versions of a
 memory: `as_of` reads, histories, undo; and the voice adapter versions), each scoped to one avatar.
-`avatar:NAME` answers with the avatar's latest voice adapter, `avatar:NAME@vN` with version N.
+`avatar:NAME` answers with the avatar's latest voice adapter, `avatar:NAME@vN` with version N, as
+the best of VOICE_CANDIDATES sampled answers by voice likelihood (adapter over base).
 
 Isolation does not rely on prompts: every route passes the avatar named in the path to the store,
 whose every query filters by it, and a key scoped to `avatar:NAME` is refused any other name before
@@ -31,12 +32,14 @@ from personalm.avatars.memory_update import Learned, Update, learn
 from personalm.avatars.preferences import (
     MAX_CANDIDATES,
     MAX_PREFERENCES,
+    VOICE_CANDIDATES,
     PreferenceSettings,
     avatar_settings,
     choose,
     model_likelihood,
     save_avatar_settings,
     stated_preferences,
+    voice_likelihood,
 )
 from personalm.avatars.retrieval import Hit
 from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar, parse_time
@@ -159,6 +162,12 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
                                                         if e.kind == "base"))  # fmt: skip
     else:
         base = await voice_target(served.catalog, voice.base, Path(voice.path), f"{name}@{voice.label}")
+    ranker = None
+    if voice is not None and VOICE_CANDIDATES > 1 and body.temperature > 0:
+        try:
+            ranker = await asyncio.to_thread(served.catalog.voice_base, voice.base)
+        except PersonalmError as err:
+            raise ApiError(500, f"the voice adapter cannot be served: {err}", "engine_error") from None
     talk = AvatarChat(memory, name, base.model, critic=critic, preferences=settings)
     talk.history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
     prepared = await asyncio.to_thread(talk.prepare, messages[-1]["content"])  # reads memories and profile
@@ -169,9 +178,12 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
     if prepared.messages is None:
         final = {"preferences": {"applied": [], "candidates": 0, "chosen": None, "scores": None}}
         return fixed_reply(prepared.reply, body, extra, final if settings.apply else None)
-    if settings.apply:
-        return await preference_reply(request, base, prepared.messages, prepared.question, prepared.preferences,
-                                      critic, settings.candidates, body, limit, extra)  # fmt: skip
+    if settings.apply or ranker is not None:
+        stated = prepared.preferences if settings.apply else []
+        shown = ("preferences",) * settings.apply + ("voice",) * (ranker is not None)
+        return await preference_reply(request, base, prepared.messages, prepared.question, stated, critic,
+                                      settings.candidates if stated else VOICE_CANDIDATES, body, limit, extra, ranker,
+                                      shown)  # fmt: skip
     ids = base.model.encode_prompt(prepared.messages)
     return await complete(request, base, [(ids, prepared.messages)], body, limit, chat=True, shown_id=body.model,
                           extra=extra)  # fmt: skip
@@ -198,22 +210,31 @@ async def memory_preferences(served: Served, body: ChatRequest, messages, who: P
 
 
 async def preference_reply(request: Request, run: Target, prompt, question: str, preferences: list[str], critic,
-                           n: int, body: ChatRequest, limit: int | None, extra: dict[str, Any] | None = None):  # fmt: skip
-    """n candidates in one batch, the one the critic ranks highest (ties: the model's likelihood)
-    returned whole or as a stream whose final chunk names the preferences applied. With nothing
-    stated, or with greedy decoding, there is nothing to choose among: one answer is sampled."""
-    count = n if preferences and body.temperature > 0 else 1
+                           n: int, body: ChatRequest, limit: int | None, extra: dict[str, Any] | None = None,
+                           base=None, shown: tuple[str, ...] = ("preferences",)):  # fmt: skip
+    """n candidates in one batch, the one the critic ranks highest (ties: the model's likelihood,
+    or with `base`, the voice adapter's base model, the voice likelihood) returned whole or as a
+    stream whose final chunk names the preferences applied and the voice choice (`shown`). With
+    nothing stated and no base, or with greedy decoding, there is nothing to choose among: one
+    answer is sampled."""
+    count = n if (preferences or base is not None) and body.temperature > 0 else 1
     ids = run.model.encode_prompt(prompt)
     results = await sample(request, run, ids, prompt, body, limit, count)
     texts = [text for text, _, _ in results]
-    likelihood = model_likelihood(run.model, prompt, texts)
+    if base is None:
+        likelihood = model_likelihood(run.model, prompt, texts)
+    else:
+        likelihood = voice_likelihood(run.model, base, prompt, texts)
     try:
         choice = await asyncio.to_thread(choose, critic, preferences, question, texts, likelihood)
     except PersonalmError as err:
         raise ApiError(500, f"the preference critic failed: {err}", "engine_error") from None
     tokens = (len(ids) * count, sum(r[2] for r in results))
-    return fixed_reply(choice.answer, body, extra or {}, {"preferences": choice.to_dict()},
-                       results[choice.index][1], tokens)  # fmt: skip
+    voice = {"candidates": len(texts), "chosen": choice.index,
+             "likelihoods": {str(i): round(v, 4) for i, v in choice.likelihoods.items()}}  # fmt: skip
+    final = {"preferences": choice.to_dict(), "voice": voice}
+    return fixed_reply(choice.answer, body, extra or {}, {k: final[k] for k in shown}, results[choice.index][1],
+                       tokens)  # fmt: skip
 
 
 def router(served: Served) -> APIRouter:
