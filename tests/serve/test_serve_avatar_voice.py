@@ -15,6 +15,7 @@ from personalm.avatars.voice import AdapterVersion, record
 from personalm.serve.app import create_app
 from personalm.serve.auth import KeyStore
 from personalm.serve.catalog import Catalog
+from personalm.serve.routes import avatars as avatar_routes
 
 ADMIN = "admin-secret"
 
@@ -82,7 +83,8 @@ def test_another_avatars_versions_cannot_be_pinned_and_unknown_versions_are_404(
 
 
 @pytest.mark.slow
-def test_pinned_and_latest_versions_answer_with_their_adapters(tmp_path, embedded_model, embedder, soups_folder):
+def test_pinned_and_latest_versions_answer_with_their_adapters(tmp_path, embedded_model, embedder, soups_folder,
+                                                                monkeypatch):  # fmt: skip
     """Two random adapters on the real model as v1 and v2: `avatar:alice` answers with v2 until v3
     is recorded, `@v1` stays on v1, `@base` uses no adapter; each version loads once."""
     memory = AvatarMemory(tmp_path / "memory.db", embedder)
@@ -113,15 +115,19 @@ def test_pinned_and_latest_versions_answer_with_their_adapters(tmp_path, embedde
             assert answer("avatar:alice@v1")["adapter_version"] == "v1"  # pinned
             assert set(catalog._voices) == {folders / "v1", folders / "v2", folders / "v3"}
             assert not catalog._bases  # greedy: one answer, nothing to rank, no base loaded
-            # Sampling: the best of VOICE_CANDIDATES answers by voice likelihood (adapter over base).
+            sampled = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice", "temperature": 0.8})
+            assert sampled.status_code == 200 and "voice" not in sampled.json()  # the default: one sample
+            assert VOICE_CANDIDATES == 1 and not catalog._bases
+            # Voice ranking on: the best of n answers by voice likelihood (adapter over base).
+            monkeypatch.setattr(avatar_routes, "VOICE_CANDIDATES", 4)
             reply = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice", "temperature": 0.8,
                                                                    "max_tokens": 8})  # fmt: skip
             assert reply.status_code == 200, reply.text
             voice = reply.json()["voice"]
             likelihoods = {int(i): v for i, v in voice["likelihoods"].items()}
-            assert voice["candidates"] == VOICE_CANDIDATES and len(likelihoods) == VOICE_CANDIDATES
+            assert voice["candidates"] == 4 and len(likelihoods) == 4
             assert likelihoods[voice["chosen"]] == max(likelihoods.values()) and "preferences" not in reply.json()
-            assert reply.json()["usage"]["completion_tokens"] >= VOICE_CANDIDATES
+            assert reply.json()["usage"]["completion_tokens"] >= 4
             assert list(catalog._bases) == ["smollm2-135m-instruct"]
             plain = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice@base", "temperature": 0.8})
             assert plain.status_code == 200 and "voice" not in plain.json()

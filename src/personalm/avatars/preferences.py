@@ -29,8 +29,9 @@ from personalm.errors import PersonalmError
 from personalm.models.base import Message, Prompt, SamplingParams, TextModel
 
 DEFAULT_CANDIDATES = 4
-VOICE_CANDIDATES = 4
-"""Answers an avatar with a voice adapter samples per turn (docs/avatars.md: chosen on validation persons)."""
+VOICE_CANDIDATES = 1
+"""Answers an avatar with a voice adapter samples per turn, ranked by voice likelihood when more than
+one. 1, one sample: the avatar study chose it over 4 on validation persons (docs/avatars.md)."""
 MAX_CANDIDATES = 16
 MAX_PREFERENCES = 5  # stated preferences the critic is conditioned on (the best retrieved first)
 TIE = 1e-6  # critic scores closer than this are a tie, broken by the model's likelihood

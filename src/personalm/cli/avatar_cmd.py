@@ -404,7 +404,7 @@ def chat_cmd(
         min=1,
         max=16,
         help="With a voice adapter: answers sampled per turn, the one most in the person's voice "
-        "kept (default: 4, chosen in `avatar experiment`; 1: one sample).",
+        "kept (default: 1, one sample, as `avatar experiment` chose on validation persons).",
     ),
     critic: Path = typer.Option(None, help="Preference critic folder (default PERSONALM_HOME/critic)."),
 ) -> None:
