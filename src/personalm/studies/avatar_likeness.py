@@ -369,10 +369,10 @@ def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJud
     """Per voice person: its adapter trained with `setting` on its training rows (kept across runs), then
     its prompts answered with the adapter in each of `conditions`; adapter + retrieval samples
     `candidates` answers per prompt, each with its voice likelihood (against the study's base
-    model). Outputs (one sample each; "voice_rag" the first) and candidates align with the prompts of
-    `persons` in order; the last value is each person's training summary."""
+    model). Outputs (one sample each, for the other conditions) and candidates align with the prompts
+    of `persons` in order; the last value is each person's training summary."""
     prompts, batches = judges.prompts, judges.batches
-    outputs: dict[str, list[str]] = {c: [] for c in conditions}
+    outputs: dict[str, list[str]] = {c: [] for c in conditions if c != "voice_rag"}
     pool = Candidates([], [])
     training: dict[str, dict] = {}
     for number, person in enumerate(persons, start=1):
@@ -395,11 +395,12 @@ def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJud
                 generated = [g.text.strip() for g in spoken.generate([c for c in chats for _ in range(n)], params)]
                 for k, (chat, i) in enumerate(zip(chats, mine, strict=True)):
                     answers = generated[k * n : (k + 1) * n]
-                    outputs[condition].append(without_cue(answers[0], prompts[i].cue))
-                    if condition == "voice_rag":
-                        pool.texts.append([without_cue(a, prompts[i].cue) for a in answers])
-                        pool.scores.append(voice_likelihood(spoken, judges.base, chat, answers)(list(range(n)))
-                                           if n > 1 else [0.0])  # fmt: skip
+                    if condition != "voice_rag":
+                        outputs[condition].append(without_cue(answers[0], prompts[i].cue))
+                        continue
+                    pool.texts.append([without_cue(a, prompts[i].cue) for a in answers])
+                    pool.scores.append(voice_likelihood(spoken, judges.base, chat, answers)(list(range(n)))
+                                       if n > 1 else [0.0])  # fmt: skip
         finally:
             spoken.close()
     return outputs, pool, training
@@ -570,17 +571,17 @@ def voice_results(config: ExperimentConfig, outputs: dict[str, list[str]], pool:
     VOICE_DIFFERENCES: `attribution_acc_voice_rag_minus_rag`...; `by_candidates` gives adapter +
     retrieval at every candidate count of the grid (the chosen one is the headline)."""
     truth = np.array([p.person for p in prompts])
-    scores = dict(scores)
     outputs = outputs | {"voice_rag": pool.chosen(candidates)}
     found: dict = {"persons": sorted(training), "prompts": len(prompts), "training": training, "by_candidates": {}}
-    for n in config.voice_candidates:
-        each = score_texts(pool.chosen(n), list(truth), attributor, memory, ref_vectors)
+    ranked = {n: score_texts(pool.chosen(n), list(truth), attributor, memory, ref_vectors)
+              for n in config.voice_candidates}  # fmt: skip
+    for n, each in ranked.items():
         row = found["by_candidates"].setdefault(str(n), {})
         for metric in ("attribution_acc", "similarity"):
             row |= estimate(metric, each[metric], config.seed)
             row |= paired_estimate(f"{metric}_minus_rag", each[metric], scores["rag"][metric], config.seed)
-    for condition in VOICE_CONDITIONS:
-        scores[condition] = score_texts(outputs[condition], list(truth), attributor, memory, ref_vectors)
+    scores = scores | {"voice": score_texts(outputs["voice"], list(truth), attributor, memory, ref_vectors),
+                       "voice_rag": ranked[candidates]}  # fmt: skip
     for condition in VOICE_CONDITIONS + ("rag", "norag"):
         for metric in ("attribution_acc", "similarity"):
             key = f"{metric}_{condition}" + ("" if condition in VOICE_CONDITIONS else "_voice_persons")
