@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from personalm.avatars.api import AvatarMemory
 from personalm.avatars.preferences import VOICE_CANDIDATES
 from personalm.avatars.voice import AdapterVersion, record
+from personalm.errors import PersonalmError
+from personalm.models.registry import DEFAULT_MODEL, resolve_local
 from personalm.serve.app import create_app
 from personalm.serve.auth import KeyStore
 from personalm.serve.catalog import Catalog
@@ -128,9 +130,23 @@ def test_pinned_and_latest_versions_answer_with_their_adapters(tmp_path, embedde
             assert voice["candidates"] == 4 and len(likelihoods) == 4
             assert likelihoods[voice["chosen"]] == max(likelihoods.values()) and "preferences" not in reply.json()
             assert reply.json()["usage"]["completion_tokens"] >= 4
-            assert list(catalog._bases) == ["smollm2-135m-instruct"]
+            assert catalog.voice_base("smollm2-135m-instruct") is embedded_model and not catalog._bases  # no copy
             plain = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice@base", "temperature": 0.8})
             assert plain.status_code == 200 and "voice" not in plain.json()
     finally:
         catalog.close()
         memory.close()
+
+
+def test_a_voice_base_the_server_does_not_serve_is_loaded_once_for_scoring():
+    """A base named otherwise than any catalog entry (here the embedded model's directory) gets one
+    scoring-only copy; an unknown base is one clear error."""
+    catalog = Catalog(slots=1, max_len=64)
+    path = str(resolve_local(DEFAULT_MODEL))
+    try:
+        first = catalog.voice_base(path)
+        assert catalog.voice_base(path) is first and list(catalog._bases) == [path] and not catalog._loaded
+        with pytest.raises(PersonalmError, match="not available on this server"):
+            catalog.voice_base("no-such-model")
+    finally:
+        catalog.close()
