@@ -217,3 +217,35 @@ def test_the_real_critic_loads_and_its_best_answer_is_returned(tmp_path, memory)
     scores = critic.score(turn.choice.preferences, "Which dairy foods do you like?", replies)
     assert turn.choice.answers == replies and turn.choice.scores == pytest.approx(scores.tolist())
     assert turn.reply == replies[int(np.argmax(scores))]
+
+
+def test_an_avatar_with_a_fused_voice_answers_by_proxy_tuning(memory, embedded_model, keyword_critic, tmp_path):
+    """With a fusion weight the real base reads the retrieved passages and the adapter's shift over
+    it is added on the chat the adapter was trained on: the reply is ProxyTuned's answer to exactly
+    (the avatar's chat, the name-only chat); stated preferences rank its candidates."""
+    from personalm.models.fusion import ProxyTuned
+    from personalm.models.local import LocalModel
+    from tests.conftest import random_adapter
+
+    adapter = random_adapter(embedded_model.model, tmp_path / "adapter", seed=5, rank=4, scale=0.5)
+    voice = LocalModel(embedded_model.path, adapter=adapter, name="voice")
+    memory.remember("ada", "I avoid dairy because of lactose intolerance.")
+    memory.remember("ada", "I was born in London in 1815.")
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    chat = AvatarChat(memory, "ada", voice, params=params, min_support=0.0, voice_base=embedded_model,
+                      voice_fusion=1.0)  # fmt: skip
+    prepared = chat.prepare("Where were you born?")
+    plain = chat.plain("Where were you born?")
+    assert [m["role"] for m in plain] == ["system", "user"] and "London" not in plain[0]["content"]
+    assert "London" in prepared.messages[0]["content"]  # the base reads the facts
+    turn = chat.send("Where were you born?")
+    expected = ProxyTuned(embedded_model, voice, 1.0).generate([(prepared.messages, plain)], params)[0].text.strip()
+    assert turn.reply == expected and len(turn.choice.answers) == 1
+    assert [m["role"] for m in chat.plain("And then?")] == ["system", "user", "assistant", "user"]  # the turns so far
+    settings = PreferenceSettings(apply=True, candidates=3)
+    sampled = SamplingParams(max_tokens=12, temperature=0.8, seed=1)
+    chat = AvatarChat(memory, "ada", voice, params=sampled, critic=keyword_critic, preferences=settings,
+                      min_support=0.0, voice_base=embedded_model, voice_fusion=1.0)  # fmt: skip
+    turn = chat.send("Which dairy foods do you like?")
+    assert turn.choice.preferences and len(turn.choice.answers) == 3 and turn.reply in turn.choice.answers
+    assert all(v <= 0 for v in turn.choice.likelihoods.values())  # ties: the fused model's own likelihood

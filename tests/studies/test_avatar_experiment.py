@@ -21,12 +21,15 @@ from personalm.models.base import Generation, TextModel, TokenScores
 from personalm.studies.avatar_experiment import ExperimentConfig, run
 from personalm.studies.avatar_likeness import (
     Candidates,
+    Composition,
     Prompt,
     VoiceSetting,
     answer_prompt,
+    compositions,
     copy_rate,
     held_out_prompts,
     parse_candidates,
+    parse_fusion,
     parse_voice_grid,
     passage_turns,
     split_person,
@@ -82,7 +85,7 @@ class FakeVoices:
     model_name = "fake-base"
 
     def __init__(self):
-        self.trained, self.chats, self.fitted = [], [], []
+        self.trained, self.chats, self.fitted, self.pairs = [], [], [], []
 
     def fit(self, config):
         """What the trainer leaves: an adapter folder and its run record (avatar create/update train here)."""
@@ -111,6 +114,20 @@ class FakeVoices:
                 return [Generation(reply, "stop", 1, 1) for _ in prompts]
 
         return Spoken()
+
+    def fused(self, base, voice, weight):
+        """Proxy-tuned 'decoding' reduced to its two ends: the voice on the plain chat at weight 1 or
+        more, the base on the served chat below."""
+        voices = self
+
+        class Fused(EchoStyleModel):
+            def generate(self, prompts, params=None, progress=None):
+                voices.pairs += prompts
+                if weight >= 1:
+                    return voice.generate([plain for _, plain in prompts], params)
+                return base.generate([served for served, _ in prompts], params)
+
+        return Fused()
 
 
 def make_data(root):
@@ -191,6 +208,17 @@ def test_the_served_answer_is_the_best_of_the_first_n_by_voice_likelihood():
             parse_candidates(bad)
 
 
+def test_compositions_and_fusion_weights():
+    config = ExperimentConfig(data=Path("."), out=Path("."), voice_candidates=(1, 4), voice_fusion=(0.5, 1.0))
+    assert compositions(config) == [Composition(1), Composition(4), Composition(1, 0.5), Composition(1, 1.0)]
+    assert Composition(4).label == "the adapter reads the passages, best of 4"
+    assert Composition(1, 0.5).label.startswith("proxy-tuned at weight 0.5")
+    assert parse_fusion(" 1, 0.5,1") == (1.0, 0.5) and parse_fusion("") == ()
+    for bad in ("0", "-1", "x", "5"):
+        with pytest.raises(PersonalmError, match="--voice-fusion"):
+            parse_fusion(bad)
+
+
 def test_held_out_prompts_split_cue_and_reference(tmp_path):
     make_data(tmp_path)
     files = sorted((tmp_path / "speeches" / "ann_a").glob("*.txt"))
@@ -209,7 +237,7 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     config = ExperimentConfig(
         data=tmp_path / "data", out=tmp_path / "out", memory_chunks=20, classifier_chunks=50,
         prompts_per_person=2, prefeval_items=6, prefeval_validation_items=6, distractors=12, voice_persons=2,
-        update_persons=1, update_speeches=1, voice_candidates=(1, 2),
+        update_persons=1, update_speeches=1, voice_candidates=(1, 2), voice_fusion=(0.5, 1.0),
     )  # fmt: skip
     voices = FakeVoices()
     results = run(config, model=EchoStyleModel(), memory=memory, critic=critic, voices=voices)
@@ -237,28 +265,39 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert results["attribution_acc_norag"] < 1.0
     assert results["prefeval_acc_memory"] > results["prefeval_acc_nomemory"]
     assert results["seed"] == 0 and results["versions"]["numpy"] == np.__version__
-    # The voice setting and candidate count are chosen on the one person neither voiced nor
+    # The voice setting and composition are chosen on the one person neither voiced nor
     # update-checked (cy_c): every combination tried there, the first of those that speak in the
-    # person's words kept (the fake voice's candidates tie: the first is kept); the voice persons
-    # are trained with it alone (nothing tried on them).
+    # person's words kept; the voice persons are trained with it alone (nothing tried on them).
+    # On this toy data every combination is attributed right (even the fake's "Plain words." falls
+    # to cy_c), so the most similar answers win the tie: proxy-tuned at 0.5 the fake base echoes a
+    # retrieved passage of the person, and the first setting with it is kept.
     voice = results["likeness"]["voice"]
     validation = voice["validation"]
     assert validation["persons"] == ["cy_c"] and validation["prompts"] == 2
-    assert [(r["epochs"], r["lr"], r["candidates"]) for r in validation["settings"]] == [
-        (1, 2e-4, 1), (1, 2e-4, 2), (3, 2e-4, 1), (3, 2e-4, 2), (3, 1e-3, 1), (3, 1e-3, 2)]  # fmt: skip
-    assert [r["attribution_acc_voice_rag"] for r in validation["settings"]][2:] == [1.0] * 4
-    assert validation["chosen"] == voice["setting"] | {"candidates": 1} == {"epochs": 3, "lr": 2e-4, "candidates": 1}
-    assert voice["candidates"] == 1 and set(voice["by_candidates"]) == {"1", "2"}
-    assert voice["by_candidates"]["1"]["attribution_acc"] == results["attribution_acc_voice_rag"]
-    assert voices.trained == [("cy_c", s) for s in config.voice_grid] + [("ann_a", VoiceSetting(3, 2e-4)),
-                                                                         ("bob_b", VoiceSetting(3, 2e-4))]  # fmt: skip
+    tried = [(1, None), (2, None), (1, 0.5), (1, 1.0)]
+    assert [(r["epochs"], r["lr"], r["candidates"], r["weight"]) for r in validation["settings"]] == [
+        (e, lr, n, w) for e, lr in ((1, 2e-4), (3, 2e-4), (3, 1e-3)) for n, w in tried]  # fmt: skip
+    accuracy = [r["attribution_acc_voice_rag"] for r in validation["settings"]]
+    assert accuracy == [1.0] * 12
+    assert validation["chosen"] == voice["setting"] | {"candidates": 1, "weight": 0.5}
+    assert voice["setting"] == {"epochs": 1, "lr": 2e-4}
+    assert voice["candidates"] == 1 and set(voice["by_candidates"]) == {"1", "2"} and set(voice["by_fusion"]) == {
+        "0.5", "1"}  # fmt: skip
+    assert voice["composition"]["weight"] == 0.5 and voice["composition"]["label"].startswith("proxy-tuned at weight 0.5")
+    assert voice["by_fusion"]["0.5"]["attribution_acc"] == results["attribution_acc_voice_rag"] == 1.0
+    # the fused model got (served, plain) pairs: the avatar's chat with passages, the adapter's own chat
+    served, plain = voices.pairs[0]
+    assert any(m["role"] == "assistant" for m in served) and [m["role"] for m in plain] == ["system", "user"]
+    assert served[-1] == plain[-1] and len(voices.pairs) == 2 * 2 * 3 + 2 * 4  # 2 weights: 3 settings x 2, then 4
+    assert voices.trained == [("cy_c", s) for s in config.voice_grid] + [("ann_a", VoiceSetting(1, 2e-4)),
+                                                                         ("bob_b", VoiceSetting(1, 2e-4))]  # fmt: skip
     # Voice conditions: 2 of the 3 persons (spread), their 4 prompts, an adapter each trained on
     # passages of the person's memory-period speeches (not the memory's capped utterances); the
     # adapter gets exactly the chats of its counterpart without it.
     rows = next((tmp_path / "out" / ".cache").rglob("ann_a-rows600.jsonl")).read_text().splitlines()
     assert rows and all(json.loads(r)["id"].startswith("ann_a:") for r in rows)
     assert voice["persons"] == ["ann_a", "bob_b"] and voice["prompts"] == 4
-    assert results["attribution_acc_voice"] == 1.0 and results["attribution_acc_voice_items"] == 4
+    assert results["attribution_acc_voice"] < 1.0 and results["attribution_acc_voice_items"] == 4
     for a, b in (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"), ("voice_rag", "voice")):
         key = f"attribution_acc_{a}_minus_{b}"
         low, high = results[f"{key}_ci"]
@@ -274,7 +313,7 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert update["persons"] == ["ann_a"] and row["earlier"] == ["1901-01-01-speech.txt"]
     assert row["later"] == ["1902-01-01-speech.txt"] and min(row["held_out"].values()) >= 1
     assert len(voices.fitted) == 3 and voices.fitted[1].init_adapter and not voices.fitted[2].init_adapter
-    assert {(c.epochs, c.lr) for c in voices.fitted} == {(3, 2e-4)}  # the chosen setting
+    assert {(c.epochs, c.lr) for c in voices.fitted} == {(1, 2e-4)}  # the chosen setting
     assert row["v2_replayed"] >= 1 and set(row["seconds"]) == {"create_earlier", "update_later", "create_both"}
     for window in ("earlier", "later"):
         for metric in ("similarity", "attribution_acc"):
@@ -289,8 +328,8 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert (tmp_path / "out" / "avatar.png").stat().st_size > 1000
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Preference memory" in page and "Voice adapters" in page and "Update check" in page
-    assert "3 epochs, lr 0.0002: chosen with the candidate count among 6 combinations on 1 other person," in page
-    assert "best of 1 sampled answers by voice likelihood" in page
+    assert "1 epoch, lr 0.0002: chosen with the composition among 12 combinations on 1 other person," in page
+    assert "proxy-tuned decoding at weight 0.5" in page and "adapter reads the passages, best of 2" in page
     assert saved["provenance"]["settings"]["critic"] is None
 
 
@@ -376,6 +415,7 @@ def test_prefeval_only_reuses_the_likeness_part(tmp_path, word_hash_embedder, cr
 def test_real_voices_train_once_and_speak(tmp_path):
     """The study's voices on the embedded model: trained with `avatar create`'s settings, kept when
     asked again (a re-run resumes), and answering with the adapter merged."""
+    from personalm.models import load_model
     from personalm.models.base import SamplingParams
     from personalm.models.registry import DEFAULT_MODEL
     from personalm.studies.avatar_likeness import AdapterVoices
@@ -392,11 +432,19 @@ def test_real_voices_train_once_and_speak(tmp_path):
     saved = json.loads((tmp_path / "adapter" / "train_config.json").read_text())["config"]
     assert (saved["epochs"], saved["lr"], saved["rank"]) == (3, 1e-3, 16)  # the setting, else create's defaults
     spoken = voices.model(tmp_path / "adapter")
+    base = load_model(DEFAULT_MODEL)
     try:
         assert spoken.generate([chat], SamplingParams(max_tokens=8, seed=0))[0].text.strip()
         assert spoken.info()["adapter"] == str(tmp_path / "adapter")
+        fused = voices.fused(base, spoken, 1.0)  # proxy-tuned, cached with the study's generations
+        served = [chat[0], {"role": "user", "content": "Continue: Once."}, {"role": "assistant", "content": "Verily."},
+                  chat[1]]  # fmt: skip
+        first = fused.generate([(served, chat)], SamplingParams(max_tokens=8, seed=0))[0].text
+        assert first.strip() and fused.model_id.startswith("proxy:") and "generations.db" in fused.info()["cache"]
+        assert fused.generate([(served, chat)], SamplingParams(max_tokens=8, seed=0))[0].text == first
     finally:
         spoken.close()
+        base.close()
 
 
 def test_cli_passes_its_options_to_the_study(tmp_path, cli, monkeypatch):

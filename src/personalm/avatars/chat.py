@@ -5,7 +5,9 @@ A yes/no question whose closest belief is the person's own denial of it is answe
 denial, not by the model (`denial`). With preference-aware answering on, the stated preferences
 among the retrieved facts pick the answer among n sampled candidates (avatars.preferences); an
 avatar speaking with a voice adapter, given the adapter's base model, keeps the candidate most in
-the person's voice (avatars.preferences.voice_likelihood)."""
+the person's voice (avatars.preferences.voice_likelihood), or, with a fusion weight, answers by
+proxy-tuned decoding (models.fusion.ProxyTuned): the base model reads the retrieved passages and the
+adapter's shift over it, on the chat the adapter was trained on (`plain`), is added."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from personalm.avatars.memory_update import NEGATION, Update, learn
 from personalm.avatars.preferences import (
     TRAIN_HINT,
     VOICE_CANDIDATES,
+    VOICE_FUSION,
     Choice,
     Critic,
     PreferenceSettings,
@@ -125,7 +128,9 @@ class AvatarChat:
     """One conversation with an avatar; `send` answers and then updates memory. `preferences`
     (default: the avatar's stored setting) turns preference-aware answering on; it needs `critic`.
     `voice_base`, the base model of `model`'s voice adapter, turns voice ranking on: the best of
-    `voice_candidates` answers by voice likelihood (with preferences stated, their candidates)."""
+    `voice_candidates` answers by voice likelihood (with preferences stated, their candidates), or
+    with `voice_fusion` (a weight) answers by proxy-tuned decoding, the base reading the passages
+    (candidates for stated preferences then come from it, ties going to its own likelihood)."""
 
     def __init__(
         self,
@@ -142,9 +147,15 @@ class AvatarChat:
         fusion: Fusion = PLAIN_RRF,
         voice_base: TextModel | None = None,
         voice_candidates: int = VOICE_CANDIDATES,
+        voice_fusion: float | None = VOICE_FUSION,
     ):
         self.memory, self.avatar, self.model = memory, avatar, model
         self.voice_base, self.voice_candidates = voice_base, voice_candidates
+        self.fused: TextModel | None = None
+        if voice_base is not None and voice_fusion is not None:
+            from personalm.models.fusion import ProxyTuned
+
+            self.fused = ProxyTuned(voice_base, model, voice_fusion)
         self.extractor = extractor
         self.params = params or SamplingParams(max_tokens=128, temperature=0.7, top_p=0.9, stop=("\n\n\n",))
         self.exemplars, self.facts, self.min_support = exemplars, facts, min_support
@@ -161,6 +172,13 @@ class AvatarChat:
         recent = self.history[-HISTORY_TURNS:]
         shots = exemplar_turns(recall)
         return [{"role": "system", "content": system}, *shots, *recent, {"role": "user", "content": user}]
+
+    def plain(self, user: str) -> list[Message]:
+        """The chat a voice adapter was trained on: the person's name, the recent turns and the
+        message (no profile, facts or passages: in a fused answer the base reads those)."""
+        recent = self.history[-HISTORY_TURNS:]
+        return [{"role": "system", "content": system_prompt(self.who, None, Recall())}, *recent,
+                {"role": "user", "content": user}]  # fmt: skip
 
     def prepare(self, user: str, as_of: float | None = None) -> Prepared:
         """Retrieval, the support rule, the denial rule and the stated preferences: a question no
@@ -183,8 +201,10 @@ class AvatarChat:
             if self.preferences.apply or self.voice_base is not None:
                 stated = prepared.preferences if self.preferences.apply else []
                 n = self.preferences.candidates if stated else self.voice_candidates
-                choice = answer_with_preferences(self.model, self.critic, prepared.messages, user, stated, params, n,
-                                                 self.voice_base)  # fmt: skip
+                model, prompt, base = self.model, prepared.messages, self.voice_base
+                if self.fused is not None:
+                    model, prompt, base = self.fused, (prepared.messages, self.plain(user)), None
+                choice = answer_with_preferences(model, self.critic, prompt, user, stated, params, n, base)
                 reply = choice.answer or DONT_KNOW
             else:
                 reply = self.model.generate([prepared.messages], params)[0].text.strip() or DONT_KNOW

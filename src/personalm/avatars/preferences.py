@@ -32,6 +32,11 @@ DEFAULT_CANDIDATES = 4
 VOICE_CANDIDATES = 1
 """Answers an avatar with a voice adapter samples per turn, ranked by voice likelihood when more than
 one. 1, one sample: the avatar study chose it over 4 on validation persons (docs/avatars.md)."""
+VOICE_FUSION: float | None = None
+"""The proxy-tuning weight an avatar with a voice adapter answers with (models.fusion: the base model
+reads the retrieved passages, the adapter's shift over it on the name-only chat it was trained on is
+added at this weight), or None: the adapter reads the passages itself. None: the avatar study kept
+(docs/avatars.md)."""
 MAX_CANDIDATES = 16
 MAX_PREFERENCES = 5  # stated preferences the critic is conditioned on (the best retrieved first)
 TIE = 1e-6  # critic scores closer than this are a tie, broken by the model's likelihood

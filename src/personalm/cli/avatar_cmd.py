@@ -406,6 +406,13 @@ def chat_cmd(
         help="With a voice adapter: answers sampled per turn, the one most in the person's voice "
         "kept (default: 1, one sample, as `avatar experiment` chose on validation persons).",
     ),
+    voice_fusion: float = typer.Option(
+        None,
+        min=0.0,
+        max=4.0,
+        help="With a voice adapter: answer by proxy-tuned decoding at this weight (the base model reads the "
+        "retrieved passages, the adapter's shift over it is added; default: the adapter reads them itself).",
+    ),
     critic: Path = typer.Option(None, help="Preference critic folder (default PERSONALM_HOME/critic)."),
 ) -> None:
     """Talk with the avatar; you are taken to be the person, so facts you state are remembered."""
@@ -413,7 +420,13 @@ def chat_cmd(
 
     from personalm.avatars.chat import AvatarChat
     from personalm.avatars.facts import ModelFactExtractor, RuleFactExtractor
-    from personalm.avatars.preferences import VOICE_CANDIDATES, PreferenceSettings, avatar_settings, load_critic
+    from personalm.avatars.preferences import (
+        VOICE_CANDIDATES,
+        VOICE_FUSION,
+        PreferenceSettings,
+        avatar_settings,
+        load_critic,
+    )
     from personalm.errors import PersonalmError
     from personalm.models import SamplingParams, load_model
 
@@ -437,13 +450,15 @@ def chat_cmd(
             stderr.print(f"{name}: voice adapter {voice.label}", markup=False)
     lm = load_model(model, adapter=adapter) if model else load_model(adapter=adapter)
     voice_candidates = voice_candidates or VOICE_CANDIDATES
-    base = (load_model(model) if model else load_model()) if adapter is not None and voice_candidates > 1 else None
+    voice_fusion = VOICE_FUSION if voice_fusion is None else voice_fusion
+    needs_base = adapter is not None and (voice_candidates > 1 or voice_fusion is not None)
+    base = (load_model(model) if model else load_model()) if needs_base else None
     facts = None
     if learn:
         facts = ModelFactExtractor(lm) if extractor == "model" else RuleFactExtractor()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, seed=seed)
     chat = AvatarChat(memory, name, lm, facts, params, critic=preference_critic, preferences=settings,
-                      voice_base=base, voice_candidates=voice_candidates)  # fmt: skip
+                      voice_base=base, voice_candidates=voice_candidates, voice_fusion=voice_fusion)  # fmt: skip
     interactive = not message and sys.stdin.isatty()
     lines = message or (line.rstrip("\n") for line in sys.stdin)
     if interactive:
@@ -461,6 +476,8 @@ def chat_cmd(
         if turn.choice is not None and turn.choice.preferences:
             stderr.print(f"  preferences applied (best of {len(turn.choice.answers)}): "
                          + "; ".join(turn.choice.preferences), markup=False)  # fmt: skip
+        elif turn.choice is not None and show_memory and chat.fused is not None:
+            stderr.print(f"  voice: proxy-tuned at weight {voice_fusion:g}", markup=False)
         elif turn.choice is not None and show_memory:
             stderr.print(f"  voice: best of {len(turn.choice.answers)} by voice likelihood", markup=False)
         for update in turn.updates:
@@ -515,6 +532,11 @@ def experiment_cmd(
         help="Answers sampled per prompt by adapter + retrieval, the best by voice likelihood: counts chosen "
         "among on validation persons.",
     ),
+    voice_fusion: str = typer.Option(
+        "0.5,1",
+        help="Proxy-tuning weights for adapter + retrieval (the base reads the passages, the adapter's shift over "
+        "it is added at the weight), chosen among with the candidate counts on validation persons ('': none).",
+    ),
     voice_validation_persons: int = typer.Option(
         3, min=0, help="Persons (not voice or update persons) the voice setting is chosen on (0: the first setting)."
     ),
@@ -539,10 +561,11 @@ def experiment_cmd(
     from personalm.avatars.preferences import load_critic
     from personalm.cli.inputs import data_folder
     from personalm.studies.avatar_experiment import VOICE_GRID, ExperimentConfig, headline_rows, run, voice_table_rows
-    from personalm.studies.avatar_likeness import parse_candidates, parse_voice_grid
+    from personalm.studies.avatar_likeness import parse_candidates, parse_fusion, parse_voice_grid
 
     grid = parse_voice_grid(voice_grid) if voice_grid is not None else VOICE_GRID
     counts = parse_candidates(voice_candidates)
+    weights = parse_fusion(voice_fusion)
     needed = ["prefeval/mcq_options", "persona_chat/valid.csv"] + ([] if prefeval_only else ["speeches"])
     folder = data_folder(data, required=needed)
     loaded = load_critic(critic)
@@ -559,7 +582,7 @@ def experiment_cmd(
         prefeval_items=prefeval_items, prefeval_validation_items=validation_items, distractors=distractors,
         seed=seed, prefeval_only=prefeval_only, critic=critic, free_items=free_items, candidates=candidates,
         judge=judge, voice_persons=voice_persons, voice_steps=voice_steps, update_persons=update_persons,
-        update_speeches=update_speeches, voice_grid=grid, voice_candidates=counts,
+        update_speeches=update_speeches, voice_grid=grid, voice_candidates=counts, voice_fusion=weights,
         voice_validation_persons=voice_validation_persons, voice_rows=voice_rows,
     )  # fmt: skip
     results = run(config, log=lambda m: stderr.print(m, markup=False), critic=loaded)

@@ -29,6 +29,7 @@ from personalm.studies.avatar_likeness import (
     VOICE_CONDITIONS,
     VOICE_DIFFERENCES,
     AdapterVoices,
+    Composition,
     Voices,
     VoiceSetting,
     likeness,
@@ -69,6 +70,7 @@ class ExperimentConfig:
     voice_steps: int = 0  # at most this many steps per voice adapter (0: the setting's epochs)
     voice_grid: tuple[VoiceSetting, ...] = VOICE_GRID  # epochs and learning rates chosen among on validation
     voice_candidates: tuple[int, ...] = (1, 4, 8)  # adapter + retrieval's best of n by voice likelihood, n chosen among
+    voice_fusion: tuple[float, ...] = (0.5, 1.0)  # proxy-tuning weights chosen among with those counts (models.fusion)
     voice_validation_persons: int = 3  # persons (not voice or update persons) the voice setting is chosen on
     voice_rows: int = 600  # training passages per voice, spread over the memory-period speeches (0: the memory's)
     update_persons: int = 0  # persons in the update check (create, then update with a later period; 0: none)
@@ -429,10 +431,8 @@ def _voice_part(results: dict) -> list[str]:
                 f"{len(voice['persons'])} persons ({', '.join(display_name(p) for p in voice['persons'])}), "
                 f"{voice['prompts']} held-out prompts. Each person's adapter is trained as `avatar create` trains "
                 f"one ({VoiceSetting(**voice['setting']).label}: {_chosen_how(voice)}), on the person's "
-                "memory-period text only; the held-out prompts come from later speeches. Adapter + retrieval answers "
-                f"as the avatar is served: the best of {voice.get('candidates', 1)} sampled answers by voice "
-                "likelihood (the adapter's mean token log-probability over the base model's). Mean [95% bootstrap "
-                "interval]; differences paired over the same prompts."
+                "memory-period text only; the held-out prompts come from later speeches. Adapter + retrieval: "
+                f"{_composition(voice)}. Mean [95% bootstrap interval]; differences paired over the same prompts."
             ),
             report.table(
                 [
@@ -449,27 +449,39 @@ def _voice_part(results: dict) -> list[str]:
     ]
 
 
+def _composition(voice: dict) -> str:
+    """How adapter + retrieval answered, in words."""
+    weight = (voice.get("composition") or {}).get("weight")
+    if weight is not None:
+        return (f"proxy-tuned decoding at weight {weight:g}: each token from the base model reading the retrieved "
+                f"passages plus {weight:g} x (the adapter − the base), both reading the name-only chat the adapter was "
+                "trained on (models.fusion)")  # fmt: skip
+    return (f"the adapter reads the retrieved passages itself; the best of {voice.get('candidates', 1)} sampled "
+            "answers by voice likelihood (the adapter's mean token log-probability over the base model's)")  # fmt: skip
+
+
 def _chosen_how(voice: dict) -> str:
     validation = voice.get("validation")
     if not validation:
         return "the only setting given"
     persons = len(validation["persons"])
-    return (f"chosen with the candidate count among {len(validation['settings'])} combinations on {persons} other "
+    return (f"chosen with the composition among {len(validation['settings'])} combinations on {persons} other "
             f"person{'s' * (persons != 1)}, nothing chosen on these")  # fmt: skip
 
 
 def _candidates_part(voice: dict) -> list[str]:
-    """Adapter + retrieval at every candidate count of the grid on the voice persons (the chosen one
-    is the headline; the others are shown, not chosen on)."""
-    counts = voice.get("by_candidates")
-    if not counts:
+    """Adapter + retrieval in every composition of the grid on the voice persons (the chosen one is
+    the headline; the others are shown, not chosen on)."""
+    found = [(f"adapter reads the passages, best of {n}", row) for n, row in voice.get("by_candidates", {}).items()]
+    found += [(f"proxy-tuned at weight {w}", row) for w, row in voice.get("by_fusion", {}).items()]
+    if not found:
         return []
-    rows = [{"candidates": n, "attribution, adapter + retrieval": report.interval(row, "attribution_acc"),
+    rows = [{"composition": label, "attribution, adapter + retrieval": report.interval(row, "attribution_acc"),
              "minus retrieval only (paired)": report.interval(row, "attribution_acc_minus_rag"),
              "similarity": report.interval(row, "similarity")}
-            for n, row in counts.items()]  # fmt: skip
-    return [report.paragraph("Adapter + retrieval by candidate count on these persons (the headline uses "
-                             f"{voice.get('candidates', 1)}, chosen on validation persons):"), report.table(rows)]  # fmt: skip
+            for label, row in found]  # fmt: skip
+    return [report.paragraph("Adapter + retrieval in each composition on these persons (the headline's was "
+                             "chosen on validation persons):"), report.table(rows)]  # fmt: skip
 
 
 def _validation_part(voice: dict) -> list[str]:
@@ -478,7 +490,8 @@ def _validation_part(voice: dict) -> list[str]:
     if not validation:
         return []
     rows = [
-        {"setting": VoiceSetting(row["epochs"], row["lr"]).label, "candidates": str(row.get("candidates", 1)),
+        {"setting": VoiceSetting(row["epochs"], row["lr"]).label,
+         "composition": Composition(row.get("candidates", 1), row.get("weight")).label,
          "steps (all persons)": str(row["steps"]),
          "attribution, adapter + retrieval": report.interval(row, "attribution_acc_voice_rag"),
          "minus retrieval only (paired)": report.interval(row, "attribution_acc_voice_rag_minus_rag"),
@@ -490,7 +503,7 @@ def _validation_part(voice: dict) -> list[str]:
             f"The setting was chosen on {validation['prompts']} held-out prompts of "
             f"{', '.join(display_name(p) for p in validation['persons'])} (best attribution of adapter + retrieval "
             f"answers): {VoiceSetting(validation['chosen']['epochs'], validation['chosen']['lr']).label}, "
-            f"best of {validation['chosen'].get('candidates', 1)}."
+            f"{Composition(validation['chosen'].get('candidates', 1), validation['chosen'].get('weight')).label}."
         ),
         report.table(rows),
     ]

@@ -14,11 +14,14 @@ is paired over the same prompts; the classifier's ceiling is its accuracy on the
 The voice conditions (issue 24): for `voice_persons` persons spread over the list, a LoRA voice
 adapter trained as `avatar create` trains one (avatars.voice.train_adapter) on up to `voice_rows`
 passages of that person's memory-period speeches, then the same prompts answered by the adapter
-alone (name only) and by the adapter with retrieval (the avatar as served: the best of n sampled
-answers by voice likelihood, avatars.preferences.voice_likelihood; n = 1 is one sample). Its epochs,
-learning rate and n are chosen among `voice_grid` x `voice_candidates` on `voice_validation_persons`
-other persons (the combination whose adapter + retrieval answers are attributed best on their
-held-out prompts), never on the persons it is then measured on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
+alone (name only) and by the adapter with retrieval, in one of two compositions (`Composition`):
+the adapter reads the retrieved passages itself and the best of n sampled answers by voice
+likelihood is kept (avatars.preferences.voice_likelihood; n = 1 is one sample), or proxy-tuned
+decoding at a weight w (models.fusion: the base model reads the passages, the adapter's shift over
+the base, read on the name-only chat it was trained on, is added at w). Its epochs, learning rate
+and composition are chosen among `voice_grid` x (`voice_candidates` + `voice_fusion`) on
+`voice_validation_persons` other persons (the combination whose adapter + retrieval answers are
+attributed best on their held-out prompts), never on the persons it is then measured on. On those persons' prompts the chain adapter + retrieval vs retrieval only vs none is compared
 pairwise, each difference with its 95% paired interval.
 """
 
@@ -46,6 +49,7 @@ from personalm.avatars.store import NewMemory, Profile, SourceRecord
 from personalm.errors import PersonalmError
 from personalm.eval.bootstrap import bootstrap_mean, paired_bootstrap
 from personalm.models.base import SamplingParams, TextModel
+from personalm.models.fusion import MAX_WEIGHT
 from personalm.tables import write_rows
 
 if TYPE_CHECKING:
@@ -95,6 +99,17 @@ def parse_candidates(text: str) -> tuple[int, ...]:
     return tuple(counts)
 
 
+def parse_fusion(text: str) -> tuple[float, ...]:
+    """`0.5,1` into the proxy-tuning weights to choose among (empty: none)."""
+    try:
+        weights = tuple(dict.fromkeys(float(part) for part in text.split(",") if part.strip()))
+    except ValueError:
+        raise PersonalmError(f"--voice-fusion {text!r}: expected weights like 0.5,1") from None
+    if not all(0 < w <= MAX_WEIGHT for w in weights):
+        raise PersonalmError(f"--voice-fusion {text!r}: expected weights in (0, {MAX_WEIGHT:g}], like 0.5,1")
+    return weights
+
+
 def parse_voice_grid(text: str) -> tuple[VoiceSetting, ...]:
     """`EPOCHS:LR,...` (for example `1:2e-4,3:1e-3`) into the settings to choose among."""
     settings = []
@@ -130,6 +145,32 @@ class Voices(Protocol):
         """The study's base model with `adapter` applied (closed by the caller)."""
         ...
 
+    def fused(self, base: TextModel, voice: TextModel, weight: float) -> TextModel:
+        """A model answering (served, plain) chat pairs as base(served) + weight · (voice(plain) −
+        base(plain)) (models.fusion.ProxyTuned)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Composition:
+    """How adapter + retrieval answers: the adapter reads the retrieved passages itself and the best
+    of `candidates` samples by voice likelihood is kept, or (`weight` set) proxy-tuned decoding:
+    the base reads the passages and the adapter's shift over its base is added at `weight`."""
+
+    candidates: int = 1
+    weight: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.weight is not None:
+            return f"proxy-tuned at weight {self.weight:g} (the base reads the passages)"
+        return "the adapter reads the passages" + (f", best of {self.candidates}" if self.candidates > 1 else "")
+
+
+def compositions(config: ExperimentConfig) -> list[Composition]:
+    """What adapter + retrieval is chosen among: every candidate count, then every fusion weight."""
+    return [Composition(n) for n in config.voice_candidates] + [Composition(1, w) for w in config.voice_fusion]
+
 
 @dataclass
 class Prompt:
@@ -153,6 +194,23 @@ class Candidates:
             answers[choose(None, [], "", answers[:n], lambda idx, s=scores: [s[i] for i in idx]).index]
             for answers, scores in zip(self.texts, self.scores, strict=True)
         ]
+
+
+@dataclass
+class VoiceAnswers:
+    """The voice persons' answers, aligned with their prompts: one sample per prompt for each
+    plain condition (`outputs`), adapter + retrieval's candidates (`pool`) and its proxy-tuned
+    answers per weight (`fused`)."""
+
+    outputs: dict[str, list[str]]
+    pool: Candidates
+    fused: dict[float, list[str]]
+
+    def of(self, composition: Composition) -> list[str]:
+        """Adapter + retrieval's answers in this composition."""
+        if composition.weight is None:
+            return self.pool.chosen(composition.candidates)
+        return self.fused[composition.weight]
 
 
 def speech_files(folder: Path) -> list[Path]:
@@ -348,6 +406,12 @@ class AdapterVoices:
 
         return load_model(self.model_name, adapter=adapter, cache=self.cache)
 
+    def fused(self, base: TextModel, voice: TextModel, weight: float) -> TextModel:
+        from personalm.models.cache import CachedModel, GenerationCache
+        from personalm.models.fusion import ProxyTuned
+
+        return CachedModel(ProxyTuned(base, voice, weight), GenerationCache(self.cache))
+
 
 def voice_training_rows(config: ExperimentConfig, person: str, files: list[Path],
                         memory: AvatarMemory) -> list[dict]:  # fmt: skip
@@ -365,15 +429,16 @@ def voice_training_rows(config: ExperimentConfig, person: str, files: list[Path]
 
 def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
                   params: SamplingParams, log: Log, setting: VoiceSetting, conditions: tuple[str, ...] = VOICE_CONDITIONS,
-                  candidates: int = 1) -> tuple[dict[str, list[str]], Candidates, dict[str, dict]]:  # fmt: skip
+                  candidates: int = 1, fusion: tuple[float, ...] = ()) -> tuple[VoiceAnswers, dict[str, dict]]:  # fmt: skip
     """Per voice person: its adapter trained with `setting` on its training rows (kept across runs), then
     its prompts answered with the adapter in each of `conditions`; adapter + retrieval samples
     `candidates` answers per prompt, each with its voice likelihood (against the study's base
-    model). Outputs (one sample each, for the other conditions) and candidates align with the prompts
-    of `persons` in order; the last value is each person's training summary."""
+    model), and answers proxy-tuned at each weight of `fusion`. The answers align with the prompts
+    of `persons` in order; the second value is each person's training summary."""
     prompts, batches = judges.prompts, judges.batches
     outputs: dict[str, list[str]] = {c: [] for c in conditions if c != "voice_rag"}
     pool = Candidates([], [])
+    fused: dict[float, list[str]] = {w: [] for w in fusion}
     training: dict[str, dict] = {}
     for number, person in enumerate(persons, start=1):
         rows = work / "voice" / f"{person}-rows{config.voice_rows}.jsonl"
@@ -401,9 +466,17 @@ def voice_outputs(config: ExperimentConfig, persons: list[str], judges: VoiceJud
                     pool.texts.append([without_cue(a, prompts[i].cue) for a in answers])
                     pool.scores.append(voice_likelihood(spoken, judges.base, chat, answers)(list(range(n)))
                                        if n > 1 else [0.0])  # fmt: skip
+            pairs = [(batches["voice_rag"][i], batches["voice"][i]) for i in mine]
+            for weight in fusion:
+                proxy = voices.fused(judges.base, spoken, weight)
+                try:
+                    fused[weight] += [without_cue(g.text.strip(), prompts[i].cue)
+                                      for g, i in zip(proxy.generate(pairs, params), mine, strict=True)]  # fmt: skip
+                finally:
+                    proxy.close()
         finally:
             spoken.close()
-    return outputs, pool, training
+    return VoiceAnswers(outputs, pool, fused), training
 
 
 def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, log: Log,
@@ -471,21 +544,23 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         result |= paired_estimate(f"{metric}_difference", scores["rag"][metric], scores["norag"][metric], config.seed)
     voiced = spread(list(split), config.voice_persons) if voices is not None and config.voice_persons else []
     checked = spread(list(split), config.update_persons) if voices is not None and config.update_persons else []
-    setting, candidates, validation = config.voice_grid[0], config.voice_candidates[0], None
+    setting, composition, validation = config.voice_grid[0], compositions(config)[0], None
     judges = VoiceJudges(prompts, batches, scores, attributor, memory, ref_vectors,
                          {p: mem for p, (mem, _) in split.items()}, model)  # fmt: skip
     if voiced or checked:
         rest = [p for p in split if p not in voiced and p not in checked]
-        setting, candidates, validation = choose_voice(config, spread(rest, config.voice_validation_persons), judges,
-                                                       voices, work, params, log)  # fmt: skip
+        setting, composition, validation = choose_voice(config, spread(rest, config.voice_validation_persons), judges,
+                                                        voices, work, params, log)  # fmt: skip
     if voiced:
         order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
-        spoken, pool, training = voice_outputs(config, voiced, judges, voices, work, params, log, setting,
-                                               candidates=max(config.voice_candidates))  # fmt: skip
-        result["voice"] = voice_results(config, spoken, pool, candidates, training, [prompts[i] for i in order],
+        answers, training = voice_outputs(config, voiced, judges, voices, work, params, log, setting,
+                                          candidates=max(config.voice_candidates), fusion=config.voice_fusion)  # fmt: skip
+        result["voice"] = voice_results(config, answers, composition, training, [prompts[i] for i in order],
                                         {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
                                         attributor, memory, ref_vectors[order])  # fmt: skip
-        result["voice"] |= {"setting": asdict(setting), "candidates": candidates, "validation": validation}
+        result["voice"] |= {"setting": asdict(setting), "candidates": composition.candidates,
+                            "composition": asdict(composition) | {"label": composition.label},
+                            "validation": validation}  # fmt: skip
     if checked:
         from personalm.studies.avatar_update import update_check
 
@@ -525,12 +600,12 @@ class VoiceJudges:
 
 
 def choose_voice(config: ExperimentConfig, persons: list[str], judges: VoiceJudges, voices: Voices, work: Path,
-                 params: SamplingParams, log: Log) -> tuple[VoiceSetting, int, dict | None]:  # fmt: skip
-    """The setting of `config.voice_grid` and the candidate count of `config.voice_candidates` whose
-    adapter + retrieval answers on `persons`' held-out prompts are attributed best (then the most
-    similar; then the first, the cheapest), and a record of every combination's scores there. With
-    one combination or no validation persons: the first, unscored."""
-    combos = [(setting, n) for setting in config.voice_grid for n in config.voice_candidates]
+                 params: SamplingParams, log: Log) -> tuple[VoiceSetting, Composition, dict | None]:  # fmt: skip
+    """The setting of `config.voice_grid` and the composition (`compositions`) whose adapter +
+    retrieval answers on `persons`' held-out prompts are attributed best (then the most similar;
+    then the first, the cheapest), and a record of every combination's scores there. With one
+    combination or no validation persons: the first, unscored."""
+    combos = [(setting, c) for setting in config.voice_grid for c in compositions(config)]
     if len(combos) == 1 or not persons:
         return *combos[0], None
     order = [i for person in persons for i, p in enumerate(judges.prompts) if p.person == person]
@@ -539,21 +614,25 @@ def choose_voice(config: ExperimentConfig, persons: list[str], judges: VoiceJudg
     rows = []
     for setting in config.voice_grid:
         log(f"likeness: choosing the voice setting on {len(persons)} validation persons: {setting.label}")
-        _, pool, training = voice_outputs(config, persons, judges, voices, work, params, log, setting, ("voice_rag",),
-                                          max(config.voice_candidates))  # fmt: skip
-        for n in config.voice_candidates:
-            found = score_texts(pool.chosen(n), truth, judges.attributor, judges.memory, judges.ref_vectors[order])
-            row: dict[str, Any] = asdict(setting) | {"candidates": n,
-                                                     "steps": sum(t["steps"] for t in training.values())}  # fmt: skip
+        answers, training = voice_outputs(config, persons, judges, voices, work, params, log, setting, ("voice_rag",),
+                                          max(config.voice_candidates), config.voice_fusion)  # fmt: skip
+        for composition in compositions(config):
+            found = score_texts(answers.of(composition), truth, judges.attributor, judges.memory,
+                                judges.ref_vectors[order])  # fmt: skip
+            row: dict[str, Any] = asdict(setting) | asdict(composition)
+            row["steps"] = sum(t["steps"] for t in training.values())
             for metric in ("attribution_acc", "similarity"):
                 row |= estimate(f"{metric}_voice_rag", found[metric], config.seed)
                 row |= paired_estimate(f"{metric}_voice_rag_minus_rag", found[metric], rag[metric], config.seed)
             rows.append(row)
+            log(f"likeness: validation, {setting.label}, {composition.label}: attribution "
+                f"{row['attribution_acc_voice_rag']:.3f} (retrieval only {rag['attribution_acc'].mean():.3f})")  # fmt: skip
     best = max(range(len(combos)), key=lambda k: (rows[k]["attribution_acc_voice_rag"], rows[k]["similarity_voice_rag"],
                                                   -k))  # fmt: skip
-    setting, n = combos[best]
-    return setting, n, {"persons": persons, "prompts": len(order), "settings": rows,
-                        "chosen": asdict(setting) | {"candidates": n}}  # fmt: skip
+    setting, composition = combos[best]
+    log(f"likeness: chosen on validation persons: {setting.label}, {composition.label}")
+    return setting, composition, {"persons": persons, "prompts": len(order), "settings": rows,
+                                  "chosen": asdict(setting) | asdict(composition)}  # fmt: skip
 
 
 def voice_estimates(like: dict) -> dict:
@@ -563,25 +642,26 @@ def voice_estimates(like: dict) -> dict:
             if k.startswith(("attribution_acc_", "similarity_", "update_"))}  # fmt: skip
 
 
-def voice_results(config: ExperimentConfig, outputs: dict[str, list[str]], pool: Candidates, candidates: int,
+def voice_results(config: ExperimentConfig, answers: VoiceAnswers, composition: Composition,
                   training: dict[str, dict], prompts: list[Prompt], scores: dict[str, dict[str, np.ndarray]],
                   attributor, memory: AvatarMemory, ref_vectors: np.ndarray) -> dict:  # fmt: skip
     """The voice persons' prompts under the voice conditions (scored as the others; adapter +
-    retrieval with the chosen `candidates`) and, paired over the same prompts, each comparison of
-    VOICE_DIFFERENCES: `attribution_acc_voice_rag_minus_rag`...; `by_candidates` gives adapter +
-    retrieval at every candidate count of the grid (the chosen one is the headline)."""
+    retrieval in the chosen `composition`) and, paired over the same prompts, each comparison of
+    VOICE_DIFFERENCES: `attribution_acc_voice_rag_minus_rag`...; `by_candidates` and `by_fusion`
+    give adapter + retrieval in every composition chosen among (the chosen one is the headline)."""
     truth = np.array([p.person for p in prompts])
-    outputs = outputs | {"voice_rag": pool.chosen(candidates)}
-    found: dict = {"persons": sorted(training), "prompts": len(prompts), "training": training, "by_candidates": {}}
-    ranked = {n: score_texts(pool.chosen(n), list(truth), attributor, memory, ref_vectors)
-              for n in config.voice_candidates}  # fmt: skip
-    for n, each in ranked.items():
-        row = found["by_candidates"].setdefault(str(n), {})
+    outputs = answers.outputs | {"voice_rag": answers.of(composition)}
+    found: dict = {"persons": sorted(training), "prompts": len(prompts), "training": training, "by_candidates": {},
+                   "by_fusion": {}}  # fmt: skip
+    scored = {c: score_texts(answers.of(c), list(truth), attributor, memory, ref_vectors) for c in compositions(config)}
+    for c, each in scored.items():
+        part, name = ("by_candidates", str(c.candidates)) if c.weight is None else ("by_fusion", f"{c.weight:g}")
+        row = found[part].setdefault(name, {})
         for metric in ("attribution_acc", "similarity"):
             row |= estimate(metric, each[metric], config.seed)
             row |= paired_estimate(f"{metric}_minus_rag", each[metric], scores["rag"][metric], config.seed)
     scores = scores | {"voice": score_texts(outputs["voice"], list(truth), attributor, memory, ref_vectors),
-                       "voice_rag": ranked[candidates]}  # fmt: skip
+                       "voice_rag": scored[composition]}  # fmt: skip
     for condition in VOICE_CONDITIONS + ("rag", "norag"):
         for metric in ("attribution_acc", "similarity"):
             key = f"{metric}_{condition}" + ("" if condition in VOICE_CONDITIONS else "_voice_persons")
