@@ -149,7 +149,8 @@ def test_an_avatar_with_a_voice_keeps_its_most_voiced_answer(memory, keyword_cri
     memory.remember("ada", "I avoid dairy because of lactose intolerance.")
     replies = ["Verily, verily.", "Cheese, verily.", "Anything without dairy, thanks."]
     voice = WordScores({"Verily,": -0.5, "verily.": -0.5}, *replies)
-    chat = AvatarChat(memory, "ada", voice, min_support=0.0, voice_base=WordScores({}), voice_candidates=2)
+    chat = AvatarChat(memory, "ada", voice, min_support=0.0, voice_base=WordScores({}), voice_candidates=2,
+                      voice_fusion=None)  # fmt: skip
     turn = chat.send("What do you say?")
     assert turn.reply == "Verily, verily." and voice.calls[0] == [voice.calls[0][0]] * 2  # the first 2 sampled
     assert turn.choice.preferences == [] and len(turn.choice.answers) == 2
@@ -157,7 +158,7 @@ def test_an_avatar_with_a_voice_keeps_its_most_voiced_answer(memory, keyword_cri
     voiced = WordScores({"Cheese,": -0.5}, *replies)
     settings = PreferenceSettings(apply=True, candidates=3)
     chat = AvatarChat(memory, "ada", voiced, critic=keyword_critic, preferences=settings, min_support=0.0,
-                      voice_base=WordScores({}))  # fmt: skip
+                      voice_base=WordScores({}), voice_fusion=None)  # fmt: skip
     turn = chat.send("Which dairy foods do you like?")
     assert turn.choice.preferences and len(turn.choice.answers) == 3 and turn.reply == replies[2]
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from personalm.avatars.api import AvatarMemory
-from personalm.avatars.preferences import VOICE_CANDIDATES
+from personalm.avatars.preferences import VOICE_CANDIDATES, VOICE_FUSION
 from personalm.avatars.voice import AdapterVersion, record
 from personalm.errors import PersonalmError
 from personalm.models.registry import DEFAULT_MODEL, resolve_local
@@ -88,7 +88,9 @@ def test_another_avatars_versions_cannot_be_pinned_and_unknown_versions_are_404(
 def test_pinned_and_latest_versions_answer_with_their_adapters(tmp_path, embedded_model, embedder, soups_folder,
                                                                 monkeypatch):  # fmt: skip
     """Two random adapters on the real model as v1 and v2: `avatar:alice` answers with v2 until v3
-    is recorded, `@v1` stays on v1, `@base` uses no adapter; each version loads once."""
+    is recorded, `@v1` stays on v1, `@base` uses no adapter; each version loads once. A voice answers
+    by proxy-tuned decoding with the served base (no copy of it loaded), or, with fusion off, as the
+    best of n by voice likelihood."""
     memory = AvatarMemory(tmp_path / "memory.db", embedder)
     catalog = Catalog(slots=2, max_len=256)
     catalog.attach("smollm2-135m-instruct", embedded_model)
@@ -109,25 +111,31 @@ def test_pinned_and_latest_versions_answer_with_their_adapters(tmp_path, embedde
                 assert body["model"] == model and body["choices"][0]["message"]["content"].strip()
                 return body
 
-            assert answer("avatar:alice")["adapter_version"] == "v2"
+            fused = answer("avatar:alice")
+            assert fused["adapter_version"] == "v2" and fused["voice"]["fusion"] == VOICE_FUSION == 1.0
+            assert fused["voice"]["candidates"] == 1 and "preferences" not in fused
             assert answer("avatar:alice@v1")["adapter_version"] == "v1"
-            assert answer("avatar:alice@base")["adapter_version"] is None
+            assert answer("avatar:alice@base")["adapter_version"] is None and "voice" not in answer("avatar:alice@base")
             record(memory.store, "alice", version(3, str(folders / "v3")))
             assert answer("avatar:alice")["adapter_version"] == "v3"  # following the latest
             assert answer("avatar:alice@v1")["adapter_version"] == "v1"  # pinned
             assert set(catalog._voices) == {folders / "v1", folders / "v2", folders / "v3"}
-            assert not catalog._bases  # greedy: one answer, nothing to rank, no base loaded
-            sampled = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice", "temperature": 0.8})
-            assert sampled.status_code == 200 and "voice" not in sampled.json()  # the default: one sample
+            assert not catalog._bases  # the fused base is the served one: no copy loaded
+            sampled = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice", "temperature": 0.8,
+                                                                     "stream": True})  # fmt: skip
+            assert sampled.status_code == 200 and '"fusion": 1.0' in sampled.text and "[DONE]" in sampled.text
             assert VOICE_CANDIDATES == 1 and not catalog._bases
-            # Voice ranking on: the best of n answers by voice likelihood (adapter over base).
+            # Fusion off, voice ranking on: the best of n answers by voice likelihood (adapter over base).
+            monkeypatch.setattr(avatar_routes, "VOICE_FUSION", None)
+            sampled = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice", "temperature": 0.8})
+            assert sampled.status_code == 200 and "voice" not in sampled.json()  # one sample, the adapter reads all
             monkeypatch.setattr(avatar_routes, "VOICE_CANDIDATES", 4)
             reply = alice.post("/v1/chat/completions", json=ask | {"model": "avatar:alice", "temperature": 0.8,
                                                                    "max_tokens": 8})  # fmt: skip
             assert reply.status_code == 200, reply.text
             voice = reply.json()["voice"]
             likelihoods = {int(i): v for i, v in voice["likelihoods"].items()}
-            assert voice["candidates"] == 4 and len(likelihoods) == 4
+            assert voice["candidates"] == 4 and len(likelihoods) == 4 and voice["fusion"] is None
             assert likelihoods[voice["chosen"]] == max(likelihoods.values()) and "preferences" not in reply.json()
             assert reply.json()["usage"]["completion_tokens"] >= 4
             assert catalog.voice_base("smollm2-135m-instruct") is embedded_model and not catalog._bases  # no copy

@@ -76,7 +76,9 @@ def run(console: Console, model: TextModel, out: Path, embedder=None,
     newest = adapter_versions(memory.store, NAME)[-1]
     spoken = speaker(newest)
     console.print(f"chatting with avatar:{NAME} (voice {newest.label} + retrieved memories)")
-    chat = AvatarChat(memory, NAME, spoken, ModelFactExtractor(model), SamplingParams(max_tokens=64, temperature=0.7))
+    # as the server answers: proxy-tuned, the base reading the retrieved memories (VOICE_FUSION)
+    chat = AvatarChat(memory, NAME, spoken, ModelFactExtractor(model), SamplingParams(max_tokens=64, temperature=0.7),
+                      voice_base=model if spoken is not model else None)  # fmt: skip
     try:
         for message in TURNS:
             _say(console, chat, message)

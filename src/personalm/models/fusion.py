@@ -211,6 +211,14 @@ class ProxyTuned(TextModel):
         check_streams([Stream(self.base, [], 1.0), Stream(self.expert, [], weight)])
         self.model_id = f"proxy:{self.base.model_id}+{weight:g}*({self.expert.model_id}-base)"
 
+    @property
+    def context_length(self) -> int:
+        return min(self.base.context_length, self.expert.context_length)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """The served prompt's tokens (the longest stream's: what a context budget checks)."""
+        return self.base.encode_prompt(_split([prompt])[0][0])
+
     def terms(self, served: Sequence[Prompt], plain: Sequence[Prompt]) -> list[Stream]:
         """The streams of the sum (the base alone at weight 0)."""
         streams = [Stream(self.base, served, 1.0)]

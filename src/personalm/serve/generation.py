@@ -65,6 +65,16 @@ async def voice_target(catalog: Catalog, base: str, adapter: Path, name: str) ->
     return Target(model, budget, worker is not None, lambda: _given(worker))
 
 
+def fused_target(voice: Target, base: Any, weight: float) -> Target:
+    """An avatar's voice answering by proxy-tuned decoding (models.fusion.ProxyTuned: `base` reads
+    the served chat, the voice adapter's shift over it is added at `weight`); its prompts are
+    (served, plain) chat pairs, generated in a worker thread beside the voice's batch worker."""
+    from personalm.models.fusion import ProxyTuned
+
+    model = ProxyTuned(base, voice.model, weight)
+    return Target(model, min(voice.budget, model.context_length), False, voice.session)
+
+
 async def soup_target(soups: SoupModels, weights: dict[str, float]) -> Target:
     try:
         model = await asyncio.to_thread(soups.model)

@@ -7,6 +7,7 @@ parts on the study harness and writes results.json, avatar.png and report.html.
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -226,7 +227,7 @@ VOICE_BARS = (("none", "norag_voice_persons"), ("retrieval", "rag_voice_persons"
 def plot(results: dict, path: Path) -> None:
     voiced = "voice" in results["likeness"]
     fig, axes = report.figure(4 if voiced else 3, width=17 if voiced else 13)
-    names = [LABELS[c] for c in CONDITIONS]
+    names = [textwrap.fill(LABELS[c], 16) for c in CONDITIONS]
     colors = ["#2b6cb0", "#a0aec0", "#68a063"]
     acc = [f"attribution_acc_{c}" for c in CONDITIONS]
     axes[0].bar(names, [results[k] for k in acc], yerr=_spans(results, acc), capsize=4, color=colors)

@@ -2,8 +2,10 @@
 avatar, or for any model with `preferences.avatar` naming whose memory to read), and the routes under
 /v1/avatars (ingest, remember, list, search, delete, the preferences default, the versions of a
 memory: `as_of` reads, histories, undo; and the voice adapter versions), each scoped to one avatar.
-`avatar:NAME` answers with the avatar's latest voice adapter, `avatar:NAME@vN` with version N, as
-the best of VOICE_CANDIDATES sampled answers by voice likelihood (adapter over base).
+`avatar:NAME` answers with the avatar's latest voice adapter, `avatar:NAME@vN` with version N: by
+proxy-tuned decoding at VOICE_FUSION (the base reads the retrieved passages, the adapter's shift over
+it is added; models.fusion), or, with VOICE_FUSION None, the adapter reading them itself, the best
+of VOICE_CANDIDATES sampled answers by voice likelihood (adapter over base).
 
 Isolation does not rely on prompts: every route passes the avatar named in the path to the store,
 whose every query filters by it, and a key scoped to `avatar:NAME` is refused any other name before
@@ -33,6 +35,7 @@ from personalm.avatars.preferences import (
     MAX_CANDIDATES,
     MAX_PREFERENCES,
     VOICE_CANDIDATES,
+    VOICE_FUSION,
     PreferenceSettings,
     avatar_settings,
     choose,
@@ -45,8 +48,17 @@ from personalm.avatars.retrieval import Hit
 from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar, parse_time
 from personalm.avatars.voice import AdapterVersion, adapter_versions, pick
 from personalm.errors import PersonalmError
+from personalm.models.fusion import ProxyTuned
 from personalm.serve.auth import Principal
-from personalm.serve.generation import Target, complete, fixed_reply, model_target, sample, voice_target
+from personalm.serve.generation import (
+    Target,
+    complete,
+    fixed_reply,
+    fused_target,
+    model_target,
+    sample,
+    voice_target,
+)
 from personalm.serve.http import ApiError, Served
 from personalm.serve.schemas import MAX_TEXT_CHARS, ChatRequest
 
@@ -162,12 +174,14 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
                                                         if e.kind == "base"))  # fmt: skip
     else:
         base = await voice_target(served.catalog, voice.base, Path(voice.path), f"{name}@{voice.label}")
-    ranker = None
-    if voice is not None and VOICE_CANDIDATES > 1 and body.temperature > 0:
+    ranker = fused = None
+    if voice is not None and (VOICE_FUSION is not None or (VOICE_CANDIDATES > 1 and body.temperature > 0)):
         try:
             ranker = await asyncio.to_thread(served.catalog.voice_base, voice.base)
         except PersonalmError as err:
             raise ApiError(500, f"the voice adapter cannot be served: {err}", "engine_error") from None
+        if VOICE_FUSION is not None:
+            fused, ranker = fused_target(base, ranker, VOICE_FUSION), None
     talk = AvatarChat(memory, name, base.model, critic=critic, preferences=settings)
     talk.history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
     prepared = await asyncio.to_thread(talk.prepare, messages[-1]["content"])  # reads memories and profile
@@ -178,10 +192,13 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
     if prepared.messages is None:
         final = {"preferences": {"applied": [], "candidates": 0, "chosen": None, "scores": None}}
         return fixed_reply(prepared.reply, body, extra, final if settings.apply else None)
-    if settings.apply or ranker is not None:
+    if settings.apply or ranker is not None or fused is not None:
         stated = prepared.preferences if settings.apply else []
-        shown = ("preferences",) * settings.apply + ("voice",) * (ranker is not None)
-        return await preference_reply(request, base, prepared.messages, prepared.question, stated, critic,
+        shown = ("preferences",) * settings.apply + ("voice",) * (ranker is not None or fused is not None)
+        run, prompt = base, prepared.messages
+        if fused is not None:
+            run, prompt = fused, (prepared.messages, talk.plain(prepared.question))
+        return await preference_reply(request, run, prompt, prepared.question, stated, critic,
                                       settings.candidates if stated else VOICE_CANDIDATES, body, limit, extra, ranker,
                                       shown)  # fmt: skip
     ids = base.model.encode_prompt(prepared.messages)
@@ -231,7 +248,8 @@ async def preference_reply(request: Request, run: Target, prompt, question: str,
         raise ApiError(500, f"the preference critic failed: {err}", "engine_error") from None
     tokens = (len(ids) * count, sum(r[2] for r in results))
     voice = {"candidates": len(texts), "chosen": choice.index,
-             "likelihoods": {str(i): round(v, 4) for i, v in choice.likelihoods.items()}}  # fmt: skip
+             "likelihoods": {str(i): round(v, 4) for i, v in choice.likelihoods.items()},
+             "fusion": run.model.weight if isinstance(run.model, ProxyTuned) else None}  # fmt: skip
     final = {"preferences": choice.to_dict(), "voice": voice}
     return fixed_reply(choice.answer, body, extra or {}, {k: final[k] for k in shown}, results[choice.index][1],
                        tokens)  # fmt: skip
