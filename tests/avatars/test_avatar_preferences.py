@@ -14,12 +14,14 @@ from personalm.avatars.preferences import (
     PreferenceSettings,
     answer_with_preferences,
     avatar_settings,
+    candidate_count,
     choose,
     is_preference,
     load_critic,
     sample_candidates,
     save_avatar_settings,
     stated_preferences,
+    turn_candidates,
     voice_likelihood,
     with_preferences,
 )
@@ -250,3 +252,16 @@ def test_an_avatar_with_a_fused_voice_answers_by_proxy_tuning(memory, embedded_m
     turn = chat.send("Which dairy foods do you like?")
     assert turn.choice.preferences and len(turn.choice.answers) == 3 and turn.reply in turn.choice.answers
     assert all(v <= 0 for v in turn.choice.likelihoods.values())  # ties: the fused model's own likelihood
+
+
+def test_a_turn_samples_what_it_can_rank():
+    """Stated preferences (when answering follows them) take the preference count; otherwise the
+    voice's count, which only samples more than one when a voice likelihood ranks them; greedy: one."""
+    on, off = PreferenceSettings(apply=True, candidates=3), PreferenceSettings(apply=False, candidates=3)
+    assert turn_candidates(on, ["I avoid dairy."], 2) == (["I avoid dairy."], 3)
+    assert turn_candidates(off, ["I avoid dairy."], 2) == ([], 2)
+    assert turn_candidates(on, [], 1) == ([], 1)
+    assert candidate_count(["I avoid dairy."], 3, ranked=False, greedy=False) == 3
+    assert candidate_count([], 4, ranked=True, greedy=False) == 4
+    assert candidate_count([], 4, ranked=False, greedy=False) == 1
+    assert candidate_count(["I avoid dairy."], 3, ranked=True, greedy=True) == 1

@@ -28,6 +28,7 @@ from personalm.avatars.preferences import (
     answer_with_preferences,
     avatar_settings,
     stated_preferences,
+    turn_candidates,
 )
 from personalm.avatars.profile import display_name
 from personalm.avatars.retrieval import PLAIN_RRF, Fusion, Recall
@@ -199,8 +200,7 @@ class AvatarChat:
             seed = self.params.seed + len(self.history)
             params = SamplingParams(**{**self.params.to_dict(), "seed": seed})
             if self.preferences.apply or self.voice_base is not None:
-                stated = prepared.preferences if self.preferences.apply else []
-                n = self.preferences.candidates if stated else self.voice_candidates
+                stated, n = turn_candidates(self.preferences, prepared.preferences, self.voice_candidates)
                 model, prompt, base = self.model, prepared.messages, self.voice_base
                 if self.fused is not None:
                     model, prompt, base = self.fused, (prepared.messages, self.plain(user)), None

@@ -209,6 +209,22 @@ def voice_likelihood(voice: TextModel, base: TextModel, prompt: Prompt,
     return score
 
 
+def turn_candidates(settings: PreferenceSettings, preferences: Sequence[str],
+                    voice_candidates: int) -> tuple[list[str], int]:  # fmt: skip
+    """What one avatar turn ranks by, for `AvatarChat.send` and the server's avatar chat alike: the
+    stated preferences memory retrieved when answering follows them (else none), and how many
+    candidates to sample: the preference setting's count when any are stated, else the voice's."""
+    stated = list(preferences) if settings.apply else []
+    return stated, settings.candidates if stated else voice_candidates
+
+
+def candidate_count(preferences: Sequence[str], n: int, ranked: bool, greedy: bool) -> int:
+    """How many of the n candidates to sample: all when there is something to rank them by (stated
+    preferences, or with `ranked` a voice's likelihood), else one; one when decoding greedily (n
+    copies of one answer)."""
+    return n if (preferences or ranked) and not greedy else 1
+
+
 def sample_candidates(model: TextModel, prompt: Prompt, params: SamplingParams, n: int) -> list[str]:
     """n answers in one generate call: identical prompts are seeded by their position, so the
     candidates differ and the same seed gives the same candidates. Greedy decoding would give n
@@ -231,7 +247,7 @@ def answer_with_preferences(
     none stated there is nothing to rank, and one answer is sampled as usual. With `base` (the
     model `model`'s voice adapter was trained from) the voice likelihood breaks ties, and decides
     among the n candidates when nothing is stated."""
-    answers = sample_candidates(model, prompt, params, n if preferences or base is not None else 1)
+    answers = sample_candidates(model, prompt, params, candidate_count(preferences, n, base is not None, params.greedy))
     likelihood = (
         model_likelihood(model, prompt, answers) if base is None else voice_likelihood(model, base, prompt, answers)
     )

@@ -38,10 +38,12 @@ from personalm.avatars.preferences import (
     VOICE_FUSION,
     PreferenceSettings,
     avatar_settings,
+    candidate_count,
     choose,
     model_likelihood,
     save_avatar_settings,
     stated_preferences,
+    turn_candidates,
     voice_likelihood,
 )
 from personalm.avatars.retrieval import Hit
@@ -193,14 +195,13 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
         final = {"preferences": {"applied": [], "candidates": 0, "chosen": None, "scores": None}}
         return fixed_reply(prepared.reply, body, extra, final if settings.apply else None)
     if settings.apply or ranker is not None or fused is not None:
-        stated = prepared.preferences if settings.apply else []
+        stated, n = turn_candidates(settings, prepared.preferences, VOICE_CANDIDATES)
         shown = ("preferences",) * settings.apply + ("voice",) * (ranker is not None or fused is not None)
         run, prompt = base, prepared.messages
         if fused is not None:
             run, prompt = fused, (prepared.messages, talk.plain(prepared.question))
-        return await preference_reply(request, run, prompt, prepared.question, stated, critic,
-                                      settings.candidates if stated else VOICE_CANDIDATES, body, limit, extra, ranker,
-                                      shown)  # fmt: skip
+        return await preference_reply(request, run, prompt, prepared.question, stated, critic, n, body, limit, extra,
+                                      ranker, shown)  # fmt: skip
     ids = base.model.encode_prompt(prepared.messages)
     return await complete(request, base, [(ids, prepared.messages)], body, limit, chat=True, shown_id=body.model,
                           extra=extra)  # fmt: skip
@@ -234,7 +235,7 @@ async def preference_reply(request: Request, run: Target, prompt, question: str,
     stream whose final chunk names the preferences applied and the voice choice (`shown`). With
     nothing stated and no base, or with greedy decoding, there is nothing to choose among: one
     answer is sampled."""
-    count = n if (preferences or base is not None) and body.temperature > 0 else 1
+    count = candidate_count(preferences, n, base is not None, body.temperature <= 0)
     ids = run.model.encode_prompt(prompt)
     results = await sample(request, run, ids, prompt, body, limit, count)
     texts = [text for text, _, _ in results]
