@@ -105,6 +105,7 @@ ROWS: dict[str, Row] = {
     "bench perce": Row(
         {"data": cmd("bench", "perce", "--data", "{bad}", kind="dir", inner="persona_chat/valid.csv")}, {"out": OUTPUT}
     ),
+    "bench fusion": Row(untested={"adapter": ADAPTER, "out": OUTPUT}),
     "bench merge": Row({"adapters": cmd("bench", "merge", "--adapters", "{bad}", kind="dir")}, {"out": OUTPUT}),
     "bench train": Row(
         {"data": cmd("bench", "train", "--data", "{bad}", kind="dir", inner="personahub/tool_personas.jsonl",

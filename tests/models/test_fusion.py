@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from personalm.errors import PersonalmError
-from personalm.models import fusion
 from personalm.models.base import Generation, SamplingParams
 from personalm.models.cache import CachedModel, GenerationCache
 from personalm.models.fusion import ProxyTuned, Stream, fused_generate, local_model
@@ -73,11 +72,10 @@ def test_the_fused_distribution_scores_its_own_tokens(embedded_model, expert):
     assert proxy.score(PAIRS[:1], [""])[0].logprobs == []
 
 
-def test_kernel_and_forward_paths_agree(embedded_model, expert, monkeypatch):
+def test_kernel_and_forward_paths_agree(embedded_model, expert):
     streams = [Stream(embedded_model, SERVED, 1.0), Stream(expert, PLAIN, 1.0), Stream(embedded_model, PLAIN, -1.0)]
     on_kernel = fused_generate(streams, SamplingParams(max_tokens=16))
-    monkeypatch.setattr(fusion, "supports", lambda model: False)
-    on_forward = fused_generate(streams, SamplingParams(max_tokens=16), batch=2)
+    on_forward = fused_generate(streams, SamplingParams(max_tokens=16), batch=2, forward=True)
     agree = [a.text == b.text for a, b in zip(on_kernel, on_forward, strict=True)]
     assert sum(agree) >= len(agree) - 1, (on_kernel, on_forward)
     assert all(g.completion_tokens <= 16 and g.prompt_tokens > 0 for g in on_forward)

@@ -258,6 +258,41 @@ def merge_bench(
     _finish(result, out, as_json)
 
 
+@app.command("fusion")
+def fusion_bench(
+    rows: int = typer.Option(16, min=1, help="Avatar chats decoded together (the batch measurement)."),
+    turns: int = typer.Option(12, min=1, help="Chat turns timed with the voice alone and proxy-tuned."),
+    max_tokens: int = typer.Option(64, min=1, help="Token budget of each answer."),
+    adapter: Path = typer.Option(None, help="The voice adapter (default: a second copy of the base, same cost)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Local base model."),
+    seed: int = typer.Option(0),
+    out: Path = OUT,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Proxy-tuned decoding (an avatar's voice): our three streams on the Llama kernel vs the same on the
+    transformers forward (tokens/s), and the latency it adds to a chat turn over the voice alone (p50, p95)."""
+    from personalm.adapters import validate
+    from personalm.studies.bench import fusion
+
+    if adapter is not None:
+        validate(adapter)
+    result = fusion.run(rows, turns, max_tokens, model, adapter, seed, log=lambda m: stderr.print(m, markup=False))
+    table = Table("proxy-tuned decode", "rows", "tokens/s", "ours is")
+    table.add_row(result["ours"], str(rows), str(result["ours_tokens_s"]), "")
+    table.add_row(result["peer"], str(rows), str(result["peer_tokens_s"]), f"{result['speedup']}x")
+    turns_table = Table("chat turn", "p50 ms", "p95 ms")
+    turns_table.add_row("the voice alone (adapter merged)", str(result["voice_alone_p50_ms"]),
+                        str(result["voice_alone_p95_ms"]))  # fmt: skip
+    turns_table.add_row("proxy-tuned (base + voice − base)", str(result["fused_p50_ms"]), str(result["fused_p95_ms"]))
+    turns_table.add_row("added", str(result["added_p50_ms"]), str(result["added_p95_ms"]))
+    console = Console()
+    console.print(table)
+    console.print(turns_table)
+    console.print(f"same greedy answers on both paths: {result['same_answers']}/{rows}; "
+                  f"1-min load average {result['load_average_1m']}")  # fmt: skip
+    _finish(result, out, as_json)
+
+
 def _finish(result: dict, out: Path | None, as_json: bool) -> None:
     """Write the results file when asked and end with the JSON line when asked."""
     if out:

@@ -122,8 +122,8 @@ class _ForwardRows:
         return out.logits[:, -1].float().cpu()
 
 
-def _rows(model: LocalModel, prompts: list[list[int]], max_new: int) -> _KernelRows | _ForwardRows:
-    if supports(model.model) and model.device.type == "cpu":
+def _rows(model: LocalModel, prompts: list[list[int]], max_new: int, forward: bool) -> _KernelRows | _ForwardRows:
+    if not forward and supports(model.model) and model.device.type == "cpu":
         return _KernelRows(model, prompts, max_new)
     return _ForwardRows(model, prompts, max_new)
 
@@ -143,10 +143,12 @@ def check_streams(streams: Sequence[Stream]) -> None:
 
 
 def fused_generate(streams: Sequence[Stream], params: SamplingParams | None = None,
-                   progress: ProgressCallback | None = None, batch: int = FUSED_BATCH) -> list[Generation]:  # fmt: skip
+                   progress: ProgressCallback | None = None, batch: int = FUSED_BATCH,
+                   forward: bool = False) -> list[Generation]:  # fmt: skip
     """One answer per row, each token drawn from Σ weight · logits over the streams (the first
     stream's model detokenizes and stops). A sampled row's random stream is seeded by all its
-    prompts and their occurrence, so it does not depend on the batch it shared."""
+    prompts and their occurrence, so it does not depend on the batch it shared. `forward` runs
+    every stream on the transformers forward even where the Llama kernel could (bench fusion's peer)."""
     params = params or SamplingParams()
     check_streams(streams)
     head = streams[0].model
@@ -162,7 +164,7 @@ def fused_generate(streams: Sequence[Stream], params: SamplingParams | None = No
                 raise PersonalmError(f"a prompt of {longest} tokens plus {params.max_tokens} new ones does not fit "
                                      f"the context of {stream.model.context_length} tokens")  # fmt: skip
         generators = [None if params.greedy else row_generator(params.seed, *keys[i]) for i in chunk]
-        tokens = _decode(streams, encoded, params, generators, head.eos_ids)
+        tokens = _decode(streams, encoded, params, generators, head.eos_ids, forward)
         for ids, prompt_len in zip(tokens, (len(p) for p in encoded[0]), strict=True):
             done = bool(ids) and ids[-1] in head.eos_ids
             text, hit = apply_stop(head.decode_ids(ids[:-1] if done else ids), params.stop)
@@ -173,8 +175,8 @@ def fused_generate(streams: Sequence[Stream], params: SamplingParams | None = No
 
 
 def _decode(streams: Sequence[Stream], encoded: list[list[list[int]]], params: SamplingParams,
-            generators: list, eos: set[int]) -> list[list[int]]:  # fmt: skip
-    state = [_rows(s.model, prompts, params.max_tokens) for s, prompts in zip(streams, encoded, strict=True)]
+            generators: list, eos: set[int], forward: bool) -> list[list[int]]:  # fmt: skip
+    state = [_rows(s.model, prompts, params.max_tokens, forward) for s, prompts in zip(streams, encoded, strict=True)]
     logits = sum(s.weight * rows.start() for s, rows in zip(streams, state, strict=True))
     n = len(encoded[0])
     generated: list[list[int]] = [[] for _ in range(n)]
