@@ -22,3 +22,4 @@ def test_the_bench_times_both_paths_on_the_same_chats():
     assert result["ours_tokens_s"] > 0 and result["peer_tokens_s"] > 0 and result["speedup"] > 0
     assert result["prompt_tokens_mean"] > 100  # profile and three passages
     assert result["fused_p50_ms"] > 0 and result["voice_alone_p50_ms"] > 0 and result["adapter"] is None
+    assert result["fused_ms_per_token_p50"] > 0 and result["voice_alone_ms_per_token_p50"] > 0

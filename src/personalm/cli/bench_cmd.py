@@ -288,6 +288,8 @@ def fusion_bench(
     console = Console()
     console.print(table)
     console.print(turns_table)
+    console.print(f"p50 per generated token: {result['voice_alone_ms_per_token_p50']} ms the voice alone, "
+                  f"{result['fused_ms_per_token_p50']} ms proxy-tuned")  # fmt: skip
     console.print(f"same greedy answers on both paths: {result['same_answers']}/{rows}; "
                   f"1-min load average {result['load_average_1m']}")  # fmt: skip
     _finish(result, out, as_json)

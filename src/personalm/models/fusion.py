@@ -69,20 +69,27 @@ def local_model(model: TextModel) -> LocalModel:
 
 
 class _KernelRows:
-    """A stream's rows on the Llama kernel: right-padded prefill, then one token per row per step."""
+    """The rows of every stream on one model in one Llama kernel: each stream's prompts prefilled
+    into slots of their own (never padded to another stream's length), then one decode call for all
+    rows a step, so streams sharing a model (the base reads two chats) read its weights once a step."""
 
-    def __init__(self, model: LocalModel, prompts: list[list[int]], max_new: int):
-        self.kernel = LlamaKernel(model.kernel_weights(), len(prompts), max(map(len, prompts)) + max_new)
-        self.prompts = prompts
-        self.positions = torch.tensor([len(p) for p in prompts])
+    def __init__(self, model: LocalModel, groups: list[list[list[int]]], max_new: int):
+        longest = max(len(p) for prompts in groups for p in prompts)
+        self.kernel = LlamaKernel(model.kernel_weights(), sum(map(len, groups)), longest + max_new)
+        self.groups = groups
+        self.positions = torch.tensor([len(p) for prompts in groups for p in prompts])
 
-    def start(self) -> Tensor:
-        return self.kernel.prefill(0, self.prompts).float()
+    def start(self) -> list[Tensor]:
+        out, slot = [], 0
+        for prompts in self.groups:
+            out.append(self.kernel.prefill(slot, prompts).float())
+            slot += len(prompts)
+        return out
 
-    def step(self, tokens: Tensor) -> Tensor:
-        logits = self.kernel.decode(tokens, self.positions)
+    def step(self, tokens: Tensor) -> list[Tensor]:
+        logits = self.kernel.decode(tokens.repeat(len(self.groups)), self.positions)
         self.positions += 1
-        return logits.float()
+        return list(logits.float().split([len(p) for p in self.groups]))
 
 
 class _ForwardRows:
@@ -96,7 +103,7 @@ class _ForwardRows:
         self.cache_arg = "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
 
     @torch.inference_mode()
-    def start(self) -> Tensor:
+    def start(self) -> list[Tensor]:
         width = max(map(len, self.prompts))
         ids = torch.zeros(len(self.prompts), width, dtype=torch.long)
         self.mask = torch.zeros(len(self.prompts), width, dtype=torch.long)
@@ -105,14 +112,14 @@ class _ForwardRows:
             self.mask[row, width - len(prompt) :] = 1
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.next = self.mask.sum(-1)
-        return self._forward(ids, positions)
+        return [self._forward(ids, positions)]
 
     @torch.inference_mode()
-    def step(self, tokens: Tensor) -> Tensor:
+    def step(self, tokens: Tensor) -> list[Tensor]:
         self.mask = torch.cat([self.mask, torch.ones(len(tokens), 1, dtype=torch.long)], dim=1)
         logits = self._forward(tokens[:, None], self.next[:, None])
         self.next = self.next + 1
-        return logits
+        return [logits]
 
     def _forward(self, ids: Tensor, positions: Tensor) -> Tensor:
         device = self.model.device
@@ -122,10 +129,21 @@ class _ForwardRows:
         return out.logits[:, -1].float().cpu()
 
 
-def _rows(model: LocalModel, prompts: list[list[int]], max_new: int, forward: bool) -> _KernelRows | _ForwardRows:
-    if not forward and supports(model.model) and model.device.type == "cpu":
-        return _KernelRows(model, prompts, max_new)
-    return _ForwardRows(model, prompts, max_new)
+def _engines(streams: Sequence[Stream], encoded: list[list[list[int]]], max_new: int,
+             forward: bool) -> list[tuple[list[int], _KernelRows | _ForwardRows]]:  # fmt: skip
+    """(the streams it runs, by index; what runs them): one kernel per model for the streams that
+    share it, or one transformers forward per stream."""
+    by_model: dict[int, list[int]] = {}
+    for i, stream in enumerate(streams):
+        by_model.setdefault(id(stream.model), []).append(i)
+    engines: list[tuple[list[int], _KernelRows | _ForwardRows]] = []
+    for members in by_model.values():
+        model = streams[members[0]].model
+        if not forward and supports(model.model) and model.device.type == "cpu":
+            engines.append((members, _KernelRows(model, [encoded[i] for i in members], max_new)))
+        else:
+            engines += [([i], _ForwardRows(model, encoded[i], max_new)) for i in members]
+    return engines
 
 
 def check_streams(streams: Sequence[Stream]) -> None:
@@ -176,8 +194,14 @@ def fused_generate(streams: Sequence[Stream], params: SamplingParams | None = No
 
 def _decode(streams: Sequence[Stream], encoded: list[list[list[int]]], params: SamplingParams,
             generators: list, eos: set[int], forward: bool) -> list[list[int]]:  # fmt: skip
-    state = [_rows(s.model, prompts, params.max_tokens, forward) for s, prompts in zip(streams, encoded, strict=True)]
-    logits = sum(s.weight * rows.start() for s, rows in zip(streams, state, strict=True))
+    engines = _engines(streams, encoded, params.max_tokens, forward)
+
+    def weighted(outputs: list[list[Tensor]]) -> Tensor:
+        return sum(streams[i].weight * logits
+                   for (members, _), each in zip(engines, outputs, strict=True)
+                   for i, logits in zip(members, each, strict=True))  # fmt: skip
+
+    logits = weighted([engine.start() for _, engine in engines])
     n = len(encoded[0])
     generated: list[list[int]] = [[] for _ in range(n)]
     live = [True] * n
@@ -189,7 +213,7 @@ def _decode(streams: Sequence[Stream], encoded: list[list[list[int]]], params: S
                 live[i] = token not in eos
         if not any(live) or step == params.max_tokens - 1:
             break
-        logits = sum(s.weight * rows.step(picks) for s, rows in zip(streams, state, strict=True))
+        logits = weighted([engine.step(picks) for _, engine in engines])
     return generated
 
 

@@ -10,8 +10,8 @@ reads):
   forward with its KV cache, which is how proxy-tuning's reference implementation runs (Liu et al.
   2024) — generated tokens per second, greedy, both runs checked to give the same answers;
 * a chat turn: one answer by the voice alone (the adapter merged, reading the served chat) against
-  one proxy-tuned answer, p50 and p95 milliseconds per turn, turns interleaved so both see the
-  same load.
+  one proxy-tuned answer, p50 and p95 milliseconds per turn and p50 per generated token (the two
+  answers differ in length), turns interleaved so both see the same load.
 
 The voice is the adapter given with --adapter, or a second copy of the base (a merged adapter costs
 what the base costs, so timings do not depend on its values).
@@ -75,14 +75,16 @@ def run(rows: int = 16, turns: int = 12, max_tokens: int = 64, model_name: str |
         tokens = sum(g.completion_tokens for g in ours)
 
         sampled = SamplingParams(max_tokens=max_tokens, temperature=0.7, top_p=0.9, seed=seed)
-        alone, fused = [], []
+        alone, fused, per_token = [], [], {"alone": [], "fused": []}
         for pair in pairs[:WARMUP]:
             voice.generate([pair[0]], sampled)
             proxy.generate([pair], sampled)
         for k, pair in enumerate(pairs[:turns]):
             turn = replace(sampled, seed=seed + k)
-            alone.append(_timed(voice.generate, [pair[0]], turn)[1] * 1000)
-            fused.append(_timed(proxy.generate, [pair], turn)[1] * 1000)
+            for times, key, (answers, seconds) in ((alone, "alone", _timed(voice.generate, [pair[0]], turn)),
+                                                   (fused, "fused", _timed(proxy.generate, [pair], turn))):  # fmt: skip
+                times.append(seconds * 1000)
+                per_token[key].append(seconds * 1000 / max(answers[0].completion_tokens, 1))
             log(f"fusion: turn {k + 1}/{turns}: {alone[-1]:.0f} ms the voice alone, {fused[-1]:.0f} ms proxy-tuned")
 
     def pct(values: list[float], q: float) -> float:
@@ -109,6 +111,8 @@ def run(rows: int = 16, turns: int = 12, max_tokens: int = 64, model_name: str |
         "fused_p95_ms": pct(fused, 95),
         "added_p50_ms": round(pct(fused, 50) - pct(alone, 50), 1),
         "added_p95_ms": round(pct(fused, 95) - pct(alone, 95), 1),
+        "voice_alone_ms_per_token_p50": pct(per_token["alone"], 50),
+        "fused_ms_per_token_p50": pct(per_token["fused"], 50),
         "load_average_1m": round(load_average(), 2),
         "seed": seed,
         "versions": versions("personalm", "torch", "transformers"),
