@@ -46,7 +46,7 @@ from personalm.models.llama_kernel import LlamaKernel, supports
 from personalm.models.local import LocalModel
 from personalm.models.sampling import choose_tokens, row_generator
 
-FUSED_BATCH = 16  # rows decoded together: every stream holds a KV cache of this many rows
+FUSED_BATCH = 16  # rows decoded together (a model's kernel holds this many KV cache rows per stream it runs)
 MAX_WEIGHT = 4.0  # beyond it the expert's shift swamps the base: answers stop being language
 
 

@@ -97,9 +97,9 @@ class Catalog:
             return self._voices[adapter]
 
     def voice_base(self, base: str) -> LocalModel:
-        """The base model voice adapters were trained from, for the voice likelihood: the served
-        model itself when the catalog serves that base (no second copy), else a scoring-only copy
-        (no engine; one per base, loaded on first use)."""
+        """The base model voice adapters were trained from, for proxy-tuned decoding and the voice
+        likelihood: the served model itself when the catalog serves that base (no second copy),
+        else a copy without an engine (one per base, loaded on first use)."""
         entry = self.entries.get(base)
         if entry is not None and entry.adapter is None:
             return self.load(base)[0]

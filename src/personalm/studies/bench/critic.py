@@ -21,12 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from personalm.critic.data import in_topics, prefeval_items
 from personalm.critic.model import MAX_LEN, PreferenceCritic, pair_text
 from personalm.models.base import SamplingParams
 from personalm.provenance import load_average, machine, versions
+from personalm.studies.bench import percentile
 
 BATCH = 64
 WARMUP = 2
@@ -95,9 +94,6 @@ def run(
                 f"critic: turn {k + 1}/{len(chats)}: {plain[-1]:.0f} ms plain, {with_critic[-1]:.0f} ms with n={candidates}"
             )
 
-    def pct(values: list[float], q: float) -> float:
-        return round(float(np.percentile(values, q)), 1)
-
     return {
         "benchmark": "critic",
         "artifact": str(artifact),
@@ -117,13 +113,13 @@ def run(
         "turns": len(chats),
         "candidates": candidates,
         "max_tokens": max_tokens,
-        "plain_p50_ms": pct(plain, 50),
-        "plain_p95_ms": pct(plain, 95),
-        "with_critic_p50_ms": pct(with_critic, 50),
-        "with_critic_p95_ms": pct(with_critic, 95),
-        "critic_scoring_p50_ms": pct(critic_ms, 50),
-        "added_p50_ms": round(pct(with_critic, 50) - pct(plain, 50), 1),
-        "added_p95_ms": round(pct(with_critic, 95) - pct(plain, 95), 1),
+        "plain_p50_ms": percentile(plain, 50),
+        "plain_p95_ms": percentile(plain, 95),
+        "with_critic_p50_ms": percentile(with_critic, 50),
+        "with_critic_p95_ms": percentile(with_critic, 95),
+        "critic_scoring_p50_ms": percentile(critic_ms, 50),
+        "added_p50_ms": round(percentile(with_critic, 50) - percentile(plain, 50), 1),
+        "added_p95_ms": round(percentile(with_critic, 95) - percentile(plain, 95), 1),
         "scores_mean": round(float(ours.mean()), 4),
         "load_average_1m": round(load_average(), 2),
         "seed": seed,

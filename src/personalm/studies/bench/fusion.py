@@ -33,6 +33,7 @@ from personalm.avatars.store import Memory
 from personalm.models import fusion
 from personalm.models.base import SamplingParams
 from personalm.provenance import load_average, machine, versions
+from personalm.studies.bench import percentile
 from personalm.studies.bench.workloads import FALLBACK_PERSONAS, TASKS
 
 WARMUP = 2
@@ -87,9 +88,6 @@ def run(rows: int = 16, turns: int = 12, max_tokens: int = 64, model_name: str |
                 per_token[key].append(seconds * 1000 / max(answers[0].completion_tokens, 1))
             log(f"fusion: turn {k + 1}/{turns}: {alone[-1]:.0f} ms the voice alone, {fused[-1]:.0f} ms proxy-tuned")
 
-    def pct(values: list[float], q: float) -> float:
-        return round(float(np.percentile(values, q)), 1)
-
     return {
         "benchmark": "fusion",
         "model": name,
@@ -105,14 +103,14 @@ def run(rows: int = 16, turns: int = 12, max_tokens: int = 64, model_name: str |
         "speedup": round(peer_s / ours_s, 2),
         "same_answers": agree,
         "turns": turns,
-        "voice_alone_p50_ms": pct(alone, 50),
-        "voice_alone_p95_ms": pct(alone, 95),
-        "fused_p50_ms": pct(fused, 50),
-        "fused_p95_ms": pct(fused, 95),
-        "added_p50_ms": round(pct(fused, 50) - pct(alone, 50), 1),
-        "added_p95_ms": round(pct(fused, 95) - pct(alone, 95), 1),
-        "voice_alone_ms_per_token_p50": pct(per_token["alone"], 50),
-        "fused_ms_per_token_p50": pct(per_token["fused"], 50),
+        "voice_alone_p50_ms": percentile(alone, 50),
+        "voice_alone_p95_ms": percentile(alone, 95),
+        "fused_p50_ms": percentile(fused, 50),
+        "fused_p95_ms": percentile(fused, 95),
+        "added_p50_ms": round(percentile(fused, 50) - percentile(alone, 50), 1),
+        "added_p95_ms": round(percentile(fused, 95) - percentile(alone, 95), 1),
+        "voice_alone_ms_per_token_p50": percentile(per_token["alone"], 50),
+        "fused_ms_per_token_p50": percentile(per_token["fused"], 50),
         "load_average_1m": round(load_average(), 2),
         "seed": seed,
         "versions": versions("personalm", "torch", "transformers"),

@@ -34,7 +34,7 @@ from personalm.avatars.retrieval import hybrid_search
 from personalm.avatars.sqlite_store import SQLiteStore
 from personalm.avatars.store import NewMemory
 from personalm.provenance import load_average, machine, versions
-from personalm.studies.bench import retrieval_data
+from personalm.studies.bench import percentile, retrieval_data
 
 BATCH = 1000
 AVATAR = "bench"
@@ -323,8 +323,8 @@ def _queries(
 
 def _percentiles(name: str, latencies: np.ndarray) -> dict[str, float]:
     return {
-        f"{name}_p50_ms": round(float(np.percentile(latencies, 50)), 3),
-        f"{name}_p95_ms": round(float(np.percentile(latencies, 95)), 3),
+        f"{name}_p50_ms": percentile(latencies, 50, 3),
+        f"{name}_p95_ms": percentile(latencies, 95, 3),
     }
 
 
