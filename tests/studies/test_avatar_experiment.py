@@ -283,7 +283,9 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert voice["setting"] == {"epochs": 1, "lr": 2e-4}
     assert voice["candidates"] == 1 and set(voice["by_candidates"]) == {"1", "2"} and set(voice["by_fusion"]) == {
         "0.5", "1"}  # fmt: skip
-    assert voice["composition"]["weight"] == 0.5 and voice["composition"]["label"].startswith("proxy-tuned at weight 0.5")
+    assert voice["composition"]["weight"] == 0.5 and voice["composition"]["label"].startswith(
+        "proxy-tuned at weight 0.5"
+    )
     assert voice["by_fusion"]["0.5"]["attribution_acc"] == results["attribution_acc_voice_rag"] == 1.0
     # the fused model got (served, plain) pairs: the avatar's chat with passages, the adapter's own chat
     served, plain = voices.pairs[0]
@@ -298,6 +300,9 @@ def test_whole_run_on_synthetic_data(tmp_path, word_hash_embedder, critic):
     assert rows and all(json.loads(r)["id"].startswith("ann_a:") for r in rows)
     assert voice["persons"] == ["ann_a", "bob_b"] and voice["prompts"] == 4
     assert results["attribution_acc_voice"] < 1.0 and results["attribution_acc_voice_items"] == 4
+    low, high = results["attribution_acc_real_voice_persons_ci"]  # the ceiling on the same prompts
+    assert low <= results["attribution_acc_real_voice_persons"] <= high
+    assert results["attribution_acc_real_voice_persons_items"] == 4
     for a, b in (("voice_rag", "rag"), ("rag", "norag"), ("voice", "norag"), ("voice_rag", "voice")):
         key = f"attribution_acc_{a}_minus_{b}"
         low, high = results[f"{key}_ci"]

@@ -255,6 +255,10 @@ def plot(results: dict, path: Path) -> None:
         axes[3].bar([label for label, _ in VOICE_BARS], [results[k] for k in keys], yerr=_spans(results, keys),
                     capsize=4, color=["#a0aec0", "#2b6cb0", "#d69e2e", "#68a063"])  # fmt: skip
         axes[3].axhline(results["chance_attribution"], ls="--", c="k", lw=1)
+        if "attribution_acc_real_voice_persons" in results:
+            low, high = results["attribution_acc_real_voice_persons_ci"]
+            axes[3].axhline(results["attribution_acc_real_voice_persons"], ls=":", c="r", lw=1)
+            axes[3].axhspan(low, high, color="r", alpha=0.1)
         axes[3].set_title(f"voice adapters: {results['likeness']['voice']['prompts']} prompts (95% CI)")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
@@ -378,6 +382,9 @@ def voice_table_rows(results: dict) -> list[tuple[str, str, str]]:
     then each paired difference of the chain."""
     rows = [(label, report.interval(results, f"attribution_acc_{k}"), report.interval(results, f"similarity_{k}"))
             for label, k in VOICE_BARS]  # fmt: skip
+    if "attribution_acc_real_voice_persons" in results:
+        rows.append(("the real held-out passages (the attributor's ceiling)",
+                     report.interval(results, "attribution_acc_real_voice_persons"), "1.000"))  # fmt: skip
     return rows + [
         (f"{LABELS[a]} − {LABELS[b]} (paired)", report.interval(results, f"attribution_acc_{a}_minus_{b}"),
          report.interval(results, f"similarity_{a}_minus_{b}"))

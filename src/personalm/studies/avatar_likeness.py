@@ -527,7 +527,8 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
     references = [p.reference for p in prompts]
     ref_vectors = memory.embed(references)
     result: dict = {"persons": len(split), "prompts": len(prompts), "per_person": {}}
-    result |= estimate("attribution_acc_real", attributor.predict(references) == np.array(truth), config.seed)
+    real = (attributor.predict(references) == np.array(truth)).astype(float)
+    result |= estimate("attribution_acc_real", real, config.seed)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for condition in CONDITIONS:
         scores[condition] = score_texts(outputs[condition], truth, attributor, memory, ref_vectors)
@@ -555,9 +556,10 @@ def likeness(config: ExperimentConfig, model: TextModel, memory: AvatarMemory, l
         order = [i for person in voiced for i, p in enumerate(prompts) if p.person == person]
         answers, training = voice_outputs(config, voiced, judges, voices, work, params, log, setting,
                                           candidates=max(config.voice_candidates), fusion=config.voice_fusion)  # fmt: skip
+        plain = {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")}
         result["voice"] = voice_results(config, answers, composition, training, [prompts[i] for i in order],
-                                        {c: {m: v[order] for m, v in scores[c].items()} for c in ("rag", "norag")},
-                                        attributor, memory, ref_vectors[order])  # fmt: skip
+                                        plain | {"real": {"attribution_acc": real[order]}}, attributor, memory,
+                                        ref_vectors[order])  # fmt: skip
         result["voice"] |= {"setting": asdict(setting), "candidates": composition.candidates,
                             "composition": asdict(composition) | {"label": composition.label},
                             "validation": validation}  # fmt: skip
@@ -646,7 +648,8 @@ def voice_results(config: ExperimentConfig, answers: VoiceAnswers, composition: 
                   training: dict[str, dict], prompts: list[Prompt], scores: dict[str, dict[str, np.ndarray]],
                   attributor, memory: AvatarMemory, ref_vectors: np.ndarray) -> dict:  # fmt: skip
     """The voice persons' prompts under the voice conditions (scored as the others; adapter +
-    retrieval in the chosen `composition`) and, paired over the same prompts, each comparison of
+    retrieval in the chosen `composition`), the attributor's ceiling there (`scores["real"]`: the
+    real held-out passages attributed) and, paired over the same prompts, each comparison of
     VOICE_DIFFERENCES: `attribution_acc_voice_rag_minus_rag`...; `by_candidates` and `by_fusion`
     give adapter + retrieval in every composition chosen among (the chosen one is the headline)."""
     truth = np.array([p.person for p in prompts])
@@ -660,6 +663,7 @@ def voice_results(config: ExperimentConfig, answers: VoiceAnswers, composition: 
         for metric in ("attribution_acc", "similarity"):
             row |= estimate(metric, each[metric], config.seed)
             row |= paired_estimate(f"{metric}_minus_rag", each[metric], scores["rag"][metric], config.seed)
+    found |= estimate("attribution_acc_real_voice_persons", scores["real"]["attribution_acc"], config.seed)
     scores = scores | {"voice": score_texts(outputs["voice"], list(truth), attributor, memory, ref_vectors),
                        "voice_rag": scored[composition]}  # fmt: skip
     for condition in VOICE_CONDITIONS + ("rag", "norag"):
