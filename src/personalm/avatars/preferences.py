@@ -209,6 +209,13 @@ def voice_likelihood(voice: TextModel, base: TextModel, prompt: Prompt,
     return score
 
 
+def ranking_likelihood(model: TextModel, prompt: Prompt, answers: Sequence[str],
+                       base: TextModel | None = None) -> Callable[[list[int]], list[float]]:  # fmt: skip
+    """What breaks the critic's ties (and ranks alone with nothing stated): the voice likelihood
+    when `base`, the voice adapter's base model, is given, else the model's own likelihood."""
+    return model_likelihood(model, prompt, answers) if base is None else voice_likelihood(model, base, prompt, answers)
+
+
 def turn_candidates(settings: PreferenceSettings, preferences: Sequence[str],
                     voice_candidates: int) -> tuple[list[str], int]:  # fmt: skip
     """What one avatar turn ranks by, for `AvatarChat.send` and the server's avatar chat alike: the
@@ -248,7 +255,4 @@ def answer_with_preferences(
     model `model`'s voice adapter was trained from) the voice likelihood breaks ties, and decides
     among the n candidates when nothing is stated."""
     answers = sample_candidates(model, prompt, params, candidate_count(preferences, n, base is not None, params.greedy))
-    likelihood = (
-        model_likelihood(model, prompt, answers) if base is None else voice_likelihood(model, base, prompt, answers)
-    )
-    return choose(critic, preferences, question, answers, likelihood)
+    return choose(critic, preferences, question, answers, ranking_likelihood(model, prompt, answers, base))

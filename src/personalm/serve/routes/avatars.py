@@ -40,11 +40,10 @@ from personalm.avatars.preferences import (
     avatar_settings,
     candidate_count,
     choose,
-    model_likelihood,
+    ranking_likelihood,
     save_avatar_settings,
     stated_preferences,
     turn_candidates,
-    voice_likelihood,
 )
 from personalm.avatars.retrieval import Hit
 from personalm.avatars.store import KINDS, MAX_INT64, Kind, Memory, check_avatar, parse_time
@@ -239,10 +238,7 @@ async def preference_reply(request: Request, run: Target, prompt, question: str,
     ids = run.model.encode_prompt(prompt)
     results = await sample(request, run, ids, prompt, body, limit, count)
     texts = [text for text, _, _ in results]
-    if base is None:
-        likelihood = model_likelihood(run.model, prompt, texts)
-    else:
-        likelihood = voice_likelihood(run.model, base, prompt, texts)
+    likelihood = ranking_likelihood(run.model, prompt, texts, base)
     try:
         choice = await asyncio.to_thread(choose, critic, preferences, question, texts, likelihood)
     except PersonalmError as err:
