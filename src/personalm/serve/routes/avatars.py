@@ -175,14 +175,16 @@ async def avatar_chat(served: Served, request: Request, body: ChatRequest, messa
                                                         if e.kind == "base"))  # fmt: skip
     else:
         base = await voice_target(served.catalog, voice.base, Path(voice.path), f"{name}@{voice.label}")
-    ranker = fused = None
+    ranker = fused = None  # the voice's base model, for ranking by voice likelihood; or the fused voice
     if voice is not None and (VOICE_FUSION is not None or (VOICE_CANDIDATES > 1 and body.temperature > 0)):
         try:
-            ranker = await asyncio.to_thread(served.catalog.voice_base, voice.base)
+            voice_base = await asyncio.to_thread(served.catalog.voice_base, voice.base)
         except PersonalmError as err:
             raise ApiError(500, f"the voice adapter cannot be served: {err}", "engine_error") from None
         if VOICE_FUSION is not None:
-            fused, ranker = fused_target(base, ranker, VOICE_FUSION), None
+            fused = fused_target(base, voice_base, VOICE_FUSION)
+        else:
+            ranker = voice_base
     talk = AvatarChat(memory, name, base.model, critic=critic, preferences=settings)
     talk.history = [m for m in messages[:-1] if m["role"] in ("user", "assistant")]
     prepared = await asyncio.to_thread(talk.prepare, messages[-1]["content"])  # reads memories and profile
