@@ -480,8 +480,8 @@ def _chosen_how(voice: dict) -> str:
 def _candidates_part(voice: dict) -> list[str]:
     """Adapter + retrieval in every composition of the grid on the voice persons (the chosen one is
     the headline; the others are shown, not chosen on)."""
-    found = [(f"adapter reads the passages, best of {n}", row) for n, row in voice.get("by_candidates", {}).items()]
-    found += [(f"proxy-tuned at weight {w}", row) for w, row in voice.get("by_fusion", {}).items()]
+    found = [(Composition(int(n)).label, row) for n, row in voice.get("by_candidates", {}).items()]
+    found += [(Composition(1, float(w)).label, row) for w, row in voice.get("by_fusion", {}).items()]
     if not found:
         return []
     rows = [{"composition": label, "attribution, adapter + retrieval": report.interval(row, "attribution_acc"),
